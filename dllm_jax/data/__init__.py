@@ -1,0 +1,1 @@
+"""Data: sources -> SentencePiece tokenizer -> token cache -> unique-token budget -> Grain."""

@@ -1,0 +1,35 @@
+"""dllm_jax: pretraining AR and masked-diffusion language models in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="dllm_jax",
+    version="0.1.0",
+    description="JAX/Flax, TPU-first pretraining of diffusion LMs and their autoregressive baselines",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.12",
+    packages=find_packages(include=["dllm_jax", "dllm_jax.*"]),
+    install_requires=[
+        "jax>=0.12",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "grain>=0.2.18",
+        "sentencepiece>=0.2",
+        "ml-collections>=1.1",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "tfds": ["tensorflow-datasets>=4.9.10"],
+        "array_record": ["array_record>=0.8"],
+        "eval": ["lm-eval>=0.4"],
+        "tpu": ["libtpu"],
+        "test": ["pytest>=8", "pytest-xdist>=3"],
+    },
+    entry_points={"console_scripts": ["dllm-jax=dllm_jax.cli:main"]},
+    classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3.12"],
+)

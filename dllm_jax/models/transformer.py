@@ -1,0 +1,274 @@
+"""A Llama-style decoder as a pure Flax (linen) module, shared by AR and masked-diffusion LMs.
+
+Token embedding, pre-RMSNorm blocks with RoPE attention (optional QK-norm and grouped-query
+attention) and a SwiGLU MLP, final RMSNorm, untied output head, no biases. The attention
+mask is an argument: `causal=True` for AR, `causal=False` (bidirectional) for MDM; that
+and the objective are the only differences between the two model families.
+
+Every parameter carries logical axis names and every large activation a logical
+constraint (see `dllm_jax.sharding.LOGICAL_RULES`). Outside a mesh the constraints are
+no-ops, so the module works in plain JAX code:
+
+    cfg = ModelConfig(vocab_size=1024, d_model=128, n_layers=2, n_heads=4)
+    model = Transformer(cfg)
+    params = model.init(jax.random.key(0), tokens, causal=False)["params"]
+    logits = model.apply({"params": params}, tokens, causal=False)
+
+Decoding: pass `cache=init_cache(cfg, batch, max_len)` and `cache_index`; the call
+writes the new keys/values at [cache_index, cache_index + L) and returns
+`(logits, new_cache)`. Queries attend to cached positions < cache_index + L (and, if
+causal, only to positions <= their own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int  # rows of the embedding / output head (tokenizer vocab + [MASK], padded)
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 0  # 0 = n_heads
+    head_dim: int = 0  # 0 = d_model // n_heads
+    d_ff: int = 0  # 0 = 8/3 d_model rounded up to a multiple of 64
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+    qk_norm: bool = True
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    scan_layers: bool = True
+    remat: str = "none"  # 'none' | 'full' | 'dots' | 'dots_with_no_batch_dims' | 'minimal'
+    dropout: float = 0.0
+    attention_impl: str = "xla"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.d_ff or 64 * -(-(8 * self.d_model // 3) // 64)
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @classmethod
+    def from_config(cls, model_cfg, vocab_size: int) -> "ModelConfig":
+        """Build from the `model` group of a run config (a ConfigDict or dict)."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size"}
+        values = {k: model_cfg[k] for k in fields if k in model_cfg}
+        return cls(vocab_size=vocab_size, **values)
+
+
+def _param(module, name, shape, axes, std):
+    init = nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+    return module.param(name, init, shape, jnp.float32)
+
+
+def _constrain(x, axes):
+    return nn.with_logical_constraint(x, axes)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * scale).astype(self.dtype)
+
+
+def rope(x, positions, base: float):
+    """Rotary embedding on [B, L, H, D] with integer positions [B, L] (rotate-half form)."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions[..., None].astype(jnp.float32) * freqs  # [B, L, half]
+    sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
+    """Empty KV cache: {'k', 'v'} of shape [n_layers, batch, max_len, kv_heads, head_dim]."""
+    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.head_size)
+    dtype = dtype or cfg.compute_dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, is_causal, layer_cache, cache_index):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        h, k, d = cfg.n_heads, cfg.kv_heads, cfg.head_size
+        std = cfg.init_std
+        wq = _param(self, "wq", (cfg.d_model, h, d), ("embed", "q_heads", "head_dim"), std)
+        wk = _param(self, "wk", (cfg.d_model, k, d), ("embed", "kv_heads", "head_dim"), std)
+        wv = _param(self, "wv", (cfg.d_model, k, d), ("embed", "kv_heads", "head_dim"), std)
+        wo = _param(self, "wo", (h, d, cfg.d_model), ("q_heads", "head_dim", "embed"), std / (2 * cfg.n_layers) ** 0.5)
+        q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
+        key = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
+        value = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.norm_eps, dt, name="q_norm")(q)
+            key = RMSNorm(cfg.norm_eps, dt, name="k_norm")(key)
+        q = _constrain(rope(q, positions, cfg.rope_base), ("activation_batch", "activation_length", "activation_heads", None))
+        key = _constrain(rope(key, positions, cfg.rope_base), ("activation_batch", "activation_length", "activation_kv_heads", None))
+        value = _constrain(value, ("activation_batch", "activation_length", "activation_kv_heads", None))
+        new_cache = None
+        if layer_cache is not None:
+            key = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], key.astype(layer_cache["k"].dtype), cache_index, axis=1)
+            value = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], value.astype(layer_cache["v"].dtype), cache_index, axis=1)
+            new_cache = {"k": key, "v": value}
+            key, value = key.astype(dt), value.astype(dt)
+        impl = None if cfg.attention_impl == "xla" else cfg.attention_impl
+        out = jax.nn.dot_product_attention(q, key, value, mask=mask, is_causal=is_causal, implementation=impl)
+        out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
+        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        f = cfg.ffn_size
+        w_gate = _param(self, "w_gate", (cfg.d_model, f), ("embed", "mlp"), cfg.init_std)
+        w_up = _param(self, "w_up", (cfg.d_model, f), ("embed", "mlp"), cfg.init_std)
+        w_down = _param(self, "w_down", (f, cfg.d_model), ("mlp", "embed"), cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        gate = jnp.einsum("bld,df->blf", x, w_gate.astype(dt))
+        up = jnp.einsum("bld,df->blf", x, w_up.astype(dt))
+        hidden = _constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+        return jnp.einsum("blf,fd->bld", hidden, w_down.astype(dt))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. Signature fits nn.scan: (carry, scanned) -> (carry, out)."""
+
+    cfg: ModelConfig
+    deterministic: bool = True
+    is_causal: bool = False  # True only for the fast unmasked causal path (no explicit mask)
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, mask, cache_index):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        y, new_cache = Attention(cfg, name="attn")(RMSNorm(cfg.norm_eps, dt, name="attn_norm")(x), positions, mask, self.is_causal, layer_cache, cache_index)
+        if cfg.dropout:
+            y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
+        x = x + y
+        y = MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(x))
+        if cfg.dropout:
+            y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
+        x = _constrain(x + y, ("activation_batch", "activation_length", "activation_embed"))
+        return x, new_cache
+
+
+def _remat_policy(name: str):
+    policies = jax.checkpoint_policies
+    return {
+        "full": policies.nothing_saveable,
+        "dots": policies.checkpoint_dots,
+        "dots_with_no_batch_dims": policies.checkpoint_dots_with_no_batch_dims,
+        "minimal": policies.dots_with_no_batch_dims_saveable,
+    }[name]
+
+
+def attention_mask(segment_ids_q, segment_ids_k, causal, q_positions=None, k_positions=None, k_valid=None):
+    """Boolean mask [B, 1, Lq, Lk]: same segment, (causal) key position <= query position, valid key."""
+    mask = None
+    if segment_ids_q is not None:
+        mask = segment_ids_q[:, :, None] == segment_ids_k[:, None, :]
+    if causal and q_positions is not None:
+        c = k_positions[:, None, :] <= q_positions[:, :, None]
+        mask = c if mask is None else mask & c
+    if k_valid is not None:
+        v = jnp.broadcast_to(k_valid[:, None, :], (k_valid.shape[0], 1 if mask is None else mask.shape[1], k_valid.shape[1]))
+        mask = v if mask is None else mask & v
+    return None if mask is None else mask[:, None, :, :]
+
+
+class Transformer(nn.Module):
+    """tokens [B, L] int -> logits [B, L, vocab] float32 (and a new cache when given one)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, *, causal: bool, positions=None, segment_ids=None, cache=None, cache_index=0, deterministic: bool = True):
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        b, length = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + cache_index, (b, length))
+        is_causal = False
+        if cache is not None:
+            # decoding: mask over the whole cache, valid up to cache_index + length
+            max_len = cache["k"].shape[2]
+            k_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
+            k_valid = k_pos < cache_index + length
+            mask = attention_mask(None, None, causal, positions, k_pos, k_valid)
+        elif segment_ids is not None:
+            mask = attention_mask(segment_ids, segment_ids, causal, positions, positions)
+        else:
+            mask, is_causal = None, causal
+
+        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
+        x = jnp.take(embedding, tokens, axis=0).astype(dt)
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(block, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+        layer_caches = None
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, layer_caches = scanned(cfg, deterministic, is_causal, name="layers")(x, cache, positions, mask, cache_index)
+        else:
+            outs = []
+            for i in range(cfg.n_layers):
+                layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
+                x, new_layer_cache = block(cfg, deterministic, is_causal, name=f"layer_{i}")(x, layer_cache, positions, mask, cache_index)
+                outs.append(new_layer_cache)
+            if cache is not None:
+                layer_caches = jax.tree.map(lambda *c: jnp.stack(c), *outs)
+
+        x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
+        head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        logits = jnp.einsum("bld,dv->blv", x, head.astype(dt)).astype(jnp.float32)
+        logits = _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+        if cache is not None:
+            return logits, layer_caches
+        return logits
+
+
+def count_params(params) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "rope", "attention_mask"]

@@ -28,8 +28,13 @@ def lr_schedule(train_cfg, num_steps: int) -> optax.Schedule:
 
 
 def _decay_mask(params):
-    """Weight decay on matrices only (not on norm scales)."""
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Weight decay on weight matrices and embeddings, not on norm scales (which may be
+    stacked to 2-D by scan-over-layers, so this goes by name, not by rank)."""
+
+    def decays(path, _):
+        return not any(getattr(k, "key", None) == "scale" for k in path)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def make_optimizer(train_cfg, num_steps: int) -> optax.GradientTransformation:

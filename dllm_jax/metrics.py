@@ -1,0 +1,78 @@
+"""Where metrics go: `metrics.jsonl` in the workdir (one JSON object per line), TensorBoard
+event files (tensorboardX) and a tqdm progress bar. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them readable
+    return value
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._tb = None
+        if not self.enabled:
+            return
+        # a resumed run drops records written after its checkpoint (they will be redone)
+        kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, record: dict, prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        record = {k: _clean(v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            step = record.get("step", 0)
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{prefix}{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A progress bar with loss, tokens/s and ETA (tqdm), or nothing."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str):
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, disable=not enabled or jax.process_index() != 0)
+
+    def update(self, steps: int, **postfix) -> None:
+        if postfix:
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
+        self.bar.update(steps)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,266 @@
+"""The training loop: data -> mesh -> state (fresh or resumed) -> jitted steps -> metrics,
+validation and checkpoints, with clean handling of preemption and divergence.
+
+`train(config, workdir)` is what `dllm-jax train` runs. Pointing it at a workdir that has a
+checkpoint resumes from the latest one and continues exactly as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from dllm_jax import config as config_lib
+from dllm_jax import flops, objectives, optim, sharding, train_step
+from dllm_jax.checkpoint import Checkpointer
+from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
+from dllm_jax.metrics import MetricsWriter, Progress
+
+log = logging.getLogger("dllm_jax")
+
+DONE_FILE = "DONE"
+# keys that may differ between the run in a workdir and the command resuming it
+RESUMABLE_CHANGES = ("mesh.", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+                     "train.keep_last", "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
+                     "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer")
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_compatible(saved: dict, config) -> None:
+    old, new = _flat(saved), _flat(config.to_dict())
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    if diffs:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
+        raise ConfigError(
+            f"the workdir holds a run with a different config ({shown}); resuming would mix two experiments. "
+            "Use a new --workdir, or rerun with the saved values (see config.json in the workdir)."
+        )
+
+
+class _StopSignal:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint and exits cleanly."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _mean_records(metric_list) -> dict:
+    host = jax.device_get(metric_list)
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
+
+
+def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective: str) -> dict:
+    """Validation over the first `num_batches` fixed batches (0 = all)."""
+    from dllm_jax.data.pipeline import val_batches
+
+    batches = val_batches(val, batch_size)
+    if num_batches:
+        batches = batches[:num_batches]
+    if not batches:
+        return {}
+    total = None
+    for i, batch in enumerate(batches):
+        sums = eval_fn(params, sharding.global_batch(mesh, batch), i)
+        total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+    metrics = {k: float(v) for k, v in objectives.finalize(jax.device_get(total), objective).items()}
+    out = {"val_loss": metrics["loss"]}
+    if objective == "ar":
+        out["val_ppl"] = float(np.exp(min(metrics["loss"], 50.0)))
+    else:
+        out["val_masked_ce"] = metrics["masked_ce"]
+        out["val_ppl_bound"] = float(np.exp(min(metrics["loss"], 50.0)))
+    return out
+
+
+def train(config, workdir: str) -> dict:
+    """Train (or resume) the run in `workdir`. Returns the final summary."""
+    from dllm_jax.data.pipeline import build_dataset, train_loader
+    from dllm_jax.data.tokenizer import Tokenizer
+
+    config_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    tcfg = config.train
+    ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)
+    resume_step = ckpt.latest_step()
+    if resume_step is not None:
+        _, saved_config, saved_tokenizer = ckpt.restore_meta(resume_step)
+        check_resume_compatible(saved_config, config)
+        saved_tok = Tokenizer.from_bytes(saved_tokenizer)
+        if config.data.tokenizer:
+            given = Tokenizer.load(config.data.tokenizer)
+            if given.fingerprint != saved_tok.fingerprint:
+                raise ConfigError(
+                    f"tokenizer mismatch: data.tokenizer={config.data.tokenizer!r} (fingerprint {given.fingerprint}) is not the "
+                    f"tokenizer this run was trained with ({saved_tok.fingerprint}); drop --config.data.tokenizer to resume, or use a new workdir"
+                )
+        tok_path = os.path.join(workdir, "tokenizer.model")
+        if not os.path.exists(tok_path) and jax.process_index() == 0:
+            saved_tok.save(tok_path)
+
+    dataset = build_dataset(config, workdir)
+    tokenizer = dataset.tokenizer
+    if resume_step is not None and tokenizer.fingerprint != saved_tok.fingerprint:
+        raise ConfigError(f"tokenizer mismatch: the data pipeline gave tokenizer {tokenizer.fingerprint} but the checkpoint has {saved_tok.fingerprint}")
+    stats = dataset.stats
+    num_steps = tcfg.num_steps or stats["num_steps"]
+    seq_len, batch_size = config.data.seq_len, tcfg.batch_size
+    steps_per_epoch = max(stats["train_sequences"] // batch_size, 1)
+
+    mesh = sharding.make_mesh(dict(config.mesh))
+    if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the batch-sharding mesh axes data*fsdp="
+            f"{mesh.shape['data'] * mesh.shape['fsdp']}; pick a batch size that is a multiple of it"
+        )
+    if (batch_size // tcfg.grad_accum) % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        log.warning("micro-batch %d does not divide over data*fsdp=%d devices; XLA will replicate", batch_size // tcfg.grad_accum, mesh.shape["data"] * mesh.shape["fsdp"])
+    model = train_step.build_model(config, tokenizer.vocab_size)
+    tx = optim.make_optimizer(tcfg, num_steps)
+    lr_fn = optim.lr_schedule(tcfg, num_steps)
+    ids = train_step.token_ids(tokenizer)
+
+    loader = train_loader(dataset.train, global_batch=batch_size, epochs=config.data.epochs, seed=config.seed,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+    data_iter = iter(loader.to_iter_dataset())
+
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config_lib.to_json(config))
+        with open(os.path.join(workdir, "data_stats.json"), "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        shardings = train_step.state_shardings(model, tx, mesh, seq_len)
+        if resume_step is not None:
+            state = ckpt.restore(resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
+            if int(state.step) != resume_step:
+                raise CheckpointError(f"checkpoint {resume_step} holds state step {int(state.step)}; the checkpoint is inconsistent")
+            log.info("resumed from step %d in %s", resume_step, workdir)
+        else:
+            state = train_step.init_state(model, tx, mesh, seq_len, config.seed)
+        step_fn = train_step.make_train_step(model, tx, config, ids, mesh, shardings, lr_fn)
+        eval_fn = train_step.make_eval_step(model, config, ids, mesh, shardings.params)
+        start = int(state.step)
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+        flops_per_token = flops.train_flops_per_token(model.cfg, seq_len)
+        summary = {"params": n_params, "flops_per_token": flops_per_token, "num_steps": num_steps, **stats}
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "run.json"), "w", encoding="utf-8") as f:
+                json.dump(summary, f, indent=2)
+
+        writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard)
+        bar = Progress(num_steps, start, tcfg.progress, desc=f"{config.objective} {os.path.basename(workdir)}")
+        tokens_per_step = batch_size * seq_len
+        last_good = resume_step
+        window, t_window = [], time.perf_counter()
+        prev = None
+
+        def do_eval(step):
+            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, config.objective)
+            if rec:
+                rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
+                writer.write(rec, prefix="val/")
+                bar.write(f"step {step}: val_loss {rec['val_loss']:.4f}")
+            return rec
+
+        def save(step):
+            nonlocal last_good
+            ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
+            last_good = step
+
+        def diverged(step, metrics):
+            ckpt.wait()
+            where = f"the last good checkpoint is step {last_good} in {ckpt.directory}" if last_good is not None else "no checkpoint was saved yet"
+            raise TrainingDivergedError(
+                f"loss is {float(metrics['loss'])} (grad norm {float(metrics['grad_norm'])}) at step {step}; stopping. "
+                f"{where}. Lower train.lr (now {tcfg.lr}) or raise train.warmup_steps, then rerun to resume from it."
+            )
+
+        last_val = {}
+        with _StopSignal() as stop:
+            step = start
+            while step < num_steps:
+                batch = next(data_iter)
+                state, metrics = step_fn(state, sharding.global_batch(mesh, batch))
+                step += 1
+                if prev is not None and not bool(prev[1]["finite"]):  # one step behind: keeps dispatch async
+                    diverged(*prev)
+                prev = (step, metrics)
+                window.append(metrics)
+                at_log = step % tcfg.log_every == 0 or step == num_steps
+                at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or stop.received
+                if (at_log or at_ckpt) and not bool(metrics["finite"]):
+                    diverged(step, metrics)
+                if at_log:
+                    rec = _mean_records(window)
+                    dt = time.perf_counter() - t_window
+                    rec = {"step": step, **rec, "tokens_per_sec": len(window) * tokens_per_step / dt,
+                           "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step}
+                    writer.write(rec, prefix="train/")
+                    bar.update(len(window), loss=rec["loss"], tok_s=int(rec["tokens_per_sec"]), epoch=f"{rec['epoch']:.2f}")
+                    window, t_window = [], time.perf_counter()
+                if tcfg.eval_every and step % tcfg.eval_every == 0 and step != num_steps:
+                    last_val = do_eval(step)
+                if at_ckpt:
+                    save(step)
+                if stop.received and step < num_steps:
+                    ckpt.close()
+                    bar.close()
+                    writer.close()
+                    msg = f"received {stop.received} at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
+                    log.warning(msg)
+                    print(msg, flush=True)
+                    return {**summary, "interrupted": True, "step": step}
+            if start < num_steps or not last_val:
+                last_val = do_eval(num_steps)
+            ckpt.close()
+            bar.close()
+            writer.close()
+
+    final_train = [r for r in _read_train_records(workdir) if "loss" in r]
+    summary.update({"step": num_steps, "final": {"train_loss": final_train[-1]["loss"] if final_train else None, **last_val}})
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, DONE_FILE), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _read_train_records(workdir):
+    from dllm_jax.metrics import read_metrics
+
+    return [r for r in read_metrics(workdir) if "val_loss" not in r]

@@ -1,0 +1,141 @@
+"""Train state, sharded initialisation and the jitted train / eval steps (both objectives).
+
+The step is a plain `jax.jit` with in/out shardings derived from the logical axis rules,
+the state donated. Randomness (masks, t, dropout) comes from `fold_in(key(seed), step)`,
+so a run is a pure function of (config, data) and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from flax import struct
+
+from dllm_jax import objectives, sharding
+from dllm_jax.models import ModelConfig, Transformer
+
+
+class TrainState(struct.PyTreeNode):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def model_vocab_rows(tokenizer_vocab: int, multiple: int) -> int:
+    """Embedding rows: the tokenizer's pieces plus [MASK], rounded up for efficient matmuls."""
+    rows = tokenizer_vocab + 1
+    return -(-rows // multiple) * multiple if multiple > 1 else rows
+
+
+def build_model(config, tokenizer_vocab: int) -> Transformer:
+    return Transformer(ModelConfig.from_config(config.model, model_vocab_rows(tokenizer_vocab, config.model.vocab_multiple)))
+
+
+def token_ids(tokenizer) -> objectives.TokenIds:
+    return objectives.TokenIds(pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id)
+
+
+def _init_fn(model: Transformer, tx, seq_len: int):
+    def init(rng):
+        tokens = jnp.zeros((1, seq_len), jnp.int32)
+        params = model.init({"params": rng}, tokens, causal=False)["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    return init
+
+
+def state_shardings(model: Transformer, tx, mesh, seq_len: int):
+    """NamedShardings of the train state (from the logical names of its parameters)."""
+    abstract = jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(0))
+    return sharding.tree_shardings(mesh, abstract)
+
+
+def abstract_state(model: Transformer, tx, mesh, seq_len: int):
+    """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
+    shardings = state_shardings(model, tx, mesh, seq_len)
+    shapes = nn.meta.unbox(jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(0)))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainState:
+    shardings = state_shardings(model, tx, mesh, seq_len)
+    init = _init_fn(model, tx, seq_len)
+    with jax.set_mesh(mesh):
+        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
+
+
+def _split_micro(x, accum: int):
+    return x.reshape((accum, x.shape[0] // accum) + x.shape[1:])
+
+
+def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, mesh, shardings, lr_fn: Callable) -> Callable:
+    """Jitted `(state, tokens[B, L]) -> (state, metrics)`."""
+    causal = objectives.is_causal(config.objective)
+    prepare = objectives.prepare_fn(config, ids, train=True)
+    accum = config.train.grad_accum
+    base_key = jax.random.key(config.seed)
+    use_dropout = config.model.dropout > 0.0
+
+    def micro_loss(params, prep: objectives.Prepared, denom, rng):
+        logits = model.apply(
+            {"params": params}, prep.inputs, causal=causal, segment_ids=prep.segment_ids,
+            deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None,
+        )
+        ce = objectives.token_cross_entropy(logits, prep.targets, ids.mask_id)
+        sums = objectives.metrics_from_ce(ce, prep, config.objective)
+        return sums["loss_sum"] / denom, sums
+
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+
+    def step(state: TrainState, tokens):
+        rng = jax.random.fold_in(base_key, state.step)
+        k_prep, k_drop = jax.random.split(rng)
+        prep = prepare(tokens, k_prep)
+        denom = prep.denom
+        if accum == 1:
+            grads, sums = grad_fn(state.params, prep, denom, k_drop)
+        else:
+            # masks and t were drawn for the whole batch above, so accumulation changes nothing
+            # but peak memory: grad_accum=k gives the same update as grad_accum=1.
+            per_example = dataclasses.replace(prep, denom=jnp.broadcast_to(denom, (tokens.shape[0],)))
+            batched = jax.tree.map(lambda x: _split_micro(x, accum), per_example)
+
+            def body(carry, xs):
+                i, mprep = xs
+                g, s = grad_fn(state.params, mprep, denom, jax.random.fold_in(k_drop, i))
+                return jax.tree.map(jnp.add, carry, (g, s)), None
+
+            first = jax.tree.map(lambda x: x[0], batched)
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, denom, k_drop))
+            (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), batched))
+        sums = dict(sums, denom=denom)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = objectives.finalize(sums, config.objective)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["lr"] = lr_fn(state.step)
+        metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)), out_shardings=(shardings, None), donate_argnums=(0,))
+
+
+def make_eval_step(model: Transformer, config, ids: objectives.TokenIds, mesh, param_shardings) -> Callable:
+    """Jitted `(params, tokens, batch_index) -> summed metrics`. Masks are seeded by the batch
+    index (not the step), so validation numbers are comparable across a run."""
+    causal = objectives.is_causal(config.objective)
+    prepare = objectives.prepare_fn(config, ids, train=False)
+    base_key = jax.random.fold_in(jax.random.key(config.seed), 0x7A1)
+
+    def evaluate(params, tokens, index):
+        prep = prepare(tokens, jax.random.fold_in(base_key, index))
+        logits = model.apply({"params": params}, prep.inputs, causal=causal, segment_ids=prep.segment_ids)
+        ce = objectives.token_cross_entropy(logits, prep.targets, ids.mask_id)
+        return objectives.metrics_from_ce(ce, prep, config.objective)
+
+    return jax.jit(evaluate, in_shardings=(param_shardings, sharding.batch_sharding(mesh), None))

@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -87,11 +88,17 @@ class Tokenizer:
     def save(self, path: str) -> None:
         """Writes the model bytes atomically (a reader never sees half a file)."""
         path = os.path.expandvars(os.path.expanduser(str(path)))
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self.model_bytes)
-        os.replace(tmp, path)
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-tokenizer-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.model_bytes)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     # -- encoding -----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

@@ -4,3 +4,83 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import random
+
+import pytest
+
+_WORDS = (
+    "the a river stone light over under green quiet old new small large city forest road house window door "
+    "morning evening winter summer walks finds keeps brings holds sees makes takes gives and but then so "
+    "because while after before with without into from near far always never often sometimes very"
+).split()
+
+
+def make_corpus(directory, num_files: int = 12, sentences: int = 60, seed: int = 0) -> str:
+    """Write a small synthetic English-like corpus; returns a glob for data.paths."""
+    rng = random.Random(seed)
+    os.makedirs(directory, exist_ok=True)
+    for i in range(num_files):
+        lines = []
+        for _ in range(sentences):
+            n = rng.randint(5, 12)
+            lines.append(" ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + ".")
+        with open(os.path.join(directory, f"doc{i:03d}.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+    return os.path.join(directory, "*.txt")
+
+
+def tiny_config(paths: str, cache_dir: str, objective: str = "mdm", **overrides):
+    """A complete run config small enough for a test (a few seconds per run on a CPU).
+    `overrides` use double underscores for nesting: train__lr=1e-3."""
+    from dllm_jax.config import default_config, set_key
+
+    c = default_config()
+    c.objective = objective
+    c.model.d_model = 32
+    c.model.n_layers = 2
+    c.model.n_heads = 2
+    c.model.d_ff = 64
+    c.model.vocab_multiple = 8
+    c.data.paths = paths
+    c.data.cache_dir = cache_dir
+    c.data.seq_len = 32
+    c.data.vocab_size = 320
+    c.data.val_tokens = 512
+    c.data.unique_tokens = 8 * 32 * 8  # 8 batches
+    c.data.epochs = 2
+    c.train.batch_size = 8
+    c.train.lr = 3e-3
+    c.train.warmup_steps = 2
+    c.train.log_every = 4
+    c.train.eval_every = 8
+    c.train.eval_batches = 2
+    c.train.checkpoint_every = 8
+    c.train.progress = False
+    c.train.tensorboard = False
+    c.train.async_checkpoint = False
+    c.mesh.data = -1
+    for key, value in overrides.items():
+        set_key(c, key.replace("__", "."), value)
+    return c
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """(glob, cache_dir) of a small synthetic corpus shared by the whole session."""
+    root = tmp_path_factory.mktemp("corpus")
+    return make_corpus(str(root / "text")), str(root / "cache")
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, corpus):
+    """Two tiny trained runs, {'ar': workdir, 'mdm': workdir}, trained once per session."""
+    from dllm_jax.train import train
+
+    paths, cache = corpus
+    out = {}
+    for objective in ("ar", "mdm"):
+        workdir = str(tmp_path_factory.mktemp(f"run_{objective}"))
+        train(tiny_config(paths, cache, objective, data__epochs=4), workdir)
+        out[objective] = workdir
+    return out

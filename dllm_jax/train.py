@@ -106,8 +106,11 @@ def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int
     return out
 
 
-def train(config, workdir: str) -> dict:
-    """Train (or resume) the run in `workdir`. Returns the final summary."""
+def train(config, workdir: str, stop_after: int | None = None) -> dict:
+    """Train (or resume) the run in `workdir`. Returns the final summary.
+
+    `stop_after`: run at most this many steps in this call, then checkpoint and return (the
+    schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests."""
     from dllm_jax.data.pipeline import build_dataset, train_loader
     from dllm_jax.data.tokenizer import Tokenizer
 
@@ -223,6 +226,8 @@ def train(config, workdir: str) -> dict:
                 prev = (step, metrics)
                 window.append(metrics)
                 at_log = step % tcfg.log_every == 0 or step == num_steps
+                if stop_after is not None and step - start >= stop_after and not stop.received:
+                    stop.received = f"stop_after={stop_after}"
                 at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or stop.received
                 if (at_log or at_ckpt) and not bool(metrics["finite"]):
                     diverged(step, metrics)
@@ -242,7 +247,7 @@ def train(config, workdir: str) -> dict:
                     ckpt.close()
                     bar.close()
                     writer.close()
-                    msg = f"received {stop.received} at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
+                    msg = f"stopped ({stop.received}) at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
                     log.warning(msg)
                     print(msg, flush=True)
                     return {**summary, "interrupted": True, "step": step}

@@ -16,7 +16,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
-from dllm_jax import objectives, sharding
+from dllm_jax import losses, objectives, sharding
 from dllm_jax.models import ModelConfig, Transformer
 
 
@@ -58,7 +58,8 @@ def state_shardings(model: Transformer, tx, mesh, seq_len: int):
 def abstract_state(model: Transformer, tx, mesh, seq_len: int):
     """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
     shardings = state_shardings(model, tx, mesh, seq_len)
-    shapes = nn.meta.unbox(jax.eval_shape(_init_fn(model, tx, seq_len), jax.random.key(0)))
+    init = _init_fn(model, tx, seq_len)
+    shapes = jax.eval_shape(lambda rng: nn.meta.unbox(init(rng)), jax.random.key(0))
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
@@ -67,6 +68,24 @@ def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainSt
     init = _init_fn(model, tx, seq_len)
     with jax.set_mesh(mesh):
         return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
+
+
+def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, causal: bool, vocab_limit: int, loss_chunk: int = 0, **apply_kwargs):
+    """Per-position cross-entropy [B, L] and the MoE load-balancing loss summed over layers
+    (0.0 for a dense model). `loss_chunk > 0` uses the chunked loss (`dllm_jax.losses`),
+    which never holds the [B, L, V] logits; 0 the plain one. Same values either way."""
+    moe = model.cfg.num_experts > 0
+    out = model.apply({"params": params}, prep.inputs, causal=causal, segment_ids=prep.segment_ids,
+                      return_hidden=loss_chunk > 0, mutable=["intermediates"] if moe else False, **apply_kwargs)
+    aux = jnp.zeros((), jnp.float32)
+    if moe:
+        out, state = out
+        aux = sum(jnp.sum(v) for v in jax.tree.leaves(state.get("intermediates", {})))
+    if loss_chunk:
+        ce = losses.chunked_token_cross_entropy(out, params["lm_head"], prep.targets, vocab_limit, loss_chunk)
+    else:
+        ce = objectives.token_cross_entropy(out, prep.targets, vocab_limit)
+    return ce, aux
 
 
 def _split_micro(x, accum: int):
@@ -81,14 +100,19 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
     base_key = jax.random.key(config.seed)
     use_dropout = config.model.dropout > 0.0
 
+    moe = model.cfg.num_experts > 0
+
     def micro_loss(params, prep: objectives.Prepared, denom, rng):
-        logits = model.apply(
-            {"params": params}, prep.inputs, causal=causal, segment_ids=prep.segment_ids,
+        ce, aux = forward_ce(
+            model, params, prep, causal=causal, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk,
             deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None,
         )
-        ce = objectives.token_cross_entropy(logits, prep.targets, ids.mask_id)
         sums = objectives.metrics_from_ce(ce, prep, config.objective)
-        return sums["loss_sum"] / denom, sums
+        loss = sums["loss_sum"] / denom
+        if moe:  # load balancing: weight * (sum over layers), averaged over micro-batches
+            loss = loss + model.cfg.router_aux_weight * aux / accum
+            sums = dict(sums, moe_aux_sum=aux / accum)
+        return loss, sums
 
     grad_fn = jax.grad(micro_loss, has_aux=True)
 
@@ -117,7 +141,9 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = objectives.finalize(sums, config.objective)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        if moe:  # per-layer load-balancing loss; 1.0 = perfectly balanced routing
+            metrics["moe_aux"] = sums["moe_aux_sum"] / model.cfg.n_layers
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = lr_fn(state.step)
         metrics["finite"] = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -134,8 +160,7 @@ def make_eval_step(model: Transformer, config, ids: objectives.TokenIds, mesh, p
 
     def evaluate(params, tokens, index):
         prep = prepare(tokens, jax.random.fold_in(base_key, index))
-        logits = model.apply({"params": params}, prep.inputs, causal=causal, segment_ids=prep.segment_ids)
-        ce = objectives.token_cross_entropy(logits, prep.targets, ids.mask_id)
+        ce, _ = forward_ce(model, params, prep, causal=causal, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk)
         return objectives.metrics_from_ce(ce, prep, config.objective)
 
     return jax.jit(evaluate, in_shardings=(param_shardings, sharding.batch_sharding(mesh), None))

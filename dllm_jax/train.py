@@ -18,7 +18,7 @@ import numpy as np
 from flax import linen as nn
 
 from dllm_jax import config as config_lib
-from dllm_jax import flops, objectives, optim, sharding, train_step
+from dllm_jax import distributed, flops, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dllm_jax.metrics import MetricsWriter, Progress
@@ -29,7 +29,7 @@ DONE_FILE = "DONE"
 # keys that may differ between the run in a workdir and the command resuming it
 RESUMABLE_CHANGES = ("mesh.", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                      "train.keep_last", "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
-                     "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer")
+                     "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.")
 
 
 def _flat(d, prefix=""):
@@ -94,7 +94,7 @@ def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int
         return {}
     total = None
     for i, batch in enumerate(batches):
-        sums = eval_fn(params, sharding.global_batch(mesh, batch), i)
+        sums = eval_fn(params, sharding.global_batch_from_full(mesh, batch), i)
         total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     metrics = {k: float(v) for k, v in objectives.finalize(jax.device_get(total), objective).items()}
     out = {"val_loss": metrics["loss"]}
@@ -114,6 +114,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     from dllm_jax.data.pipeline import build_dataset, train_loader
     from dllm_jax.data.tokenizer import Tokenizer
 
+    distributed.initialize()  # multi-process runs: from the environment, before devices are touched
     config_lib.validate(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -145,20 +146,23 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     steps_per_epoch = max(stats["train_sequences"] // batch_size, 1)
 
     mesh = sharding.make_mesh(dict(config.mesh))
-    if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    batch_shards = sharding.batch_shards(mesh)
+    if batch_size % batch_shards:
         raise ConfigError(
-            f"train.batch_size={batch_size} is not divisible by the batch-sharding mesh axes data*fsdp="
-            f"{mesh.shape['data'] * mesh.shape['fsdp']}; pick a batch size that is a multiple of it"
+            f"train.batch_size={batch_size} is not divisible by the batch-sharding mesh axes data*fsdp*expert="
+            f"{batch_shards}; pick a batch size that is a multiple of it"
         )
-    if (batch_size // tcfg.grad_accum) % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        log.warning("micro-batch %d does not divide over data*fsdp=%d devices; XLA will replicate", batch_size // tcfg.grad_accum, mesh.shape["data"] * mesh.shape["fsdp"])
+    if (batch_size // tcfg.grad_accum) % batch_shards:
+        log.warning("micro-batch %d does not divide over data*fsdp*expert=%d devices; XLA will replicate", batch_size // tcfg.grad_accum, batch_shards)
     model = train_step.build_model(config, tokenizer.vocab_size)
     tx = optim.make_optimizer(tcfg, num_steps)
     lr_fn = optim.lr_schedule(tcfg, num_steps)
     ids = train_step.token_ids(tokenizer)
 
+    # each process reads only the rows of every global batch that its devices hold
+    shard_index, shard_count = distributed.data_shard(mesh, batch_size)
     loader = train_loader(dataset.train, global_batch=batch_size, epochs=config.data.epochs, seed=config.seed,
-                          process_index=jax.process_index(), process_count=jax.process_count())
+                          process_index=shard_index, process_count=shard_count)
     data_iter = iter(loader.to_iter_dataset())
 
     if jax.process_index() == 0:
@@ -170,7 +174,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         shardings = train_step.state_shardings(model, tx, mesh, seq_len)
         if resume_step is not None:
-            state = ckpt.restore(resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
+            state = _restore(ckpt, resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
             if int(state.step) != resume_step:
                 raise CheckpointError(f"checkpoint {resume_step} holds state step {int(state.step)}; the checkpoint is inconsistent")
             log.info("resumed from step %d in %s", resume_step, workdir)
@@ -178,6 +182,11 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             state = train_step.init_state(model, tx, mesh, seq_len, config.seed)
         step_fn = train_step.make_train_step(model, tx, config, ids, mesh, shardings, lr_fn)
         eval_fn = train_step.make_eval_step(model, config, ids, mesh, shardings.params)
+        cloze = None
+        if config.eval.cloze_every:
+            from dllm_jax.evaluation.periodic import ClozeEvaluator
+
+            cloze = ClozeEvaluator(model, config, tokenizer, dataset.val, mesh)
         start = int(state.step)
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
         flops_per_token = flops.train_flops_per_token(model.cfg, seq_len)
@@ -193,10 +202,12 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         window, t_window = [], time.perf_counter()
         prev = None
 
-        def do_eval(step):
+        def do_eval(step, with_cloze=True):
             rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, config.objective)
             if rec:
                 rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
+                if cloze is not None and with_cloze:
+                    rec.update(cloze(state.params))
                 writer.write(rec, prefix="val/")
                 bar.write(f"step {step}: val_loss {rec['val_loss']:.4f}")
             return rec
@@ -210,7 +221,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             ckpt.wait()
             where = f"the last good checkpoint is step {last_good} in {ckpt.directory}" if last_good is not None else "no checkpoint was saved yet"
             raise TrainingDivergedError(
-                f"loss is {float(metrics['loss'])} (grad norm {float(metrics['grad_norm'])}) at step {step}; stopping. "
+                f"training diverged at step {step}: loss={float(metrics['loss'])}, grad norm={float(metrics['grad_norm'])}; stopping. "
                 f"{where}. Lower train.lr (now {tcfg.lr}) or raise train.warmup_steps, then rerun to resume from it."
             )
 
@@ -219,7 +230,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             step = start
             while step < num_steps:
                 batch = next(data_iter)
-                state, metrics = step_fn(state, sharding.global_batch(mesh, batch))
+                state, metrics = step_fn(state, sharding.global_batch(mesh, batch, batch_size))
                 step += 1
                 if prev is not None and not bool(prev[1]["finite"]):  # one step behind: keeps dispatch async
                     diverged(*prev)
@@ -239,8 +250,10 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                     writer.write(rec, prefix="train/")
                     bar.update(len(window), loss=rec["loss"], tok_s=int(rec["tokens_per_sec"]), epoch=f"{rec['epoch']:.2f}")
                     window, t_window = [], time.perf_counter()
-                if tcfg.eval_every and step % tcfg.eval_every == 0 and step != num_steps:
-                    last_val = do_eval(step)
+                epoch_end = config.eval.at_epoch_end and step % steps_per_epoch == 0
+                cloze_now = cloze is not None and step % config.eval.cloze_every == 0
+                if (tcfg.eval_every and step % tcfg.eval_every == 0 or epoch_end or cloze_now) and step != num_steps:
+                    last_val = do_eval(step, with_cloze=epoch_end or cloze_now)
                 if at_ckpt:
                     save(step)
                 if stop.received and step < num_steps:
@@ -263,6 +276,25 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         with open(os.path.join(workdir, DONE_FILE), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
+    """Train state onto this run's mesh, and the data iterator to global step `step`.
+
+    Element s of the loader is global batch s whatever the process count, so the
+    iterator's position is the step. The saved Grain state is used when this process
+    count wrote one; after a change of process count (its file for this count does not
+    exist) the position is set from the step directly."""
+    data_file = os.path.join(ckpt.directory, str(step), "data", f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    same_count = os.path.exists(data_file)
+    state = ckpt.restore(step, abstract_state, data_iter if same_count else None)
+    if not same_count:
+        log.info("checkpoint %d was written by another number of processes; data position set from the step", step)
+        data_iter.set_state({"next_index": step})
+    position = data_iter.get_state().get("next_index")
+    if position != step:
+        raise CheckpointError(f"checkpoint {step} holds data iterator position {position}, not {step}; the checkpoint is inconsistent")
+    return state
 
 
 def _read_train_records(workdir):

@@ -34,22 +34,27 @@ def default_config() -> ml_collections.ConfigDict:
     c.seed = 0  # fixes init, data order and masks
 
     c.model = ml_collections.ConfigDict()
-    c.model.d_model = 256
-    c.model.n_layers = 4
-    c.model.n_heads = 4
+    c.model.d_model = 256  # width
+    c.model.n_layers = 4  # transformer blocks
+    c.model.n_heads = 4  # attention (query) heads
     c.model.n_kv_heads = 0  # 0 = n_heads (no GQA)
     c.model.head_dim = 0  # 0 = d_model // n_heads
     c.model.d_ff = 0  # 0 = SwiGLU default: 8/3 * d_model rounded up to a multiple of 64
-    c.model.rope_base = 10000.0
-    c.model.norm_eps = 1e-6
-    c.model.qk_norm = True
-    c.model.init_std = 0.02
+    c.model.rope_base = 10000.0  # RoPE base frequency
+    c.model.norm_eps = 1e-6  # RMSNorm epsilon
+    c.model.qk_norm = True  # RMSNorm on queries and keys per head
+    c.model.init_std = 0.02  # normal init std (output projections scaled by 1/sqrt(2 n_layers))
     c.model.dtype = "float32"  # compute dtype; parameters are always float32
-    c.model.scan_layers = True
+    c.model.scan_layers = True  # nn.scan over blocks (fast compiles, stacked params)
     c.model.remat = "none"  # one of REMAT_POLICIES
     c.model.dropout = 0.0  # residual dropout (the AR regularisation ablation)
     c.model.attention_impl = "xla"  # 'xla' or 'cudnn' (jax.nn.dot_product_attention)
     c.model.vocab_multiple = 128  # model vocab rows = tokenizer vocab + 1 ([MASK]), rounded up
+    c.model.num_experts = 0  # 0 = dense SwiGLU MLP; > 0 = token-choice top-k MoE MLP in every block
+    c.model.experts_per_token = 2  # top-k experts per token (MoE)
+    c.model.capacity_factor = 1.25  # MoE expert capacity = factor * tokens * k / experts (per device); 0 = dropless
+    c.model.router_aux_weight = 0.01  # weight of the MoE load-balancing loss added to the train loss
+    c.model.loss_chunk = 0  # 0 = plain loss; > 0 = cross-entropy over chunks of this many positions (no [B, L, V] logits)
 
     c.mdm = ml_collections.ConfigDict()
     c.mdm.schedule = "linear"  # masking schedule alpha(t): 'linear' (mask prob t) or 'cosine'
@@ -62,51 +67,61 @@ def default_config() -> ml_collections.ConfigDict:
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "text"
+    c.data.source = "text"  # 'text' (files), 'tfds' (tfds.data_source) or 'array_record'
     c.data.paths = ""  # 'text' / 'array_record': one string of comma-separated globs
     c.data.text_split = "file"  # 'file' | 'paragraph' | 'line'
-    c.data.tfds_name = ""
-    c.data.tfds_split = "train"
-    c.data.tfds_data_dir = ""
-    c.data.text_key = "text"
-    c.data.seq_len = 128
-    c.data.unique_tokens = 0  # U; 0 = all available
-    c.data.epochs = 1  # E
-    c.data.val_tokens = 16384
+    c.data.tfds_name = ""  # e.g. 'lm1b', 'tiny_shakespeare' (prepared in the TFDS data dir)
+    c.data.tfds_split = "train"  # TFDS split to read documents from
+    c.data.tfds_data_dir = ""  # '' = TFDS default (~/tensorflow_datasets)
+    c.data.text_key = "text"  # feature holding the text in TFDS examples
+    c.data.seq_len = 128  # tokens per packed training sequence
+    c.data.unique_tokens = 0  # U: unique training tokens (rounded down to whole batches); 0 = all available
+    c.data.epochs = 1  # E: passes over the unique tokens (each sequence is seen exactly E times)
+    c.data.val_tokens = 16384  # held-out validation tokens (whole documents, taken before the training budget)
     c.data.tokenizer = ""  # path to a SentencePiece model; '' = train one into the workdir
-    c.data.vocab_size = 1024
-    c.data.tokenizer_type = "unigram"
-    c.data.cache_dir = ""
-    c.data.max_docs = 0
+    c.data.vocab_size = 1024  # pieces of a tokenizer trained here (>= 512 recommended)
+    c.data.tokenizer_type = "unigram"  # 'unigram' or 'bpe' (SentencePiece)
+    c.data.cache_dir = ""  # token cache; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
+    c.data.max_docs = 0  # use only the first N documents of the source (0 = all)
     c.data.document_attention = False  # True: attention does not cross document boundaries (EOS)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 32  # global, in sequences
-    c.train.grad_accum = 1
+    c.train.grad_accum = 1  # micro-batches per step (same update, less memory)
     c.train.num_steps = 0  # 0 = U * E / (batch_size * seq_len)
-    c.train.lr = 3e-3
-    c.train.min_lr_ratio = 0.1
-    c.train.warmup_steps = 100
-    c.train.schedule = "cosine"
+    c.train.lr = 3e-3  # peak learning rate (AdamW)
+    c.train.min_lr_ratio = 0.1  # final LR = lr * min_lr_ratio (cosine and WSD)
+    c.train.warmup_steps = 100  # linear warmup from 0
+    c.train.schedule = "cosine"  # 'cosine', 'wsd' (warmup-stable-decay) or 'constant'
     c.train.decay_fraction = 0.2  # WSD: final fraction of steps spent decaying
-    c.train.b1 = 0.9
-    c.train.b2 = 0.95
-    c.train.weight_decay = 0.1
-    c.train.clip_norm = 1.0
-    c.train.log_every = 10
+    c.train.b1 = 0.9  # AdamW beta1
+    c.train.b2 = 0.95  # AdamW beta2
+    c.train.weight_decay = 0.1  # decoupled, on weight matrices and embeddings (not norms)
+    c.train.clip_norm = 1.0  # global gradient-norm clipping
+    c.train.log_every = 10  # steps per metrics record (averaged over the window)
     c.train.eval_every = 100  # 0 = only at the end
-    c.train.eval_batches = 8
-    c.train.checkpoint_every = 200
-    c.train.keep_last = 2
+    c.train.eval_batches = 8  # validation batches per evaluation (0 = the whole split)
+    c.train.checkpoint_every = 200  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
+    c.train.keep_last = 2  # newest checkpoints kept
     c.train.keep_every = 0  # 0 = keep no extra periodic checkpoints
-    c.train.async_checkpoint = True
+    c.train.async_checkpoint = True  # write checkpoints in the background
     c.train.progress = True  # progress bar
-    c.train.tensorboard = True
+    c.train.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard
+
+    c.eval = ml_collections.ConfigDict()  # evaluation during training and defaults of `dllm-jax eval`
+    c.eval.at_epoch_end = True  # also validate (and cloze, when on) at the end of every epoch
+    c.eval.cloze_every = 0  # steps between cloze evaluations (validation-text multiple choice); 0 = off
+    c.eval.cloze_examples = 64  # cloze items (passages); 0 = every validation row
+    c.eval.cloze_choices = 4  # choices per cloze item (1 true + distractors)
+    c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4
+    c.eval.mc_samples = 16  # MDM Monte Carlo samples per choice (LLaDA estimator) or per sequence (ELBO)
+    c.eval.batch_size = 64  # rows per scoring batch
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = fill with the remaining devices
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
+    c.mesh.fsdp = 1  # fully-sharded data parallelism (parameters split over it)
+    c.mesh.tensor = 1  # tensor parallelism (heads, MLP, vocab)
+    c.mesh.expert = 1  # expert parallelism (MoE weights are split over it; it also shards the batch)
     return c
 
 
@@ -254,6 +269,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.remat", m.remat, REMAT_POLICIES)
     _choice("model.attention_impl", m.attention_impl, ("xla", "cudnn"))
+    for key in ("num_experts", "capacity_factor", "router_aux_weight", "loss_chunk"):
+        _positive(f"model.{key}", m[key], allow_zero=True)
+    if m.num_experts and not 1 <= m.experts_per_token <= m.num_experts:
+        raise ConfigError(f"model.experts_per_token={m.experts_per_token} must be in [1, model.num_experts={m.num_experts}]")
+    if m.num_experts and cfg.mesh.expert > 1 and m.num_experts % cfg.mesh.expert:
+        raise ConfigError(
+            f"model.num_experts={m.num_experts} is not divisible by mesh.expert={cfg.mesh.expert}; "
+            "each device of the expert axis holds num_experts / mesh.expert experts: pick sizes that divide"
+        )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     _choice("mdm.schedule", cfg.mdm.schedule, MASK_SCHEDULES)
@@ -293,7 +317,16 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         _positive(f"train.{key}", t[key])
     for key in ("eval_every", "eval_batches", "keep_every", "warmup_steps"):
         _positive(f"train.{key}", t[key], allow_zero=True)
-    for axis in ("data", "fsdp", "tensor"):
+    e = cfg.eval
+    for key in ("cloze_every", "cloze_examples", "cloze_length"):
+        _positive(f"eval.{key}", e[key], allow_zero=True)
+    for key in ("mc_samples", "batch_size"):
+        _positive(f"eval.{key}", e[key])
+    if e.cloze_choices < 2:
+        raise ConfigError(f"eval.cloze_choices={e.cloze_choices} must be >= 2 (the true continuation and at least one distractor)")
+    if e.cloze_length >= d.seq_len:
+        raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
+    for axis in ("data", "fsdp", "tensor", "expert"):
         if cfg.mesh[axis] == 0 or cfg.mesh[axis] < -1:
             raise ConfigError(f"mesh.{axis}={cfg.mesh[axis]} must be a positive size or -1 (fill)")
 

@@ -1,0 +1,307 @@
+"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR and MDM runs.
+
+Decisions the issue left open:
+- Every prompt starts with EOS, the document separator of the packed training data, so an
+  empty prompt means "a new document" for both objectives (and AR always has a first token).
+- Returned `tokens` [B, max_new_tokens] are the generated region only, cut at the first EOS
+  and padded with pad_id after it; `lengths` count the tokens kept (EOS excluded);
+  `stopped_at_eos` says which rows ended with EOS. Infilling keeps the whole template region.
+- `seconds` is the wall time of the compiled decoding call (compilation is timed apart, in
+  `compile_seconds`); `tokens_per_sec` = positions decoded / seconds, where an AR row that
+  stopped at EOS counts the tokens it produced, and an MDM row all N positions it filled.
+- `nfe` counts network calls for the whole batch (a CFG call, conditional + unconditional,
+  counts 2); a prefix-cache block query counts 1 although it is cheaper than a full call.
+- Rows of different prompt lengths share one batch: AR forces each row's prompt tokens
+  (ar.py); MDM left-pads and masks the pads out of attention with segment ids. The MDM
+  prefix cache cannot mask pads (the model's cache path has no per-row key mask), so
+  prompts of different lengths are decoded in groups of equal length there.
+- Parameters replicated over several devices are copied to one device first (a replicated
+  program would repeat the same work on every device); sharded parameters are used as they
+  are and jit partitions the computation.
+- ids >= mask_id and pad_id are never sampled.
+- Random bits come from jax's 'rbg' PRNG (XLA RngBitGenerator): the same seed gives the same
+  sample on the same backend; its jitted loops compile several times faster on CPU than with
+  threefry, whose hash is inlined at every call site.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dllm_jax.errors import ConfigError
+from dllm_jax.sampling import ar, diffusion
+from dllm_jax.sampling.options import Options, resolve
+
+INFILL_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
+
+
+@dataclasses.dataclass
+class SampleResult:
+    texts: list  # decoded generated text per row ([] from generate_tokens without a tokenizer)
+    tokens: np.ndarray  # [B, N] generated ids, pad after the end
+    lengths: np.ndarray  # [B] tokens kept per row (EOS excluded)
+    nfe: int  # network calls for the whole batch
+    seconds: float  # wall time of decoding (compilation excluded)
+    tokens_per_sec: float
+    stopped_at_eos: np.ndarray = None  # [B] bool
+    compile_seconds: float = 0.0
+    sampler: str = ""
+    decoded_positions: int = 0  # positions the decoder produced (numerator of tokens_per_sec)
+    canvas: np.ndarray | None = None  # MDM: final [B, T] canvas (left-padded prompt + region), untruncated
+    given: np.ndarray | None = None  # MDM: [B, T] positions the user supplied
+    reveal_step: np.ndarray | None = None  # MDM: [B, T] step that revealed each position (-1 = given)
+    history: np.ndarray | None = None  # MDM with trace=True: [steps + 1, B, T] canvas after each step
+    options: Options | None = None
+
+
+# ---------------------------------------------------------------- compiled-call cache
+_COMPILED: dict = {}
+
+
+def _call(fn, args: tuple, statics: dict):
+    """Run jitted `fn` compiled ahead of time (cached): returns (outputs, run s, compile s)."""
+    leaves, treedef = jax.tree.flatten(args)
+    sig = tuple((np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
+    key = (fn, tuple(sorted(statics.items())), treedef, sig)
+    compile_s = 0.0
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        t0 = time.perf_counter()
+        compiled = fn.lower(*args, **statics).compile()
+        compile_s = time.perf_counter() - t0
+        if len(_COMPILED) >= 64:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = compiled
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, time.perf_counter() - t0, compile_s
+
+
+def _place(params):
+    """Params on one device if they are replicated over several (see module docstring)."""
+    leaves = jax.tree.leaves(params)
+    shardings = [getattr(x, "sharding", None) for x in leaves]
+    if all(s is not None and s.is_fully_replicated for s in shardings) and len(shardings[0].device_set) > 1:
+        device = sorted(shardings[0].device_set, key=lambda d: d.id)[0]
+        return jax.device_put(params, device), device
+    if all(s is not None and len(s.device_set) == 1 for s in shardings):
+        return params, next(iter(shardings[0].device_set))
+    return params, None
+
+
+def _put(x, device):
+    return jax.device_put(x, device) if device is not None else jnp.asarray(x)
+
+
+# ---------------------------------------------------------------- text helpers
+def parse_infill(template: str, tokenizer) -> list[int]:
+    """Ids of an infill template: text is kept, `[MASK]` is one token to fill, `[MASK:n]` n tokens."""
+    ids, last = [], 0
+    for m in INFILL_SPAN.finditer(template):
+        ids += tokenizer.encode(template[last:m.start()])
+        n = int(m.group(1) or 1)
+        if n < 1:
+            raise ConfigError(f"infill span {m.group(0)!r} must fill at least 1 token: write [MASK] or [MASK:n] with n >= 1")
+        ids += [tokenizer.mask_id] * n
+        last = m.end()
+    ids += tokenizer.encode(template[last:])
+    if tokenizer.mask_id not in ids:
+        raise ConfigError(f"infill template {template!r} has no span to fill; mark gaps with [MASK] (one token) or [MASK:n] (n tokens)")
+    return ids
+
+
+def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str, sampler: str = "auto", max_new_tokens: int = 64,
+             steps: int | None = None, block_length: int | None = None, threshold: float | None = None, cfg: float = 0.0,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, infill: str | None = None,
+             kv_cache: bool = True, prefix_cache: bool = False, eos_last: bool = True, schedule: str = "linear",
+             batch_size: int | None = None, trace: bool = False) -> SampleResult:
+    """Generate one continuation per prompt (repeat a prompt for several samples).
+
+    objective: 'ar' or 'mdm' (the run's config.objective). sampler: 'auto', 'ar', or an MDM
+    sampler ('ancestral', 'topk_confidence', 'random', 'margin', 'entropy', 'threshold'),
+    see diffusion.py. steps: MDM steps over the whole region (default max_new_tokens).
+    block_length: semi-autoregressive block size, divides the region (default: one block).
+    threshold: confidence threshold for 'threshold' (default 0.9). cfg: guidance weight w.
+    temperature 0 = greedy. infill: a template such as "def f([MASK:4]):\\n    return x"
+    appended after each prompt; its spans are filled (max_new_tokens is then the template's
+    length). kv_cache: AR decoding with the KV cache (False = recompute every step).
+    prefix_cache: MDM approximate prefix/suffix KV cache refreshed at every block start.
+    eos_last: MDM scored samplers commit EOS only when nothing else is left. schedule: the
+    run's mdm.schedule (ancestral reveal probabilities). batch_size: decode in chunks of
+    this many rows (default: all at once). trace: MDM, keep the canvas after each step.
+    """
+    if isinstance(prompts, str):
+        raise ConfigError("prompts must be a list of strings, e.g. [prompt]; got a single string")
+    prompts = list(prompts) or [""]
+    template = parse_infill(infill, tokenizer) if infill else None
+    res = generate_tokens(
+        model, params, tokenizer, [tokenizer.encode(p) for p in prompts], objective=objective, sampler=sampler,
+        max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, threshold=threshold, cfg=cfg,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, infill_tokens=template, kv_cache=kv_cache,
+        prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, batch_size=batch_size, trace=trace)
+    res.texts = [tokenizer.decode(row[:n]) for row, n in zip(res.tokens, res.lengths)]
+    return res
+
+
+def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, objective: str, sampler: str = "auto",
+                    max_new_tokens: int = 64, steps=None, block_length=None, threshold=None, cfg: float = 0.0,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                    infill_tokens: Sequence[int] | None = None, kv_cache: bool = True, prefix_cache: bool = False,
+                    eos_last: bool = True, schedule: str = "linear", batch_size: int | None = None,
+                    trace: bool = False) -> SampleResult:
+    """Token-level `generate`: `ids` is anything with pad_id, eos_id and mask_id (a Tokenizer or
+    objectives.TokenIds); prompts are lists of ids (no EOS needed, one is put in front);
+    `infill_tokens` is a template of ids with mask_id where tokens are to be filled."""
+    prompts = [list(map(int, p)) for p in prompts] or [[]]
+    if infill_tokens is not None:
+        infill_tokens = [int(t) for t in infill_tokens]
+        max_new_tokens = len(infill_tokens)
+    opts = resolve(objective=objective, sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
+                   threshold=threshold, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, kv_cache=kv_cache,
+                   prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, infill=infill_tokens is not None)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 (or None for one batch)")
+    for p in prompts:
+        bad = [t for t in p if not 0 <= t < ids.mask_id]
+        if bad:
+            raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {ids.mask_id}); [MASK] belongs in infill templates only")
+    rows = [[ids.eos_id] + p for p in prompts]
+    params, device = _place(params)
+    run = _run_ar if objective == "ar" else _run_mdm
+    key = jax.random.key(opts.seed, impl="rbg")
+    if batch_size is None or batch_size >= len(rows):
+        return run(model, params, device, ids, rows, opts, infill_tokens, key, trace)
+    parts = []
+    for i, start in enumerate(range(0, len(rows), batch_size)):
+        chunk = rows[start:start + batch_size]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (batch_size - n)  # same shapes for every chunk: one compilation
+        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, jax.random.fold_in(key, i), trace), n))
+    return _concat(parts, ids.pad_id)
+
+
+# ---------------------------------------------------------------- AR
+def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace) -> SampleResult:
+    b, n = len(rows), opts.max_new_tokens
+    row_len = np.array([len(r) for r in rows], np.int32)
+    buf = np.full((b, int(row_len.max()) + n), ids.pad_id, np.int32)
+    for i, r in enumerate(rows):
+        buf[i, :len(r)] = r
+    statics = dict(model=model, max_new=n, p0=int(row_len.min()), use_cache=opts.kv_cache, greedy=opts.temperature == 0.0,
+                   top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id)
+    args = (params, _put(buf, device), _put(row_len, device), _put(key, device), jnp.float32(opts.temperature), jnp.float32(opts.top_p))
+    (out, produced, nfe), seconds, compile_s = _call(ar.decode, args, statics)
+    out, produced = np.asarray(out), np.asarray(produced)
+    region = np.stack([out[i, row_len[i]:row_len[i] + n] for i in range(b)])
+    return _finish(region, produced, int(nfe), seconds, compile_s, int(produced.sum()), opts, ids, cut_at_eos=True)
+
+
+# ---------------------------------------------------------------- MDM
+def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace) -> SampleResult:
+    lengths = sorted({len(r) for r in rows})
+    if opts.prefix_cache and len(lengths) > 1:
+        # the cache path cannot mask left padding: decode each prompt length on its own
+        groups = [[i for i, r in enumerate(rows) if len(r) == L] for L in lengths]
+        parts = [_run_mdm(model, params, device, ids, [rows[i] for i in g], opts, infill_tokens, jax.random.fold_in(key, L), trace)
+                 for g, L in zip(groups, lengths)]
+        order = np.argsort(np.concatenate([np.array(g) for g in groups]), kind="stable")
+        return _take(_concat(parts, ids.pad_id), None, order)
+    b, n, p = len(rows), opts.max_new_tokens, lengths[-1]
+    canvas = np.full((b, p + n), ids.pad_id, np.int32)
+    given = np.zeros((b, p + n), bool)
+    for i, r in enumerate(rows):
+        canvas[i, p - len(r):p] = r
+        given[i, p - len(r):p] = True
+    template = np.full((n,), ids.mask_id, np.int32) if infill_tokens is None else np.asarray(infill_tokens, np.int32)
+    canvas[:, p:] = template
+    given[:, p:] = template != ids.mask_id
+    segment_ids = None
+    if len(lengths) > 1:
+        real = np.arange(p + n)[None, :] >= p - np.array([len(r) for r in rows])[:, None]  # 0 on the left padding
+        segment_ids = _put(real.astype(np.int32), device)
+    plan = diffusion.Plan(
+        kind=opts.sampler, gen_start=p, gen_len=n, block_len=opts.block_length,
+        steps_per_block=opts.steps // (n // opts.block_length) if opts.steps else 0, prefix_cache=opts.prefix_cache,
+        guided=opts.cfg != 0.0, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0,
+        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace)
+    f32 = jnp.float32
+    args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(key, device),
+            f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg))
+    out, seconds, compile_s = _call(diffusion.decode, args, dict(model=model, plan=plan))
+    final = np.asarray(out["canvas"])
+    region = final[:, p:]
+    res = _finish(region, np.full((b,), n), int(out["nfe"]), seconds, compile_s, b * n, opts, ids, cut_at_eos=infill_tokens is None)
+    res.canvas, res.given, res.reveal_step = final, given, np.asarray(out["reveal_step"])
+    if trace:
+        res.history = np.asarray(out["history"])[: int(out["iterations"]) + 1]
+    return res
+
+
+# ---------------------------------------------------------------- results
+def _finish(region, produced, nfe, seconds, compile_s, decoded, opts, ids, cut_at_eos: bool) -> SampleResult:
+    b, n = region.shape
+    idx = np.arange(n)[None, :]
+    is_eos = (region == ids.eos_id) & (idx < produced[:, None])
+    stopped = is_eos.any(axis=1) if cut_at_eos else np.zeros((b,), bool)
+    lengths = np.where(stopped, is_eos.argmax(axis=1), produced).astype(np.int32)
+    tokens = np.where(idx < lengths[:, None], region, ids.pad_id).astype(np.int32)
+    return SampleResult(texts=[], tokens=tokens, lengths=lengths, nfe=nfe, seconds=seconds,
+                        tokens_per_sec=decoded / max(seconds, 1e-9), stopped_at_eos=stopped, compile_seconds=compile_s,
+                        sampler=opts.sampler, decoded_positions=decoded, options=opts)
+
+
+_ROW_FIELDS = ("tokens", "lengths", "stopped_at_eos", "canvas", "given", "reveal_step")
+
+
+def _take(res: SampleResult, n: int | None, order=None) -> SampleResult:
+    """The first n rows (or rows in `order`) of a result."""
+    sel = order if order is not None else slice(0, n)
+    for f in _ROW_FIELDS:
+        v = getattr(res, f)
+        if v is not None:
+            setattr(res, f, v[sel])
+    if res.history is not None:
+        res.history = res.history[:, sel]
+    return res
+
+
+def _concat(parts: list, pad_id: int) -> SampleResult:
+    """Rows of several results in sequence; counts and times add up."""
+    first = parts[0]
+    out = dataclasses.replace(first)
+    out.nfe = sum(p.nfe for p in parts)
+    out.seconds = sum(p.seconds for p in parts)
+    out.compile_seconds = sum(p.compile_seconds for p in parts)
+    out.decoded_positions = sum(p.decoded_positions for p in parts)
+    out.tokens_per_sec = out.decoded_positions / max(out.seconds, 1e-9)
+    out.texts = sum((p.texts for p in parts), [])
+    width = max(p.canvas.shape[1] for p in parts) if first.canvas is not None else 0
+    for f in _ROW_FIELDS:
+        vals = [getattr(p, f) for p in parts]
+        if any(v is None for v in vals):
+            setattr(out, f, None)
+            continue
+        if f in ("canvas", "given", "reveal_step"):
+            fill = {"canvas": pad_id, "given": False, "reveal_step": -1}[f]
+            vals = [np.pad(v, ((0, 0), (width - v.shape[1], 0)), constant_values=fill) for v in vals]  # left-pad prompts
+        setattr(out, f, np.concatenate(vals, axis=0))
+    out.history = None
+    if all(p.history is not None for p in parts):  # pad to a common number of steps (last canvas repeated) and width
+        steps = max(p.history.shape[0] for p in parts)
+        out.history = np.concatenate([_pad_history(p.history, steps, width, pad_id) for p in parts], axis=1)
+    return out
+
+
+def _pad_history(h, steps: int, width: int, pad_id: int):
+    h = np.concatenate([h, np.repeat(h[-1:], steps - h.shape[0], axis=0)], axis=0)
+    return np.pad(h, ((0, 0), (0, 0), (width - h.shape[2], 0)), constant_values=pad_id)
+
+
+__all__ = ["SampleResult", "generate", "generate_tokens", "parse_infill"]

@@ -1,0 +1,114 @@
+"""Sampler names and argument checks: every bad value is a ConfigError naming it and the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dllm_jax.errors import ConfigError
+from dllm_jax.sampling.diffusion import KINDS as MDM_SAMPLERS
+
+AR_SAMPLERS = ("ar",)
+SAMPLERS = AR_SAMPLERS + MDM_SAMPLERS
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Checked, resolved sampling options (see `generate` for the meaning of each)."""
+
+    objective: str
+    sampler: str
+    max_new_tokens: int
+    steps: int  # total over all blocks; 0 for 'ar' and 'threshold'
+    block_length: int
+    threshold: float
+    cfg: float
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    kv_cache: bool
+    prefix_cache: bool
+    eos_last: bool
+    schedule: str
+
+
+def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_length=None, threshold=None, cfg=0.0,
+            temperature=1.0, top_k=0, top_p=1.0, seed=0, kv_cache=True, prefix_cache=False, eos_last=True,
+            schedule="linear", infill=False) -> Options:
+    """Validate the user's arguments and fill the defaults:
+    sampler 'auto' -> 'ar' for AR runs; for MDM runs 'threshold' if a threshold is given,
+    else 'topk_confidence'. steps defaults to max_new_tokens (one token per step);
+    block_length to max_new_tokens (one block); threshold to 0.9 for 'threshold'."""
+    if objective not in ("ar", "mdm"):
+        raise ConfigError(f"objective={objective!r} is not one of 'ar', 'mdm' (it comes from the run's config.objective)")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+    if sampler == "auto":
+        sampler = "ar" if objective == "ar" else ("threshold" if threshold is not None else "topk_confidence")
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)} (or 'auto')")
+    if objective == "ar" and sampler != "ar":
+        raise ConfigError(f"sampler {sampler!r} is a masked-diffusion sampler but this run is autoregressive (objective='ar'); use sampler='ar'")
+    if objective == "mdm" and sampler == "ar":
+        raise ConfigError("sampler 'ar' needs an autoregressive run but this run is masked diffusion (objective='mdm'); "
+                          f"use one of: {', '.join(MDM_SAMPLERS)}")
+    if temperature is None or temperature < 0:
+        raise ConfigError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"top_k={top_k!r} must be an integer >= 0 (0 = off)")
+    if not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top_p={top_p!r} must be in (0, 1] (1 = off)")
+    if cfg is None or cfg < 0:
+        raise ConfigError(f"cfg={cfg!r} must be >= 0 (0 = no classifier-free guidance)")
+    if steps is not None and (not isinstance(steps, int) or steps < 1):
+        raise ConfigError(f"steps={steps!r} must be an integer >= 1")
+    if block_length is not None and (not isinstance(block_length, int) or block_length < 1):
+        raise ConfigError(f"block_length={block_length!r} must be an integer >= 1")
+
+    if objective == "ar":
+        for name, value, off in (("steps", steps, None), ("block_length", block_length, None), ("threshold", threshold, None)):
+            if value is not off:
+                raise ConfigError(f"{name}={value!r} applies to masked-diffusion samplers only; drop it for an AR run")
+        if cfg:
+            raise ConfigError(f"cfg={cfg!r}: classifier-free guidance is implemented for masked-diffusion runs only; use cfg=0")
+        if prefix_cache:
+            raise ConfigError("prefix_cache is for masked-diffusion block decoding; an AR run uses kv_cache")
+        if infill:
+            raise ConfigError("infilling needs a masked-diffusion run (objective='mdm'); an AR model only continues a prompt")
+        return Options(objective, sampler, max_new_tokens, 0, 0, 0.0, 0.0, float(temperature), top_k, float(top_p), int(seed),
+                       bool(kv_cache), False, False, schedule)
+
+    if block_length is None:
+        block_length = max_new_tokens
+    if max_new_tokens % block_length:
+        raise ConfigError(f"block_length={block_length} does not divide the generation length {max_new_tokens}; "
+                          f"choose a divisor of {max_new_tokens} (e.g. {_divisor_near(max_new_tokens, block_length)})")
+    num_blocks = max_new_tokens // block_length
+    if sampler == "threshold":
+        if steps is not None:
+            raise ConfigError(f"steps={steps} does not apply to sampler 'threshold' (it takes as many steps as the "
+                              "threshold allows, at least one token each); drop steps or pick a fixed-step sampler")
+        threshold = 0.9 if threshold is None else threshold
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"threshold={threshold!r} must be in (0, 1]")
+        steps = 0
+    else:
+        if threshold is not None:
+            raise ConfigError(f"threshold={threshold!r} applies to sampler 'threshold' only, not {sampler!r}")
+        steps = max_new_tokens if steps is None else steps
+        if steps % num_blocks:
+            raise ConfigError(f"steps={steps} must be a multiple of the number of blocks ({max_new_tokens} tokens / "
+                              f"block_length {block_length} = {num_blocks}); e.g. steps={num_blocks * max(1, round(steps / num_blocks))}")
+        threshold = 0.0
+    if schedule not in ("linear", "cosine"):
+        raise ConfigError(f"schedule={schedule!r} must be 'linear' or 'cosine' (the run's mdm.schedule)")
+    return Options(objective, sampler, max_new_tokens, steps, block_length, float(threshold), float(cfg), float(temperature),
+                   top_k, float(top_p), int(seed), False, bool(prefix_cache), bool(eos_last), schedule)
+
+
+def _divisor_near(n: int, target: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), d))
+
+
+__all__ = ["Options", "resolve", "SAMPLERS", "AR_SAMPLERS", "MDM_SAMPLERS"]

@@ -52,7 +52,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
     return 2 * n**3 / best
 
 
-def bench_objective(objective: str, size: str, steps: int, warmup: int, dtype: str, remat: str) -> dict:
+def bench_objective(objective: str, size: str, steps: int, warmup: int, dtype: str, remat: str, overrides=()) -> dict:
     d, layers, heads, ff, vocab, seq, batch = SIZES[size]
     cfg = config_lib.default_config()
     cfg.objective = objective
@@ -61,6 +61,8 @@ def bench_objective(objective: str, size: str, steps: int, warmup: int, dtype: s
     cfg.data.seq_len = seq
     cfg.train.batch_size = batch
     cfg.mdm.random_length_prob = 0.0  # fixed shapes for timing (it never changes shapes anyway)
+    for key, value in overrides:
+        config_lib.set_key(cfg, key, value)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     tokenizer_vocab = vocab - 1  # model rows = vocab
     model = train_step.build_model(cfg, tokenizer_vocab)
@@ -115,6 +117,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default=None, help="compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
     p.add_argument("--remat", default="none")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. --set model.attention_impl=cudnn --set model.loss_chunk=256")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args()
     platform_name = jax.devices()[0].platform
@@ -124,21 +128,21 @@ def main() -> int:
     print(f"machine: {machine()}\nmatmul peak ({jnp.dtype(peak_dtype).name}): {peak / 1e12:.3f} TFLOP/s", flush=True)
     rows = []
     for objective in ("ar", "mdm"):
-        r = bench_objective(objective, args.size, args.steps, args.warmup, dtype, args.remat)
+        r = bench_objective(objective, args.size, args.steps, args.warmup, dtype, args.remat, [kv.split("=", 1) for kv in args.set])
         r["mfu"] = r["tflops_per_sec"] * 1e12 / peak
         rows.append(r)
         print(f"{objective}: {r['params'] / 1e6:.1f}M params, {r['step_seconds']:.3f} s/step, {r['tokens_per_sec']:.0f} tokens/s, "
               f"MFU {100 * r['mfu']:.1f}% (compile {r['compile_seconds']:.1f}s)", flush=True)
     ratio = rows[1]["step_seconds"] / rows[0]["step_seconds"]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    result = {"machine": machine(), "platform": platform_name, "dtype": dtype, "matmul_peak_flops": peak, "rows": rows,
+    result = {"machine": machine(), "platform": platform_name, "dtype": dtype, "overrides": args.set, "matmul_peak_flops": peak, "rows": rows,
               "mdm_over_ar_step_time": ratio, "jax": jax.__version__, "commit": commit}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"train_speed_{platform_name}")
     with open(stem + ".json", "w") as f:
         json.dump(result, f, indent=2)
     lines = [f"Machine: {result['machine']}; JAX {jax.__version__}; compute {dtype}; matmul peak measured in the same run: "
-             f"{peak / 1e12:.3f} TFLOP/s.", "",
+             f"{peak / 1e12:.3f} TFLOP/s." + (f" Overrides: {' '.join(args.set)}." if args.set else ""), "",
              "| objective | model | params | seq x batch | step (s) | tokens/s | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['objective']} | {r['size']} | {r['params'] / 1e6:.1f}M | {r['seq_len']} x {r['batch']} | {r['step_seconds']:.3f} | "

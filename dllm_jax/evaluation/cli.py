@@ -1,0 +1,153 @@
+"""`dllm-jax eval --workdir DIR --task TASK ...`: evaluate a checkpoint, print and save JSON.
+
+Tasks:
+  val        validation NLL (AR, exact) or ELBO (MDM, --mc-samples stratified draws per row)
+  cloze      multiple choice built from the run's validation text (see cloze.py)
+  jsonl      a generic multiple-choice file (--data FILE), see tasks.py
+  hellaswag  a HellaSwag jsonl file (--data FILE)
+  mmlu       MMLU CSV / JSONL / a directory of CSVs (--data PATH)
+  genppl     samples from the run scored by an AR reference run (--reference-workdir)
+
+Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json
+(the step in the name keeps evaluations of several checkpoints apart). Defaults of
+--mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
+`--config.KEY=VALUE` may change where the data is (data.paths, data.cache_dir,
+data.tfds_data_dir) and the eval.* keys; nothing that would change the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from dllm_jax import config as config_lib
+from dllm_jax.errors import ConfigError
+
+TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
+FILE_TASKS = ("jsonl", "hellaswag", "mmlu")
+ALLOWED_OVERRIDES = ("data.paths", "data.cache_dir", "data.tfds_data_dir", "eval.")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--workdir", required=True, help="a trained run directory")
+    parser.add_argument("--task", required=True, choices=TASKS, help="what to evaluate")
+    parser.add_argument("--data", default=None, help="task file (jsonl, hellaswag) or file/folder (mmlu)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--mc-samples", type=int, default=None, help="MDM Monte Carlo samples per choice or sequence (default: eval.mc_samples)")
+    parser.add_argument("--cfg", type=float, default=0.0, help="MDM multiple choice: classifier-free guidance weight w (0 = off)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first K items / validation rows / cloze passages")
+    parser.add_argument("--output", default=None, help="JSON file to write (default: <workdir>/eval/<task>_step<N>.json)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws (and of generation)")
+    parser.add_argument("--batch-size", type=int, default=None, help="rows per scoring batch (default: eval.batch_size)")
+    parser.add_argument("--items", action="store_true", help="also save per-item predictions and log-likelihoods")
+    g = parser.add_argument_group("genppl")
+    g.add_argument("--reference-workdir", default=None, help="an AR run that scores the samples")
+    g.add_argument("--reference-step", type=int, default=None)
+    g.add_argument("--num-samples", type=int, default=16)
+    g.add_argument("--prompt", default="", help="prompt of every sample (default: none, unconditional)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--sampler", default="auto")
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--block-length", type=int, default=None)
+    g.add_argument("--threshold", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+
+
+def _check_overrides(overrides) -> None:
+    for key, _ in overrides or []:
+        if not key.startswith(ALLOWED_OVERRIDES):
+            raise ConfigError(f"--config.{key} cannot change at evaluation (it is fixed by the checkpoint); "
+                              f"eval accepts only {', '.join(k + '*' if k.endswith('.') else k for k in ALLOWED_OVERRIDES)}")
+
+
+def _apply_overrides(config, overrides) -> None:
+    for key, value in overrides or []:
+        config_lib.set_key(config, key, value)
+    config_lib.validate(config)
+
+
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise ConfigError(f"{name}={value} must be >= 1")
+
+
+def evaluate_run(args) -> tuple[dict, str]:
+    """(results, default output name) for parsed `args`."""
+    from dllm_jax.checkpoint import load_run
+    from dllm_jax.evaluation import cloze, likelihood, multiple_choice, tasks
+
+    for name in ("--mc-samples", "--limit", "--batch-size"):
+        _positive(name, getattr(args, name[2:].replace("-", "_")))
+    if args.task in FILE_TASKS and not args.data:
+        raise ConfigError(f"--task {args.task} needs --data PATH (the task file)")
+    _check_overrides(getattr(args, "overrides", None))
+    if args.task == "genppl" and not args.reference_workdir:
+        raise ConfigError("--task genppl needs --reference-workdir DIR (an AR run that scores the samples)")
+    items = tasks.read_task(args.data, args.task) if args.task in FILE_TASKS else None  # bad files fail before loading
+
+    run = load_run(args.workdir, step=args.step)
+    config = run.config
+    _apply_overrides(config, getattr(args, "overrides", None))
+    e = config.eval
+    mc = args.mc_samples or e.mc_samples
+    batch = args.batch_size or e.batch_size
+    head = {"task": args.task, "workdir": os.path.abspath(args.workdir), "step": run.step, "objective": config.objective}
+    name = args.task
+
+    if args.task == "genppl":
+        from dllm_jax.checkpoint import load_run as load_reference
+        from dllm_jax.evaluation.genppl import evaluate_generation
+
+        reference = load_reference(args.reference_workdir, step=args.reference_step)
+        res = evaluate_generation(run, reference, num_samples=args.num_samples, prompt=args.prompt,
+                                  max_new_tokens=args.max_new_tokens, sampler=args.sampler, steps=args.steps,
+                                  block_length=args.block_length, threshold=args.threshold, temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=batch)
+        return {**head, "reference_workdir": os.path.abspath(args.reference_workdir), **res}, name
+
+    scorer = likelihood.Scorer.for_model(run.model, config, run.tokenizer, batch_size=batch, mesh=run.mesh)
+    if args.task in ("val", "cloze"):
+        from dllm_jax.data.pipeline import build_dataset
+
+        dataset = build_dataset(config, args.workdir)
+        if dataset.tokenizer.fingerprint != run.tokenizer.fingerprint:
+            raise ConfigError(f"the data pipeline gave tokenizer {dataset.tokenizer.fingerprint}, not the checkpoint's "
+                              f"{run.tokenizer.fingerprint}; check data.tokenizer / the workdir's tokenizer.model")
+        val = dataset.val
+        if len(val) == 0:
+            raise ConfigError(f"the run has no validation rows (data.val_tokens={config.data.val_tokens}); nothing to evaluate")
+        if args.task == "val":
+            rows = val[: args.limit] if args.limit else val
+            return {**head, **scorer.sequence_nll(run.params, rows, mc_samples=mc, seed=args.seed)}, name
+        token_items = cloze.build_cloze(val, run.tokenizer, n_examples=args.limit or e.cloze_examples,
+                                        n_choices=e.cloze_choices, length=e.cloze_length, seed=config.seed)
+        head["cloze"] = {"choices": e.cloze_choices, "length": cloze.continuation_length(config.data.seq_len, e.cloze_length)}
+    else:
+        if args.limit:
+            items = items[: args.limit]
+        token_items = tasks.tokenize_items(items, run.tokenizer)
+        head["data"] = os.path.abspath(args.data)
+        name = f"{args.task}-{os.path.splitext(os.path.basename(args.data.rstrip('/')))[0]}" if args.task == "jsonl" else args.task
+    res = multiple_choice.score_items(scorer, run.params, token_items, mc_samples=mc, seed=args.seed,
+                                      cfg_scale=args.cfg, keep_items=args.items)
+    return {**head, **res}, name
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    results, name = evaluate_run(args)
+    results["seconds"] = round(time.perf_counter() - t0, 2)
+    path = args.output or os.path.join(args.workdir, "eval", f"{name}_step{results['step']}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    shown = {k: v for k, v in results.items() if k != "items"}
+    print(json.dumps(shown, indent=2))
+    print(f"saved {path}")
+    return 0
+
+
+__all__ = ["add_arguments", "run", "evaluate_run", "TASKS"]

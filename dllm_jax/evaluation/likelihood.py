@@ -1,0 +1,380 @@
+"""Likelihood estimators for AR and masked-diffusion LMs, jitted and batched.
+
+Three estimators (field notes section 5), all over real tokens only (ids >= the tokenizer's
+vocabulary, i.e. [MASK] and padding rows, are excluded from every softmax):
+
+* AR, exact: log p(answer | context) = sum of next-token log-probs of the answer tokens.
+* MDM sequence ELBO (validation): -log p(x) <= E_t[w(t) * sum_{masked} CE], t drawn N times
+  per sequence, stratified over the N draws (`objectives.sample_times` with antithetic=True),
+  each token masked independently with prob p(t) (`objectives.mask_prob`), weight
+  `objectives.elbo_weight`, the run's own schedule and eps.
+* MDM conditional likelihood (LLaDA): mask exactly l of the L answer tokens (never the
+  context), l stratified over the N draws in 1..L, the l positions uniform at random;
+  -log p(answer | context) ~= E[(L / l) * sum_{masked} CE]. Optional classifier-free
+  guidance: unconditional logits from the input with the context replaced by [MASK],
+  logits = u + (w + 1)(c - u).
+
+Both MDM estimators are unbiased estimates of an upper bound on the NLL (an ELBO), not of
+the NLL itself; the standard error reported is the Monte Carlo one for fixed data, from the
+i.i.d. formula (std / sqrt(N)), which over-states the error of stratified draws slightly
+(stratification only lowers variance), so it is conservative.
+
+Shapes: rows are padded to bucketed lengths (powers of two from 8, capped at the run's
+`data.seq_len`) and cut into batches of a fixed number of rows, so one shape compiles
+per bucket, not per example. Padding is kept out of attention by segment ids (real tokens
+1, padding 0). Decisions where the task is silent:
+- A context longer than the room left by the answer loses its left part (like the
+  harness); an answer longer than the model's length keeps its last tokens, and the
+  pair is counted as `truncated`.
+- An empty context becomes [EOS] (the token that precedes every document in training);
+  it is done for both objectives so that they score the same token sequences.
+- AR validation predicts tokens 1..L-1 of each row from their prefix (as in training, the
+  first token of a row has no context); MDM validation bounds all L tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from dllm_jax import objectives
+
+# logits_fn(params, tokens[B, L] int32, segment_ids[B, L] int32) -> logits[B, L, V] float32
+LogitsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
+
+MIN_BUCKET = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSpec:
+    """What the estimators need to know about a run."""
+
+    objective: str  # 'ar' | 'mdm'
+    vocab_limit: int  # ids >= this are not real tokens (== mask_id)
+    mask_id: int
+    eos_id: int
+    max_len: int  # longest row the model is asked to score (the run's data.seq_len)
+    schedule: str = "linear"  # MDM masking schedule (the run's mdm.schedule)
+    eps: float = 1e-3  # MDM t ~ U(eps, 1) (the run's mdm.eps)
+    document_attention: bool = False  # validation rows: attention within EOS-delimited documents
+
+
+@dataclasses.dataclass
+class PairScore:
+    """Score of one (context, answer) pair."""
+
+    logprob: float  # log p(answer | context) for AR; minus the MC estimate of the bound for MDM
+    stderr: float  # Monte Carlo standard error of `logprob` (0 for AR or a 1-token MDM answer)
+    greedy: bool  # AR: every answer token is the argmax; MDM: the same with the whole answer masked
+    tokens: int  # answer tokens scored
+    truncated: bool  # the pair did not fit in max_len
+
+
+def bucket_length(n: int, max_len: int) -> int:
+    """Smallest power of two >= n (at least MIN_BUCKET), capped at max_len."""
+    b = MIN_BUCKET
+    while b < n:
+        b *= 2
+    return min(b, max(max_len, n))
+
+
+# ---------------------------------------------------------------- per-batch math (jittable)
+def _real_logits(logits, vocab_limit):
+    if vocab_limit < logits.shape[-1]:
+        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -1e30)
+    return logits
+
+
+def ar_batch(logits_fn: LogitsFn, params, tokens, segment_ids, weights, vocab_limit: int):
+    """Exact AR scores. `weights[b, i]` (0/1) says whether the prediction made at position i
+    (of token i+1) counts, as in `objectives.prepare_ar`. Returns (sum log-prob [B],
+    all counted predictions are the argmax [B])."""
+    logits = logits_fn(params, tokens, segment_ids)[:, :-1]
+    targets = tokens[:, 1:]
+    w = weights[:, :-1]
+    ce = objectives.token_cross_entropy(logits, targets, vocab_limit)
+    argmax = jnp.argmax(_real_logits(logits, vocab_limit), axis=-1)
+    greedy = jnp.all((argmax == targets) | (w == 0), axis=1)
+    return -jnp.sum(ce * w, axis=1), greedy
+
+
+def _uniforms(seed, sample_ids, length):
+    base = jax.random.key(seed)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i), (length,)))(sample_ids)
+
+
+def mdm_elbo_batch(logits_fn: LogitsFn, params, tokens, segment_ids, t, seed, sample_ids, spec: ScoreSpec):
+    """One continuous-time ELBO draw per row: w(t) * sum over masked real tokens of CE, each
+    real token masked with prob p(t). Returns (value [B], masked count [B])."""
+    valid = segment_ids > 0
+    u = _uniforms(seed, sample_ids, tokens.shape[1])
+    masked = (u < objectives.mask_prob(t, spec.schedule)[:, None]) & valid
+    inputs = jnp.where(masked, spec.mask_id, tokens)
+    ce = objectives.token_cross_entropy(logits_fn(params, inputs, segment_ids), tokens, spec.vocab_limit)
+    value = objectives.elbo_weight(t, spec.schedule) * jnp.sum(ce * masked, axis=1)
+    return value, masked.sum(axis=1)
+
+
+def exact_l_mask(answer, n_mask, seed, sample_ids):
+    """Mask exactly n_mask[b] of the positions where answer[b] is True, uniformly at random."""
+    u = _uniforms(seed, sample_ids, answer.shape[1])
+    scores = jnp.where(answer, u, 2.0)  # answer positions sort first
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    return answer & (rank < n_mask[:, None])
+
+
+def llada_batch(logits_fn: LogitsFn, params, tokens, segment_ids, answer, n_mask, seed, sample_ids, spec: ScoreSpec, cfg_scale: float = 0.0):
+    """One LLaDA draw per row: mask exactly n_mask of the answer tokens (never the context);
+    value = (L / l) * sum over masked of CE. Returns (value [B], all masked predictions are
+    the argmax [B])."""
+    masked = exact_l_mask(answer, n_mask, seed, sample_ids)
+    inputs = jnp.where(masked, spec.mask_id, tokens)
+    logits = logits_fn(params, inputs, segment_ids)
+    if cfg_scale:
+        context = (segment_ids > 0) & ~answer
+        uncond = logits_fn(params, jnp.where(context, spec.mask_id, inputs), segment_ids)
+        logits = uncond + (cfg_scale + 1.0) * (logits - uncond)
+    ce = objectives.token_cross_entropy(logits, tokens, spec.vocab_limit)
+    n_answer = answer.sum(axis=1)
+    value = n_answer / jnp.maximum(n_mask, 1) * jnp.sum(ce * masked, axis=1)
+    argmax = jnp.argmax(_real_logits(logits, spec.vocab_limit), axis=-1)
+    greedy = jnp.all((argmax == tokens) | ~masked, axis=1)
+    return value, greedy
+
+
+# ---------------------------------------------------------------- host-side orchestration
+@dataclasses.dataclass
+class _Row:
+    tokens: np.ndarray  # int32 [n]
+    aux: np.ndarray  # [n]: AR weights (float) or MDM answer mask (bool)
+    scalar: float = 0.0  # t (ELBO) or l (LLaDA)
+    sample_id: int = 0
+
+
+class Scorer:
+    """Batched, jitted estimators for one model. Methods take `params` so that one Scorer
+    serves a whole training run."""
+
+    def __init__(self, logits_fn: LogitsFn, spec: ScoreSpec, *, batch_size: int = 64, mesh=None):
+        if spec.objective not in ("ar", "mdm"):
+            raise ValueError(f"objective must be 'ar' or 'mdm', got {spec.objective!r}")
+        self.logits_fn = logits_fn
+        self.spec = spec
+        self.mesh = mesh
+        shards = int(mesh.devices.size) if mesh is not None else 1
+        self.batch_size = -(-max(int(batch_size), 1) // shards) * shards
+        self._jitted: dict = {}
+
+    @classmethod
+    def for_model(cls, model, config, tokenizer, *, batch_size: int = 64, mesh=None) -> "Scorer":
+        """A Scorer for a dllm_jax Transformer and its run config."""
+        causal = objectives.is_causal(config.objective)
+
+        def logits_fn(params, tokens, segment_ids):
+            return model.apply({"params": params}, tokens, causal=causal, segment_ids=segment_ids)
+
+        spec = ScoreSpec(
+            objective=config.objective, vocab_limit=tokenizer.mask_id, mask_id=tokenizer.mask_id,
+            eos_id=tokenizer.eos_id, max_len=int(config.data.seq_len), schedule=config.mdm.schedule,
+            eps=float(config.mdm.eps), document_attention=bool(config.data.document_attention),
+        )
+        return cls(logits_fn, spec, batch_size=batch_size, mesh=mesh)
+
+    # -- jit plumbing -----------------------------------------------------------------
+    def _fn(self, kind: str, cfg_scale: float = 0.0):
+        key = (kind, float(cfg_scale))
+        if key not in self._jitted:
+            spec, lf = self.spec, self.logits_fn
+            if kind == "ar":
+                fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit)
+            elif kind == "elbo":
+                fn = lambda p, tok, seg, aux, sc, seed, ids: mdm_elbo_batch(lf, p, tok, seg, sc, seed, ids, spec)
+            else:
+                fn = lambda p, tok, seg, aux, sc, seed, ids: llada_batch(
+                    lf, p, tok, seg, aux, sc.astype(jnp.int32), seed, ids, spec, cfg_scale)
+            # outputs replicated, so that every process can read them
+            out = None if self.mesh is None else jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+            self._jitted[key] = jax.jit(fn, out_shardings=out)
+        return self._jitted[key]
+
+    def _put(self, x: np.ndarray):
+        """A global array split over the batch axes of the mesh (every process holds `x`)."""
+        from dllm_jax import sharding
+
+        batch_axes = sharding.batch_sharding(self.mesh).spec[0]
+        sh = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(batch_axes, *([None] * (x.ndim - 1))))
+        return jax.make_array_from_callback(x.shape, sh, lambda index: x[index])
+
+    def _call(self, fn, params, arrays):
+        if self.mesh is None:
+            return fn(params, *arrays)
+        from dllm_jax import sharding
+
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            return fn(params, *[self._put(a) if isinstance(a, np.ndarray) and a.ndim else a for a in arrays])
+
+    def _run(self, kind: str, params, rows: list[_Row], seed: int = 0, cfg_scale: float = 0.0, doc_segments: bool = False):
+        """Evaluate `rows` (any lengths) in bucketed fixed-size batches; outputs in row order."""
+        fn = self._fn(kind, cfg_scale)
+        out0 = np.zeros(len(rows), np.float64)
+        out1 = np.zeros(len(rows), np.float64)
+        by_bucket: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_bucket.setdefault(bucket_length(len(r.tokens), self.spec.max_len), []).append(i)
+        bsz = self.batch_size
+        aux_dtype = np.float32 if kind == "ar" else bool
+        for length, idx in sorted(by_bucket.items()):
+            for start in range(0, len(idx), bsz):
+                chunk = idx[start:start + bsz]
+                tok = np.zeros((bsz, length), np.int32)
+                seg = np.zeros((bsz, length), np.int32)
+                aux = np.zeros((bsz, length), aux_dtype)
+                sc = np.ones((bsz,), np.float32)
+                ids = np.zeros((bsz,), np.uint32)
+                for j, i in enumerate(chunk):
+                    r = rows[i]
+                    n = len(r.tokens)
+                    tok[j, :n] = r.tokens
+                    seg[j, :n] = 1
+                    aux[j, :n] = r.aux
+                    sc[j] = r.scalar
+                    ids[j] = r.sample_id
+                if doc_segments:
+                    seg = np.asarray(np.where(seg > 0, objectives.segment_ids_from_eos(jnp.asarray(tok), self.spec.eos_id), 0), np.int32)
+                a, b = self._call(fn, params, (tok, seg, aux, sc, np.int32(seed), ids))
+                a, b = np.asarray(jax.device_get(a), np.float64), np.asarray(jax.device_get(b), np.float64)
+                out0[chunk] = a[:len(chunk)]
+                out1[chunk] = b[:len(chunk)]
+        return out0, out1
+
+    # -- public estimators --------------------------------------------------------------
+    def _fit(self, context: Sequence[int], answer: Sequence[int]):
+        """(tokens, number of answer tokens kept, truncated) for one pair."""
+        context = list(context) or [self.spec.eos_id]
+        answer = list(answer)
+        full = context + answer
+        room = self.spec.max_len
+        truncated = len(full) > room
+        full = full[-room:]
+        keep = min(len(answer), len(full) - 1)  # AR needs one context token; MDM gets the same rows
+        return np.asarray(full, np.int32), keep, truncated or keep < len(answer)
+
+    def loglikelihood(self, params, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, mc_samples: int = 16,
+                      seed: int = 0, cfg_scale: float = 0.0, greedy: bool = False) -> list[PairScore]:
+        """log p(answer | context) per (context ids, answer ids) pair: exact for AR, the LLaDA
+        estimate with `mc_samples` draws for MDM (one draw for a one-token answer, where the
+        estimator is exact). `greedy=True` (MDM) adds one pass with the whole answer masked to
+        report whether the answer is the argmax; AR always reports it."""
+        if not pairs:
+            return []
+        fitted = []
+        for k, (ctx, ans) in enumerate(pairs):
+            if len(ans) == 0:
+                raise ValueError(f"pair {k}: the answer has no tokens; every choice must encode to at least one token")
+            fitted.append(self._fit(ctx, ans))
+        if self.spec.objective == "ar":
+            rows = []
+            for tokens, keep, _ in fitted:
+                w = np.zeros(len(tokens), np.float32)
+                w[len(tokens) - keep - 1:len(tokens) - 1] = 1.0  # predictions of the last `keep` tokens
+                rows.append(_Row(tokens, w))
+            lp, gr = self._run("ar", params, rows)
+            return [PairScore(float(lp[i]), 0.0, bool(gr[i]), keep, trunc) for i, (_, keep, trunc) in enumerate(fitted)]
+
+        n = max(int(mc_samples), 1)
+        rows, owner = [], []
+        key = jax.random.key(seed)
+        for k, (tokens, keep, _) in enumerate(fitted):
+            ans = np.zeros(len(tokens), bool)
+            ans[len(tokens) - keep:] = True
+            draws = 1 if keep == 1 else n
+            # l stratified over the draws: u_j = (u + j/N) mod 1 -> l = 1 + floor(u_j * L)
+            u = np.asarray(objectives.sample_times(jax.random.fold_in(key, k), draws, 0.0, True), np.float64)
+            for j in range(draws):
+                l = min(1 + int(u[j] * keep), keep)
+                owner.append(k)
+                rows.append(_Row(tokens, ans, float(l), sample_id=len(rows)))
+        vals, _ = self._run("llada", params, rows, seed=seed, cfg_scale=cfg_scale)
+        owner = np.asarray(owner)
+        greedy_flags = np.zeros(len(fitted), bool)
+        if greedy:
+            grows = []
+            for tokens, keep, _ in fitted:
+                ans = np.zeros(len(tokens), bool)
+                ans[len(tokens) - keep:] = True
+                grows.append(_Row(tokens, ans, float(keep)))
+            _, g = self._run("llada", params, grows, seed=seed, cfg_scale=cfg_scale)
+            greedy_flags = g > 0.5
+        out = []
+        for k, (_, keep, trunc) in enumerate(fitted):
+            v = vals[owner == k]
+            se = float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+            out.append(PairScore(-float(v.mean()), se, bool(greedy_flags[k]), keep, trunc))
+        return out
+
+    def sequence_nll(self, params, sequences: np.ndarray, *, mc_samples: int = 16, seed: int = 0) -> dict:
+        """Per-token NLL of fixed-length sequences [M, L] (e.g. validation rows): exact for AR
+        (tokens 1..L-1 given their prefix, as training counts them), the continuous-time ELBO
+        with `mc_samples` stratified draws per sequence for MDM. Returns totals and
+        per-token values in nats and bits, a perplexity (AR) or perplexity upper bound (MDM),
+        and for MDM the Monte Carlo standard error."""
+        seqs = np.asarray(sequences, np.int32)
+        if seqs.ndim != 2 or seqs.shape[0] == 0:
+            raise ValueError(f"sequences must be a non-empty [M, L] array, got shape {seqs.shape}")
+        m, length = seqs.shape
+        if self.spec.objective == "ar":
+            ids = objectives.TokenIds(pad_id=-1, eos_id=self.spec.eos_id, mask_id=self.spec.mask_id)
+            prep = objectives.prepare_ar(jnp.asarray(seqs), None, ids, document_attention=self.spec.document_attention)
+            weights = np.asarray(prep.weights)
+            rows = [_Row(seqs[i], weights[i]) for i in range(m)]
+            lp, _ = self._run("ar", params, rows, doc_segments=self.spec.document_attention)
+            count = float(weights.sum())
+            nll = -float(lp.sum())
+            out = {"exact": True, "sequences": m, "tokens": int(count), "nll_total": nll}
+            per = nll / max(count, 1.0)
+            out.update(nats_per_token=per, bits_per_token=per / math.log(2), perplexity=float(np.exp(min(per, 50.0))))
+            return out
+        n = max(int(mc_samples), 1)
+        keys = jax.random.split(jax.random.key(seed), m)
+        times = np.asarray(jax.vmap(lambda k: objectives.sample_times(k, n, self.spec.eps, True))(keys), np.float32)
+        rows = [_Row(seqs[i], np.ones(length, bool), float(times[i, j]), sample_id=i * n + j) for i in range(m) for j in range(n)]
+        vals, _ = self._run("elbo", params, rows, seed=seed, doc_segments=self.spec.document_attention)
+        vals = vals.reshape(m, n)
+        tokens = m * length
+        total = float(vals.mean(axis=1).sum())
+        var = float((vals.var(axis=1, ddof=1) / n).sum()) if n > 1 else float("nan")
+        per = total / tokens
+        out = {"exact": False, "sequences": m, "tokens": tokens, "mc_samples": n, "nelbo_total": total,
+               "nats_per_token": per, "bits_per_token": per / math.log(2),
+               "stderr_nats_per_token": math.sqrt(var) / tokens if n > 1 else None,
+               "perplexity_bound": float(np.exp(min(per, 50.0)))}
+        return out
+
+
+def rolling_windows(tokens: Sequence[int], max_len: int, prefix_id: int) -> list[tuple[list[int], list[int]]]:
+    """(context, continuation) pairs whose continuations partition `tokens` in order, each
+    pair at most `max_len` long and each continuation seeing as much preceding text as fits
+    (the first one sees only `prefix_id`). Summing their log-likelihoods gives the
+    log-likelihood of a text of any length."""
+    tokens = list(tokens)
+    if max_len < 2:
+        raise ValueError(f"max_len={max_len} must be >= 2")
+    step = max_len - 1
+    history = [prefix_id] + tokens
+    out = []
+    for start in range(0, len(tokens), step):
+        cont = tokens[start:start + step]
+        ctx_room = max_len - len(cont)
+        ctx = history[max(0, start + 1 - ctx_room):start + 1]
+        out.append((ctx, cont))
+    return out
+
+
+__all__ = ["ScoreSpec", "PairScore", "Scorer", "bucket_length", "ar_batch", "mdm_elbo_batch", "llada_batch",
+           "exact_l_mask", "rolling_windows"]

@@ -1,0 +1,155 @@
+"""lm-evaluation-harness model `dllm_jax`: evaluate a dllm_jax checkpoint with any harness task.
+
+    pip install 'dllm_jax[eval]'
+    python -m dllm_jax.evaluation.harness --model dllm_jax --model_args workdir=DIR,mc_samples=32 \\
+        --tasks hellaswag [--include_path MY_TASKS]
+
+or from Python (importing this module registers the model name):
+
+    import lm_eval, dllm_jax.evaluation.lm_eval_adapter
+    lm_eval.simple_evaluate(model="dllm_jax", model_args="workdir=DIR", tasks=[...])
+
+(`lm_eval --model dllm_jax` itself only finds the name when this module has been imported,
+which the `harness` wrapper does.) This module imports without lm_eval; the model fails
+only when constructed.
+
+model_args: workdir (required), step, mc_samples (MDM draws per request, default the run's
+eval.mc_samples), cfg (MDM classifier-free guidance weight), seed, batch_size, and for
+generate_until: sampler, steps, block_length, threshold, temperature (default 0 = greedy
+unless the task asks for sampling), top_k, top_p.
+
+Requests:
+- loglikelihood: AR exact; MDM the LLaDA estimate (likelihood.py). is_greedy: AR, every
+  answer token is the argmax; MDM, the same with the whole answer masked at once.
+- loglikelihood_rolling: the text in rolling windows of the run's data.seq_len, from an
+  EOS start; AR exact, MDM the sum of the windows' LLaDA bounds (an ELBO of the text).
+- generate_until: `dllm_jax.sampling.generate` from the context (its left part dropped if
+  context + max_gen_toks exceeds data.seq_len), cut at the first stop string.
+"""
+
+from __future__ import annotations
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+
+    HAVE_LM_EVAL = True
+except ImportError:  # optional extra
+    HAVE_LM_EVAL = False
+
+    class LM:  # stand-in base so that this module imports without lm_eval
+        def __init__(self):
+            pass
+
+    def register_model(*names):
+        return lambda cls: cls
+
+
+def _int_or(value, default):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default  # e.g. batch_size='auto'
+
+
+@register_model("dllm_jax")
+class DllmJaxLM(LM):
+    def __init__(self, workdir: str = "", step=None, mc_samples=None, cfg: float = 0.0, seed: int = 0, batch_size=None,
+                 sampler: str = "auto", steps=None, block_length=None, threshold=None, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, **unused):
+        if not HAVE_LM_EVAL:
+            raise ImportError("lm-evaluation-harness is not installed; install the extra: pip install 'dllm_jax[eval]'")
+        super().__init__()
+        from dllm_jax.checkpoint import load_run
+        from dllm_jax.errors import ConfigError
+        from dllm_jax.evaluation.likelihood import Scorer
+
+        if not workdir:
+            raise ConfigError("model_args needs workdir=DIR (a dllm_jax run directory)")
+        self.run = load_run(str(workdir), step=None if step in (None, "") else int(step))
+        cfg_e = self.run.config.eval
+        self.mc_samples = _int_or(mc_samples, cfg_e.mc_samples)
+        self.cfg_scale = float(cfg or 0.0)
+        self.seed = int(seed)
+        self.scorer = Scorer.for_model(self.run.model, self.run.config, self.run.tokenizer,
+                                       batch_size=_int_or(batch_size, cfg_e.batch_size), mesh=self.run.mesh)
+        self.gen = dict(sampler=sampler, steps=None if steps is None else int(steps),
+                        block_length=None if block_length is None else int(block_length),
+                        threshold=None if threshold is None else float(threshold), temperature=float(temperature),
+                        top_k=int(top_k), top_p=float(top_p))
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"dllm_jax-{self.run.tokenizer.fingerprint}"
+
+    @property
+    def max_length(self) -> int:
+        return int(self.run.config.data.seq_len)
+
+    # ------------------------------------------------------------------ scoring
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        from dllm_jax.evaluation.tasks import encode_pair
+
+        pairs = [encode_pair(self.run.tokenizer, ctx, cont) for ctx, cont in (r.args for r in requests)]
+        # an empty continuation has log-likelihood 0
+        idx = [i for i, (_, cont) in enumerate(pairs) if cont]
+        scores = self.scorer.loglikelihood(self.run.params, [pairs[i] for i in idx], mc_samples=self.mc_samples,
+                                           seed=self.seed, cfg_scale=self.cfg_scale, greedy=True)
+        out = [(0.0, True)] * len(pairs)
+        for i, s in zip(idx, scores):
+            out[i] = (float(s.logprob), bool(s.greedy))
+        for r, o in zip(requests, out):
+            self.cache_hook.add_partial("loglikelihood", r.args, o)
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        from dllm_jax.evaluation.likelihood import rolling_windows
+
+        tok = self.run.tokenizer
+        pairs, owner = [], []
+        for i, r in enumerate(requests):
+            for pair in rolling_windows(tok.encode(r.args[0]), self.max_length, tok.eos_id):
+                pairs.append(pair)
+                owner.append(i)
+        scores = self.scorer.loglikelihood(self.run.params, pairs, mc_samples=self.mc_samples, seed=self.seed)
+        out = [0.0] * len(requests)
+        for i, s in zip(owner, scores):
+            out[i] += float(s.logprob)
+        for r, o in zip(requests, out):
+            self.cache_hook.add_partial("loglikelihood_rolling", r.args, o)
+        return out
+
+    # ------------------------------------------------------------------ generation
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        from dllm_jax.sampling import generate
+
+        tok = self.run.tokenizer
+        out = []
+        for r in requests:
+            context, kwargs = r.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.pop("max_gen_toks", 64))
+            max_new = max(1, min(max_new, self.max_length - 1))
+            opts = dict(self.gen)
+            if "temperature" in kwargs:
+                opts["temperature"] = float(kwargs["temperature"])
+            if kwargs.get("do_sample") is False:
+                opts["temperature"] = 0.0
+            ids = tok.encode(context)
+            room = self.max_length - max_new
+            if len(ids) > room:
+                context = tok.decode(ids[-room:]) if room > 0 else ""
+            res = generate(self.run.model, self.run.params, tok, [context], objective=self.run.config.objective,
+                           max_new_tokens=max_new, seed=self.seed, **opts)
+            text = res.texts[0]
+            for stop in until:
+                if stop and stop in text:
+                    text = text[: text.index(stop)]
+            out.append(text)
+            self.cache_hook.add_partial("generate_until", r.args, text)
+        return out
+
+
+__all__ = ["DllmJaxLM", "HAVE_LM_EVAL"]

@@ -1,0 +1,29 @@
+"""Evaluation during training: the cloze task on the run's validation rows (`eval.*` keys).
+
+Built once at the start of a run (the items and the Monte Carlo seed are fixed, so values
+are comparable across steps and between AR and MDM runs on the same data); called with
+the current parameters wherever the loop validates.
+"""
+
+from __future__ import annotations
+
+from dllm_jax.evaluation.cloze import build_cloze
+from dllm_jax.evaluation.likelihood import Scorer
+from dllm_jax.evaluation.multiple_choice import score_items
+
+
+class ClozeEvaluator:
+    def __init__(self, model, config, tokenizer, val, mesh=None):
+        e = config.eval
+        self.items = build_cloze(val, tokenizer, n_examples=e.cloze_examples, n_choices=e.cloze_choices,
+                                 length=e.cloze_length, seed=config.seed)
+        self.scorer = Scorer.for_model(model, config, tokenizer, batch_size=e.batch_size, mesh=mesh)
+        self.mc_samples = e.mc_samples
+        self.seed = config.seed
+
+    def __call__(self, params) -> dict:
+        r = score_items(self.scorer, params, self.items, mc_samples=self.mc_samples, seed=self.seed)
+        return {"cloze_acc": r["acc"], "cloze_acc_norm": r["acc_norm"]}
+
+
+__all__ = ["ClozeEvaluator"]

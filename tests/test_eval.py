@@ -1,0 +1,472 @@
+"""Evaluation: estimators checked against exact values, task files, cloze, CLI, training hook,
+lm-evaluation-harness adapter and generative perplexity."""
+
+import itertools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from dllm_jax.errors import ConfigError, DataError
+from dllm_jax.evaluation import cloze, genppl, likelihood, tasks
+from dllm_jax.evaluation.likelihood import Scorer, ScoreSpec
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+# ---------------------------------------------------------------- toy models
+V = 6  # real tokens 0..5; id 6 = [MASK]; rows 6, 7 are not real tokens
+MASK = V
+LOG_PI = np.log(np.array([0.05, 0.1, 0.15, 0.2, 0.2, 0.3]))
+
+
+def marginal_model(params, tokens, segment_ids):
+    """Outputs the true marginals everywhere, whatever the input. Non-token rows get large
+    logits: an estimator that forgot to exclude them would be far off."""
+    row = jnp.concatenate([jnp.asarray(LOG_PI, jnp.float32), jnp.array([4.0, 6.0])])
+    return jnp.broadcast_to(row, tokens.shape + (V + 2,))
+
+
+def context_model(params, tokens, segment_ids):
+    """Predictions depend on the masking pattern: how many tokens are masked, whether the
+    left neighbour is masked, and the left neighbour's value."""
+    b, n = tokens.shape
+    n_masked = (tokens == MASK).sum(axis=1).astype(jnp.float32)
+    prev = jnp.concatenate([jnp.full((b, 1), MASK), tokens[:, :-1]], axis=1)
+    logits = jnp.broadcast_to(jnp.asarray(LOG_PI, jnp.float32), (b, n, V))
+    logits = logits + 0.7 * n_masked[:, None, None] * jax.nn.one_hot(0, V)
+    logits = logits + 1.5 * (prev == MASK)[..., None] * jax.nn.one_hot(1, V)
+    logits = logits + 0.9 * jax.nn.one_hot(jnp.clip(prev, 0, V - 1), V) * (prev < V)[..., None]
+    return jnp.concatenate([logits, jnp.full((b, n, 2), 5.0)], axis=-1)
+
+
+def toy_spec(objective="mdm", schedule="linear", max_len=64):
+    return ScoreSpec(objective=objective, vocab_limit=V, mask_id=MASK, eos_id=2, max_len=max_len, schedule=schedule, eps=1e-3)
+
+
+def log_softmax_real(logits, limit):
+    x = np.asarray(logits, np.float64)[..., :limit]
+    return x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_runs):
+    """The session's tiny trained runs, loaded once for this module."""
+    from dllm_jax.checkpoint import load_run
+
+    return {k: load_run(v) for k, v in trained_runs.items()}
+
+
+# ---------------------------------------------------------------- MDM ELBO
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_elbo_equals_exact_nll_for_true_marginals(schedule):
+    rng = np.random.default_rng(0)
+    seqs = rng.choice(V, size=(12, 24), p=np.exp(LOG_PI)).astype(np.int32)
+    exact = -LOG_PI[seqs].sum()
+    scorer = Scorer(marginal_model, toy_spec(schedule=schedule), batch_size=128)
+    res = scorer.sequence_nll(None, seqs, mc_samples=64, seed=1)
+    se_total = res["stderr_nats_per_token"] * res["tokens"]
+    assert res["tokens"] == seqs.size and not res["exact"]
+    assert se_total < 0.05 * exact  # the check below has power
+    assert abs(res["nelbo_total"] - exact) < 4 * se_total, (res["nelbo_total"], exact, se_total)
+    assert res["bits_per_token"] == pytest.approx(res["nats_per_token"] / math.log(2))
+    assert res["perplexity_bound"] == pytest.approx(math.exp(res["nats_per_token"]))
+
+
+def test_elbo_draws_are_weighted_masked_ce_of_a_trained_mdm(loaded):
+    """Each ELBO draw of the trained MDM is w(t) * (sum of CE over the masked tokens),
+    recomputed here by hand from the masked input; the ELBO is >= the unweighted masked CE
+    (w >= 1) and the realised masking rate follows p(t)."""
+    run = loaded["mdm"]
+    scorer = Scorer.for_model(run.model, run.config, run.tokenizer)
+    seen = {}
+
+    def recording_logits(params, tokens, segment_ids):
+        seen["inputs"] = np.asarray(tokens)
+        return scorer.logits_fn(params, tokens, segment_ids)
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, run.tokenizer.vocab_size, size=(64, 32)).astype(np.int32)
+    t = np.linspace(0.05, 0.95, 64).astype(np.float32)
+    seg = np.ones_like(tokens)
+    value, n_masked = likelihood.mdm_elbo_batch(recording_logits, run.params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(t),
+                                               3, jnp.arange(64, dtype=jnp.uint32), scorer.spec)
+    masked = seen["inputs"] == run.tokenizer.mask_id
+    assert np.array_equal(masked.sum(1), np.asarray(n_masked))
+    assert np.array_equal(np.where(masked, tokens, seen["inputs"]), tokens)  # only [MASK] substitutions
+    logits = np.asarray(scorer.logits_fn(run.params, jnp.asarray(seen["inputs"]), jnp.asarray(seg)))
+    lp = log_softmax_real(logits, run.tokenizer.mask_id)
+    ce = -np.take_along_axis(lp, tokens[..., None], -1)[..., 0]
+    hand = (ce * masked).sum(1) / t
+    np.testing.assert_allclose(np.asarray(value), hand, rtol=2e-4)
+    assert np.all(np.asarray(value) >= (ce * masked).sum(1) - 1e-4)
+    assert abs(masked.mean() - t.mean()) < 0.03  # masking rate ~ p(t) = t
+    assert np.corrcoef(masked.mean(1), t)[0, 1] > 0.9
+
+
+# ---------------------------------------------------------------- AR exact likelihood
+def hand_ar_logprob(run, ctx, ans):
+    """log p(ans | ctx) from one unpadded causal forward pass, summed in float64."""
+    full = np.asarray((list(ctx) or [run.tokenizer.eos_id]) + list(ans), np.int32)[-run.config.data.seq_len:]
+    if not hasattr(run, "_hand"):  # one jitted apply on one device, parameters on the host
+        run._hand = (jax.jit(run.model.apply, static_argnames="causal"), jax.device_get(run.params))
+    apply, params = run._hand
+    logits = apply({"params": params}, full[None], causal=True)[0]
+    lp = log_softmax_real(logits, run.tokenizer.mask_id)
+    first = len(full) - min(len(ans), len(full) - 1)
+    total = sum(lp[i - 1, full[i]] for i in range(first, len(full)))
+    greedy = all(np.argmax(lp[i - 1]) == full[i] for i in range(first, len(full)))
+    return total, greedy
+
+
+def test_ar_choice_loglikelihood_is_sum_of_token_logprobs(loaded):
+    run = loaded["ar"]
+    tok = run.tokenizer
+    ctx = tok.encode("The river walks into the old")
+    pairs = [(ctx, tok.encode(" forest.")), (ctx[:2], tok.encode(" quiet house")), ([], tok.encode("Morning finds the road")),
+             (ctx * 5, tok.encode(" city")),  # context longer than seq_len: cut on the left
+             (ctx, list(range(3, 3 + 40)))]  # answer longer than seq_len: truncated
+    scorer = Scorer.for_model(run.model, run.config, tok, batch_size=8, mesh=run.mesh)
+    scores = scorer.loglikelihood(run.params, pairs)
+    for (c, a), s in zip(pairs, scores):
+        lp, greedy = hand_ar_logprob(run, c, a)
+        assert s.logprob == pytest.approx(lp, rel=1e-4, abs=1e-3)
+        assert s.greedy == greedy and s.stderr == 0.0
+    assert [s.truncated for s in scores] == [False, False, False, True, True]
+    assert scores[4].tokens == run.config.data.seq_len - 1
+
+
+# ---------------------------------------------------------------- LLaDA estimator
+def exact_llada_expectation(logits_fn, tokens, n_answer):
+    """E over l ~ U{1..L} and a uniform l-subset S of the answer of (L/l) * sum_S CE."""
+    n = len(tokens)
+    answer = list(range(n - n_answer, n))
+    total = 0.0
+    for l in range(1, n_answer + 1):
+        subsets = list(itertools.combinations(answer, l))
+        acc = 0.0
+        for s in subsets:
+            x = np.array(tokens)
+            x[list(s)] = MASK
+            lp = log_softmax_real(logits_fn(None, jnp.asarray(x[None]), jnp.ones((1, n), jnp.int32))[0], V)
+            acc += n_answer / l * -sum(lp[i, tokens[i]] for i in s)
+        total += acc / len(subsets)
+    return total / n_answer
+
+
+@pytest.mark.parametrize("model", [marginal_model, context_model], ids=["marginals", "context"])
+def test_llada_estimator_is_unbiased(model):
+    tokens = [5, 3, 1, 4, 0, 2, 5]  # 3 context tokens, 4 answer tokens
+    exact = exact_llada_expectation(model, tokens, 4)
+    if model is marginal_model:  # independent tokens: the bound is the exact NLL
+        assert exact == pytest.approx(-LOG_PI[tokens[3:]].sum(), rel=1e-5)
+    scorer = Scorer(model, toy_spec(), batch_size=512)
+    est = scorer.loglikelihood(None, [(tokens[:3], tokens[3:])], mc_samples=2000, seed=3)[0]
+    assert est.stderr < 0.02 * exact
+    assert abs(-est.logprob - exact) < 4 * est.stderr, (-est.logprob, exact, est.stderr)
+    assert est.tokens == 4 and not est.truncated
+
+
+def test_llada_masks_exactly_l_answer_tokens_never_the_context():
+    answer = jnp.array([[False, False, True, True, True, True, False]] * 50)
+    n_mask = jnp.array([1 + i % 4 for i in range(50)])
+    m = np.asarray(likelihood.exact_l_mask(answer, n_mask, 0, jnp.arange(50, dtype=jnp.uint32)))
+    assert np.array_equal(m.sum(1), np.asarray(n_mask))
+    assert not m[:, [0, 1, 6]].any()
+    assert len({tuple(r) for r in m[n_mask == 2]}) > 3  # positions vary between draws
+
+
+def test_single_token_answer_and_cfg_are_exact():
+    ctx, ans = [5, 3, 1], [4]
+    scorer = Scorer(context_model, toy_spec(), batch_size=8)
+    x = np.array([ctx + [MASK]])
+    cond = np.asarray(context_model(None, jnp.asarray(x), None))[0, -1]
+    uncond = np.asarray(context_model(None, jnp.asarray(np.array([[MASK] * 3 + [MASK]])), None))[0, -1]
+    for w in (0.0, 1.5):
+        s = scorer.loglikelihood(None, [(ctx, ans)], mc_samples=16, cfg_scale=w)[0]
+        mixed = uncond + (w + 1) * (cond - uncond)
+        assert s.stderr == 0.0  # one token: the estimator is deterministic
+        assert s.logprob == pytest.approx(log_softmax_real(mixed[None], V)[0, 4], rel=1e-5)
+
+
+def test_scoring_compiles_once_per_length_bucket():
+    rng = np.random.default_rng(0)
+    pairs = [(rng.integers(0, V, n).tolist(), rng.integers(0, V, 1 + n % 5).tolist()) for n in range(1, 50)]
+    for objective, kind in (("ar", "ar"), ("mdm", "llada")):
+        scorer = Scorer(marginal_model, toy_spec(objective), batch_size=16)
+        scores = scorer.loglikelihood(None, pairs, mc_samples=3)
+        for (_, ans), s in zip(pairs, scores):
+            if objective == "ar" or len(ans) == 1:  # exact here: independent tokens / a 1-token answer
+                assert s.logprob == pytest.approx(LOG_PI[ans].sum(), rel=1e-4)
+            else:
+                assert abs(s.logprob - LOG_PI[ans].sum()) <= 8 * s.stderr + 1e-4
+        assert scorer._fn(kind)._cache_size() == len({likelihood.bucket_length(len(c) + len(a), 64) for c, a in pairs}) == 4
+
+
+# ---------------------------------------------------------------- rolling windows
+def test_rolling_windows_partition_the_text_with_maximal_context():
+    tokens = list(range(10, 33))
+    windows = likelihood.rolling_windows(tokens, 8, prefix_id=2)
+    assert sum((c for _, c in windows), []) == tokens
+    assert windows[0][0] == [2]
+    history = [2] + tokens
+    pos = 0
+    for ctx, cont in windows:
+        assert 1 <= len(ctx) and len(ctx) + len(cont) <= 8
+        assert history[pos + 1 - len(ctx):pos + 1] == ctx  # the tokens right before the continuation
+        pos += len(cont)
+    assert len(windows[-1][0]) + len(windows[-1][1]) == 8  # the last window is filled with context
+
+
+# ---------------------------------------------------------------- cloze
+def test_cloze_distractors_come_from_other_passages():
+    rng = np.random.default_rng(0)
+    val = rng.integers(3, 50, size=(12, 16)).astype(np.int32)
+    val[5, 12:] = val[7, 12:]  # two passages share an ending: neither may be the other's distractor
+    items = cloze.build_cloze(val, n_examples=0, n_choices=4, length=4, seed=1)
+    assert len(items) == 12
+    labels = set()
+    for it in items:
+        p, sources = it.meta["passage"], it.meta["sources"]
+        assert sources[it.label] == p and sources.count(p) == 1
+        assert len(set(sources)) == 4
+        assert it.context == val[p, :12].tolist()
+        assert it.choices[it.label] == val[p, 12:].tolist()
+        tails = {tuple(c) for c in it.choices}
+        assert len(tails) == 4  # no choice repeats another, nor the true one
+        labels.add(it.label)
+    assert len(labels) > 1
+    again = cloze.build_cloze(val, n_examples=0, n_choices=4, length=4, seed=1)
+    assert [(a.label, a.meta) for a in again] == [(a.label, a.meta) for a in items]
+    other = cloze.build_cloze(val, n_examples=0, n_choices=4, length=4, seed=2)
+    assert [a.meta for a in other] != [a.meta for a in items]
+    with pytest.raises(DataError, match="too few"):
+        cloze.build_cloze(val[:3], n_choices=4, length=4)
+    with pytest.raises(ConfigError, match="cloze_length"):
+        cloze.build_cloze(val, n_choices=4, length=16)
+
+
+# ---------------------------------------------------------------- task files
+def test_task_readers_parse_the_sample_files():
+    items = tasks.read_jsonl(os.path.join(DATA, "mc_toy.jsonl"))
+    assert [len(i.choices) for i in items] == [2, 2, 2, 3] and items[3].label == 2
+    assert items[2].context == "" and items[1].source.endswith("mc_toy.jsonl:2")
+    assert items[2].source.endswith(":4")  # blank line 3 skipped, line numbers kept
+    hs = tasks.read_hellaswag(os.path.join(DATA, "hellaswag_sample.jsonl"))
+    assert hs[0].context == "Making a sandwich: A man puts two slices of bread on a plate. He"
+    assert hs[0].choices[1] == " spreads butter on one slice." and hs[0].label == 1
+    assert hs[1].context == "Home and Garden: How to water a plant. Fill a can with water." and hs[1].label == 0
+    assert hs[1].choices[0] == " Pour it slowly onto the soil."
+    mm = tasks.read_mmlu(DATA)  # the directory: every *.csv
+    assert len(mm) == 2 and mm[0].label == 1 and mm[1].label == 2
+    assert mm[0].choices == [" A", " B", " C", " D"]
+    assert mm[0].context.startswith("The following are multiple choice questions (with answers) about elementary mathematics.")
+    assert mm[1].context.endswith("C. green\nD. ten\nAnswer:")
+
+
+@pytest.mark.parametrize("fmt,lines,message", [
+    ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 0}', "", '{"context": "a", "choices": [" b"'], ":3: not valid JSON"),
+    ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 0}', '{"context": "a", "choices": [" b", " c"]}'], ":2: missing field(s) ['label']"),
+    ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 2}'], ":1: 'label' is 2 but there are 2 choices"),
+    ("jsonl", ['{"context": "a", "choices": " b", "label": 0}'], ":1: 'choices' must be a list of strings"),
+    ("jsonl", ['{"context": "a", "choices": [" b", "  "], "label": 0}'], ":1: choice 1 is empty"),
+    ("jsonl", ['[1, 2]'], ":1: expected a JSON object"),
+    ("hellaswag", ['{"ctx_a": "x", "ctx_b": "y", "label": 0}'], ":1: missing HellaSwag field(s) ['endings']"),
+    ("hellaswag", ['{"ctx_a": "x", "ctx_b": "y", "endings": ["a", "b"], "label": ""}'], ":1: 'label' is empty"),
+    ("mmlu", ["q,a,b,c,d,A", "q,a,b,c,d"], ":2: expected 6 CSV columns"),
+    ("mmlu", ["q,a,b,c,d,E"], ":1: answer is 'E'"),
+])
+def test_bad_task_files_name_the_line(tmp_path, fmt, lines, message):
+    path = tmp_path / ("bad.csv" if fmt == "mmlu" else "bad.jsonl")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        tasks.read_task(str(path), fmt)
+    assert str(path) + message in str(e.value)
+
+
+def test_missing_task_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        tasks.read_jsonl(str(tmp_path / "nope.jsonl"))
+
+
+def test_encode_pair_moves_trailing_space_to_the_choice(loaded):
+    tok = loaded["ar"].tokenizer
+    ctx, cont = tasks.encode_pair(tok, "The river walks ", "into the forest")
+    assert tok.decode(ctx) == "The river walks" and tok.decode(cont) == " into the forest"
+    assert ctx + cont == tok.encode("The river walks into the forest")
+
+
+# ---------------------------------------------------------------- CLI
+def _eval(workdir, *argv):
+    from dllm_jax.cli import main
+
+    out = os.path.join(workdir, "eval", "test_" + "_".join(a.strip("-") for a in argv[:2]) + ".json")
+    assert main(["eval", "--workdir", workdir, *argv, "--output", out]) == 0
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_cli_val_matches_training_validation(trained_runs):
+    from dllm_jax.metrics import read_metrics
+
+    ar = _eval(trained_runs["ar"], "--task", "val", "--limit", "16")  # the 2 validation batches of 8 training used
+    last = [r for r in read_metrics(trained_runs["ar"]) if "val_loss" in r][-1]
+    assert ar["exact"] and ar["sequences"] == 16 and ar["tokens"] == 16 * 31
+    assert ar["nats_per_token"] == pytest.approx(last["val_loss"], rel=1e-5)
+    assert ar["perplexity"] == pytest.approx(last["val_ppl"], rel=1e-4)
+    # MDM: the ELBO over all 16 rows with 8 draws each (training's val_loss is one draw per row)
+    mdm = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", "8")
+    assert not mdm["exact"] and mdm["tokens"] == 16 * 32 and mdm["mc_samples"] == 8
+    assert 0 < mdm["stderr_nats_per_token"] < 0.15 * mdm["nats_per_token"]
+    assert mdm["nats_per_token"] > math.log(2)  # far from a degenerate (all-zero) estimate
+
+
+def test_cli_multiple_choice_and_cloze(trained_runs, tmp_path):
+    for objective in ("ar", "mdm"):
+        res = _eval(trained_runs[objective], "--task", "jsonl", "--data", os.path.join(DATA, "mc_toy.jsonl"), "--items", "--mc-samples", "4")
+        assert res["n"] == 4 and 0 <= res["acc"] <= 1 and res["estimator"] == ("exact" if objective == "ar" else "llada_mc")
+        assert [it["label"] for it in res["items"]] == [0, 0, 0, 2]
+        assert res["acc"] == np.mean([it["pred"] == it["label"] for it in res["items"]])
+        assert all(len(it["stderr"]) == len(it["logprobs"]) for it in res["items"])
+    cz = _eval(trained_runs["mdm"], "--task", "cloze", "--limit", "8", "--mc-samples", "4")
+    assert cz["n"] == 8 and cz["chance"] == 0.25 and cz["cloze"] == {"choices": 4, "length": 8}
+    from dllm_jax.cli import main
+
+    assert main(["eval", "--workdir", trained_runs["ar"], "--task", "hellaswag"]) == 2  # needs --data
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "x", "choices": [" a", " b"], "label": 5}\n')
+    assert main(["eval", "--workdir", trained_runs["ar"], "--task", "jsonl", "--data", str(bad)]) == 2
+    assert main(["eval", "--workdir", trained_runs["ar"], "--task", "val", "--config.model.d_model=64"]) == 2
+
+
+# ---------------------------------------------------------------- training hook
+def test_training_logs_cloze_every_k_steps_and_each_epoch(corpus, tmp_path):
+    from dllm_jax.metrics import read_metrics
+    from dllm_jax.train import train
+
+    paths, cache = corpus
+    cfg = tiny_config(paths, cache, "mdm", data__unique_tokens=4 * 8 * 32, train__eval_every=0, eval__cloze_every=3,
+                      eval__cloze_examples=8, eval__mc_samples=2, train__checkpoint_every=100, train__eval_batches=1)
+    train(cfg, str(tmp_path))  # 4 steps per epoch, 2 epochs
+    val = [r for r in read_metrics(str(tmp_path)) if "val_loss" in r]
+    assert [r["step"] for r in val] == [3, 4, 6, 8]  # every 3 steps, each epoch's end, the end
+    for r in val:
+        assert 0.0 <= r["cloze_acc"] <= 1.0 and 0.0 <= r["cloze_acc_norm"] <= 1.0
+    with pytest.raises(ConfigError, match="eval.cloze_choices"):
+        from dllm_jax.config import validate
+
+        validate(tiny_config(paths, cache, "mdm", eval__cloze_choices=1))
+
+
+# ---------------------------------------------------------------- generation quality
+def test_unigram_entropy_by_hand():
+    assert genppl.unigram_entropy([[1, 1, 2, 2], [7, 7, 7]]) == pytest.approx((math.log(2) + 0.0) / 2)
+    assert genppl.unigram_entropy([[1, 2, 3, 4], []]) == pytest.approx(math.log(4))
+
+
+def test_generative_perplexity_scores_texts_exactly(loaded):
+    ref = loaded["ar"]
+    scorer = Scorer.for_model(ref.model, ref.config, ref.tokenizer, batch_size=8)
+    texts = ["The quiet road finds the city.", "Light, " * 16]  # the second is longer than seq_len: windows
+    res = genppl.generative_perplexity(scorer, ref.params, ref.tokenizer, texts)
+    nll, count = 0.0, 0
+    for text in texts:
+        for ctx, cont in likelihood.rolling_windows(ref.tokenizer.encode(text), ref.config.data.seq_len, ref.tokenizer.eos_id):
+            nll -= hand_ar_logprob(ref, ctx, cont)[0]
+            count += len(cont)
+    assert res["reference_tokens"] == count > ref.config.data.seq_len
+    assert res["nll_per_token"] == pytest.approx(nll / count, rel=1e-4)
+    assert res["gen_ppl"] == pytest.approx(math.exp(nll / count), rel=1e-3)
+
+
+def test_genppl_end_to_end(trained_runs):
+    pytest.importorskip("dllm_jax.sampling")
+    res = _eval(trained_runs["mdm"], "--task", "genppl", "--reference-workdir", trained_runs["ar"], "--num-samples", "4",
+                "--max-new-tokens", "16", "--steps", "8")
+    assert res["num_samples"] == 4 and res["reference_workdir"] == os.path.abspath(trained_runs["ar"])
+    assert res["reference_tokens"] > 0 and 1.0 < res["gen_ppl"] < 1e6
+    assert 0.0 < res["unigram_entropy"] <= math.log(16)
+
+
+# ---------------------------------------------------------------- lm-evaluation-harness
+TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+{body}
+"""
+MC_BODY = """output_type: multiple_choice
+doc_to_text: "{{context}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: label
+target_delimiter: ""
+metric_list:
+  - metric: acc
+  - metric: acc_norm"""
+ROLLING_BODY = """output_type: loglikelihood_rolling
+doc_to_text: ""
+doc_to_target: "{{text}}"
+metric_list:
+  - metric: word_perplexity"""
+GEN_BODY = """output_type: generate_until
+doc_to_text: "{{context}}"
+doc_to_target: "{{choices[label]}}"
+generation_kwargs:
+  until: ["."]
+  max_gen_toks: 8
+metric_list:
+  - metric: exact_match"""
+
+
+def test_lm_eval_adapter_end_to_end(trained_runs, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional extra: pip install 'dllm_jax[eval]'")
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from dllm_jax.evaluation import lm_eval_adapter
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "The river walks into the forest."}\n{"text": "' + "Small light " * 20 + '"}\n')
+    mc = os.path.join(DATA, "mc_toy.jsonl")
+    for name, data, body in (("dllm_mc", mc, MC_BODY), ("dllm_rolling", texts, ROLLING_BODY), ("dllm_gen", mc, GEN_BODY)):
+        (tmp_path / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data, body=body))
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    assert lm_eval_adapter.DllmJaxLM.__name__ == "DllmJaxLM"
+
+    ar = lm_eval.simple_evaluate(model="dllm_jax", model_args=f"workdir={trained_runs['ar']}", tasks=["dllm_mc", "dllm_rolling"],
+                                 task_manager=manager, log_samples=False)["results"]
+    ours = _eval(trained_runs["ar"], "--task", "jsonl", "--data", mc)
+    assert ar["dllm_mc"]["acc,none"] == pytest.approx(ours["acc"])  # the same exact scores
+    assert ar["dllm_mc"]["acc_norm,none"] == pytest.approx(ours["acc_norm"])
+    assert math.isfinite(ar["dllm_rolling"]["word_perplexity,none"]) and ar["dllm_rolling"]["word_perplexity,none"] > 1
+    mdm = lm_eval.simple_evaluate(model="dllm_jax", model_args=f"workdir={trained_runs['mdm']},mc_samples=4,steps=8",
+                                  tasks=["dllm_mc", "dllm_gen"], task_manager=manager, log_samples=False)["results"]
+    assert 0.0 <= mdm["dllm_mc"]["acc,none"] <= 1.0
+    assert 0.0 <= mdm["dllm_gen"]["exact_match,none"] <= 1.0
+
+
+def test_adapter_imports_without_lm_eval_and_fails_only_when_used(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    monkeypatch.setitem(sys.modules, "lm_eval.api", None)
+    monkeypatch.setitem(sys.modules, "lm_eval.api.model", None)
+    monkeypatch.setitem(sys.modules, "lm_eval.api.registry", None)
+    import dllm_jax.evaluation as package
+
+    monkeypatch.delattr(package, "lm_eval_adapter", raising=False)
+    monkeypatch.delitem(sys.modules, "dllm_jax.evaluation.lm_eval_adapter", raising=False)
+    mod = importlib.import_module("dllm_jax.evaluation.lm_eval_adapter")  # monkeypatch restores the real one after
+    assert not mod.HAVE_LM_EVAL
+    with pytest.raises(ImportError, match=r"pip install 'dllm_jax\[eval\]'"):
+        mod.DllmJaxLM(workdir="x")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import os
 
 import grain
@@ -26,15 +27,25 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+class _QuietReadOnly(logging.Filter):
+    """Orbax logs a warning every time a checkpoint folder is opened read-only, as sampling
+    and evaluation always do; that is expected here, so drop it."""
+
+    def filter(self, record):
+        return "read only" not in record.getMessage() and "read_only=True" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietReadOnly())
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep_last: int = 2, keep_every: int = 0, async_save: bool = True, read_only: bool = False):
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep_last,
-            keep_period=keep_every or None,
-            enable_async_checkpointing=async_save,
-            create=not read_only,
-            read_only=read_only,
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep_last, keep_period=keep_every or None, enable_async_checkpointing=async_save, create=True
+            )
         self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(
             self.directory,

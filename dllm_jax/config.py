@@ -116,6 +116,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4
     c.eval.mc_samples = 16  # MDM Monte Carlo samples per choice (LLaDA estimator) or per sequence (ELBO)
     c.eval.batch_size = 64  # rows per scoring batch
+    c.eval.val_draws = 4  # MDM: (t, mask) draws per validation row in training-time validation (Monte Carlo ELBO)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = fill with the remaining devices
@@ -320,7 +321,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     e = cfg.eval
     for key in ("cloze_every", "cloze_examples", "cloze_length"):
         _positive(f"eval.{key}", e[key], allow_zero=True)
-    for key in ("mc_samples", "batch_size"):
+    for key in ("mc_samples", "batch_size", "val_draws"):
         _positive(f"eval.{key}", e[key])
     if e.cloze_choices < 2:
         raise ConfigError(f"eval.cloze_choices={e.cloze_choices} must be >= 2 (the true continuation and at least one distractor)")

@@ -83,8 +83,10 @@ def _mean_records(metric_list) -> dict:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
 
 
-def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective: str) -> dict:
-    """Validation over the first `num_batches` fixed batches (0 = all)."""
+def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective: str, draws: int = 1) -> dict:
+    """Validation over the first `num_batches` fixed batches (0 = all). For MDM the loss is a
+    Monte Carlo ELBO: each row is scored under `draws` independent (t, mask) draws, fixed
+    across the run so that successive validations are comparable."""
     from dllm_jax.data.pipeline import val_batches
 
     batches = val_batches(val, batch_size)
@@ -93,9 +95,12 @@ def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int
     if not batches:
         return {}
     total = None
+    draws = draws if objective == "mdm" else 1
     for i, batch in enumerate(batches):
-        sums = eval_fn(params, sharding.global_batch_from_full(mesh, batch), i)
-        total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+        tokens = sharding.global_batch_from_full(mesh, batch)
+        for k in range(draws):
+            sums = eval_fn(params, tokens, i * draws + k)
+            total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
     metrics = {k: float(v) for k, v in objectives.finalize(jax.device_get(total), objective).items()}
     out = {"val_loss": metrics["loss"]}
     if objective == "ar":
@@ -203,7 +208,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         prev = None
 
         def do_eval(step, with_cloze=True):
-            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, config.objective)
+            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, config.objective, config.eval.val_draws)
             if rec:
                 rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
                 if cloze is not None and with_cloze:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dllm_jax.models.moe import MoEMLP
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -50,6 +52,10 @@ class ModelConfig:
     remat: str = "none"  # 'none' | 'full' | 'dots' | 'dots_with_no_batch_dims' | 'minimal'
     dropout: float = 0.0
     attention_impl: str = "xla"
+    num_experts: int = 0  # 0 = dense SwiGLU MLP; > 0 = token-choice top-k MoE MLP (models/moe.py)
+    experts_per_token: int = 2  # top-k
+    capacity_factor: float = 1.25  # expert capacity per device = factor * tokens * k / experts; 0 = dropless
+    router_aux_weight: float = 0.01  # load-balancing loss weight (applied by the train step)
 
     @property
     def kv_heads(self) -> int:
@@ -177,7 +183,8 @@ class Block(nn.Module):
         if cfg.dropout:
             y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
         x = x + y
-        y = MLP(cfg, name="mlp")(RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(x))
+        mlp = MoEMLP(cfg, name="moe") if cfg.num_experts else MLP(cfg, name="mlp")
+        y = mlp(RMSNorm(cfg.norm_eps, dt, name="mlp_norm")(x))
         if cfg.dropout:
             y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
         x = _constrain(x + y, ("activation_batch", "activation_length", "activation_embed"))
@@ -214,7 +221,10 @@ class Transformer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, *, causal: bool, positions=None, segment_ids=None, cache=None, cache_index=0, deterministic: bool = True):
+    def __call__(self, tokens, *, causal: bool, positions=None, segment_ids=None, cache=None, cache_index=0, deterministic: bool = True,
+                 return_hidden: bool = False):
+        """`return_hidden=True` returns the final-norm hidden states [B, L, d_model] instead of
+        logits, for a loss that applies `params['lm_head']` itself (dllm_jax.losses)."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         b, length = tokens.shape
         if positions is None:
@@ -242,7 +252,7 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             scanned = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.n_layers,
@@ -260,6 +270,8 @@ class Transformer(nn.Module):
 
         x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
         head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        if return_hidden:
+            return (x, layer_caches) if cache is not None else x
         logits = jnp.einsum("bld,dv->blv", x, head.astype(dt)).astype(jnp.float32)
         logits = _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
         if cache is not None:

@@ -1,0 +1,78 @@
+"""`dllm-jax compile`: the real train step compiled for a TPU topology on this CPU host (libtpu)."""
+
+import json
+
+import pytest
+
+from conftest import tiny_config
+
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install libtpu) : TPU ahead-of-time compilation cannot run")
+
+from dllm_jax import aot, flops  # noqa: E402
+from dllm_jax.train_step import build_model  # noqa: E402
+
+TOPOLOGY = "v5e:2x2"  # 4 TPU v5e chips, 16 GiB HBM each
+
+
+def _config(**overrides):
+    base = dict(model__d_model=64, model__n_layers=3, model__n_heads=4, model__d_ff=128, data__seq_len=128, mesh__data=-1)
+    return tiny_config("unused/*.txt", "", "mdm", **{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def report():
+    return aot.compile_report(_config(), TOPOLOGY)
+
+
+def test_report_memory_flops_and_fit(report):
+    cfg = _config()
+    model = build_model(cfg, cfg.data.vocab_size)
+    assert report["devices"] == 4 and report["device_kind"] == "TPU v5 lite"
+    assert report["mesh"] == {"data": 4, "fsdp": 1, "expert": 1, "tensor": 1}
+    b = report["bytes"]
+    assert b["params"] == report["params"] * 4  # float32 parameters, replicated over the data axis
+    assert b["opt_state"] == pytest.approx(2 * b["params"], rel=0.01)  # Adam's two moments (+ counters)
+    assert b["aliased"] > 0  # the state is donated
+    assert b["total"] == b["arguments"] + b["outputs"] - b["aliased"] + b["temp"] + b["code"]
+    assert report["hbm_bytes"] == 16 * 1024**3 and report["fits"] is True
+    tokens_per_chip = cfg.train.batch_size * cfg.data.seq_len / 4
+    assert report["model_flops"] == pytest.approx(flops.train_flops_per_token(model.cfg, 128) * tokens_per_chip)
+    # the scanned step counts one layer; the 2-layer probe restores a whole step's cost
+    assert report["cost_extrapolated_from_layer_probe"]
+    assert 0.9 < report["xla_flops"] / report["model_flops"] < 1.6
+    assert report["xla_seconds"] > 0 and 0 < report["mfu"] < 1
+    text = aot.format_report(report)
+    assert "FITS" in text and "optimizer state" in text and "estimated MFU" in text
+
+
+def test_remat_shows_in_compiled_memory(report):
+    full = aot.compile_report(_config(model__remat="full"), TOPOLOGY, cost_probe=False)
+    assert full["bytes"]["temp"] < report["bytes"]["temp"]  # recomputing saves activation memory
+    assert full["xla_flops"] is None  # no probe: one layer's count is not reported as a step's
+
+
+def test_impossible_sharding_and_unknown_topology_are_clear_errors():
+    with pytest.raises(aot.CompileError, match=r"size 4, which is split 8 ways over mesh.tensor=8"):
+        aot.compile_report(_config(mesh__data=1, mesh__tensor=8), "v5e:2x4")  # 4 heads over 8 tensor devices
+    with pytest.raises(aot.CompileError, match="'v9:2x2' is not a TPU topology"):
+        aot.compile_report(_config(), "v9:2x2")
+
+
+def test_cli_exit_codes_and_json(report, tmp_path, monkeypatch, capsys):
+    from dllm_jax.cli import main
+
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(f"from dllm_jax.config import complete\ndef get_config():\n    return complete({_config().to_dict()!r})\n")
+    # over HBM: the report says so and the command exits 1 (the compile itself is the fixture's)
+    over = dict(report, fits=False, hbm_bytes=report["bytes"]["total"] / 2)
+    monkeypatch.setattr(aot, "compile_report", lambda *a, **k: over)
+    out_json = tmp_path / "r.json"
+    assert main(["compile", "--config", str(config_file), "--topology", TOPOLOGY, "--json", str(out_json)]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT (200%)" in out and "does not fit: Try:" in out
+    assert json.loads(out_json.read_text())["fits"] is False
+    monkeypatch.undo()
+    # a bad topology: a one-line error and exit 2, no traceback
+    assert main(["compile", "--config", str(config_file), "--topology", "v5p-128"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a TPU topology libtpu knows" in err and "Traceback" not in err

@@ -89,6 +89,10 @@ def test_ar_greedy_with_kv_cache_equals_no_cache_and_stops_at_eos(runs):
     np.testing.assert_array_equal(cached.lengths, plain.lengths)
     assert cached.texts == plain.texts and any(cached.texts)
     assert cached.nfe == plain.nfe >= 12
+    # rows are independent: decoding in chunks of 2 (the last one padded) gives the same greedy tokens
+    chunked = generate(r.model, r.params, r.tokenizer, prompts, batch_size=2, **kw)
+    np.testing.assert_array_equal(chunked.tokens, cached.tokens)
+    assert chunked.texts == cached.texts
     # the cache decodes the longest prompt's forced tokens too: NFE = 1 prefill + one per later position
     n_prompt = [len(r.tokenizer.encode(p)) + 1 for p in prompts]
     assert cached.nfe <= 1 + (max(n_prompt) - min(n_prompt)) + 12
@@ -129,11 +133,11 @@ def _check_history(res, mask_id):
     "sampler,kw",
     [
         ("ancestral", dict(steps=12, block_length=4)),
-        ("topk_confidence", dict(block_length=4, prefix_cache=True, cfg=1.5)),  # + prompt-length groups
+        ("topk_confidence", dict(block_length=4, prefix_cache=True, cfg=1.5)),
         ("random", dict(steps=6, block_length=4)),
         ("margin", dict(block_length=6)),
         ("entropy", dict(steps=4)),
-        ("threshold", dict(block_length=4, threshold=0.3, prefix_cache=True)),
+        ("threshold", dict(block_length=4, threshold=0.3, prefix_cache=True)),  # + decoding by prompt-length groups
     ],
 )
 def test_every_mdm_sampler_reveals_each_position_once_and_keeps_given_tokens(runs, sampler, kw):
@@ -141,6 +145,8 @@ def test_every_mdm_sampler_reveals_each_position_once_and_keeps_given_tokens(run
     tok = r.tokenizer
     short, long = tok.encode("The old"), tok.encode("A river finds the quiet")
     prompts = [short, long, short[::-1]]  # two prompt lengths: left padding (or groups with the prefix cache)
+    if sampler == "topk_confidence":
+        prompts = [long, long[::-1], long[1:] + long[:1]]  # one length: a single compilation
     a, b, c = tok.encode("the city and")[:3]
     m = tok.mask_id
     template = [m, m, m, a, m, m, m, m, b, c, m, m]  # 12 positions, 3 given
@@ -184,24 +190,27 @@ def test_prefix_cache_refresh_is_exact_and_block_queries_use_the_cached_prefix_a
     x = np.random.default_rng(0).integers(3, 300, (2, 16)).astype(np.int32)
     x[:, 9:] = mask
     x[:, 14] = 5  # an infill token in the suffix
-    full = np.asarray(model.apply({"params": params}, x, causal=False))
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, causal=False))
+    refresh = jax.jit(diffusion.refresh_cache, static_argnums=0, static_argnames="block_len")
+    query_block = jax.jit(diffusion.query_block, static_argnums=0, static_argnames="block_len")
+    full = np.asarray(apply(params, x))
     bs, bl = 8, 4
-    block, cache = diffusion.refresh_cache(model, params, x, bs, init_cache(model.cfg, 2, 16), block_len=bl)
+    block, cache = refresh(model, params, x, bs, init_cache(model.cfg, 2, 16), block_len=bl)
     np.testing.assert_allclose(np.asarray(block), full[:, bs:bs + bl], atol=2e-5)  # block start: exact
-    query, _ = diffusion.query_block(model, params, x, bs, cache, block_len=bl)
+    query, _ = query_block(model, params, x, bs, cache, block_len=bl)
     np.testing.assert_allclose(np.asarray(query), full[:, bs:bs + bl], atol=2e-5)  # unchanged canvas: still exact
     # the query sees the suffix through the cache: it is stale (a later suffix edit is not seen) but present
     # (a canvas without the suffix token gives other logits)
     edited = x.copy()
     edited[:, 14] = 6
-    stale, _ = diffusion.query_block(model, params, edited, bs, cache, block_len=bl)
+    stale, _ = query_block(model, params, edited, bs, cache, block_len=bl)
     np.testing.assert_allclose(np.asarray(stale), np.asarray(query), atol=1e-6)
-    other = np.asarray(model.apply({"params": params}, edited, causal=False))[:, bs:bs + bl]
+    other = np.asarray(apply(params, edited))[:, bs:bs + bl]
     assert np.abs(other - full[:, bs:bs + bl]).max() > 1e-3
     # a token revealed inside the block is seen at once
     edited = x.copy()
     edited[:, 9] = 7
-    fresh, _ = diffusion.query_block(model, params, edited, bs, cache, block_len=bl)
+    fresh, _ = query_block(model, params, edited, bs, cache, block_len=bl)
     assert np.abs(np.asarray(fresh) - np.asarray(query)).max() > 1e-3
 
 

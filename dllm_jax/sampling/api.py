@@ -19,9 +19,9 @@ Decisions the issue left open:
   program would repeat the same work on every device); sharded parameters are used as they
   are and jit partitions the computation.
 - ids >= mask_id and pad_id are never sampled.
-- Random bits come from jax's 'rbg' PRNG (XLA RngBitGenerator): the same seed gives the same
-  sample on the same backend; its jitted loops compile several times faster on CPU than with
-  threefry, whose hash is inlined at every call site.
+- The seed makes a jax key; the per-step noise comes from XLA's RngBitGenerator (ThreeFry)
+  seeded from it (categorical.random_words: faster to run and to compile than jax.random.bits
+  in a loop). The same seed gives the same samples on the same backend.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     rows = [[ids.eos_id] + p for p in prompts]
     params, device = _place(params)
     run = _run_ar if objective == "ar" else _run_mdm
-    key = jax.random.key(opts.seed, impl="rbg")
+    key = jax.random.key(opts.seed)
     if batch_size is None or batch_size >= len(rows):
         return run(model, params, device, ids, rows, opts, infill_tokens, key, trace)
     parts = []

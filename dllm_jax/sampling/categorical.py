@@ -47,8 +47,8 @@ def gumbel_from_bits(hi, lo):
 
 
 def gumbel(key, shape):
-    """float32 Gumbel noise with a float64-grade upper tail."""
-    hi, lo = random_words(key, shape, shape)
+    """float32 Gumbel noise with a float64-grade upper tail, from a jax PRNG key."""
+    hi, lo = random_words(stream_states(key, 1)[0], shape, shape)
     return gumbel_from_bits(hi, lo)
 
 
@@ -57,11 +57,21 @@ def uniform_from_bits(words):
     return (words >> 8).astype(jnp.float32) * 2.0**-24
 
 
-def random_words(key, *shapes):
-    """One uint32 array per shape, all from a single `jax.random.bits` call (one RNG call site
-    per decoding step keeps the jitted loops quick to compile)."""
+def stream_states(key, n: int):
+    """n independent 128-bit generator states [n, 4] uint32 from a jax PRNG key (one per step)."""
+    return jax.random.bits(key, (n, 4), jnp.uint32)
+
+
+def random_words(state, *shapes):
+    """One uint32 array per shape, all from one XLA RngBitGenerator (ThreeFry) call on `state`.
+
+    Why not `jax.random.bits` inside decoding loops: on CPU this call is 5x faster than jax's
+    threefry bits and ~10x faster than its 'rbg' (Philox) bits for the [B, L, V] noise of
+    a diffusion step, and a loop with one such call compiles in a fraction of the time
+    (jax's threefry hash is inlined at every call site). Each state comes from
+    `stream_states`: a random key and a random counter start, so streams do not overlap."""
     sizes = [math.prod(s) for s in shapes]
-    flat = jax.random.bits(key, (sum(sizes),), jnp.uint32)
+    _, flat = jax.lax.rng_bit_generator(state, (sum(sizes),), dtype=jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY)
     out, start = [], 0
     for shape, size in zip(shapes, sizes):
         out.append(flat[start:start + size].reshape(shape))
@@ -100,15 +110,18 @@ def sample(logits, *, greedy: bool, hi=None, lo=None):
     noise made from the uint32 words `hi`, `lo` (shape of logits)."""
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jnp.argmax(logits + gumbel_from_bits(hi, lo), axis=-1).astype(jnp.int32)
+    # the barrier materialises the perturbed logits: fused into argmax's reduction, XLA:CPU
+    # runs the noise computation ~8x slower
+    perturbed = jax.lax.optimization_barrier(logits + gumbel_from_bits(hi, lo))
+    return jnp.argmax(perturbed, axis=-1).astype(jnp.int32)
 
 
 def draw(key, logits, *, greedy: bool):
-    """`sample` with its own noise from `key`."""
+    """`sample` with its own noise from a jax PRNG key."""
     if greedy:
         return sample(logits, greedy=True)
-    hi, lo = random_words(key, logits.shape, logits.shape)
+    hi, lo = random_words(stream_states(key, 1)[0], logits.shape, logits.shape)
     return sample(logits, greedy=False, hi=hi, lo=lo)
 
 
-__all__ = ["NEG", "gumbel", "gumbel_from_bits", "uniform_from_bits", "random_words", "exclude_ids", "filter_logits", "sample", "draw"]
+__all__ = ["NEG", "gumbel", "gumbel_from_bits", "uniform_from_bits", "stream_states", "random_words", "exclude_ids", "filter_logits", "sample", "draw"]

@@ -212,7 +212,7 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
 
         it = state["iters"]
         shape = (b, bl, model.cfg.vocab_size)
-        words = categorical.random_words(keys[it], (b, bl), *(() if plan.greedy else (shape, shape)))
+        words = categorical.random_words(states[it], (b, bl), *(() if plan.greedy else (shape, shape)))
         order_u = categorical.uniform_from_bits(words[0])
         xb = jax.lax.dynamic_slice_in_dim(x, bs, bl, axis=1)
         masked = xb == mask_id
@@ -242,7 +242,7 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
             out["history"] = state["history"].at[it + 1].set(x)
         return out
 
-    keys = jax.random.split(key, plan.max_iters)  # one RNG call per step (see categorical.random_words)
+    states = categorical.stream_states(key, plan.max_iters)  # one generator call per step (categorical.random_words)
     rows = 2 * b if plan.guided else b
     state = dict(
         x=canvas,

@@ -6,18 +6,40 @@ scores and the weighted sum cost 4 * L_kv * heads * head_dim per query token per
 AR and MDM run the same network on the same shapes, so their training FLOPs per token
 are identical; both compute full [L, L] attention (the causal mask is applied, not
 skipped), and that is what is counted.
+
+Inference (generating `gen_len` tokens after a prompt of `prompt_len` tokens; the prompt is
+at least the BOS token) counts what each decoding method needs, attention included:
+- AR with a KV cache: the prompt is prefilled and every generated token but the last is fed
+  back once; the token at position j attends to the j + 1 keys up to itself.
+- MDM: every network call runs the whole canvas T = prompt_len + gen_len, each query
+  attending to all T keys. Without a cache a call per step; `tokens_per_step` tokens are
+  revealed per step (1 = steps = length; more = fewer steps, as LLaDA with fewer steps or
+  Fast-dLLM's confidence threshold on average); `block_length` decodes blocks left to right.
+  With a Fast-dLLM-style cache a full call refreshes it at each block start (and gives
+  that block's first step); the other steps of the block compute only the queries that
+  change, attending to all T keys: the block and everything after it ('prefix' cache) or
+  just the block ('dual' cache).
+`INFERENCE_METHODS` names the methods the report tabulates; the tokens revealed per step of
+the fast samplers are assumptions (they depend on the model and the threshold).
 """
 
 from __future__ import annotations
+
+import math
 
 from dllm_jax.models import ModelConfig
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """Parameters that take part in matmuls (everything but embeddings and norms)."""
+    """Parameters that take part in a token's matmuls (everything but embeddings and norms).
+    For an MoE (cfg.num_experts > 0) only the active ones: the router and the
+    experts_per_token experts (each a SwiGLU of width ffn_size) a token is sent to."""
     d, hd = cfg.d_model, cfg.head_size
     attn = d * cfg.n_heads * hd * 2 + d * cfg.kv_heads * hd * 2
     mlp = 3 * d * cfg.ffn_size
+    experts = getattr(cfg, "num_experts", 0)
+    if experts:
+        mlp = cfg.experts_per_token * mlp + d * experts
     return cfg.n_layers * (attn + mlp) + d * cfg.vocab_size
 
 
@@ -30,3 +52,71 @@ def forward_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward + backward FLOPs per training token (3x forward)."""
     return 3.0 * forward_flops_per_token(cfg, seq_len)
+
+
+def attention_flops_per_query(cfg: ModelConfig, context_len: int) -> float:
+    """Scores and weighted sum for one query over `context_len` keys, all layers."""
+    return 4.0 * cfg.n_layers * cfg.n_heads * cfg.head_size * context_len
+
+
+def ar_generate_flops(cfg: ModelConfig, gen_len: int, prompt_len: int = 1) -> float:
+    """Forward FLOPs for AR generation with a KV cache (see the module docstring)."""
+    _check_lengths(gen_len, prompt_len, minimum_prompt=1)
+    fed = prompt_len + gen_len - 1  # the last generated token is never fed back
+    # token j attends to j + 1 keys: sum_{j<fed} (j + 1) = fed (fed + 1) / 2
+    return fed * 2.0 * matmul_params(cfg) + attention_flops_per_query(cfg, 1) * fed * (fed + 1) / 2
+
+
+def mdm_generate_flops(cfg: ModelConfig, gen_len: int, prompt_len: int = 1, *, tokens_per_step: float = 1.0,
+                       block_length: int = 0, cache: str = "none") -> float:
+    """Forward FLOPs for masked-diffusion generation (see the module docstring).
+    `cache`: 'none', 'prefix' or 'dual'; `block_length` 0 = one block of gen_len."""
+    _check_lengths(gen_len, prompt_len, minimum_prompt=0)
+    if tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step={tokens_per_step} must be >= 1")
+    if cache not in ("none", "prefix", "dual"):
+        raise ValueError(f"cache={cache!r} is not one of 'none', 'prefix', 'dual'")
+    total_len = prompt_len + gen_len
+    call_per_token = forward_flops_per_token(cfg, total_len)  # every query sees the whole canvas
+    block = block_length or gen_len
+    flops, prefix = 0.0, prompt_len
+    for start in range(0, gen_len, block):
+        size = min(block, gen_len - start)
+        steps = math.ceil(size / tokens_per_step)
+        if cache == "none":
+            flops += steps * total_len * call_per_token
+        else:
+            queries = total_len - prefix if cache == "prefix" else size
+            flops += total_len * call_per_token + (steps - 1) * queries * call_per_token
+        prefix += size
+    return flops
+
+
+def _check_lengths(gen_len: int, prompt_len: int, minimum_prompt: int) -> None:
+    if gen_len < 1:
+        raise ValueError(f"gen_len={gen_len} must be >= 1")
+    if prompt_len < minimum_prompt:
+        raise ValueError(f"prompt_len={prompt_len} must be >= {minimum_prompt}")
+
+
+# name -> (description, function(cfg, gen_len, prompt_len) -> FLOPs); the report's columns
+INFERENCE_METHODS = {
+    "ar_kv_cache": ("AR, KV cache", lambda cfg, n, p: ar_generate_flops(cfg, n, p)),
+    "mdm_steps_eq_len": ("MDM, steps = length", lambda cfg, n, p: mdm_generate_flops(cfg, n, p)),
+    "mdm_steps_len_div4": ("MDM, steps = length / 4", lambda cfg, n, p: mdm_generate_flops(cfg, n, p, tokens_per_step=4)),
+    "mdm_dual_cache_b32": ("MDM, blocks of 32, dual cache, ~4 tokens/step (Fast-dLLM-like)",
+                           lambda cfg, n, p: mdm_generate_flops(cfg, n, p, tokens_per_step=4, block_length=32, cache="dual")),
+}
+GENERATION_LENGTHS = (16, 64, 256, 1024, 4096)
+
+
+def generation_flops_table(cfg: ModelConfig, lengths=GENERATION_LENGTHS, prompt_len: int = 1) -> list[dict]:
+    """One row per length: FLOPs of each INFERENCE_METHODS entry and its ratio to AR."""
+    rows = []
+    for n in lengths:
+        row = {"gen_len": n}
+        for name, (_, fn) in INFERENCE_METHODS.items():
+            row[name] = fn(cfg, n, prompt_len)
+        row.update({f"{name}_vs_ar": row[name] / row["ar_kv_cache"] for name in INFERENCE_METHODS if name != "ar_kv_cache"})
+        rows.append(row)
+    return rows

@@ -1,0 +1,187 @@
+"""Experiment grids: one file describes many runs (the points of a study).
+
+A grid file is an ordinary experiment file (a module with `get_config()`, usable on its own
+with `dllm-jax train`) that also defines
+
+    def get_grid(config, **params) -> dict[str, dict[str, object]]
+
+`config` is the base: `get_config()` completed with the defaults and the sweep's
+`--config.KEY=VALUE` overrides. The result maps point names to override dicts, in run
+order, e.g. `{"U1e5_ar": {"objective": "ar", "data.unique_tokens": 100_000}, ...}`.
+`params` are the sweep's `--grid NAME=VALUE` options, passed as strings; `get_grid`
+declares the ones it accepts as keyword arguments with defaults (e.g. the unique-token
+budgets), so one file serves corpora of different sizes.
+
+Decisions:
+- A point's config = base + its overrides, applied as `--config.KEY=VALUE` strings (parsed to
+  the type of the key they replace), so the config run in process and the printed command
+  line (`point_command`) are the same config, and a value of the wrong type is an error.
+- A sweep-wide `--config.KEY=...` for a key that the grid varies is an error: it would make
+  the points identical.
+- A point's workdir is ROOT/NAME; names are file-name safe and unique.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import os
+import re
+import sys
+
+import ml_collections
+
+from dllm_jax import config as config_lib
+from dllm_jax.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+
+
+@dataclasses.dataclass
+class Point:
+    index: int
+    name: str
+    overrides: dict  # KEY -> value string, as given to --config.KEY=VALUE
+    config: ml_collections.ConfigDict
+    workdir: str
+
+
+@dataclasses.dataclass
+class Grid:
+    path: str  # absolute path of the grid file
+    root: str  # absolute sweep root
+    overrides: list  # the sweep-wide (KEY, VALUE) overrides, as given
+    base: ml_collections.ConfigDict
+    points: list
+
+    def select(self, index: int | None) -> list:
+        if index is None:
+            return list(self.points)
+        if not 0 <= index < len(self.points):
+            raise ConfigError(f"--index {index} is out of range: {os.path.basename(self.path)} has {len(self.points)} points (0..{len(self.points) - 1})")
+        return [self.points[index]]
+
+
+def as_arg(value) -> str:
+    """A Python value as a --config.KEY=VALUE string that parses back to the same value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))  # 1e5 for an int key; float keys parse '100000' back to 100000.0
+    return repr(value)
+
+
+def _import(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError(f"grid file {path!r} does not exist; pass e.g. --config experiments/cpu_grid.py")
+    spec = importlib.util.spec_from_file_location(f"dllm_grid_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    for name in ("get_config", "get_grid"):
+        if not hasattr(module, name):
+            raise ConfigError(f"{path!r} has no {name}() function; a grid file defines get_config() and get_grid(config, **params) (see dllm_jax.study.grid)")
+    return module
+
+
+def parse_params(items) -> dict:
+    """['budgets=1e5,3e5', ...] (the --grid options) -> {'budgets': '1e5,3e5'}."""
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r} must be NAME=VALUE, e.g. --grid budgets=1e5,3e5")
+        key, value = item.split("=", 1)
+        params[key.strip()] = value
+    return params
+
+
+def _call_get_grid(module, path, base, params):
+    sig = inspect.signature(module.get_grid)
+    accepted = [p.name for p in list(sig.parameters.values())[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    unknown = [k for k in params if k not in accepted and not takes_any]
+    if unknown:
+        raise ConfigError(f"--grid {unknown[0]}=... is not a parameter of {os.path.basename(path)}; it accepts: {', '.join(accepted) or 'none'}")
+    points = module.get_grid(base, **params)
+    if not isinstance(points, dict) or not points:
+        raise ConfigError(f"get_grid() of {path!r} must return a non-empty dict {{name: {{KEY: value}}}}, got {type(points).__name__}")
+    return points
+
+
+def load_grid(path: str, root: str, overrides=None, params=None) -> Grid:
+    """Load a grid file: the base config and every point's resolved, validated config."""
+    path = os.path.abspath(path)
+    root = os.path.abspath(os.path.expanduser(root))
+    overrides = list(overrides or [])
+    module = _import(path)
+    base = config_lib.complete(module.get_config())
+    for key, value in overrides:
+        config_lib.set_key(base, key, value)
+    config_lib.validate(base)
+    raw_points = _call_get_grid(module, path, base, parse_params(params) if isinstance(params, list) else dict(params or {}))
+    sweep_keys = {k for k, _ in overrides}
+    points = []
+    for index, (name, point_overrides) in enumerate(raw_points.items()):
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"grid point name {name!r} is not a safe directory name (letters, digits, '._=+-'); rename it in get_grid()")
+        clash = sorted(sweep_keys & set(point_overrides))
+        if clash:
+            raise ConfigError(
+                f"--config.{clash[0]} is set by the grid for point {name!r} (and maybe others); a sweep-wide value would "
+                "make the points identical. Drop that override, or change the grid's parameters (--grid NAME=VALUE)."
+            )
+        cfg = config_lib.complete(base.to_dict())
+        args = {}
+        for key, value in point_overrides.items():
+            args[key] = as_arg(value)
+            try:
+                config_lib.set_key(cfg, key, args[key])
+            except ConfigError as e:
+                raise ConfigError(f"grid point {name!r}: {e}") from None
+        try:
+            config_lib.validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"grid point {name!r}: {e}") from None
+        points.append(Point(index, name, args, cfg, os.path.join(root, name)))
+    return Grid(path, root, overrides, base, points)
+
+
+def point_command(grid: Grid, point: Point, python: str = "python") -> list:
+    """The `dllm-jax train` command line that runs `point` (for a cluster scheduler)."""
+    cmd = [python, "-m", "dllm_jax", "train", "--config", grid.path, "--workdir", point.workdir]
+    cmd += [f"--config.{k}={v}" for k, v in grid.overrides]
+    cmd += [f"--config.{k}={v}" for k, v in point.overrides.items()]
+    return cmd
+
+
+def budget_epochs(unique_tokens: int, total_tokens: int, tokens_per_step: int) -> tuple[int, int]:
+    """(U, E) for a fixed total budget: U rounded UP to whole global batches (so the data
+    pipeline uses exactly U and U is never below the number asked for), E = round(total / U),
+    at least 1."""
+    if unique_tokens <= 0:
+        raise ConfigError(f"unique-token budget {unique_tokens} must be positive")
+    unique = -(-int(unique_tokens) // tokens_per_step) * tokens_per_step
+    return unique, max(1, round(total_tokens / unique))
+
+
+def parse_numbers(text: str, what: str) -> list:
+    """'1e5,3e5' -> [100000, 300000] (ints); errors name the parameter."""
+    try:
+        values = [int(float(x)) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--grid {what}={text!r} must be comma-separated numbers, e.g. {what}=1e5,3e5") from None
+    if not values or min(values) <= 0:
+        raise ConfigError(f"--grid {what}={text!r} must list positive numbers")
+    return values
+
+
+def short_number(n: float) -> str:
+    """1e5 -> '1e5', 250000 -> '2.5e5', 1.5e9 -> '1.5e9', 4096 -> '4096' (for point names)."""
+    if float(n) < 1e4 and float(n).is_integer():
+        return str(int(n))
+    mantissa, exponent = f"{float(n):.3e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"

@@ -1,0 +1,106 @@
+"""The report's figures (matplotlib, Agg backend, PNG).
+
+- `plot_crossover`: one panel per unique-token budget (one row per model size), a metric
+  against epochs or tokens seen, every series of the panel (AR solid, MDM dashed), and the
+  crossover (where the MDM goes ahead for good) marked with a star and a dotted line.
+- `plot_fits`: validation loss against tokens seen for every budget of a series, with the
+  fitted Muennighoff curve through them.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dllm_jax.study.crossover import METRIC_TITLES  # noqa: E402
+from dllm_jax.study.runs import model_label  # noqa: E402
+
+
+def _fmt_tokens(n: float) -> str:
+    return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
+
+
+def _style(series: str, objective: str, i: int) -> dict:
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": colors[i % len(colors)], "linestyle": "--" if objective == "mdm" else "-", "marker": ".", "markersize": 3, "label": series}
+
+
+def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossovers: dict) -> bool:
+    """panel_map: {(params, U): {series: Run}}; crossovers: {(params, U, ar_series, mdm_series): Crossover}.
+    xaxis: 'epochs' or 'tokens'. Returns False (and writes nothing) if no run has the metric."""
+    cells = {k: v for k, v in panel_map.items() if any(r.curve(metric)[2] for r in v.values())}
+    if not cells:
+        return False
+    models = sorted({p for p, _ in cells})
+    budgets = sorted({u for _, u in cells})
+    series_order = sorted({s for v in cells.values() for s in v}, key=lambda s: (not s.startswith("ar"), s))
+    fig, axes = plt.subplots(len(models), len(budgets), figsize=(3.6 * len(budgets), 3.0 * len(models)), squeeze=False)
+    for i, params in enumerate(models):
+        for j, unique in enumerate(budgets):
+            ax = axes[i][j]
+            runs = cells.get((params, unique))
+            if not runs:
+                ax.axis("off")
+                continue
+            for series, run in sorted(runs.items(), key=lambda kv: series_order.index(kv[0])):
+                epochs, tokens, values = run.curve(metric)
+                if values:
+                    ax.plot(epochs if xaxis == "epochs" else tokens, values, **_style(series, run.objective, series_order.index(series)))
+            for (p, u, _, _), cross in crossovers.items():
+                if (p, u) == (params, unique) and cross.epoch is not None:
+                    x = cross.epoch if xaxis == "epochs" else cross.epoch * unique
+                    ax.axvline(x, color="gray", linestyle=":", linewidth=1)
+                    ax.plot([x], [cross.value], marker="*", color="black", markersize=11, linestyle="none")
+            ax.set_title(f"U = {_fmt_tokens(unique)} unique tokens" + (f"\n{model_label(params)}" if len(models) > 1 else ""), fontsize=9)
+            ax.set_xlabel("epochs" if xaxis == "epochs" else "tokens seen", fontsize=8)
+            if xaxis == "tokens":
+                ax.set_xscale("log")
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(metric, fontsize=8)
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels] + [plt.Line2D([], [], marker="*", color="black", linestyle="none")],
+               labels + ["crossover (MDM ahead for good)"], loc="lower center", ncol=min(len(labels) + 1, 5), fontsize=8)
+    fig.suptitle(f"{METRIC_TITLES.get(metric, metric)}, AR vs MDM, against {'epochs' if xaxis == 'epochs' else 'tokens seen'}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 5), 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_fits(groups: list, path: str) -> bool:
+    """groups: [(title, [(U, tokens[], loss[])...], Fit)]."""
+    from dllm_jax.study.scaling import predict_loss
+
+    groups = [g for g in groups if g[1]]
+    if not groups:
+        return False
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+    for ax, (title, curves, fit) in zip(axes[0], groups):
+        for k, (unique, tokens, loss) in enumerate(sorted(curves, key=lambda c: c[0])):
+            color = plt.rcParams["axes.prop_cycle"].by_key()["color"][k % 10]
+            ax.plot(tokens, loss, ".", color=color, markersize=3, label=f"U = {_fmt_tokens(unique)}")
+            if fit.ok:
+                t = np.geomspace(min(tokens), max(tokens), 100)
+                ax.plot(t, predict_loss(unique, t, fit.e, fit.b, fit.beta, fit.r_star), "-", color=color, linewidth=1)
+        r = f"R* = {fit.r_star:.3g}" if fit.ok else fit.note
+        ax.set_title(f"{title}\n{r}", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("tokens seen", fontsize=8)
+        ax.set_ylabel("validation loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

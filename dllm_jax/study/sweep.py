@@ -1,0 +1,194 @@
+"""`dllm-jax sweep --config GRID.py --root DIR`: run every point of a grid, one workdir each.
+
+    dllm-jax sweep --config experiments/cpu_grid.py --root runs/cpu_grid          # run all
+    dllm-jax sweep --config experiments/cpu_grid.py --root runs/cpu_grid --list   # status
+    dllm-jax sweep --config experiments/cpu_grid.py --root runs/cpu_grid --print  # command lines
+    dllm-jax sweep --config experiments/paper_grid.py --root gs://... --index $TASK_ID
+
+(grid files: see `dllm_jax.study.grid`). A point whose workdir has the DONE file that
+`train` writes at the end is skipped (after checking that its saved config is the point's
+config); any other point is trained with `dllm_jax.train.train`, which resumes from the
+workdir's latest checkpoint if there is one, so rerunning the same command after a kill
+continues where it stopped.
+
+Decisions: without --index each point runs in a child process (`python -m dllm_jax
+train ...`, exactly the `--print` line), so a crash or out-of-memory in one point does not
+end the sweep and its memory is freed; the sweep goes on with the next point and exits 1 at
+the end if any point failed. A point that stops without finishing (SIGINT/SIGTERM: train
+saves a checkpoint first) stops the sweep. With --index K, or --in-process, points run in
+this process (what a job array wants: one point per task, no second interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+from dllm_jax.errors import ConfigError, DllmError
+from dllm_jax.study.grid import load_grid, point_command
+
+log = logging.getLogger("dllm_jax")
+
+DONE_FILE = "DONE"  # written by dllm_jax.train at the end of a run
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="grid file with get_config() and get_grid(), e.g. experiments/cpu_grid.py")
+    parser.add_argument("--root", required=True, help="sweep directory: one workdir per point, ROOT/NAME")
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=VALUE", help="a parameter of the grid file's get_grid(), e.g. --grid budgets=1e5,3e5 (repeatable)")
+    parser.add_argument("--index", type=int, default=None, help="run only point K (0-based, see --list), in this process: one task of a job array")
+    parser.add_argument("--print", dest="print_only", action="store_true", help="print the `dllm-jax train` command line of each point and exit")
+    parser.add_argument("--list", action="store_true", help="list the points with their status (done / partial / new) and exit")
+    parser.add_argument("--in-process", action="store_true", help="run the points in this process instead of one child process each")
+    parser.epilog = "Override a key of every point with --config.KEY=VALUE, e.g. --config.data.paths='corpus/*.txt'"
+
+
+def point_status(workdir: str) -> str:
+    """'done' (DONE file), 'partial' (a checkpoint or metrics, no DONE) or 'new'."""
+    if os.path.exists(os.path.join(workdir, DONE_FILE)):
+        return "done"
+    if os.path.isdir(workdir) and any(os.scandir(workdir)):
+        return "partial"
+    return "new"
+
+
+def check_finished_config(point) -> None:
+    """A finished workdir must hold this point's config, or the sweep would skip a point it never ran."""
+    from dllm_jax.train import check_resume_compatible
+
+    path = os.path.join(point.workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    try:
+        check_resume_compatible(saved, point.config)
+    except ConfigError as e:
+        detail = str(e).split("(", 1)[1].split(")", 1)[0] if "(" in str(e) else str(e)
+        raise ConfigError(
+            f"point {point.name!r}: {point.workdir} holds a finished run with a different config ({detail}); "
+            "use a new --root, or delete that workdir to rerun the point"
+        ) from None
+
+
+def _run_in_process(point) -> str:
+    from dllm_jax.train import train
+
+    summary = train(point.config, point.workdir)
+    return "interrupted" if summary.get("interrupted") else "finished"
+
+
+class _Forward:
+    """While a child runs, SIGTERM to the sweep is passed on (train checkpoints and exits)."""
+
+    def __init__(self, child):
+        self.child, self.received, self._old = child, False, None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+        self.child.send_signal(signum)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _run_child(grid, point) -> str:
+    cmd = point_command(grid, point, python=sys.executable)
+    child = subprocess.Popen(cmd)
+    with _Forward(child) as fwd:
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:  # the terminal sent SIGINT to the child too; let it checkpoint
+            rc = child.wait()
+            fwd.received = True
+    if point_status(point.workdir) == "done":
+        return "finished"
+    if fwd.received or rc in (0, -signal.SIGINT, -signal.SIGTERM):
+        return "interrupted"
+    return f"failed (exit code {rc})"
+
+
+def run_points(grid, points, in_process: bool) -> list[dict]:
+    """Run (or skip) each point; returns one {'index', 'name', 'status', 'seconds'} per point."""
+    results = []
+    for point in points:
+        status = point_status(point.workdir)
+        t0 = time.perf_counter()
+        if status == "done":
+            try:
+                check_finished_config(point)
+                outcome = "skipped (done)"
+            except ConfigError as e:
+                log.error("%s", e)
+                outcome = "failed (config differs)"
+        else:
+            print(f"[sweep] point {point.index} {point.name}: {'resuming' if status == 'partial' else 'starting'} in {point.workdir}", flush=True)
+            try:
+                outcome = _run_in_process(point) if in_process else _run_child(grid, point)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except DllmError as e:
+                log.error("point %s failed: %s", point.name, e)
+                outcome = f"failed ({type(e).__name__})"
+            except Exception:  # noqa: BLE001 - one point's bug must not lose the others
+                log.exception("point %s failed", point.name)
+                outcome = "failed (exception)"
+        seconds = round(time.perf_counter() - t0, 1)
+        if status != "done":
+            _record_attempt(point.workdir, outcome, seconds)
+        results.append({"index": point.index, "name": point.name, "status": outcome, "seconds": seconds})
+        if outcome == "interrupted":
+            print(f"[sweep] point {point.name} was interrupted (checkpoint saved); stopping. Rerun the same command to resume.", flush=True)
+            break
+    return results
+
+
+def _record_attempt(workdir: str, outcome: str, seconds: float) -> None:
+    """Append this attempt's wall time and machine to the workdir (the report sums them)."""
+    from dllm_jax.study.runs import TIMES_FILE, machine_info
+
+    if not os.path.isdir(workdir):
+        return
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "outcome": outcome, "seconds": seconds, **machine_info()}
+    with open(os.path.join(workdir, TIMES_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _print_list(grid) -> None:
+    for p in grid.points:
+        sets = " ".join(f"{k}={v}" for k, v in p.overrides.items())
+        print(f"{p.index:3d}  {point_status(p.workdir):8s} {p.name:24s} {sets}")
+
+
+def run(args) -> int:
+    grid = load_grid(args.config, args.root, args.overrides, args.grid)
+    points = grid.select(args.index)
+    if args.print_only:
+        for p in points:
+            print(shlex.join(point_command(grid, p)))
+        return 0
+    if args.list:
+        _print_list(grid)
+        return 0
+    results = run_points(grid, points, in_process=args.in_process or args.index is not None)
+    print("[sweep] summary:")
+    for r in results:
+        print(f"  {r['index']:3d} {r['name']:24s} {r['status']:24s} {r['seconds']:9.1f}s")
+    bad = [r for r in results if not (r["status"] == "finished" or r["status"].startswith("skipped"))]
+    if len(results) < len(points):
+        print(f"[sweep] {len(points) - len(results)} point(s) not started")
+    return 1 if bad or len(results) < len(points) else 0

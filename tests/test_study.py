@@ -1,0 +1,365 @@
+"""The study: FLOPs accounting, grid files, the sweep runner, crossover/R* analysis, the report,
+and the paper-scale and CPU-scale experiment grids."""
+
+import json
+import logging
+import os
+import shlex
+
+import numpy as np
+import pytest
+
+from dllm_jax import config as config_lib
+from dllm_jax import flops
+from dllm_jax.errors import ConfigError
+from dllm_jax.models import ModelConfig
+from dllm_jax.study import crossover, grid as grid_lib, scaling, sweep
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
+
+
+# -- FLOPs -----------------------------------------------------------------------------
+
+def test_flops_match_a_hand_count():
+    cfg = ModelConfig(vocab_size=10, d_model=4, n_layers=1, n_heads=2, d_ff=8)
+    # q, k, v, o: 4x(2x2) each = 64; SwiGLU 3 x 4 x 8 = 96; head 4 x 10 = 40
+    assert flops.matmul_params(cfg) == 200
+    # per query: 2 x 200 matmul + 4 x layers(1) x heads(2) x head_dim(2) x context
+    assert flops.forward_flops_per_token(cfg, 5) == 400 + 16 * 5
+    assert flops.train_flops_per_token(cfg, 5) == 3 * 480
+    # AR, prompt = BOS, 3 new tokens: BOS and the first 2 new tokens are fed, attending 1, 2, 3 keys
+    assert flops.ar_generate_flops(cfg, 3, prompt_len=1) == 3 * 400 + 16 * (1 + 2 + 3)
+    assert flops.ar_generate_flops(cfg, 2, prompt_len=2) == 3 * 400 + 16 * (1 + 2 + 3)
+    # MDM, canvas T = 4: every step runs 4 queries over 4 keys (464 per query)
+    assert flops.mdm_generate_flops(cfg, 3, prompt_len=1) == 3 * 4 * 464
+    assert flops.mdm_generate_flops(cfg, 3, prompt_len=1, tokens_per_step=2) == 2 * 4 * 464
+    # T = 5 (480 per query), two blocks of 2, one token per step: a refresh call + 1 cached step per block
+    assert flops.mdm_generate_flops(cfg, 4, 1, block_length=2, cache="dual") == 2 * (5 * 480 + 2 * 480)
+    # prefix cache: the cached step computes the block and everything after it: 4 then 2 queries
+    assert flops.mdm_generate_flops(cfg, 4, 1, block_length=2, cache="prefix") == (5 * 480 + 4 * 480) + (5 * 480 + 2 * 480)
+    if "num_experts" in ModelConfig.__dataclass_fields__:
+        moe = ModelConfig(vocab_size=10, d_model=4, n_layers=1, n_heads=2, d_ff=8, num_experts=4, experts_per_token=2)
+        assert flops.matmul_params(moe) == 64 + 2 * 96 + 4 * 4 + 40  # active experts + router
+    row = flops.generation_flops_table(cfg, lengths=(3,))[0]
+    assert row["mdm_steps_eq_len_vs_ar"] == pytest.approx(3 * 4 * 464 / 1296)
+    with pytest.raises(ValueError, match="tokens_per_step"):
+        flops.mdm_generate_flops(cfg, 3, tokens_per_step=0.5)
+
+
+# -- crossover and R* ------------------------------------------------------------------
+
+def test_crossover_states_and_interpolation():
+    e = [1, 2, 3, 4]
+    # accuracy: MDM ahead for good between epoch 2 (behind by .1) and 3 (ahead by .1) -> 2.5
+    c = crossover.find_crossover(e, [.5, .5, .5, .5], e, [.3, .4, .6, .7], higher=True)
+    assert c.state == "crossover" and c.epoch == pytest.approx(2.5) and c.value == pytest.approx(.5)
+    # an early lead that is lost again does not count: the last time AR is ahead decides
+    c = crossover.find_crossover(e, [.5, .5, .5, .5], e, [.6, .4, .45, .7], higher=True)
+    assert c.epoch == pytest.approx(3 + .05 / .25)
+    assert crossover.find_crossover(e, [.5] * 4, e, [.6] * 4, True).state == "mdm ahead throughout"
+    assert crossover.find_crossover(e, [.5] * 4, e, [.6, .6, .6, .4], True).state == "ar ahead at the end"
+    # loss (lower is better), MDM evaluated on another schedule: interpolated onto the union
+    c = crossover.find_crossover([0, 4], [2.0, 2.0], [0, 2, 4], [3.0, 2.5, 1.5], higher=False)
+    assert c.epoch == pytest.approx(3.0)
+    assert crossover.best([1, 2, 3], [2.0, 1.0, 1.0], higher=False) == (1.0, 2.0)
+
+
+def _planted_curves(r_star, budgets, rng):
+    u, t = [], []
+    for unique, epochs in budgets:
+        grid = np.concatenate([[0.25, 0.5, 0.75], np.arange(1, epochs + 1)])
+        u += [unique] * len(grid)
+        t += list(grid * unique)
+    loss = scaling.predict_loss(u, t, 1.7, 250.0, 0.3, r_star) * (1 + 1e-3 * rng.standard_normal(len(u)))
+    return u, t, loss
+
+
+@pytest.mark.parametrize("r_star", [4.0, 15.4, 60.0])
+def test_rstar_fit_recovers_a_planted_value(r_star):
+    u, t, loss = _planted_curves(r_star, [(1e5, 96), (3e5, 32), (1e6, 10)], np.random.default_rng(1))
+    fit = scaling.fit_rstar(u, t, loss)
+    assert abs(fit.r_star / r_star - 1) < 0.1, fit
+    assert fit.r_star_low <= fit.r_star <= fit.r_star_high and fit.r2 > 0.99 and not fit.note
+    # D' is the tokens seen in the first epoch, and saturates at U (1 + R*)
+    assert scaling.effective_data(100, 50, r_star) == 50
+    assert scaling.effective_data(100, 1e9, r_star) == pytest.approx(100 * (1 + r_star))
+
+
+def test_rstar_fit_says_when_it_cannot_tell():
+    assert "past one epoch" in scaling.fit_rstar([1e5] * 6, np.linspace(1e4, 1e5, 6), np.linspace(3, 2, 6)).note
+    assert "too few" in scaling.fit_rstar([1e5] * 3, [1e5, 2e5, 3e5], [3, 2, 1]).note
+
+
+# -- synthetic sweep -> report -----------------------------------------------------------
+
+def _fake_run(root, name, objective, unique, epochs, val):
+    cfg = config_lib.default_config()
+    cfg.objective = objective
+    cfg.data.unique_tokens = unique
+    cfg.data.epochs = epochs
+    cfg.train.warmup_steps = 0
+    cfg.train.batch_size, cfg.data.seq_len = 4, 16
+    wd = os.path.join(root, name)
+    os.makedirs(wd)
+    per_step = 64
+    steps_per_epoch = unique // per_step
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
+    model = ModelConfig.from_config(cfg.model, 1032)
+    info = {"params": 123_456, "flops_per_token": flops.train_flops_per_token(model, 16), "num_steps": steps_per_epoch * epochs,
+            "steps_per_epoch": steps_per_epoch, "unique_tokens": unique, "epochs": epochs, "vocab_size": 1024, "seq_len": 16, "global_batch": 4}
+    with open(os.path.join(wd, "run.json"), "w") as f:
+        json.dump(info, f)
+    with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+        for rec in val:
+            step = round(rec["epoch"] * steps_per_epoch)
+            f.write(json.dumps({"step": step, "loss": 9.0, "tokens_per_sec": 1000.0, "epoch": rec["epoch"], "tokens_seen": step * per_step}) + "\n")
+            f.write(json.dumps({"step": step, "tokens_seen": step * per_step, **rec}) + "\n")
+    open(os.path.join(wd, "DONE"), "w").close()
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """Planted: R* = 15 (AR) and 60 (MDM) in the validation loss; at U = 6400 the MDM's cloze
+    accuracy (0.25 + e/80, at most 0.9) passes AR's (min(0.3 + e/50, 0.5)) at epoch 20 exactly; at the
+    larger budgets AR stays ahead."""
+    root = str(tmp_path_factory.mktemp("synthetic_sweep"))
+    rng = np.random.default_rng(0)
+    for unique, epochs in ((6400, 64), (19200, 24), (64000, 8)):
+        for objective, r_star in (("ar", 15.0), ("mdm", 60.0)):
+            grid = np.concatenate([[0.25, 0.5, 0.75], np.arange(1, epochs + 1)])
+            loss = scaling.predict_loss(unique, grid * unique, 1.5 if objective == "ar" else 1.8, 400.0, 0.35, r_star)
+            loss = loss * (1 + 1e-3 * rng.standard_normal(len(grid)))
+            if objective == "ar":
+                acc = np.minimum(0.3 + grid / 50, 0.5)
+            else:
+                acc = np.minimum(0.25 + grid / (80 if unique == 6400 else 400), 0.9)
+            val = [{"epoch": float(e), "val_loss": float(v), "cloze_acc": float(a)} for e, v, a in zip(grid, loss, acc)]
+            _fake_run(root, f"U{unique}_{objective}", objective, unique, epochs, val)
+    return root
+
+
+def test_report_finds_the_planted_crossover_and_rstar(synthetic_root, tmp_path):
+    from dllm_jax.cli import main
+
+    out = str(tmp_path / "report")
+    assert main(["report", "--root", synthetic_root, "--out", out, "--flops-config", os.path.join(EXPERIMENTS, "paper_1b.py")]) == 0
+    summary = json.load(open(os.path.join(out, "report.json")))
+    rows = {r["unique_tokens"]: r for r in summary["crossovers"]["cloze_acc"]}
+    assert summary["headline_metric"] == "cloze_acc"
+    assert rows[6400]["crossover_epoch"] == pytest.approx(20.0)
+    assert rows[6400]["ar_best"] == [0.5, 10.0] and rows[6400]["mdm_best"] == [0.9, 52.0]
+    assert rows[19200]["crossover_epoch"] is None and rows[19200]["crossover"] == "ar ahead at the end"
+    fits = {f["series"]: f for f in summary["fits"]}
+    assert abs(fits["ar"]["r_star"] / 15.0 - 1) < 0.1 and abs(fits["mdm"]["r_star"] / 60.0 - 1) < 0.1
+    assert "cloze_acc_norm" not in summary["crossovers"]  # only the metrics the runs logged
+    for name in ("crossover_cloze_acc_epochs.png", "crossover_cloze_acc_tokens.png", "crossover_val_loss_epochs.png", "scaling_fit.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 10_000, name
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| 0.12M params | 6,400 | 64 | ar | mdm | 0.5000 (ep 10.0) | 0.9000 (ep 52.0) | 20.0 |" in md
+    assert "not** a fair" in md and "paper_1b" in md and "mdm_steps_eq_len" in md
+    # the FLOPs rows come from dllm_jax.flops for the 1B paper model (vocab rows 50,304)
+    big = [r for r in summary["flops"]["train"] if r["model"] == "paper_1b"][0]
+    assert big["ar"] == big["mdm"] == pytest.approx(flops.train_flops_per_token(
+        ModelConfig(vocab_size=50304, d_model=1536, n_layers=28, n_heads=12, d_ff=4608), 2048))
+
+
+# -- grid files and the sweep ------------------------------------------------------------
+
+GRID_FILE = """
+from conftest import tiny_config
+
+def get_config():
+    return tiny_config({paths!r}, {cache!r}, "mdm", data__epochs=2, train__eval_every=4, train__checkpoint_every=8,
+                       train__log_every=4, data__val_tokens=1024, train__warmup_steps=1)
+
+def get_grid(config, budgets="1024,2048", tokens="4096"):
+    points = {{}}
+    for u in budgets.split(","):
+        for objective in ("ar", "mdm"):
+            points[f"U{{u}}_{{objective}}"] = {{"objective": objective, "data.unique_tokens": u, "data.epochs": int(tokens) // int(float(u))}}
+    return points
+"""
+
+
+@pytest.fixture
+def grid_file(tmp_path, corpus):
+    paths, cache = corpus
+    path = tmp_path / "grid.py"
+    path.write_text(GRID_FILE.format(paths=paths, cache=cache))
+    return str(path)
+
+
+def test_grid_points_and_their_command_lines(grid_file, tmp_path, capsys):
+    from dllm_jax.cli import main
+
+    g = grid_lib.load_grid(grid_file, str(tmp_path / "root"), [("train.lr", "1e-3")])
+    assert [p.name for p in g.points] == ["U1024_ar", "U1024_mdm", "U2048_ar", "U2048_mdm"]
+    assert g.points[1].config.objective == "mdm" and g.points[1].config.data.epochs == 4 and g.points[3].config.data.epochs == 2
+    assert all(p.config.train.lr == 1e-3 for p in g.points)
+    # each printed command line resolves to exactly the point's config
+    assert main(["sweep", "--config", grid_file, "--root", str(tmp_path / "root"), "--print", "--config.train.lr=1e-3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for line, point in zip(lines, g.points):
+        argv = shlex.split(line)
+        assert argv[1:4] == ["-m", "dllm_jax", "train"] and argv[argv.index("--workdir") + 1] == point.workdir
+        overrides, rest = config_lib.parse_overrides(argv[4:])
+        cfg = config_lib.load_config(rest[rest.index("--config") + 1], overrides)
+        assert cfg.to_dict() == point.config.to_dict()
+    assert grid_lib.as_arg(1e5) == "100000" and grid_lib.as_arg(0.1) == "0.1" and grid_lib.as_arg(True) == "true"
+
+
+def test_grid_errors_name_the_problem(grid_file, tmp_path):
+    root = str(tmp_path / "r")
+    with pytest.raises(ConfigError, match="data.unique_tokens is set by the grid"):
+        grid_lib.load_grid(grid_file, root, [("data.unique_tokens", "512")])
+    with pytest.raises(ConfigError, match="accepts: budgets, tokens"):
+        grid_lib.load_grid(grid_file, root, params=["budget=1"])
+    with pytest.raises(ConfigError, match="--index 4 is out of range.*4 points"):
+        grid_lib.load_grid(grid_file, root).select(4)
+    with pytest.raises(ConfigError, match="grid point 'U1.5_ar'.*unique_tokens"):
+        grid_lib.load_grid(grid_file, root, params=["budgets=1.5"])
+    with pytest.raises(ConfigError, match="must be NAME=VALUE"):
+        grid_lib.parse_params(["budgets"])
+
+
+@pytest.fixture
+def shared_compilation_cache(tmp_path):
+    """Points of one objective compile the same programs; a persistent compilation cache,
+    scoped to the test, lets them (and the resumed point) share one compile."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    keys = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"), "jax_persistent_cache_min_compile_time_secs": 0.0,
+            "jax_persistent_cache_min_entry_size_bytes": 0}
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in keys.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def test_sweep_runs_skips_and_resumes_then_reports(grid_file, tmp_path, monkeypatch, caplog, shared_compilation_cache):
+    """A 2x2 grid of tiny runs: one point is killed after its first checkpoint; rerunning the
+    sweep resumes it (and only it); a third run skips everything; the report reads them all."""
+    import dllm_jax.train as train_mod
+    from dllm_jax.checkpoint import Checkpointer
+    from dllm_jax.cli import main
+
+    assert sweep.DONE_FILE == train_mod.DONE_FILE
+    root = str(tmp_path / "sweep")
+    args = ["sweep", "--config", grid_file, "--root", root, "--in-process"]
+    real_save, real_train = Checkpointer.save, train_mod.train
+
+    def save_then_die(self, step, *a, **k):
+        real_save(self, step, *a, **k)
+        if "U1024_mdm" in str(self.directory):
+            raise RuntimeError("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    assert main(args) == 1  # one point failed; the other three finished
+    assert [sweep.point_status(os.path.join(root, n)) for n in ("U1024_ar", "U1024_mdm", "U2048_ar", "U2048_mdm")] == ["done", "partial", "done", "done"]
+    monkeypatch.setattr(Checkpointer, "save", real_save)
+
+    calls = []
+    monkeypatch.setattr(train_mod, "train", lambda config, workdir, **k: (calls.append(os.path.basename(workdir)), real_train(config, workdir, **k))[1])
+    with caplog.at_level(logging.INFO, logger="dllm_jax"):
+        assert main(args) == 0
+    assert calls == ["U1024_mdm"] and "resumed from step 8" in caplog.text
+    steps = [r["step"] for r in train_mod._read_train_records(os.path.join(root, "U1024_mdm"))]
+    assert steps == sorted(set(steps)) and steps[-1] == 16  # no step logged twice, run complete
+    attempts = [json.loads(line)["outcome"] for line in open(os.path.join(root, "U1024_mdm", "sweep_times.jsonl"))]
+    assert attempts == ["failed (exception)", "finished"]
+    assert main(args) == 0 and calls == ["U1024_mdm"]  # everything done: nothing runs
+    # a finished point whose config no longer matches the grid is not silently skipped
+    assert main(args + ["--config.train.lr=1e-4"]) == 1
+
+    out = str(tmp_path / "report")
+    assert main(["report", "--root", root, "--out", out]) == 0
+    summary = json.load(open(os.path.join(out, "report.json")))
+    assert sorted(r["name"] for r in summary["runs"]) == ["U1024_ar", "U1024_mdm", "U2048_ar", "U2048_mdm"]
+    assert all(r["done"] and r["wall_seconds"] > 0 for r in summary["runs"])
+    assert {r["unique_tokens"] for r in summary["crossovers"]["val_loss"]} == {1024, 2048}
+    assert os.path.exists(os.path.join(out, "crossover_val_loss_epochs.png"))
+    # the report's model reconstruction gives the FLOPs per token the train loop logged
+    from dllm_jax.study.report import run_model_config
+    from dllm_jax.study.runs import load_runs
+
+    for run in load_runs(root):
+        assert run.info["flops_per_token"] == flops.train_flops_per_token(run_model_config(run), 32)
+
+
+# -- the experiment grids ------------------------------------------------------------------
+
+def _flat(cfg):
+    from dllm_jax.study.runs import flatten
+
+    return flatten(cfg.to_dict())
+
+
+def test_cpu_grid_shape(tmp_path):
+    g = grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path))
+    by_budget = {}
+    for p in g.points:
+        c = p.config
+        by_budget.setdefault(c.data.unique_tokens, set()).add(c.objective)
+        assert 1e5 <= c.data.unique_tokens <= 1e7
+        assert c.data.unique_tokens % (c.train.batch_size * c.data.seq_len) == 0
+        total = c.data.unique_tokens * c.data.epochs
+        assert abs(total / 4.8e6 - 1) < 0.05  # one token budget for every point
+        assert c.eval.cloze_every == c.train.eval_every > 0
+    assert all(objs == {"ar", "mdm"} for objs in by_budget.values()) and len(by_budget) == 3
+    epochs = sorted(p.config.data.epochs for p in g.points)
+    assert epochs[0] == 5 and epochs[-1] == 48
+    # a fair comparison: points differ only in objective, budget and evaluation interval
+    varying = {"objective", "data.unique_tokens", "data.epochs", "train.eval_every", "eval.cloze_every"}
+    flats = [_flat(p.config) for p in g.points]
+    assert {k for f in flats for k in f if f[k] != flats[0][k]} <= varying
+
+
+def test_ar_ablation_grid_shares_its_baselines_with_the_cpu_grid(tmp_path):
+    cpu = {p.name: p for p in grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path)).points}
+    abl = grid_lib.load_grid(os.path.join(EXPERIMENTS, "ar_ablations.py"), str(tmp_path)).points
+    names = [p.name for p in abl]
+    assert names[:2] == ["U1e5_ar", "U1e5_mdm"] and len(names) == 8
+    for p in abl[:2]:
+        assert p.config.to_dict() == cpu[p.name].config.to_dict()  # same workdir, same run: reused
+    masks = [p.config.ar.input_mask_rate for p in abl if "mask" in p.name]
+    drops = [p.config.model.dropout for p in abl if "drop" in p.name]
+    assert masks == [0.1, 0.3, 0.5] and drops == [0.1, 0.3, 0.5]
+    assert all(p.config.objective == "ar" for p in abl if "mask" in p.name or "drop" in p.name)
+
+
+def test_paper_configs_resolve_with_the_named_sizes():
+    from dllm_jax.study import paper
+
+    for size, nominal in (("1b", 1e9), ("2b", 2e9), ("4b", 4e9), ("8b", 8e9)):
+        cfg = config_lib.load_config(os.path.join(EXPERIMENTS, f"paper_{size}.py"))
+        total, active = paper.param_counts(cfg)
+        assert abs(total / nominal - 1) < 0.05 and active == total, (size, total)
+        t = cfg.train
+        assert (t.lr, t.min_lr_ratio, t.warmup_steps, t.schedule, t.b1, t.b2, t.weight_decay) == (2e-4, 0.1, 2000, "wsd", 0.9, 0.95, 0.1)
+        assert (t.batch_size, cfg.data.seq_len, cfg.model.qk_norm, cfg.model.rope_base) == (256, 2048, True, 1e4)
+        assert cfg.data.tokenizer.endswith(".model")  # given by path, never trained
+    if "num_experts" in config_lib.default_config().model:
+        cfg = config_lib.load_config(os.path.join(EXPERIMENTS, "paper_moe.py"))
+        total, active = paper.param_counts(cfg)
+        assert abs(total / 8e9 - 1) < 0.05 and abs(active / 1e9 - 1) < 0.05, (total, active)
+
+
+def test_paper_grid_budgets(tmp_path):
+    g = grid_lib.load_grid(os.path.join(EXPERIMENTS, "paper_grid.py"), str(tmp_path))
+    has_moe = "num_experts" in config_lib.default_config().model
+    assert len(g.points) == (5 if has_moe else 4) * 5 * 2
+    uniques = set()
+    for p in g.points:
+        c = p.config
+        per_step = c.train.batch_size * c.data.seq_len
+        assert abs(c.train.num_steps * per_step / 96e9 - 1) < 1e-3  # the 96B-token budget
+        assert (c.data.unique_tokens // per_step) * c.data.epochs >= c.train.num_steps  # enough epochs of data
+        uniques.add(c.data.unique_tokens)
+    assert uniques == {5e8, 1e9, 1.5e9, 1e10, 9.6e10}

@@ -88,6 +88,9 @@ def test_rstar_fit_recovers_a_planted_value(r_star):
 def test_rstar_fit_says_when_it_cannot_tell():
     assert "past one epoch" in scaling.fit_rstar([1e5] * 6, np.linspace(1e4, 1e5, 6), np.linspace(3, 2, 6)).note
     assert "too few" in scaling.fit_rstar([1e5] * 3, [1e5, 2e5, 3e5], [3, 2, 1]).note
+    # one budget, 4 epochs, planted R* = 500: the data cannot pin R* down, and the fit says so
+    u, t, loss = _planted_curves(500.0, [(1e5, 4)], np.random.default_rng(2))
+    assert scaling.fit_rstar(u, t, loss).note
 
 
 # -- synthetic sweep -> report -----------------------------------------------------------

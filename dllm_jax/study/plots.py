@@ -37,7 +37,7 @@ def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossove
     models = sorted({p for p, _ in cells})
     budgets = sorted({u for _, u in cells})
     series_order = sorted({s for v in cells.values() for s in v}, key=lambda s: (not s.startswith("ar"), s))
-    fig, axes = plt.subplots(len(models), len(budgets), figsize=(3.6 * len(budgets), 3.0 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), len(budgets), figsize=(max(3.6 * len(budgets), 7.5), 3.0 * len(models) + 0.8), squeeze=False)
     for i, params in enumerate(models):
         for j, unique in enumerate(budgets):
             ax = axes[i][j]
@@ -71,7 +71,7 @@ def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossove
     fig.legend([handles[lab] for lab in labels] + [plt.Line2D([], [], marker="*", color="black", linestyle="none")],
                labels + ["crossover (MDM ahead for good)"], loc="lower center", ncol=min(len(labels) + 1, 5), fontsize=8)
     fig.suptitle(f"{METRIC_TITLES.get(metric, metric)}, AR vs MDM, against {'epochs' if xaxis == 'epochs' else 'tokens seen'}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 5), 1, 0.95))
+    fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) > 4), 1, 0.93))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -84,7 +84,7 @@ def plot_fits(groups: list, path: str) -> bool:
     groups = [g for g in groups if g[1]]
     if not groups:
         return False
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(4.2 * len(groups), 5.0), 3.6), squeeze=False)
     for ax, (title, curves, fit) in zip(axes[0], groups):
         for k, (unique, tokens, loss) in enumerate(sorted(curves, key=lambda c: c[0])):
             color = plt.rcParams["axes.prop_cycle"].by_key()["color"][k % 10]

@@ -10,7 +10,7 @@ worth fresh ones for R_D << R* and worth nothing for R_D >> R*. For one model si
 is L = E + B / D'^beta (the paper's A / N^alpha term is constant and folds into E).
 
 Fitting (decided here): least squares on the loss values over every validation point of
-one series (all its budgets and evaluations), parameters (E, log B, beta, log R*): a coarse
+one series (all its budgets and evaluations), parameters (E >= 0, log B, beta, log R*): a coarse
 grid over (R*, beta) with E and B solved in closed form, then `scipy.optimize.least_squares`
 from the best grid point. Quality: RMSE, R^2 and a one-sigma interval on R* from the
 Jacobian. R* at the edge of its range (0.1 .. 1e4) means the data do not determine it
@@ -60,9 +60,11 @@ class Fit:
 
 
 def _linear_eb(x, y):
-    """E, B >= 0 minimising |E + B x - y|^2, and the SSE."""
+    """E >= 0, B > 0 minimising |E + B x - y|^2, and the SSE (None if B would be <= 0)."""
     a = np.stack([np.ones_like(x), x], axis=1)
     (e, b), *_ = np.linalg.lstsq(a, y, rcond=None)
+    if e < 0:  # the loss floor cannot be negative: fit B alone
+        e, b = 0.0, float(x @ y / (x @ x))
     if b <= 0:
         return None
     return e, b, float(np.sum((e + b * x - y) ** 2))
@@ -96,7 +98,7 @@ def fit_rstar(unique, tokens, loss) -> Fit:
         e, log_b, beta, log_r = theta
         return predict_loss(u, t, e, np.exp(log_b), beta, np.exp(log_r)) - y
 
-    lo = [-np.inf, -np.inf, BETA_BOUNDS[0], np.log(R_BOUNDS[0])]
+    lo = [0.0, -np.inf, BETA_BOUNDS[0], np.log(R_BOUNDS[0])]
     hi = [np.inf, np.inf, BETA_BOUNDS[1], np.log(R_BOUNDS[1])]
     x0 = np.clip([e0, np.log(b0), beta0, np.log(r0)], np.add(lo, 1e-9), np.subtract(hi, 1e-9))
     res = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", max_nfev=5000)
@@ -113,4 +115,6 @@ def fit_rstar(unique, tokens, loss) -> Fit:
         pass
     if min(abs(log_r - np.log(R_BOUNDS[0])), abs(log_r - np.log(R_BOUNDS[1]))) < 0.02:
         fit.note = f"R* at the edge of its range {R_BOUNDS}: not determined by these runs"
+    elif not fit.r_star_high / fit.r_star_low < 10.0:  # also true when the interval is nan
+        fit.note = "R* poorly determined (its one-sigma interval spans more than 10x): more budgets or epochs needed"
     return fit

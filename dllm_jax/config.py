@@ -332,6 +332,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"mesh.{axis}={cfg.mesh[axis]} must be a positive size or -1 (fill)")
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def to_json(cfg: ml_collections.ConfigDict) -> str:
     return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
 

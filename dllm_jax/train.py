@@ -32,18 +32,8 @@ RESUMABLE_CHANGES = ("mesh.", "train.log_every", "train.eval_every", "train.eval
                      "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.")
 
 
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def check_resume_compatible(saved: dict, config) -> None:
-    old, new = _flat(saved), _flat(config.to_dict())
+    old, new = config_lib.flatten(saved), config_lib.flatten(config.to_dict())
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if diffs:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])

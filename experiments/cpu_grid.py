@@ -30,15 +30,9 @@ about 23 s and 6 s with 480; about 20 s of start-up per run. A point is ~2,400 s
 development machine, shared with other jobs (load average ~9), one point took 35 minutes.
 """
 
-import os
-import sysconfig
-
 from dllm_jax.config import default_config
+from dllm_jax.data.sources import stdlib_corpus
 from dllm_jax.study.grid import budget_epochs, parse_numbers, short_number
-
-
-def stdlib_corpus() -> str:
-    return os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
 
 
 def get_config():

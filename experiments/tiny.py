@@ -4,15 +4,8 @@ Every machine with Python has this corpus, so `make demo` needs no download. Abo
 minute per objective on 2 CPU cores. Switch objective with --config.objective=ar.
 """
 
-import os
-import sysconfig
-
 from dllm_jax.config import default_config
-
-
-def stdlib_corpus() -> str:
-    """Comma-separated globs of the standard library's top-level modules."""
-    return os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
+from dllm_jax.data.sources import stdlib_corpus
 
 
 def get_config():

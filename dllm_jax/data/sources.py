@@ -294,3 +294,11 @@ def write_array_record(documents: Iterable[str], path: str) -> None:
             writer.write(doc.encode("utf-8"))
     finally:
         writer.close()
+
+
+def stdlib_corpus() -> str:
+    """A glob of the Python standard library's top-level modules: a corpus every machine with
+    Python has (the demo's default)."""
+    import sysconfig
+
+    return os.path.join(sysconfig.get_paths()["stdlib"], "*.py")

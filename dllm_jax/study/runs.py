@@ -19,6 +19,7 @@ import json
 import logging
 import os
 
+from dllm_jax.config import flatten
 from dllm_jax.metrics import read_metrics
 
 log = logging.getLogger("dllm_jax")
@@ -34,14 +35,6 @@ _NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_step
                "model.dtype", "model.attention_impl")
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclasses.dataclass

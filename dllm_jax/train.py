@@ -234,7 +234,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 at_log = step % tcfg.log_every == 0 or step == num_steps
                 if stop_after is not None and step - start >= stop_after and not stop.received:
                     stop.received = f"stop_after={stop_after}"
-                at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or stop.received
+                stopping = stop.received  # read once: a signal arriving later in this step is handled at the next
+                at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or bool(stopping)
                 if (at_log or at_ckpt) and not bool(metrics["finite"]):
                     diverged(step, metrics)
                 if at_log:
@@ -251,11 +252,11 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                     last_val = do_eval(step, with_cloze=epoch_end or cloze_now)
                 if at_ckpt:
                     save(step)
-                if stop.received and step < num_steps:
+                if stopping and step < num_steps:
                     ckpt.close()
                     bar.close()
                     writer.close()
-                    msg = f"stopped ({stop.received}) at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
+                    msg = f"stopped ({stopping}) at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
                     log.warning(msg)
                     print(msg, flush=True)
                     return {**summary, "interrupted": True, "step": step}

@@ -89,7 +89,7 @@ def test_expert_parallel_dispatch_equals_the_dense_reference(axes):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
 
 
-def test_aux_loss_reaches_the_train_loss_and_metrics():
+def test_aux_loss_is_summed_over_layers_and_reaches_the_loss():
     from dllm_jax import objectives
     from dllm_jax.models import Transformer
     from dllm_jax.train_step import forward_ce
@@ -101,24 +101,23 @@ def test_aux_loss_reaches_the_train_loss_and_metrics():
     assert "moe" in params["layers"] and "mlp" not in params["layers"]
     assert params["layers"]["moe"]["w_gate"].shape == (2, 4, 16, 32)  # [layers, experts, d, ffn]
     prep = objectives.prepare_mdm(tokens, jax.random.key(2), objectives.TokenIds(pad_id=0, eos_id=1, mask_id=40))
-    _, aux = jax.jit(lambda p: forward_ce(model, p, prep, causal=False, vocab_limit=40))(params)
+
+    @jax.jit
+    def run(p, weight):
+        def loss(p):  # the train step's loss: objective + weight * load balancing
+            ce, a = forward_ce(model, p, prep, causal=False, vocab_limit=40)
+            return jnp.sum(prep.weights * ce) / prep.denom + weight * a, a
+
+        (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(p)
+        _, state = model.apply({"params": p}, prep.inputs, causal=False, mutable=["intermediates"])
+        return aux, state["intermediates"]["layers"]["moe"]["moe_aux_loss"][0], grads["layers"]["moe"]["router"]
+
+    aux, per_layer, router_grad0 = run(params, 0.0)
     # by hand: the load-balancing loss of each layer, from the sown intermediates
-    _, state = jax.jit(lambda p: model.apply({"params": p}, prep.inputs, causal=False, mutable=["intermediates"]))(params)
-    per_layer = state["intermediates"]["layers"]["moe"]["moe_aux_loss"][0]
     assert per_layer.shape == (2,) and np.all(np.asarray(per_layer) >= 1.0 - 1e-6)  # E sum f P >= 1
     np.testing.assert_allclose(aux, per_layer.sum(), rtol=1e-6)
-
     # the router's gradient changes with the aux weight: the term is in the loss
-    def router_grad(weight):
-        m = Transformer(_cfg(num_experts=4, router_aux_weight=weight))
-
-        def loss(p):
-            ce, a = forward_ce(m, p, prep, causal=False, vocab_limit=40)
-            return jnp.sum(prep.weights * ce) / prep.denom + weight * a
-
-        return jax.jit(jax.grad(loss))(params)["layers"]["moe"]["router"]
-
-    assert not np.allclose(router_grad(0.0), router_grad(1.0))
+    assert not np.allclose(router_grad0, run(params, 1.0)[2])
 
 
 def test_moe_config_errors_name_the_fix():

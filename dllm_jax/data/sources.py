@@ -92,27 +92,31 @@ def _read_text_file(path: str) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _load_text(data_cfg) -> list[str]:
-    mode = data_cfg.text_split
-    if mode not in TEXT_SPLITS:
-        raise DataError(f"data.text_split={mode!r} is unknown; use one of {', '.join(map(repr, TEXT_SPLITS))}.")
+def _gather(data_cfg, read_file, what: str) -> list[str]:
+    """Documents from every file of data.paths, in order, up to data.max_docs. `read_file(path,
+    limit)` returns a file's documents (limit: how many more are wanted, 0 = all). Files
+    without text are skipped with a warning; if none has any, a DataError names them."""
     max_docs = int(data_cfg.max_docs)
-    files = resolve_files(data_cfg.paths)
     docs, empty = [], []
-    for path in files:
-        file_docs = _split_text(_read_text_file(path), mode)
+    for path in resolve_files(data_cfg.paths):
+        file_docs = read_file(path, max_docs - len(docs) if max_docs else 0)
         if not file_docs:
             empty.append(path)
-            logger.warning("skipping %s: it holds no text", path)
+            logger.warning("skipping %s: it holds no %s", path, what)
         docs.extend(file_docs)
         if max_docs and len(docs) >= max_docs:
             break
     if not docs:
         shown = ", ".join(repr(p) for p in empty[:5]) + (" ..." if len(empty) > 5 else "")
-        raise DataError(
-            f"data.paths={data_cfg.paths!r} matched only empty files ({shown}); point it at files with text."
-        )
+        raise DataError(f"data.paths={data_cfg.paths!r} matched only files without {what} ({shown}); point it at files with {what}.")
     return docs[:max_docs] if max_docs else docs
+
+
+def _load_text(data_cfg) -> list[str]:
+    mode = data_cfg.text_split
+    if mode not in TEXT_SPLITS:
+        raise DataError(f"data.text_split={mode!r} is unknown; use one of {', '.join(map(repr, TEXT_SPLITS))}.")
+    return _gather(data_cfg, lambda path, limit: _split_text(_read_text_file(path), mode), "text")
 
 
 def _import_tfds():
@@ -208,36 +212,21 @@ def _import_array_record():
 
 def _load_array_record(data_cfg) -> list[str]:
     arm = _import_array_record()
-    max_docs = int(data_cfg.max_docs)
-    files = resolve_files(data_cfg.paths)
-    docs, empty = [], []
-    for path in files:
+
+    def read_file(path, limit):
         try:
             reader = arm.ArrayRecordReader(path)
         except Exception as e:  # the C++ reader raises RuntimeError/ValueError variants
             raise DataError(f"{path!r} is not a readable ArrayRecord file ({e}); fix data.paths.") from e
         try:
             n = reader.num_records()
-            if max_docs:
-                n = min(n, max_docs - len(docs))
+            n = min(n, limit) if limit else n
             records = reader.read(0, n) if n else []
         finally:
             reader.close()
-        file_docs = [_as_text(r, f"a record of {path!r}") for r in records]
-        file_docs = [d for d in file_docs if d.strip()]
-        if not file_docs:
-            empty.append(path)
-            logger.warning("skipping %s: it holds no text records", path)
-        docs.extend(file_docs)
-        if max_docs and len(docs) >= max_docs:
-            break
-    if not docs:
-        shown = ", ".join(repr(p) for p in empty[:5]) + (" ..." if len(empty) > 5 else "")
-        raise DataError(
-            f"data.paths={data_cfg.paths!r} matched only empty ArrayRecord files ({shown}); "
-            "point it at files with text records."
-        )
-    return docs[:max_docs] if max_docs else docs
+        return [d for d in (_as_text(r, f"a record of {path!r}") for r in records) if d.strip()]
+
+    return _gather(data_cfg, read_file, "text records")
 
 
 def load_documents(data_cfg) -> list[str]:

@@ -12,7 +12,8 @@ XLA:TPU. The report gives, per device (a chip, or a core where libtpu exposes co
   the program needs beyond its inputs and outputs), and the total
   argument + output - aliased (the donated state) + temporaries + code, against the chip's HBM;
 - compute: model FLOPs (6N + attention, `dllm_jax.flops`; active parameters for an MoE),
-  XLA's own FLOP count (with remat recomputation), XLA's estimated step time
+  XLA's own FLOP count (its cost analysis; on TPU it can come out below the model count,
+  so it misses some work: treat it, the step time and the MFU as rough), XLA's estimated step time
   (`optimal_seconds` of its cost model) and hence an estimated MFU and tokens/s.
 
 Decisions where the task was silent: the model is sized from `data.vocab_size` (no
@@ -338,7 +339,7 @@ def format_report(r: dict) -> str:
             f"DOES NOT FIT ({100 * b['total'] / r['hbm_bytes']:.0f}%)")),
         f"compute per {unit} and step:",
         f"  model FLOPs         {_flop(r['model_flops'])} (6N + attention)",
-        "  XLA FLOPs           " + ("n/a (run with the cost probe)" if r["xla_flops"] is None else f"{_flop(r['xla_flops'])} (with remat recomputation)"),
+        "  XLA FLOPs           " + ("n/a (run with the cost probe)" if r["xla_flops"] is None else f"{_flop(r['xla_flops'])} (XLA cost analysis)"),
         "  XLA step time       " + ("n/a" if r["xla_seconds"] is None else f"{r['xla_seconds'] * 1e3:10.2f} ms (cost model estimate)"),
         "  estimated MFU       " + ("n/a" if r["mfu"] is None else f"{100 * r['mfu']:9.1f} %  (model FLOPs / (step time x peak))"),
         "  tokens/s (slice)    " + ("n/a" if r["tokens_per_sec"] is None else f"{r['tokens_per_sec']:12,.0f}"),

@@ -229,21 +229,33 @@ def complete(user: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDic
     return cfg
 
 
-def load_config(path: str, overrides: list[tuple[str, str]] | None = None) -> ml_collections.ConfigDict:
-    """Load an experiment file (`get_config()`), fill defaults, apply overrides, validate."""
+def import_experiment(path: str, required: tuple[str, ...] = ("get_config",), what: str = "config file"):
+    """Import an experiment (or grid) file as a module; ConfigError if it is missing or lacks
+    one of the `required` functions."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist; pass --config experiments/tiny.py or another file")
+        raise ConfigError(f"{what} {path!r} does not exist; check the --config path (e.g. experiments/tiny.py)")
     spec = importlib.util.spec_from_file_location(f"dllm_experiment_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path!r} has no get_config() function")
+    missing = [name for name in required if not hasattr(module, name)]
+    if missing:
+        raise ConfigError(f"{what} {path!r} has no {missing[0]}() function; it must define {', '.join(f'{r}()' for r in required)}")
+    return module
+
+
+def config_from_module(module, overrides: list[tuple[str, str]] | None = None) -> ml_collections.ConfigDict:
+    """`module.get_config()` filled with the defaults, with the overrides applied, validated."""
     cfg = complete(module.get_config())
     for key, value in overrides or []:
         set_key(cfg, key, value)
     validate(cfg)
     return cfg
+
+
+def load_config(path: str, overrides: list[tuple[str, str]] | None = None) -> ml_collections.ConfigDict:
+    """Load an experiment file (`get_config()`), fill defaults, apply overrides, validate."""
+    return config_from_module(import_experiment(path), overrides)
 
 
 def _choice(name, value, choices):

@@ -24,11 +24,9 @@ Decisions:
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import os
 import re
-import sys
 
 import ml_collections
 
@@ -74,19 +72,6 @@ def as_arg(value) -> str:
     return repr(value)
 
 
-def _import(path: str):
-    if not os.path.isfile(path):
-        raise ConfigError(f"grid file {path!r} does not exist; pass e.g. --config experiments/cpu_grid.py")
-    spec = importlib.util.spec_from_file_location(f"dllm_grid_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    for name in ("get_config", "get_grid"):
-        if not hasattr(module, name):
-            raise ConfigError(f"{path!r} has no {name}() function; a grid file defines get_config() and get_grid(config, **params) (see dllm_jax.study.grid)")
-    return module
-
-
 def parse_params(items) -> dict:
     """['budgets=1e5,3e5', ...] (the --grid options) -> {'budgets': '1e5,3e5'}."""
     params = {}
@@ -116,11 +101,8 @@ def load_grid(path: str, root: str, overrides=None, params=None) -> Grid:
     path = os.path.abspath(path)
     root = os.path.abspath(os.path.expanduser(root))
     overrides = list(overrides or [])
-    module = _import(path)
-    base = config_lib.complete(module.get_config())
-    for key, value in overrides:
-        config_lib.set_key(base, key, value)
-    config_lib.validate(base)
+    module = config_lib.import_experiment(path, ("get_config", "get_grid"), "grid file")
+    base = config_lib.config_from_module(module, overrides)
     raw_points = _call_get_grid(module, path, base, parse_params(params) if isinstance(params, list) else dict(params or {}))
     sweep_keys = {k for k, _ in overrides}
     points = []

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,17 +40,7 @@ from dllm_jax import config as config_lib  # noqa: E402
 from dllm_jax.checkpoint import checkpoint_dir, load_run  # noqa: E402
 from dllm_jax.objectives import token_cross_entropy  # noqa: E402
 from dllm_jax.sampling import generate_tokens  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from dllm_jax.study.runs import machine_info  # noqa: E402
 
 
 def methods(n: int, block: int, thresholds: list[float]) -> list[tuple[str, str, dict]]:
@@ -317,7 +306,7 @@ def main(argv=None) -> int:
     if hasattr(os, "getloadavg"):
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     report = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load": load, "jax": jax.__version__,
+        "machine": {"cpu": machine_info()["cpu"], "cores": os.cpu_count(), "load": load, "jax": jax.__version__,
                     "backend": f"{jax.default_backend()} ({jax.device_count()} device(s))"},
         "corpus": runs["ar"].config.data.paths,
         "params": int(sum(x.size for x in jax.tree.leaves(ar_run.params))),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from flax import linen as nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dllm_jax import config as config_lib  # noqa: E402
 from dllm_jax import flops, objectives, optim, sharding, train_step  # noqa: E402
+from dllm_jax.study.runs import machine_info  # noqa: E402
 
 SIZES = {
     # name: (d_model, n_layers, n_heads, d_ff, vocab, seq_len, batch)
@@ -105,11 +105,7 @@ def bench_objective(objective: str, size: str, steps: int, warmup: int, dtype: s
 def machine() -> str:
     dev = jax.devices()[0]
     if dev.platform == "cpu":
-        try:
-            model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        except (OSError, StopIteration):
-            model = platform.processor() or "unknown CPU"
-        return f"{model}, {os.cpu_count()} cores, {len(jax.devices())} JAX CPU device(s)"
+        return f"{machine_info()['cpu']}, {os.cpu_count()} cores, {len(jax.devices())} JAX CPU device(s)"
     return f"{dev.device_kind} x{len(jax.devices())}"
 
 

@@ -35,8 +35,6 @@ _NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_step
                "model.dtype", "model.attention_impl")
 
 
-
-
 @dataclasses.dataclass
 class Run:
     name: str

@@ -40,11 +40,7 @@ def decode(params, buf, row_len, key, temperature, top_p, *, model, max_new: int
         """Token for position `pos` of each row: its prompt token if still in the prompt, else a draw."""
         logits = categorical.exclude_ids(logits, vocab_limit, banned=(pad_id,))
         logits = categorical.filter_logits(logits, temperature=temperature, top_k=top_k, use_top_p=use_top_p, top_p=top_p)
-        if greedy:
-            drawn = categorical.sample(logits, greedy=True)
-        else:
-            hi, lo = categorical.random_words(states[pos], logits.shape, logits.shape)
-            drawn = categorical.sample(logits, greedy=False, hi=hi, lo=lo)
+        drawn = categorical.draw_from_state(states[pos], logits, greedy=greedy)
         col = jax.lax.dynamic_index_in_dim(buf, pos, axis=1, keepdims=False)
         in_prompt = pos < row_len
         token = jnp.where(in_prompt, col, jnp.where(done, pad_id, drawn))

@@ -116,12 +116,17 @@ def sample(logits, *, greedy: bool, hi=None, lo=None):
     return jnp.argmax(perturbed, axis=-1).astype(jnp.int32)
 
 
-def draw(key, logits, *, greedy: bool):
-    """`sample` with its own noise from a jax PRNG key."""
+def draw_from_state(state, logits, *, greedy: bool):
+    """`sample` with its own noise from a generator state (one row of `stream_states`)."""
     if greedy:
         return sample(logits, greedy=True)
-    hi, lo = random_words(stream_states(key, 1)[0], logits.shape, logits.shape)
+    hi, lo = random_words(state, logits.shape, logits.shape)
     return sample(logits, greedy=False, hi=hi, lo=lo)
 
 
-__all__ = ["NEG", "gumbel", "gumbel_from_bits", "uniform_from_bits", "stream_states", "random_words", "exclude_ids", "filter_logits", "sample", "draw"]
+def draw(key, logits, *, greedy: bool):
+    """`sample` with its own noise from a jax PRNG key."""
+    return draw_from_state(stream_states(key, 1)[0], logits, greedy=greedy)
+
+
+__all__ = ["NEG", "gumbel", "gumbel_from_bits", "uniform_from_bits", "stream_states", "random_words", "exclude_ids", "filter_logits", "sample", "draw_from_state", "draw"]

@@ -243,7 +243,7 @@ def test_eos_is_committed_last_and_output_is_cut_at_first_eos():
     assert np.asarray(only_eos).sum() == 1  # ...but at least one token per step
     opts = resolve(objective="mdm", max_new_tokens=5)
     ids = type("Ids", (), dict(pad_id=0, eos_id=eos, mask_id=mask))
-    res = _finish(np.array([[4, 5, eos, 6, eos], [4, 5, 6, 7, 8]]), np.array([5, 5]), 5, 1.0, 0.0, 10, opts, ids, cut_at_eos=True)
+    res = _finish(np.array([[4, 5, eos, 6, eos], [4, 5, 6, 7, 8]]), np.array([5, 5]), 5, (1.0, 0.0, 1.0), 10, opts, ids, cut_at_eos=True)
     assert res.lengths.tolist() == [2, 5] and res.stopped_at_eos.tolist() == [True, False]
     assert res.tokens.tolist() == [[4, 5, 0, 0, 0], [4, 5, 6, 7, 8]]
 

@@ -52,6 +52,7 @@ class SampleResult:
     tokens_per_sec: float
     stopped_at_eos: np.ndarray = None  # [B] bool
     compile_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the process (all threads) during decoding (compilation excluded)
     sampler: str = ""
     decoded_positions: int = 0  # positions the decoder produced (numerator of tokens_per_sec)
     canvas: np.ndarray | None = None  # MDM: final [B, T] canvas (left-padded prompt + region), untruncated
@@ -66,7 +67,7 @@ _COMPILED: dict = {}
 
 
 def _call(fn, args: tuple, statics: dict):
-    """Run jitted `fn` compiled ahead of time (cached): returns (outputs, run s, compile s)."""
+    """Run jitted `fn` compiled ahead of time (cached): returns (outputs, (run s, compile s, run CPU s))."""
     leaves, treedef = jax.tree.flatten(args)
     sig = tuple((np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype), getattr(x, "sharding", None)) for x in leaves)
     key = (fn, tuple(sorted(statics.items())), treedef, sig)
@@ -79,9 +80,9 @@ def _call(fn, args: tuple, statics: dict):
         if len(_COMPILED) >= 64:
             _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[key] = compiled
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(compiled(*args))
-    return out, time.perf_counter() - t0, compile_s
+    return out, (time.perf_counter() - t0, compile_s, time.process_time() - c0)
 
 
 def _place(params):
@@ -197,10 +198,10 @@ def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key,
     statics = dict(model=model, max_new=n, p0=int(row_len.min()), use_cache=opts.kv_cache, greedy=opts.temperature == 0.0,
                    top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id)
     args = (params, _put(buf, device), _put(row_len, device), _put(key, device), jnp.float32(opts.temperature), jnp.float32(opts.top_p))
-    (out, produced, nfe), seconds, compile_s = _call(ar.decode, args, statics)
+    (out, produced, nfe), times = _call(ar.decode, args, statics)
     out, produced = np.asarray(out), np.asarray(produced)
     region = np.stack([out[i, row_len[i]:row_len[i] + n] for i in range(b)])
-    return _finish(region, produced, int(nfe), seconds, compile_s, int(produced.sum()), opts, ids, cut_at_eos=True)
+    return _finish(region, produced, int(nfe), times, int(produced.sum()), opts, ids, cut_at_eos=True)
 
 
 # ---------------------------------------------------------------- MDM
@@ -234,10 +235,10 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
     f32 = jnp.float32
     args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(key, device),
             f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg))
-    out, seconds, compile_s = _call(diffusion.decode, args, dict(model=model, plan=plan))
+    out, times = _call(diffusion.decode, args, dict(model=model, plan=plan))
     final = np.asarray(out["canvas"])
     region = final[:, p:]
-    res = _finish(region, np.full((b,), n), int(out["nfe"]), seconds, compile_s, b * n, opts, ids, cut_at_eos=infill_tokens is None)
+    res = _finish(region, np.full((b,), n), int(out["nfe"]), times, b * n, opts, ids, cut_at_eos=infill_tokens is None)
     res.canvas, res.given, res.reveal_step = final, given, np.asarray(out["reveal_step"])
     if trace:
         res.history = np.asarray(out["history"])[: int(out["iterations"]) + 1]
@@ -245,7 +246,8 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
 
 
 # ---------------------------------------------------------------- results
-def _finish(region, produced, nfe, seconds, compile_s, decoded, opts, ids, cut_at_eos: bool) -> SampleResult:
+def _finish(region, produced, nfe, times, decoded, opts, ids, cut_at_eos: bool) -> SampleResult:
+    seconds, compile_s, cpu_s = times
     b, n = region.shape
     idx = np.arange(n)[None, :]
     is_eos = (region == ids.eos_id) & (idx < produced[:, None])
@@ -253,7 +255,7 @@ def _finish(region, produced, nfe, seconds, compile_s, decoded, opts, ids, cut_a
     lengths = np.where(stopped, is_eos.argmax(axis=1), produced).astype(np.int32)
     tokens = np.where(idx < lengths[:, None], region, ids.pad_id).astype(np.int32)
     return SampleResult(texts=[], tokens=tokens, lengths=lengths, nfe=nfe, seconds=seconds,
-                        tokens_per_sec=decoded / max(seconds, 1e-9), stopped_at_eos=stopped, compile_seconds=compile_s,
+                        tokens_per_sec=decoded / max(seconds, 1e-9), stopped_at_eos=stopped, compile_seconds=compile_s, cpu_seconds=cpu_s,
                         sampler=opts.sampler, decoded_positions=decoded, options=opts)
 
 
@@ -279,6 +281,7 @@ def _concat(parts: list, pad_id: int) -> SampleResult:
     out.nfe = sum(p.nfe for p in parts)
     out.seconds = sum(p.seconds for p in parts)
     out.compile_seconds = sum(p.compile_seconds for p in parts)
+    out.cpu_seconds = sum(p.cpu_seconds for p in parts)
     out.decoded_positions = sum(p.decoded_positions for p in parts)
     out.tokens_per_sec = out.decoded_positions / max(out.seconds, 1e-9)
     out.texts = sum((p.texts for p in parts), [])

@@ -67,8 +67,9 @@ def methods(n: int, block: int, thresholds: list[float]) -> list[tuple[str, str,
     return out
 
 
-BASELINE = 2  # index of 'MDM steps = length' in methods()
-BLOCK_BASELINE = 3  # index of 'MDM steps = length, blocks' in methods()
+def is_baseline(kw: dict) -> bool:
+    """MDM at steps = length (one token per step), exact: without blocks, or with the target's blocks."""
+    return kw.get("sampler") == "topk_confidence" and not kw.get("prefix_cache", False)
 
 
 def is_target(kw: dict) -> bool:
@@ -243,7 +244,7 @@ def markdown(report: dict) -> str:
         "| method | tokens/s | tokens per CPU-s | NFE (batch) | steps per row | speed vs MDM steps=length (wall / CPU) | gen. PPL (AR) | unigram entropy |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base = report["results"][BASELINE]
+    base = next(r for r in report["results"] if is_baseline(r["kwargs"]))  # the one without blocks comes first
     for r in report["results"]:
         lines.append(f"| {r['method']} | {r['tokens_per_sec']:.0f} | {r['tokens_per_cpu_sec']:.0f} | {r['nfe']:.0f} | {r['steps_per_row']:.1f} | "
                      f"{r['tokens_per_sec'] / base['tokens_per_sec']:.2f}x / {r['tokens_per_cpu_sec'] / base['tokens_per_cpu_sec']:.2f}x | "
@@ -261,7 +262,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ar-workdir")
     parser.add_argument("--mdm-workdir")
@@ -279,7 +280,11 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)
 
     if args.ar_workdir and args.mdm_workdir:
@@ -308,7 +313,7 @@ def main(argv=None) -> int:
     ref = reference_quality(ar_run, scorer, pairs, eos_id)
     print(f"{'held-out text':55s} genPPL {ref['gen_ppl']:8.2f}  H {ref['unigram_entropy']:.3f}")
 
-    target = [target_check(results[b], r) for b in (BASELINE, BLOCK_BASELINE) for r in results if is_target(r["kwargs"])]
+    target = [target_check(b, r) for b in results if is_baseline(b["kwargs"]) for r in results if is_target(r["kwargs"])]
     load = ""
     if hasattr(os, "getloadavg"):
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -89,28 +89,10 @@ def test_cli_config_verb_prints_resolved_config(capsys):
 def test_sampling_benchmark_config_fits_the_benchmark_defaults():
     """bench/sample_speed.py decodes --prompt-tokens + --max-new-tokens in blocks of --block-length
     with the runs of experiments/sample_bench.py: that must fit the trained context."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sample_speed", os.path.join(ROOT, "bench", "sample_speed.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    cfg = C.load_config(os.path.join(ROOT, "experiments", "sample_bench.py"))
+    bench = C.import_experiment(os.path.join(ROOT, "bench", "sample_speed.py"), required=("build_parser",), what="benchmark")
+    defaults = bench.build_parser().parse_args([])
+    cfg = C.load_config(defaults.config)
+    assert defaults.config.endswith(os.path.join("experiments", "sample_bench.py"))
     assert cfg.objective == "mdm" and cfg.data.unique_tokens == 0
-    import argparse
-
-    seen = {}
-
-    def fake_parse(self, argv=None, namespace=None):
-        seen.update({a.dest: a.default for a in self._actions})
-        raise SystemExit(0)
-
-    orig = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = fake_parse
-    try:
-        with pytest.raises(SystemExit):
-            bench.main([])
-    finally:
-        argparse.ArgumentParser.parse_args = orig
-    assert seen["config"].endswith(os.path.join("experiments", "sample_bench.py"))
-    assert seen["prompt_tokens"] + seen["max_new_tokens"] <= cfg.data.seq_len
-    assert seen["max_new_tokens"] % seen["block_length"] == 0
+    assert defaults.prompt_tokens + defaults.max_new_tokens <= cfg.data.seq_len
+    assert defaults.max_new_tokens % defaults.block_length == 0

@@ -17,6 +17,7 @@ setup(
         "orbax-checkpoint>=0.12",
         "grain>=0.2.18",
         "sentencepiece>=0.2",
+        "tokenizers>=0.20",
         "ml-collections>=1.1",
         "tqdm>=4.66",
         "tensorboardX>=2.6",

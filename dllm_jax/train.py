@@ -107,7 +107,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     `stop_after`: run at most this many steps in this call, then checkpoint and return (the
     schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests."""
     from dllm_jax.data.pipeline import build_dataset, train_loader
-    from dllm_jax.data.tokenizer import Tokenizer
+    from dllm_jax.data.pipeline import workdir_tokenizer_path
+    from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes
 
     distributed.initialize()  # multi-process runs: from the environment, before devices are touched
     config_lib.validate(config)
@@ -119,15 +120,15 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     if resume_step is not None:
         _, saved_config, saved_tokenizer = ckpt.restore_meta(resume_step)
         check_resume_compatible(saved_config, config)
-        saved_tok = Tokenizer.from_bytes(saved_tokenizer)
+        saved_tok = tokenizer_from_bytes(saved_tokenizer)
         if config.data.tokenizer:
-            given = Tokenizer.load(config.data.tokenizer)
+            given = load_tokenizer(config.data.tokenizer)
             if given.fingerprint != saved_tok.fingerprint:
                 raise ConfigError(
                     f"tokenizer mismatch: data.tokenizer={config.data.tokenizer!r} (fingerprint {given.fingerprint}) is not the "
                     f"tokenizer this run was trained with ({saved_tok.fingerprint}); drop --config.data.tokenizer to resume, or use a new workdir"
                 )
-        tok_path = os.path.join(workdir, "tokenizer.model")
+        tok_path = workdir_tokenizer_path(workdir, saved_tok)
         if not os.path.exists(tok_path) and jax.process_index() == 0:
             saved_tok.save(tok_path)
 

@@ -25,18 +25,18 @@ import numpy as np
 
 from dllm_jax.data import cache as cache_lib
 from dllm_jax.data import sources
-from dllm_jax.data.tokenizer import TRAINER_VERSION, Tokenizer, train_tokenizer
+from dllm_jax.data.tokenizer import TRAINER_VERSION, HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
 from dllm_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger("dllm_jax")
 
-TOKENIZER_FILENAME = "tokenizer.model"
+TOKENIZER_FILENAMES = (Tokenizer.filename, HFTokenizer.filename)  # a workdir holds one of them
 _GATHER_DOCS_PER_CHUNK = 1 << 16
 
 
 @dataclasses.dataclass
 class Dataset:
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | HFTokenizer
     train: np.ndarray  # [num_train_seqs, seq_len] int32, the unique training sequences
     val: np.ndarray    # [num_val_seqs, seq_len] int32
     stats: dict
@@ -95,20 +95,27 @@ def num_train_steps(num_train_seqs: int, global_batch: int, epochs: int) -> int:
 
 # -- tokenizer -------------------------------------------------------------------------
 
-def _workdir_tokenizer_path(workdir: str | None) -> str | None:
+def workdir_tokenizer_path(workdir: str | None, tok=None) -> str | None:
+    """Where a workdir keeps its tokenizer: the existing file, else the name for ``tok``'s kind
+    (``tokenizer.model`` for SentencePiece, ``tokenizer.json`` for Hugging Face)."""
     if not workdir:
         return None
-    return os.path.join(os.path.expandvars(os.path.expanduser(str(workdir))), TOKENIZER_FILENAME)
+    root = os.path.expandvars(os.path.expanduser(str(workdir)))
+    for name in TOKENIZER_FILENAMES:
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return os.path.join(root, (tok.filename if tok is not None else Tokenizer.filename))
 
 
-def _get_tokenizer(data_cfg, workdir, spec, get_documents) -> Tokenizer:
-    wpath = _workdir_tokenizer_path(workdir)
+def _get_tokenizer(data_cfg, workdir, spec, get_documents):
+    wpath = workdir_tokenizer_path(workdir)
     if data_cfg.tokenizer:
-        tok = Tokenizer.load(data_cfg.tokenizer)
+        tok = load_tokenizer(data_cfg.tokenizer)
         logger.info("loaded tokenizer %s (%d pieces, fingerprint %s)", data_cfg.tokenizer, tok.vocab_size, tok.fingerprint)
         if wpath:
+            wpath = workdir_tokenizer_path(workdir, tok)
             if os.path.isfile(wpath):
-                existing = Tokenizer.load(wpath)
+                existing = load_tokenizer(wpath)
                 if existing.fingerprint != tok.fingerprint:
                     raise DataError(
                         f"workdir tokenizer {wpath!r} (fingerprint {existing.fingerprint}) differs from "
@@ -121,7 +128,7 @@ def _get_tokenizer(data_cfg, workdir, spec, get_documents) -> Tokenizer:
         return tok
 
     if wpath and os.path.isfile(wpath):
-        tok = Tokenizer.load(wpath)
+        tok = load_tokenizer(wpath)
         logger.info("reusing the workdir tokenizer %s (%d pieces, fingerprint %s)", wpath, tok.vocab_size, tok.fingerprint)
         return tok
 

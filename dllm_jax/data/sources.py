@@ -92,31 +92,18 @@ def _read_text_file(path: str) -> str:
         return raw.decode("utf-8", errors="replace")
 
 
-def _gather(data_cfg, read_file, what: str) -> list[str]:
-    """Documents from every file of data.paths, in order, up to data.max_docs. `read_file(path,
-    limit)` returns a file's documents (limit: how many more are wanted, 0 = all). Files
-    without text are skipped with a warning; if none has any, a DataError names them."""
-    max_docs = int(data_cfg.max_docs)
-    docs, empty = [], []
-    for path in resolve_files(data_cfg.paths):
-        file_docs = read_file(path, max_docs - len(docs) if max_docs else 0)
-        if not file_docs:
-            empty.append(path)
-            logger.warning("skipping %s: it holds no %s", path, what)
-        docs.extend(file_docs)
-        if max_docs and len(docs) >= max_docs:
-            break
-    if not docs:
-        shown = ", ".join(repr(p) for p in empty[:5]) + (" ..." if len(empty) > 5 else "")
-        raise DataError(f"data.paths={data_cfg.paths!r} matched only files without {what} ({shown}); point it at files with {what}.")
-    return docs[:max_docs] if max_docs else docs
+def _what(source: str) -> str:
+    return {"text": "text", "array_record": "text records"}.get(source, "documents")
 
 
-def _load_text(data_cfg) -> list[str]:
-    mode = data_cfg.text_split
+def _check_text_split(mode: str) -> str:
     if mode not in TEXT_SPLITS:
         raise DataError(f"data.text_split={mode!r} is unknown; use one of {', '.join(map(repr, TEXT_SPLITS))}.")
-    return _gather(data_cfg, lambda path, limit: _split_text(_read_text_file(path), mode), "text")
+    return mode
+
+
+def _read_text_shard(data_cfg, shard: dict, limit: int) -> list[str]:
+    return _split_text(_read_text_file(shard["path"]), _check_text_split(data_cfg.text_split))
 
 
 def _import_tfds():
@@ -162,18 +149,26 @@ def _as_text(value: Any, where: str) -> str:
     raise DataError(f"{where} is a {type(value).__name__}, not text; set data.text_key to a text feature.")
 
 
-def _load_tfds(data_cfg) -> list[str]:
-    source = open_tfds(data_cfg)
-    n = len(source)
+TFDS_SHARD_RECORDS = 1 << 16  # records per shard of a TFDS source
+
+
+def _tfds_shards(data_cfg) -> list[dict]:
+    n = len(open_tfds(data_cfg))
     max_docs = int(data_cfg.max_docs)
     if max_docs:
         n = min(n, max_docs)
+    return [{"start": a, "stop": min(n, a + TFDS_SHARD_RECORDS)} for a in range(0, n, TFDS_SHARD_RECORDS)]
+
+
+def _read_tfds_shard(data_cfg, shard: dict, limit: int) -> list[str]:
+    source = open_tfds(data_cfg)
+    start, stop = int(shard["start"]), int(shard["stop"])
     key = data_cfg.text_key
     docs: list[str] = []
     chunk = 4096
     batched = hasattr(source, "__getitems__")
-    for start in range(0, n, chunk):
-        keys = list(range(start, min(n, start + chunk)))
+    for a in range(start, stop, chunk):
+        keys = list(range(a, min(stop, a + chunk)))
         records = None
         if batched:
             try:
@@ -192,11 +187,6 @@ def _load_tfds(data_cfg) -> list[str]:
             text = _as_text(rec[key], f"feature {key!r} of {data_cfg.tfds_name!r} record {i}")
             if text.strip():
                 docs.append(text)
-    if not docs:
-        raise DataError(
-            f"TFDS dataset {data_cfg.tfds_name!r} split {data_cfg.tfds_split!r} has no non-empty "
-            f"{key!r} text; check data.tfds_split and data.text_key."
-        )
     return docs
 
 
@@ -210,33 +200,76 @@ def _import_array_record():
     return array_record_module
 
 
-def _load_array_record(data_cfg) -> list[str]:
+def _read_array_record_shard(data_cfg, shard: dict, limit: int) -> list[str]:
     arm = _import_array_record()
+    path = shard["path"]
+    try:
+        reader = arm.ArrayRecordReader(path)
+    except Exception as e:  # the C++ reader raises RuntimeError/ValueError variants
+        raise DataError(f"{path!r} is not a readable ArrayRecord file ({e}); fix data.paths.") from e
+    try:
+        n = reader.num_records()
+        n = min(n, limit) if limit else n
+        records = reader.read(0, n) if n else []
+    finally:
+        reader.close()
+    return [d for d in (_as_text(r, f"a record of {path!r}") for r in records) if d.strip()]
 
-    def read_file(path, limit):
-        try:
-            reader = arm.ArrayRecordReader(path)
-        except Exception as e:  # the C++ reader raises RuntimeError/ValueError variants
-            raise DataError(f"{path!r} is not a readable ArrayRecord file ({e}); fix data.paths.") from e
-        try:
-            n = reader.num_records()
-            n = min(n, limit) if limit else n
-            records = reader.read(0, n) if n else []
-        finally:
-            reader.close()
-        return [d for d in (_as_text(r, f"a record of {path!r}") for r in records) if d.strip()]
 
-    return _gather(data_cfg, read_file, "text records")
+_SHARD_READERS = {"text": _read_text_shard, "tfds": _read_tfds_shard, "array_record": _read_array_record_shard}
+
+
+def source_shards(data_cfg) -> list[dict]:
+    """The corpus as an ordered list of shards: independent units of reading work.
+
+    Each shard is a small JSON-able dict: ``{"path": file}`` for file sources (one shard per
+    file, in ``data.paths`` order), ``{"start": i, "stop": j}`` (a record range) for TFDS.
+    Reading every shard in order with ``read_shard`` and concatenating gives the source's
+    documents in source order (``load_documents``, before ``data.max_docs``). This is how
+    corpus preparation splits work between (Beam) workers.
+    """
+    source = _check_source(data_cfg)
+    if source == "tfds":
+        return _tfds_shards(data_cfg)
+    if source == "text":
+        _check_text_split(data_cfg.text_split)
+    return [{"path": p} for p in resolve_files(data_cfg.paths)]
+
+
+def read_shard(data_cfg, shard: dict, limit: int = 0) -> list[str]:
+    """The non-blank documents of one shard of ``source_shards(data_cfg)``, in order.
+
+    ``limit > 0`` is a hint that at most that many documents are wanted (readers may stop
+    early; callers still cut). Raises DataError on an unreadable shard.
+    """
+    return _SHARD_READERS[_check_source(data_cfg)](data_cfg, shard, limit)
 
 
 def load_documents(data_cfg) -> list[str]:
-    """All documents of the configured source, in deterministic source order."""
+    """All documents of the configured source, in deterministic source order, up to
+    data.max_docs. Shards (files) without text are skipped with a warning; if none has any,
+    a DataError names them."""
     source = _check_source(data_cfg)
-    if source == "text":
-        return _load_text(data_cfg)
-    if source == "tfds":
-        return _load_tfds(data_cfg)
-    return _load_array_record(data_cfg)
+    max_docs = int(data_cfg.max_docs)
+    what = _what(source)
+    docs, empty = [], []
+    for shard in source_shards(data_cfg):
+        shard_docs = read_shard(data_cfg, shard, max_docs - len(docs) if max_docs else 0)
+        if not shard_docs and "path" in shard:
+            empty.append(shard["path"])
+            logger.warning("skipping %s: it holds no %s", shard["path"], what)
+        docs.extend(shard_docs)
+        if max_docs and len(docs) >= max_docs:
+            break
+    if not docs:
+        if source == "tfds":
+            raise DataError(
+                f"TFDS dataset {data_cfg.tfds_name!r} split {data_cfg.tfds_split!r} has no non-empty "
+                f"{data_cfg.text_key!r} text; check data.tfds_split and data.text_key."
+            )
+        shown = ", ".join(repr(p) for p in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise DataError(f"data.paths={data_cfg.paths!r} matched only files without {what} ({shown}); point it at files with {what}.")
+    return docs[:max_docs] if max_docs else docs
 
 
 def source_spec(data_cfg) -> dict:
@@ -254,12 +287,7 @@ def source_spec(data_cfg) -> dict:
             files.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
         spec["files"] = files
         if source == "text":
-            if data_cfg.text_split not in TEXT_SPLITS:
-                raise DataError(
-                    f"data.text_split={data_cfg.text_split!r} is unknown; use one of "
-                    f"{', '.join(map(repr, TEXT_SPLITS))}."
-                )
-            spec["text_split"] = data_cfg.text_split
+            spec["text_split"] = _check_text_split(data_cfg.text_split)
     else:
         ds = open_tfds(data_cfg)
         spec.update(

@@ -1,8 +1,14 @@
-"""SentencePiece tokenizer: a thin wrapper, and deterministic training on a corpus.
+"""Tokenizers: SentencePiece (load, or train deterministically on a corpus) and Hugging Face
+``tokenizer.json`` files (load only: GPT-NeoX, Llama 3, Qwen ...), behind one interface.
 
-Ids: pad=0, unk=1, eos=2, no BOS. The absorbing-diffusion [MASK] token is NOT a
-SentencePiece piece: it is ``mask_id == vocab_size``, one past the real vocabulary, so
-models that need it use ``vocab_size + 1`` embedding rows.
+Both kinds expose ``vocab_size``, ``pad_id``, ``eos_id``, ``mask_id``, ``fingerprint``,
+``model_bytes``, ``filename``, ``encode``, ``encode_batch``, ``decode``, ``id_to_piece``
+and ``save``; ``load_tokenizer(path)`` and ``tokenizer_from_bytes(b)`` pick the kind from
+the file's content. The absorbing-diffusion [MASK] token is NOT a piece of either: it is
+``mask_id == vocab_size``, one past the real vocabulary, so models that need it use
+``vocab_size + 1`` embedding rows.
+
+SentencePiece models trained here: pad=0, unk=1, eos=2, no BOS.
 
 Trained tokenizers are lossless on ordinary text (including code): no normalisation,
 whitespace kept as is, ``\\n`` and ``\\t`` are pieces of their own, and characters the
@@ -45,6 +51,9 @@ TRAINER_VERSION = f"dllm_jax-1/sentencepiece-{spm.__version__}"
 class Tokenizer:
     """A SentencePiece model plus the ids the rest of the library relies on."""
 
+    kind = "sentencepiece"
+    filename = "tokenizer.model"  # its name in a workdir or token store
+
     def __init__(self, model_bytes: bytes, source: str = "<bytes>"):
         sp = spm.SentencePieceProcessor()
         try:
@@ -76,29 +85,11 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str) -> "Tokenizer":
-        full = os.path.expandvars(os.path.expanduser(str(path)))
-        if not os.path.isfile(full):
-            raise DataError(
-                f"tokenizer file {path!r} does not exist; set data.tokenizer to an existing "
-                "SentencePiece .model file, or to '' to train one on the corpus."
-            )
-        with open(full, "rb") as f:
-            return cls(f.read(), source=repr(path))
+        return cls(_read_tokenizer_file(path), source=repr(path))
 
     def save(self, path: str) -> None:
         """Writes the model bytes atomically (a reader never sees half a file)."""
-        path = os.path.expandvars(os.path.expanduser(str(path)))
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-tokenizer-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.model_bytes)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        _atomic_write(path, self.model_bytes)
 
     # -- encoding -----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -126,6 +117,148 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
+
+
+def _read_tokenizer_file(path: str) -> bytes:
+    full = os.path.expandvars(os.path.expanduser(str(path)))
+    if not os.path.isfile(full):
+        raise DataError(
+            f"tokenizer file {path!r} does not exist; set data.tokenizer to an existing "
+            "SentencePiece .model or Hugging Face tokenizer.json file, or to '' to train one on the corpus."
+        )
+    with open(full, "rb") as f:
+        return f.read()
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    path = os.path.expandvars(os.path.expanduser(str(path)))
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-tokenizer-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# Special tokens that mark the end of a document, in the order they are looked for.
+# GPT-2/NeoX/Qwen: <|endoftext|>; Llama 3: <|end_of_text|>; Llama 2/Mistral: </s>; Gemma: <eos>.
+HF_EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>")
+HF_PAD_CANDIDATES = ("<pad>", "<|padding|>", "[PAD]", "<|pad|>")
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizers`` model (the bytes of a ``tokenizer.json``).
+
+    ``vocab_size`` counts added tokens too (``get_vocab_size(with_added_tokens=True)``), so
+    every id the tokenizer can emit is < vocab_size; ``mask_id = vocab_size``. EOS is the
+    first of ``HF_EOS_CANDIDATES`` present in the vocabulary (or ``eos_token``); pad is the
+    first of ``HF_PAD_CANDIDATES`` present, else EOS. Encoding adds no special tokens
+    (documents get EOS appended by the data pipeline, as with SentencePiece).
+
+    Raises:
+      DataError: the bytes are not a tokenizer.json, or it has no recognisable EOS token.
+    """
+
+    kind = "hf"
+    filename = "tokenizer.json"
+
+    def __init__(self, json_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None):
+        try:
+            from tokenizers import Tokenizer as _HFTok  # pylint: disable=import-outside-toplevel
+        except ImportError as e:
+            raise DataError(f"{source} is a Hugging Face tokenizer.json; install the `tokenizers` package to use it.") from e
+        try:
+            tok = _HFTok.from_str(bytes(json_bytes).decode("utf-8"))
+        except Exception as e:  # tokenizers raises plain Exception subclasses
+            raise DataError(
+                f"{source} is not a valid Hugging Face tokenizer.json ({e}); point data.tokenizer at the "
+                "tokenizer.json of a Hugging Face model directory, or at a SentencePiece .model file."
+            ) from e
+        self._tok = tok
+        self.model_bytes = bytes(json_bytes)
+        self.fingerprint = hashlib.sha256(self.model_bytes).hexdigest()[:16]
+        self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
+        vocab = tok.get_vocab(with_added_tokens=True)
+        self.vocab_size = max(self.vocab_size, max(vocab.values(), default=-1) + 1)
+        names = (eos_token,) if eos_token else HF_EOS_CANDIDATES
+        eos = next((vocab[n] for n in names if n in vocab), None)
+        if eos is None:
+            raise DataError(
+                f"Hugging Face tokenizer {source} has none of the end-of-text tokens {list(names)}; "
+                "use a tokenizer with an EOS token (dllm_jax appends it to every document)."
+            )
+        self.eos_id = int(eos)
+        pad = next((vocab[n] for n in HF_PAD_CANDIDATES if n in vocab), None)
+        self.pad_id = int(pad) if pad is not None else self.eos_id
+        self.unk_id = -1
+        self.bos_id = -1
+        self.mask_id = self.vocab_size
+
+    @classmethod
+    def from_bytes(cls, b: bytes) -> "HFTokenizer":
+        return cls(b)
+
+    @classmethod
+    def load(cls, path: str) -> "HFTokenizer":
+        return cls(_read_tokenizer_file(path), source=repr(path))
+
+    def save(self, path: str) -> None:
+        _atomic_write(path, self.model_bytes)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+        texts = list(texts)
+        if not texts:
+            return []
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        """Text of ``ids``, dropping pad (when distinct from EOS), EOS, mask and out-of-range ids."""
+        arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        keep = (arr >= 0) & (arr < self.vocab_size) & (arr != self.pad_id) & (arr != self.eos_id)
+        return self._tok.decode([int(i) for i in arr[keep]], skip_special_tokens=False)
+
+    def id_to_piece(self, i: int) -> str:
+        if i == self.mask_id:
+            return "[MASK]"
+        return self._tok.id_to_token(int(i)) or ""
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(vocab_size={self.vocab_size}, fingerprint={self.fingerprint!r})"
+
+
+def _is_json(b: bytes) -> bool:
+    return bytes(b[:64]).lstrip().startswith(b"{")
+
+
+def tokenizer_from_bytes(b: bytes, source: str = "<bytes>"):
+    """A ``Tokenizer`` (SentencePiece proto) or ``HFTokenizer`` (tokenizer.json), by content."""
+    return HFTokenizer(b, source=source) if _is_json(b) else Tokenizer(b, source=source)
+
+
+def load_tokenizer(path: str):
+    """Loads a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json`` (decided by content).
+
+    A directory is accepted too: its ``tokenizer.json`` (a Hugging Face model directory) or
+    ``tokenizer.model``.
+
+    Raises:
+      DataError: the path does not exist or is not a tokenizer of either kind.
+    """
+    full = os.path.expandvars(os.path.expanduser(str(path)))
+    if os.path.isdir(full):
+        for name in (HFTokenizer.filename, Tokenizer.filename):
+            if os.path.isfile(os.path.join(full, name)):
+                return load_tokenizer(os.path.join(full, name))
+        raise DataError(f"tokenizer directory {path!r} has neither tokenizer.json nor tokenizer.model; point data.tokenizer at a tokenizer file.")
+    return tokenizer_from_bytes(_read_tokenizer_file(path), source=repr(path))
 
 
 def _training_sentences(documents: Iterable[str]) -> list[str]:

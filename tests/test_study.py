@@ -64,33 +64,42 @@ def test_crossover_states_and_interpolation():
     assert crossover.best([1, 2, 3], [2.0, 1.0, 1.0], higher=False) == (1.0, 2.0)
 
 
-def _planted_curves(r_star, budgets, rng):
-    u, t = [], []
-    for unique, epochs in budgets:
-        grid = np.concatenate([[0.25, 0.5, 0.75], np.arange(1, epochs + 1)])
-        u += [unique] * len(grid)
-        t += list(grid * unique)
-    loss = scaling.predict_loss(u, t, 1.7, 250.0, 0.3, r_star) * (1 + 1e-3 * rng.standard_normal(len(u)))
+def _planted_runs(r_star, budgets, epochs, rng, noise=1e-3):
+    """One (U, tokens, final loss) point per run of a (U x epochs) grid, loss from the law with
+    E=1.7, B=250, beta=0.3 and relative noise."""
+    u, e = (np.array(v, dtype=float).ravel() for v in np.meshgrid(budgets, epochs))
+    t = u * e
+    loss = scaling.predict_loss(u, t, 1.7, 250.0, 0.3, r_star) * (1 + noise * rng.standard_normal(len(u)))
     return u, t, loss
 
 
 @pytest.mark.parametrize("r_star", [4.0, 15.4, 60.0])
-def test_rstar_fit_recovers_a_planted_value(r_star):
-    u, t, loss = _planted_curves(r_star, [(1e5, 96), (3e5, 32), (1e6, 10)], np.random.default_rng(1))
-    fit = scaling.fit_rstar(u, t, loss)
-    assert abs(fit.r_star / r_star - 1) < 0.1, fit
-    assert fit.r_star_low <= fit.r_star <= fit.r_star_high and fit.r2 > 0.99 and not fit.note
-    # D' is the tokens seen in the first epoch, and saturates at U (1 + R*)
+def test_rstar_fit_recovers_a_planted_value_from_separate_runs(r_star):
+    u, t, loss = _planted_runs(r_star, [1e5, 3e5, 1e6], [1, 2, 4, 8, 16, 32, 64, 128], np.random.default_rng(1))
+    fit = scaling.fit_rstar(u, t, loss, n_boot=100)
+    assert fit.n == 24 and abs(fit.r_star / r_star - 1) < 0.1, fit
+    assert fit.r_star_low < r_star < fit.r_star_high, fit  # the bootstrap interval covers the truth
+    assert fit.r_star_high / fit.r_star_low < 2.0 and fit.r2 > 0.99 and fit.determined, fit
     assert scaling.effective_data(100, 50, r_star) == 50
     assert scaling.effective_data(100, 1e9, r_star) == pytest.approx(100 * (1 + r_star))
+
+
+def test_rstar_bootstrap_interval_is_deterministic_and_widens_with_noise():
+    u, t, loss = _planted_runs(15.4, [1e5, 3e5, 1e6], [1, 2, 4, 8, 16, 32], np.random.default_rng(3), noise=2e-3)
+    a, b = scaling.fit_rstar(u, t, loss, n_boot=60, seed=7), scaling.fit_rstar(u, t, loss, n_boot=60, seed=7)
+    assert (a.r_star_low, a.r_star_high) == (b.r_star_low, b.r_star_high)
+    u2, t2, loss2 = _planted_runs(15.4, [1e5, 3e5, 1e6], [1, 2, 4, 8, 16, 32], np.random.default_rng(3), noise=2e-2)
+    c = scaling.fit_rstar(u2, t2, loss2, n_boot=60, seed=7)
+    assert c.r_star_high / c.r_star_low > a.r_star_high / a.r_star_low
 
 
 def test_rstar_fit_says_when_it_cannot_tell():
     assert "past one epoch" in scaling.fit_rstar([1e5] * 6, np.linspace(1e4, 1e5, 6), np.linspace(3, 2, 6)).note
     assert "too few" in scaling.fit_rstar([1e5] * 3, [1e5, 2e5, 3e5], [3, 2, 1]).note
-    # one budget, 4 epochs, planted R* = 500: the data cannot pin R* down, and the fit says so
-    u, t, loss = _planted_curves(500.0, [(1e5, 4)], np.random.default_rng(2))
-    assert scaling.fit_rstar(u, t, loss).note
+    # runs of at most 2 epochs, planted R* = 500: repetition never hurts there, so R* is unbounded
+    u, t, loss = _planted_runs(500.0, [1e5, 2e5, 4e5], [0.5, 1, 1.5, 2], np.random.default_rng(2))
+    fit = scaling.fit_rstar(u, t, loss, n_boot=60)
+    assert not fit.determined and "not determined" in fit.note, fit
 
 
 # -- synthetic sweep -> report -----------------------------------------------------------
@@ -128,7 +137,8 @@ def synthetic_root(tmp_path_factory):
     larger budgets AR stays ahead."""
     root = str(tmp_path_factory.mktemp("synthetic_sweep"))
     rng = np.random.default_rng(0)
-    for unique, epochs in ((6400, 64), (19200, 24), (64000, 8)):
+    # the three budgets of the crossover checks, plus runs at other (U, epochs) points for the R* fit
+    for unique, epochs in ((6400, 64), (19200, 24), (64000, 8), (3200, 128), (12800, 4), (32000, 2)):
         for objective, r_star in (("ar", 15.0), ("mdm", 60.0)):
             grid = np.concatenate([[0.25, 0.5, 0.75], np.arange(1, epochs + 1)])
             loss = scaling.predict_loss(unique, grid * unique, 1.5 if objective == "ar" else 1.8, 400.0, 0.35, r_star)
@@ -154,7 +164,11 @@ def test_report_finds_the_planted_crossover_and_rstar(synthetic_root, tmp_path):
     assert rows[6400]["ar_best"] == [0.5, 10.0] and rows[6400]["mdm_best"] == [0.9, 52.0]
     assert rows[19200]["crossover_epoch"] is None and rows[19200]["crossover"] == "ar ahead at the end"
     fits = {f["series"]: f for f in summary["fits"]}
+    assert fits["ar"]["n"] == fits["mdm"]["n"] == 6 and fits["ar"]["fit_loss"] == "final"  # one point per run
     assert abs(fits["ar"]["r_star"] / 15.0 - 1) < 0.1 and abs(fits["mdm"]["r_star"] / 60.0 - 1) < 0.1
+    assert fits["ar"]["r_star_low"] < 15.0 < fits["ar"]["r_star_high"]
+    assert sorted(p[1] for p in fits["ar"]["points"]) == sorted(float(u * e) for u, e in
+                                                              ((6400, 64), (19200, 24), (64000, 8), (3200, 128), (12800, 4), (32000, 2)))
     assert "cloze_acc_norm" not in summary["crossovers"]  # only the metrics the runs logged
     for name in ("crossover_cloze_acc_epochs.png", "crossover_cloze_acc_tokens.png", "crossover_val_loss_epochs.png", "scaling_fit.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000, name

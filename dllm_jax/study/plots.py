@@ -78,21 +78,30 @@ def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossove
 
 
 def plot_fits(groups: list, path: str) -> bool:
-    """groups: [(title, [(U, tokens[], loss[])...], Fit)]."""
+    """groups: [(title, [(U, tokens[], loss[])...], [(U, tokens, loss) per run], Fit)]: each run's
+    validation curve (small dots), the point the fit used (circle) and the fitted law per U."""
     from dllm_jax.study.scaling import predict_loss
 
     groups = [g for g in groups if g[1]]
     if not groups:
         return False
     fig, axes = plt.subplots(1, len(groups), figsize=(max(4.2 * len(groups), 5.0), 3.6), squeeze=False)
-    for ax, (title, curves, fit) in zip(axes[0], groups):
-        for k, (unique, tokens, loss) in enumerate(sorted(curves, key=lambda c: c[0])):
-            color = plt.rcParams["axes.prop_cycle"].by_key()["color"][k % 10]
-            ax.plot(tokens, loss, ".", color=color, markersize=3, label=f"U = {_fmt_tokens(unique)}")
+    for ax, (title, curves, points, fit) in zip(axes[0], groups):
+        budgets = sorted({c[0] for c in curves})
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for unique, tokens, loss in curves:
+            ax.plot(tokens, loss, ".", color=colors[budgets.index(unique) % 10], markersize=2, alpha=0.5)
+        for k, unique in enumerate(budgets):
+            color = colors[k % 10]
+            pts = [(t, y) for u, t, y in points if u == unique]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", color=color, markersize=5, label=f"U = {_fmt_tokens(unique)}")
             if fit.ok:
-                t = np.geomspace(min(tokens), max(tokens), 100)
+                lo = min(min(c[1]) for c in curves if c[0] == unique)
+                hi = max(max(c[1]) for c in curves if c[0] == unique)
+                t = np.geomspace(lo, hi, 100)
                 ax.plot(t, predict_loss(unique, t, fit.e, fit.b, fit.beta, fit.r_star), "-", color=color, linewidth=1)
-        r = f"R* = {fit.r_star:.3g}" if fit.ok else fit.note
+        r = (f"R* = {fit.r_star:.3g} ({fit.r_star_low:.3g}..{fit.r_star_high:.3g})" if fit.determined
+             else f"R* not determined (fit {fit.r_star:.3g})" if fit.ok else "R* not determined")
         ax.set_title(f"{title}\n{r}", fontsize=9)
         ax.set_xscale("log")
         ax.set_xlabel("tokens seen", fontsize=8)

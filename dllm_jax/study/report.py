@@ -36,10 +36,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--flops-config", action="append", default=[], metavar="PATH",
                         help="also tabulate FLOPs for the model of this experiment file (e.g. experiments/paper_1b.py); repeatable")
     parser.add_argument("--prompt-len", type=int, default=1, help="prompt tokens before generation in the inference FLOPs table (default 1: BOS)")
+    parser.add_argument("--fit-loss", default="final", choices=FIT_LOSSES,
+                        help="which validation loss of each run the R* fit uses: its final one (default, as Muennighoff et al.) or its best")
 
 
 def run(args) -> int:
-    summary = build_report(args.root, args.out, flops_configs=args.flops_config, prompt_len=args.prompt_len)
+    summary = build_report(args.root, args.out, flops_configs=args.flops_config, prompt_len=args.prompt_len, fit_loss=args.fit_loss)
     out = args.out or args.root
     print(f"report: {os.path.join(out, 'report.md')} ({len(summary['runs'])} runs, figures: {', '.join(summary['figures']) or 'none'})")
     for row in summary["crossovers"].get(summary["headline_metric"], []):
@@ -85,23 +87,36 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
     return rows, marks
 
 
-def fit_groups(runs) -> list:
-    """[(title, series, params, [(U, tokens, loss)], Fit)] for every (model, series)."""
+FIT_LOSSES = ("final", "best")
+
+
+def fit_groups(runs, fit_loss: str = "final") -> list:
+    """[(title, series, params, curves, points, Fit)] for every (model, series).
+
+    curves: [(U, tokens[], loss[])] every validation record after warmup (for the plot);
+    points: [(U, tokens, loss)] ONE per run, its final (or, fit_loss='best', lowest) validation
+    loss at the tokens it had seen then: what the Muennighoff fit uses (see study.scaling).
+    """
     from dllm_jax.study.runs import model_label
     from dllm_jax.study.scaling import fit_rstar
 
+    if fit_loss not in FIT_LOSSES:
+        raise ConfigError(f"--fit-loss={fit_loss!r} is unknown; use one of {', '.join(FIT_LOSSES)}")
     groups = {}
     for r in runs:
         warmup = r.config.get("train.warmup_steps", 0)
         recs = [v for v in r.val if v["step"] > warmup and v.get("tokens_seen")]
-        if recs:
-            groups.setdefault((r.params, r.series), []).append((r.unique_tokens, [v["tokens_seen"] for v in recs], [v["val_loss"] for v in recs]))
+        if not recs:
+            continue
+        pick = recs[-1] if fit_loss == "final" else min(recs, key=lambda v: v["val_loss"])
+        curve = (r.unique_tokens, [v["tokens_seen"] for v in recs], [v["val_loss"] for v in recs])
+        g = groups.setdefault((r.params, r.series), ([], []))
+        g[0].append(curve)
+        g[1].append((r.unique_tokens, pick["tokens_seen"], pick["val_loss"]))
     out = []
-    for (params, series), curves in sorted(groups.items()):
-        u = [c[0] for c in curves for _ in c[1]]
-        t = [x for c in curves for x in c[1]]
-        y = [x for c in curves for x in c[2]]
-        out.append((f"{series} ({model_label(params)})", series, params, curves, fit_rstar(u, t, y)))
+    for (params, series), (curves, points) in sorted(groups.items()):
+        u, t, y = zip(*points)
+        out.append((f"{series} ({model_label(params)})", series, params, curves, points, fit_rstar(u, t, y)))
     return out
 
 
@@ -165,7 +180,7 @@ def _fmt_best(b, metric):
     return f"{b[0]:.4f} (ep {b[1]:.1f})"
 
 
-def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_len: int = 1) -> dict:
+def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_len: int = 1, fit_loss: str = "final") -> dict:
     from dllm_jax.study import plots
     from dllm_jax.study.crossover import HIGHER_IS_BETTER, METRIC_TITLES
     from dllm_jax.study.runs import load_runs, model_label, panels
@@ -231,18 +246,19 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
                 figures.append(name)
                 md += [f"![{metric} vs {xaxis}]({name})", ""]
 
-    groups = fit_groups(runs)
+    groups = fit_groups(runs, fit_loss)
     md += ["## Data-reuse constant R* (Muennighoff et al. form)", "",
-           "L = E + B / D'^beta with D' = min(tokens, U) + U R* (1 - exp(-(tokens/U - 1)/R*)), fitted to each series' "
-           "validation loss over all budgets (see `dllm_jax.study.scaling`). The form is monotone in tokens: it cannot follow "
-           "a validation loss that rises with overfitting, so a poor AR fit is expected past its minimum.", "",
-           "| series | model | points | R* (1-sigma) | E | B | beta | RMSE | R^2 | note |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "L = E + B / D'^beta with D' = min(tokens, U) + U R* (1 - exp(-(tokens/U - 1)/R*)), fitted per series to the "
+           f"**{fit_loss}** validation loss of each run (one point per run, each run with its own completed schedule; "
+           "see `dllm_jax.study.scaling`); 95% interval of R* by bootstrap over runs. The form is monotone in tokens: it "
+           "cannot follow a validation loss that rises with overfitting, so a poor AR fit is expected past its minimum.", "",
+           "| series | model | runs | R* (95% bootstrap) | E | B | beta | RMSE | R^2 | note |", "|---|---|---|---|---|---|---|---|---|---|"]
     fits = []
-    for title, series, params, curves, fit in groups:
-        fits.append({"series": series, "params": params, **fit.as_dict()})
-        rstar = f"{fit.r_star:.3g} ({fit.r_star_low:.3g}..{fit.r_star_high:.3g})" if fit.ok else "-"
+    for title, series, params, curves, points, fit in groups:
+        fits.append({"series": series, "params": params, "fit_loss": fit_loss, "points": points, **fit.as_dict()})
+        rstar = f"{fit.r_star:.3g} ({fit.r_star_low:.3g}..{fit.r_star_high:.3g})" if fit.determined else "not determined"
         md.append(f"| {series} | {model_label(params)} | {fit.n} | {rstar} | {fit.e:.4g} | {fit.b:.4g} | {fit.beta:.3g} | {fit.rmse:.3g} | {fit.r2:.4f} | {fit.note} |")
-    if plots.plot_fits([(g[0], g[3], g[4]) for g in groups], os.path.join(out, "scaling_fit.png")):
+    if plots.plot_fits([(g[0], g[3], g[4], g[5]) for g in groups], os.path.join(out, "scaling_fit.png")):
         figures.append("scaling_fit.png")
         md += ["", "![R* fits](scaling_fit.png)"]
 

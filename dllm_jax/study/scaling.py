@@ -9,13 +9,16 @@ epoch, where every token is fresh). R* is the data-reuse constant: repeated toke
 worth fresh ones for R_D << R* and worth nothing for R_D >> R*. For one model size the loss
 is L = E + B / D'^beta (the paper's A / N^alpha term is constant and folds into E).
 
-Fitting (decided here): least squares on the loss values over every validation point of
-one series (all its budgets and evaluations), parameters (E >= 0, log B, beta, log R*): a coarse
-grid over (R*, beta) with E and B solved in closed form, then `scipy.optimize.least_squares`
-from the best grid point. Quality: RMSE, R^2 and a one-sigma interval on R* from the
-Jacobian. R* at the edge of its range (0.1 .. 1e4) means the data do not determine it
+Fitting, as Muennighoff et al. do it: ONE point per run, the final (or best) loss of a
+run that completed its own learning-rate schedule at its (U, epochs), never the mid-run
+evaluations of one run (their loss still carries the undecayed schedule, which biases R*).
+Least squares over those points, parameters (E >= 0, log B, beta, log R*): a coarse grid over
+(R*, beta) with E and B solved in closed form, then `scipy.optimize.least_squares` from the
+best grid point. Uncertainty: a percentile bootstrap over runs (resample the runs with
+replacement, refit; 95% interval of R*). R* is "not determined" when the point estimate or
+the interval reaches the edge of its range (0.1 .. 1e4), or many resamples cannot be fitted
 (e.g. no run went far enough past one epoch). The law is monotone in tokens, so it cannot
-follow a validation loss that rises with overfitting (AR); the RMSE shows how far off it is.
+follow an AR loss that rises with overfitting; the RMSE shows how far off it is.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class Fit:
     b: float = float("nan")
     beta: float = float("nan")
     r_star: float = float("nan")
-    r_star_low: float = float("nan")  # one-sigma interval (from the Jacobian)
+    r_star_low: float = float("nan")  # 95% percentile-bootstrap interval over runs
     r_star_high: float = float("nan")
     rmse: float = float("nan")
     r2: float = float("nan")
@@ -54,6 +57,11 @@ class Fit:
     @property
     def ok(self) -> bool:
         return np.isfinite(self.r_star)
+
+    @property
+    def determined(self) -> bool:
+        """R* has a bounded interval inside its range."""
+        return self.ok and not self.note
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,19 +78,7 @@ def _linear_eb(x, y):
     return e, b, float(np.sum((e + b * x - y) ** 2))
 
 
-def fit_rstar(unique, tokens, loss) -> Fit:
-    """Fit (E, B, beta, R*) to loss values at (unique tokens, tokens seen) points."""
-    from scipy.optimize import least_squares
-
-    u, t, y = (np.asarray(v, dtype=float) for v in (unique, tokens, loss))
-    keep = np.isfinite(y) & (t > 0) & (u > 0)
-    u, t, y = u[keep], t[keep], y[keep]
-    n = len(y)
-    if n < 5:
-        return Fit(n, note=f"too few points ({n}) for 4 parameters")
-    if np.all(t <= u):
-        return Fit(n, note="no point past one epoch: R* is not determined")
-
+def _grid_start(u, t, y):
     best = None
     for r in np.geomspace(*R_BOUNDS, 49):
         d = effective_data(u, t, r)
@@ -90,31 +86,78 @@ def fit_rstar(unique, tokens, loss) -> Fit:
             sol = _linear_eb(d ** -beta, y)
             if sol and (best is None or sol[2] < best[0]):
                 best = (sol[2], sol[0], sol[1], beta, r)
-    if best is None:
-        return Fit(n, note="the loss does not decrease with effective data: no fit")
-    _, e0, b0, beta0, r0 = best
+    return best
+
+
+_LO = [0.0, -np.inf, BETA_BOUNDS[0], np.log(R_BOUNDS[0])]
+_HI = [np.inf, np.inf, BETA_BOUNDS[1], np.log(R_BOUNDS[1])]
+
+
+def _least_squares(u, t, y, x0):
+    """(E, log B, beta, log R*) minimising the squared residuals, from x0."""
+    from scipy.optimize import least_squares
 
     def residual(theta):
         e, log_b, beta, log_r = theta
         return predict_loss(u, t, e, np.exp(log_b), beta, np.exp(log_r)) - y
 
-    lo = [0.0, -np.inf, BETA_BOUNDS[0], np.log(R_BOUNDS[0])]
-    hi = [np.inf, np.inf, BETA_BOUNDS[1], np.log(R_BOUNDS[1])]
-    x0 = np.clip([e0, np.log(b0), beta0, np.log(r0)], np.add(lo, 1e-9), np.subtract(hi, 1e-9))
-    res = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", max_nfev=5000)
+    x0 = np.clip(x0, np.add(_LO, 1e-9), np.subtract(_HI, 1e-9))
+    return least_squares(residual, x0, bounds=(_LO, _HI), x_scale="jac", max_nfev=5000)
+
+
+def _at_edge(log_r: float) -> bool:
+    return min(abs(log_r - np.log(R_BOUNDS[0])), abs(log_r - np.log(R_BOUNDS[1]))) < 0.02
+
+
+def fit_rstar(unique, tokens, loss, n_boot: int = 200, seed: int = 0) -> Fit:
+    """Fit (E, B, beta, R*) to one (unique tokens, tokens seen, loss) point per run.
+
+    Args:
+      unique, tokens, loss: 1-D sequences, one entry per run: U (tokens), the tokens the run
+        trained on (U * epochs) and its final (or best) validation loss (nats/token).
+      n_boot: bootstrap resamples of the runs for the 95% interval of R* (0 = none).
+      seed: the bootstrap's seed (the fit is deterministic).
+    Returns:
+      a Fit; ``note`` says why R* is not determined when it is not.
+    """
+    u, t, y = (np.asarray(v, dtype=float) for v in (unique, tokens, loss))
+    keep = np.isfinite(y) & (t > 0) & (u > 0)
+    u, t, y = u[keep], t[keep], y[keep]
+    n = len(y)
+    if n < 5:
+        return Fit(n, note=f"too few runs ({n}) for 4 parameters: add (U, epochs) points")
+    if np.all(t <= u):
+        return Fit(n, note="no run past one epoch: R* is not determined")
+
+    best = _grid_start(u, t, y)
+    if best is None:
+        return Fit(n, note="the loss does not decrease with effective data: no fit")
+    _, e0, b0, beta0, r0 = best
+    res = _least_squares(u, t, y, [e0, np.log(b0), beta0, np.log(r0)])
     e, log_b, beta, log_r = res.x
     sse = float(np.sum(res.fun ** 2))
     sst = float(np.sum((y - y.mean()) ** 2))
     fit = Fit(n, float(e), float(np.exp(log_b)), float(beta), float(np.exp(log_r)), rmse=float(np.sqrt(sse / n)),
               r2=1.0 - sse / sst if sst > 0 else float("nan"))
-    try:
-        cov = np.linalg.inv(res.jac.T @ res.jac) * sse / max(n - 4, 1)
-        sigma = float(np.sqrt(max(cov[3, 3], 0.0)))
-        fit.r_star_low, fit.r_star_high = float(np.exp(log_r - sigma)), float(np.exp(log_r + sigma))
-    except np.linalg.LinAlgError:
-        pass
-    if min(abs(log_r - np.log(R_BOUNDS[0])), abs(log_r - np.log(R_BOUNDS[1]))) < 0.02:
+    if _at_edge(log_r):
         fit.note = f"R* at the edge of its range {R_BOUNDS}: not determined by these runs"
-    elif not fit.r_star_high / fit.r_star_low < 10.0:  # also true when the interval is nan
-        fit.note = "R* poorly determined (its one-sigma interval spans more than 10x): more budgets or epochs needed"
+        return fit
+    if n_boot <= 0:
+        return fit
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if len(np.unique(idx)) < 5 or np.all(t[idx] <= u[idx]):
+            boot.append(np.nan)  # a resample that cannot determine 4 parameters
+            continue
+        boot.append(_least_squares(u[idx], t[idx], y[idx], res.x).x[3])
+    boot = np.asarray(boot)
+    failed = float(np.mean(~np.isfinite(boot)))
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
+    fit.r_star_low, fit.r_star_high = float(np.exp(lo)), float(np.exp(hi))
+    if failed > 0.2:
+        fit.note = f"R* not determined: {failed:.0%} of bootstrap resamples of the runs cannot be fitted; add runs"
+    elif _at_edge(lo) or _at_edge(hi) or not np.isfinite(lo + hi):
+        fit.note = f"R* not determined: its 95% interval reaches the edge of its range {R_BOUNDS}; add runs further past one epoch"
     return fit

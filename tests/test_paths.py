@@ -78,3 +78,20 @@ def test_local_atomic_write_leaves_no_temp_file(tmp_path):
     paths.write_bytes(str(target), b"x" * 10)
     paths.write_bytes(str(target), b"y")
     assert target.read_bytes() == b"y" and os.listdir(tmp_path) == ["t.bin"]
+
+
+def test_metrics_on_memory_filesystem(mem_root):
+    """metrics.jsonl in a memory:// workdir: written, appended, trimmed on resume, read back."""
+    from dllm_jax.metrics import MetricsWriter, read_metrics
+
+    workdir = paths.join(mem_root, "run")
+    w = MetricsWriter(workdir, tensorboard=True)  # TensorBoard is skipped (with a warning) on memory://
+    assert w._tb is None
+    for step in (1, 2, 3):
+        w.write({"step": step, "loss": 1.0 / step, "bad": float("nan")})
+    w.close()
+    assert read_metrics(workdir) == [{"step": s, "loss": 1.0 / s, "bad": "nan"} for s in (1, 2, 3)]
+    w = MetricsWriter(workdir, resume_step=2, tensorboard=False)  # a resume drops records after its checkpoint
+    w.write({"step": 3, "loss": 0.25})
+    assert [r["loss"] for r in read_metrics(workdir)] == [1.0, 0.5, 0.25]
+    assert not os.path.exists("memory:")

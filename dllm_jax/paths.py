@@ -158,15 +158,19 @@ def stat(path) -> dict:
     return {"size": info.get("size"), "mtime": None if mtime is None else str(mtime)}
 
 
-def open_file(path, mode: str = "rb", encoding: str | None = None) -> IO:
+def open_file(path, mode: str = "rb", encoding: str | None = None, newline: str | None = None) -> IO:
     """Opens a local file or URL ('r', 'rb', 'w', 'wb', 'a'); text modes default to UTF-8."""
     path = expand(path)
-    if "b" not in mode and encoding is None:
-        encoding = "utf-8"
+    if "b" in mode:
+        if is_url(path):
+            fs, p = _fs(path)
+            return fs.open(p, mode)
+        return open(path, mode)  # pylint: disable=unspecified-encoding
+    encoding = encoding or "utf-8"
     if is_url(path):
         fs, p = _fs(path)
-        return fs.open(p, mode, encoding=encoding) if "b" not in mode else fs.open(p, mode)
-    return open(path, mode, encoding=encoding)  # pylint: disable=unspecified-encoding
+        return fs.open(p, mode, encoding=encoding, newline=newline)
+    return open(path, mode, encoding=encoding, newline=newline)
 
 
 def read_bytes(path) -> bytes:

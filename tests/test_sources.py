@@ -248,6 +248,15 @@ def test_corpus_and_tokenizer_on_memory_filesystem(tmp_path, mem_root):
     assert load_documents(cfg.data) == docs
     cfg_j = make_config(source="jsonl", paths=paths.join(mem_root, "**", "*.jsonl.gz"))
     assert load_documents(cfg_j.data) == docs
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": docs}), buf, row_group_size=5)
+    paths.write_bytes(paths.join(mem_root, "pq", "a.parquet"), buf.getvalue())
+    assert load_documents(make_config(source="parquet", paths=paths.join(mem_root, "pq", "*.parquet")).data) == docs
     spec = source_spec(cfg.data)
     assert [f[0] for f in spec["files"]] == [paths.join(mem_root, "txt", f"part{i}.txt").replace("memory://", "memory:///") for i in (0, 4, 8)]
     paths.write_text(paths.join(mem_root, "txt", "part4.txt"), "changed")

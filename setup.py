@@ -33,7 +33,7 @@ setup(
         "array_record": ["array_record>=0.8"],
         "eval": ["lm-eval>=0.4"],
         "tpu": ["libtpu"],
-        "gcs": ["gcsfs>=2024.2"],  # gs:// corpora, tokenizers and workdirs
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10"],  # gs:// paths (fsspec); TensorBoard on gs:// (tensorboardX)
         "test": ["pytest>=8", "pytest-xdist>=3"],
     },
     entry_points={"console_scripts": ["dllm-jax=dllm_jax.cli:main"]},

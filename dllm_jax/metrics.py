@@ -23,10 +23,21 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def _tensorboard_ok(workdir: str) -> bool:
-    """tensorboardX writes to local directories, gs:// (google-cloud-storage) and s3:// (boto3)."""
-    if not paths.is_url(workdir) or workdir.startswith(("gs://", "s3://")):
+    """tensorboardX writes to local directories, gs:// (needs google-cloud-storage) and s3://
+    (needs boto3); elsewhere TensorBoard is skipped with a warning (metrics.jsonl is kept)."""
+    if not paths.is_url(workdir):
         return True
-    logging.getLogger("dllm_jax").warning("TensorBoard cannot write to %s (tensorboardX supports local, gs:// and s3://); metrics go to %s only", workdir, METRICS_FILE)
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    needs = {"gs": ("google.cloud.storage", "google-cloud-storage"), "s3": ("boto3", "boto3")}.get(workdir.split("://", 1)[0])
+    if needs is not None:
+        try:
+            if importlib.util.find_spec(needs[0]) is not None:
+                return True
+        except ModuleNotFoundError:
+            pass
+    why = f"install {needs[1]}" if needs else "tensorboardX writes only to local paths, gs:// and s3://"
+    logging.getLogger("dllm_jax").warning("TensorBoard events are not written to %s (%s); metrics go to %s", workdir, why, METRICS_FILE)
     return False
 
 

@@ -102,7 +102,7 @@ def test_parquet_row_groups_and_errors(tmp_path):
     with pytest.raises(DataError, match=r"column data\.text_key='n' has type int64, not text"):
         load_documents(make_config(source="parquet", paths=str(d / "part-0.parquet"), text_key="n").data)
     pq.write_table(pa.table({"text": ["a", "b", None, "d"]}), tmp_path / "nulls.parquet", row_group_size=2)
-    with pytest.raises(DataError, match=r"nulls\.parquet' row 2: the column data\.text_key='text' is null"):
+    with pytest.raises(DataError, match=r"nulls\.parquet' row 2 \(counting from 0\): the column data\.text_key='text' is null"):
         load_documents(make_config(source="parquet", paths=str(tmp_path / "nulls.parquet")).data)
     (tmp_path / "fake.parquet").write_text("plain text")
     with pytest.raises(DataError, match=r"fake\.parquet' is not a readable Parquet file"):

@@ -225,7 +225,7 @@ def iter_parquet_texts(path: str, key: str, limit: int = 0) -> Iterator[str]:
         for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[key]):
             for value in batch.column(0).to_pylist():
                 if value is None:
-                    raise DataError(f"{path!r} row {row}: the column data.text_key={key!r} is null, not text; drop or fill the row.")
+                    raise DataError(f"{path!r} row {row} (counting from 0): the column data.text_key={key!r} is null, not text; drop or fill the row.")
                 row += 1
                 if value.strip():
                     yield value

@@ -282,3 +282,15 @@ def test_source_spec_changes_with_a_file(tmp_path):
     os.utime(f, ns=(2, 2))
     assert source_spec(cfg.data) != spec2
     assert source_spec(make_config(source="jsonl", paths=str(f), text_key="body").data) != source_spec(cfg.data)
+
+
+def test_array_record_that_is_not_utf8_names_the_record(tmp_path):
+    arm = pytest.importorskip("array_record.python.array_record_module")
+
+    path = str(tmp_path / "x.array_record")
+    writer = arm.ArrayRecordWriter(path, "group_size:1")
+    for rec in (b"fine", "caf\u00e9".encode(), b"caf\xe9"):
+        writer.write(rec)
+    writer.close()
+    with pytest.raises(DataError, match=r"record 2 \(counting from 0\) of '.*x\.array_record' is not valid UTF-8 \(byte offset 3: e9\)"):
+        load_documents(make_config(source="array_record", paths=path).data)

@@ -19,7 +19,8 @@ JSONL (one JSON object per line, ``.gz``/``.zst`` too) and Parquet files: one do
 record, the string in field/column ``data.text_key``; blank texts are skipped, a record
 without a text ``data.text_key`` is an error naming file and line/row.
 
-ArrayRecord: each record is one UTF-8 document (see ``write_array_record``). Records
+ArrayRecord: each record is one UTF-8 document (see ``write_array_record``; a record that
+is not UTF-8 is an error naming it). Records
 holding serialised ``tf.train.Example`` protos are not supported: convert them to plain
 text records first.
 """
@@ -193,7 +194,13 @@ def _as_text(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", errors="replace")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{where} is not valid UTF-8 (byte offset {e.start}: {bytes(value)[e.start:e.start + 4].hex(' ')}); "
+                "dllm_jax reads UTF-8 text only: re-encode the records as UTF-8."
+            ) from e
     if hasattr(value, "item"):  # numpy scalar / 0-d array of bytes or str
         return _as_text(value.item(), where)
     raise DataError(f"{where} is a {type(value).__name__}, not text; set data.text_key to a text feature.")
@@ -263,7 +270,7 @@ def _read_array_record_shard(data_cfg, shard: dict, limit: int) -> list[str]:
         records = reader.read(0, n) if n else []
     finally:
         reader.close()
-    return [d for d in (_as_text(r, f"a record of {path!r}") for r in records) if d.strip()]
+    return [d for d in (_as_text(r, f"record {i} (counting from 0) of {path!r}") for i, r in enumerate(records)) if d.strip()]
 
 
 _SHARD_READERS = {"text": _read_text_shard, "jsonl": _read_jsonl_shard, "parquet": _read_parquet_shard,

@@ -23,12 +23,17 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "numpy>=1.26",
+        "etils[epath]>=1.7",  # the path layer (dllm_jax/paths.py)
+        "fsspec>=2024.2",  # URLs (gs://, s3://, memory://) in the path layer
+        "zstandard>=0.22",  # .zst corpus files
+        "pyarrow>=15",  # data.source='parquet'
     ],
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "array_record": ["array_record>=0.8"],
         "eval": ["lm-eval>=0.4"],
         "tpu": ["libtpu"],
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10"],  # gs:// paths (fsspec); TensorBoard on gs:// (tensorboardX)
         "test": ["pytest>=8", "pytest-xdist>=3"],
     },
     entry_points={"console_scripts": ["dllm-jax=dllm_jax.cli:main"]},

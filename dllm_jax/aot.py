@@ -357,8 +357,9 @@ def run(args) -> int:
     report = compile_report(cfg, args.topology, hbm_gib=args.hbm_gib, peak_tflops=args.peak_tflops, cost_probe=not args.no_cost_probe)
     print(format_report(report))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        from dllm_jax import paths
+
+        paths.write_text(args.json, json.dumps(report, indent=2))
     if report["fits"] is False:
         print(f"does not fit: {_advice(cfg)}")
         return 1

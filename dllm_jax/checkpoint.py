@@ -14,17 +14,18 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 
 import grain
 import orbax.checkpoint as ocp
 
 from dllm_jax import config as config_lib
+from dllm_jax import paths
 from dllm_jax.errors import CheckpointError
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    """``WORKDIR/checkpoints`` (local, made absolute, or a gs:// URL: Orbax writes to both)."""
+    return paths.join(paths.absolute(workdir), "checkpoints")
 
 
 class _QuietReadOnly(logging.Filter):
@@ -48,7 +49,7 @@ class Checkpointer:
             )
         self.directory = checkpoint_dir(workdir)
         self.manager = ocp.CheckpointManager(
-            self.directory,
+            paths.epath_path(self.directory),
             options=options,
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
@@ -94,7 +95,7 @@ class Checkpointer:
         if step is None:
             step = self.latest_step()
             if step is None:
-                raise CheckpointError(f"no checkpoint in {self.directory}; train first: dllm-jax train --config ... --workdir {os.path.dirname(self.directory)}")
+                raise CheckpointError(f"no checkpoint in {self.directory}; train first: dllm-jax train --config ... --workdir {paths.dirname(self.directory)}")
         elif step not in self.all_steps():
             raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available: {self.all_steps()}")
         return step
@@ -127,7 +128,7 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> LoadedRun:
     from dllm_jax import sharding, train_step, optim
     from dllm_jax.data.tokenizer import tokenizer_from_bytes
 
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not paths.isdir(checkpoint_dir(workdir)):
         raise CheckpointError(f"{workdir!r} has no checkpoints/ folder; is it a dllm-jax run directory? Train with: dllm-jax train --config ... --workdir {workdir}")
     ckpt = Checkpointer(workdir, read_only=True)
     try:

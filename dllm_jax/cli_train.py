@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 
 from dllm_jax import config as config_lib
+from dllm_jax import paths
 
 
 def add_arguments(parser) -> None:
@@ -35,5 +35,5 @@ def run_train(args) -> int:
     if summary.get("interrupted"):
         return 0
     final = summary.get("final", {})
-    print(json.dumps({"workdir": os.path.abspath(args.workdir), "objective": cfg.objective, "step": summary["step"], **final}, indent=2))
+    print(json.dumps({"workdir": paths.absolute(args.workdir), "objective": cfg.objective, "step": summary["step"], **final}, indent=2))
     return 0

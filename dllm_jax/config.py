@@ -19,7 +19,7 @@ import ml_collections
 from dllm_jax.errors import ConfigError
 
 OBJECTIVES = ("ar", "mdm")
-SOURCES = ("text", "tfds", "array_record")
+SOURCES = ("text", "jsonl", "parquet", "tfds", "array_record")
 SCHEDULES = ("cosine", "wsd", "constant")
 MASK_SCHEDULES = ("linear", "cosine")
 WEIGHTINGS = ("elbo", "realized")
@@ -67,13 +67,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "text"  # 'text' (files), 'tfds' (tfds.data_source) or 'array_record'
-    c.data.paths = ""  # 'text' / 'array_record': one string of comma-separated globs
-    c.data.text_split = "file"  # 'file' | 'paragraph' | 'line'
+    c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.zst read directly), 'tfds' or 'array_record'
+    c.data.paths = ""  # file sources: one string of comma-separated globs (local or gs://...; ** recurses)
+    c.data.text_split = "file"  # text: 'file' | 'paragraph' | 'line' (one file under 'file' is split at blank lines)
     c.data.tfds_name = ""  # e.g. 'lm1b', 'tiny_shakespeare' (prepared in the TFDS data dir)
     c.data.tfds_split = "train"  # TFDS split to read documents from
     c.data.tfds_data_dir = ""  # '' = TFDS default (~/tensorflow_datasets)
-    c.data.text_key = "text"  # feature holding the text in TFDS examples
+    c.data.text_key = "text"  # field (JSONL), column (Parquet) or feature (TFDS) holding the text
     c.data.seq_len = 128  # tokens per packed training sequence
     c.data.unique_tokens = 0  # U: unique training tokens (rounded down to whole batches); 0 = all available
     c.data.epochs = 1  # E: passes over the unique tokens (each sequence is seen exactly E times)
@@ -304,7 +304,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     d = cfg.data
     _choice("data.source", d.source, SOURCES)
     _choice("data.text_split", d.text_split, ("file", "paragraph", "line"))
-    if d.source in ("text", "array_record") and not d.paths:
+    if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")
     if d.source == "tfds" and not d.tfds_name:
         raise ConfigError("data.source='tfds' needs data.tfds_name, e.g. --config.data.tfds_name=lm1b")

@@ -4,21 +4,41 @@ event files (tensorboardX) and a tqdm progress bar. Only process 0 writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
 
 import jax
 from tqdm.auto import tqdm
+
+from dllm_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = paths.join(paths.expand(workdir), METRICS_FILE)
+    if not paths.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+
+
+def _tensorboard_ok(workdir: str) -> bool:
+    """tensorboardX writes to local directories, gs:// (needs google-cloud-storage) and s3://
+    (needs boto3); elsewhere TensorBoard is skipped with a warning (metrics.jsonl is kept)."""
+    if not paths.is_url(workdir):
+        return True
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    needs = {"gs": ("google.cloud.storage", "google-cloud-storage"), "s3": ("boto3", "boto3")}.get(workdir.split("://", 1)[0])
+    if needs is not None:
+        try:
+            if importlib.util.find_spec(needs[0]) is not None:
+                return True
+        except ModuleNotFoundError:
+            pass
+    why = f"install {needs[1]}" if needs else "tensorboardX writes only to local paths, gs:// and s3://"
+    logging.getLogger("dllm_jax").warning("TensorBoard events are not written to %s (%s); metrics go to %s", workdir, why, METRICS_FILE)
+    return False
 
 
 def _clean(value):
@@ -30,25 +50,24 @@ def _clean(value):
 class MetricsWriter:
     def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, METRICS_FILE)
+        workdir = paths.expand(workdir)
+        self.path = paths.join(workdir, METRICS_FILE)
         self._tb = None
         if not self.enabled:
             return
         # a resumed run drops records written after its checkpoint (they will be redone)
         kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
-        with open(self.path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        if tensorboard:
+        paths.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        if tensorboard and _tensorboard_ok(workdir):
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self._tb = SummaryWriter(paths.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record: dict, prefix: str = "") -> None:
         if not self.enabled:
             return
         record = {k: _clean(v) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        paths.append_text(self.path, json.dumps(record) + "\n")
         if self._tb is not None:
             step = record.get("step", 0)
             for key, value in record.items():

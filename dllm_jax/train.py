@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import time
 
@@ -18,6 +17,7 @@ import numpy as np
 from flax import linen as nn
 
 from dllm_jax import config as config_lib
+from dllm_jax import paths
 from dllm_jax import distributed, flops, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
@@ -112,8 +112,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
     distributed.initialize()  # multi-process runs: from the environment, before devices are touched
     config_lib.validate(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.absolute(workdir)
+    paths.makedirs(workdir)
     tcfg = config.train
     ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)
     resume_step = ckpt.latest_step()
@@ -129,7 +129,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                     f"tokenizer this run was trained with ({saved_tok.fingerprint}); drop --config.data.tokenizer to resume, or use a new workdir"
                 )
         tok_path = workdir_tokenizer_path(workdir, saved_tok)
-        if not os.path.exists(tok_path) and jax.process_index() == 0:
+        if not paths.exists(tok_path) and jax.process_index() == 0:
             saved_tok.save(tok_path)
 
     dataset = build_dataset(config, workdir)
@@ -162,10 +162,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     data_iter = iter(loader.to_iter_dataset())
 
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config_lib.to_json(config))
-        with open(os.path.join(workdir, "data_stats.json"), "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=2)
+        paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))
+        paths.write_text(paths.join(workdir, "data_stats.json"), json.dumps(stats, indent=2))
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         shardings = train_step.state_shardings(model, tx, mesh, seq_len)
@@ -188,11 +186,10 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         flops_per_token = flops.train_flops_per_token(model.cfg, seq_len)
         summary = {"params": n_params, "flops_per_token": flops_per_token, "num_steps": num_steps, **stats}
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "run.json"), "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
+            paths.write_text(paths.join(workdir, "run.json"), json.dumps(summary, indent=2))
 
         writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard)
-        bar = Progress(num_steps, start, tcfg.progress, desc=f"{config.objective} {os.path.basename(workdir)}")
+        bar = Progress(num_steps, start, tcfg.progress, desc=f"{config.objective} {paths.basename(workdir)}")
         tokens_per_step = batch_size * seq_len
         last_good = resume_step
         window, t_window = [], time.perf_counter()
@@ -270,8 +267,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     final_train = [r for r in _read_train_records(workdir) if "loss" in r]
     summary.update({"step": num_steps, "final": {"train_loss": final_train[-1]["loss"] if final_train else None, **last_val}})
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, DONE_FILE), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        paths.write_text(paths.join(workdir, DONE_FILE), json.dumps(summary, indent=2))
     return summary
 
 
@@ -282,8 +278,8 @@ def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
     iterator's position is the step. The saved Grain state is used when this process
     count wrote one; after a change of process count (its file for this count does not
     exist) the position is set from the step directly."""
-    data_file = os.path.join(ckpt.directory, str(step), "data", f"process_{jax.process_index()}-of-{jax.process_count()}.json")
-    same_count = os.path.exists(data_file)
+    data_file = paths.join(ckpt.directory, str(step), "data", f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    same_count = paths.exists(data_file)
     state = ckpt.restore(step, abstract_state, data_iter if same_count else None)
     if not same_count:
         log.info("checkpoint %d was written by another number of processes; data position set from the step", step)

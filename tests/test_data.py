@@ -155,8 +155,8 @@ def test_source_errors(tmp_path):
     (tmp_path / "empty" / "e2.txt").write_text("\n  \n")
     with pytest.raises(DataError, match="e1.txt"):
         load_documents(make_config(paths=str(tmp_path / "empty" / "*.txt")).data)
-    with pytest.raises(DataError, match="'parquet'"):
-        load_documents(make_config(source="parquet", paths=str(tmp_path / "a.txt")).data)
+    with pytest.raises(DataError, match="'csv'"):
+        load_documents(make_config(source="csv", paths=str(tmp_path / "a.txt")).data)
     with pytest.raises(DataError, match="'sentence'"):
         load_documents(make_config(paths=str(tmp_path / "a.txt"), text_split="sentence").data)
     with pytest.raises(DataError, match="nothing_here"):

@@ -23,6 +23,7 @@ import time
 import grain
 import numpy as np
 
+from dllm_jax import paths
 from dllm_jax.data import cache as cache_lib
 from dllm_jax.data import sources
 from dllm_jax.data.tokenizer import TRAINER_VERSION, HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
@@ -100,11 +101,11 @@ def workdir_tokenizer_path(workdir: str | None, tok=None) -> str | None:
     (``tokenizer.model`` for SentencePiece, ``tokenizer.json`` for Hugging Face)."""
     if not workdir:
         return None
-    root = os.path.expandvars(os.path.expanduser(str(workdir)))
+    root = paths.expand(workdir)
     for name in TOKENIZER_FILENAMES:
-        if os.path.isfile(os.path.join(root, name)):
-            return os.path.join(root, name)
-    return os.path.join(root, (tok.filename if tok is not None else Tokenizer.filename))
+        if paths.isfile(paths.join(root, name)):
+            return paths.join(root, name)
+    return paths.join(root, (tok.filename if tok is not None else Tokenizer.filename))
 
 
 def _get_tokenizer(data_cfg, workdir, spec, get_documents):
@@ -114,7 +115,7 @@ def _get_tokenizer(data_cfg, workdir, spec, get_documents):
         logger.info("loaded tokenizer %s (%d pieces, fingerprint %s)", data_cfg.tokenizer, tok.vocab_size, tok.fingerprint)
         if wpath:
             wpath = workdir_tokenizer_path(workdir, tok)
-            if os.path.isfile(wpath):
+            if paths.isfile(wpath):
                 existing = load_tokenizer(wpath)
                 if existing.fingerprint != tok.fingerprint:
                     raise DataError(
@@ -127,7 +128,7 @@ def _get_tokenizer(data_cfg, workdir, spec, get_documents):
                 tok.save(wpath)
         return tok
 
-    if wpath and os.path.isfile(wpath):
+    if wpath and paths.isfile(wpath):
         tok = load_tokenizer(wpath)
         logger.info("reusing the workdir tokenizer %s (%d pieces, fingerprint %s)", wpath, tok.vocab_size, tok.fingerprint)
         return tok
@@ -191,7 +192,9 @@ def build_dataset(config, workdir: str | None) -> Dataset:
         if num_val_docs >= num_docs:
             raise DataError(
                 f"data.val_tokens={val_requested} takes all {num_docs} documents ({int(cum[-1])} tokens), "
-                "leaving nothing to train on; lower data.val_tokens or add data."
+                "leaving nothing to train on; lower data.val_tokens, add data, or cut the text into more "
+                f"documents with data.text_split='paragraph' (blank lines) or data.text_split='line' "
+                f"(now {getattr(d, 'text_split', 'file')!r}; applies to data.source='text')."
             )
     else:
         num_val_docs = 0

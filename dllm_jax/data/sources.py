@@ -1,32 +1,44 @@
-"""Document sources: text files, TFDS (random-access data_source) and ArrayRecord files.
+"""Document sources: text, JSONL and Parquet files, TFDS (random-access data_source) and
+ArrayRecord files.
 
-Every source yields a list of documents (str) in a deterministic order: text and
-ArrayRecord files in the order of the globs in ``data.paths`` (each glob's matches
-sorted by name, duplicates dropped), TFDS records in index order. ``data.max_docs > 0``
-keeps only the first N documents of that order.
+Every source yields a list of documents (str) in a deterministic order: files in the order
+of the globs in ``data.paths`` (each glob's matches sorted by name, duplicates dropped),
+TFDS records in index order. ``data.max_docs > 0`` keeps only the first N documents of that
+order. Paths may be local or URLs (gs://...; see ``dllm_jax.paths``).
 
-Text files are read as UTF-8 (undecodable bytes are replaced, with a warning) and split
-into documents by ``data.text_split``: 'file' (one document per file), 'paragraph'
-(split on blank lines) or 'line'. Blank documents are dropped; an empty file is skipped
-with a warning, and a source with no text at all is an error.
+Text files (``.gz``/``.zst`` decompressed by suffix) are read as UTF-8 with the
+normalisation stated in ``dllm_jax.data.formats`` (BOM removed, CRLF/CR -> LF; another
+encoding is an error) and split into documents by ``data.text_split``: 'file' (one
+document per file), 'paragraph' (split on blank lines) or 'line'. A single file under
+'file' would be a single document (nothing to hold out for validation), so a source that
+matches exactly one text file is split into paragraphs instead (logged). Blank documents
+are dropped; an empty file is skipped with a warning, and a source with no text at all is
+an error.
 
-ArrayRecord: each record is one UTF-8 document (see ``write_array_record``). Records
+JSONL (one JSON object per line, ``.gz``/``.zst`` too) and Parquet files: one document per
+record, the string in field/column ``data.text_key``; blank texts are skipped, a record
+without a text ``data.text_key`` is an error naming file and line/row.
+
+ArrayRecord: each record is one UTF-8 document (see ``write_array_record``; a record that
+is not UTF-8 is an error naming it). Records
 holding serialised ``tf.train.Example`` protos are not supported: convert them to plain
 text records first.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
 from typing import Any, Iterable
 
+from dllm_jax import paths as paths_lib
+from dllm_jax.data import formats
 from dllm_jax.errors import DataError
 
 logger = logging.getLogger("dllm_jax")
 
-SOURCES = ("text", "tfds", "array_record")
+SOURCES = ("text", "jsonl", "parquet", "tfds", "array_record")
+FILE_SOURCES = ("text", "jsonl", "parquet", "array_record")
 TEXT_SPLITS = ("file", "paragraph", "line")
 _TFDS_HINT = "install the TFDS extra: pip install 'dllm_jax[tfds]'"
 
@@ -47,23 +59,45 @@ def split_globs(paths: str) -> list[str]:
     return [p.strip() for p in paths.split(",") if p.strip()]
 
 
+def _not_files_hint(matches: list[str]) -> str:
+    """Why the paths a glob matched are not files: broken links, directories."""
+    broken = [m for m in matches if not paths_lib.is_url(m) and os.path.islink(m) and not os.path.exists(m)]
+    if broken:
+        shown = ", ".join(f"{m!r} -> {os.readlink(m)!r}" for m in broken[:3])
+        return f" (it matches broken symbolic links whose target does not exist: {shown}; fix or remove the links)"
+    return " (it matches only directories: add a file pattern such as '/*.txt')"
+
+
+def _check_readable(path: str, what: str) -> None:
+    if not paths_lib.is_url(path) and not os.access(path, os.R_OK):
+        raise DataError(
+            f"{path!r} (matched by {what}) exists but cannot be read (permission denied); fix its permissions "
+            "(e.g. chmod a+r) or remove it from " + what + "."
+        )
+
+
 def resolve_files(paths: str, what: str = "data.paths") -> list[str]:
-    """Expands ~, $VARS and globs (** recursive); errors on a glob that matches no file."""
+    """Expands ~, $VARS and globs (** recursive) over local paths or URLs; errors on a glob
+    that matches no file (naming broken symbolic links) and on a file that cannot be read."""
     globs = split_globs(paths)
     if not globs:
         raise DataError(f"{what} is empty; set it to comma-separated file globs, e.g. {what}='corpus/*.txt'.")
     files, seen = [], set()
     for g in globs:
-        pattern = os.path.expandvars(os.path.expanduser(g))
-        matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
+        found = paths_lib.glob(g)
+        matches = [m for m in found if paths_lib.isfile(m)]
         if not matches:
-            hint = " (it matches only directories: add a file pattern such as '/*.txt')" if glob.glob(pattern) else ""
+            hint = _not_files_hint(found) if found else ""
             raise DataError(
                 f"the glob {g!r} in {what} matches no file{hint}; fix the path or remove it from {what}."
             )
+        others = [m for m in found if m not in matches and not paths_lib.is_url(m) and os.path.islink(m) and not os.path.exists(m)]
+        if others:
+            logger.warning("%s in %s: skipping broken symbolic links %s", g, what, ", ".join(f"{m} -> {os.readlink(m)}" for m in others[:5]))
         for m in matches:
-            key = os.path.realpath(m)
+            key = m if paths_lib.is_url(m) else os.path.realpath(m)
             if key not in seen:
+                _check_readable(m, what)
                 seen.add(key)
                 files.append(m)
     return files
@@ -82,18 +116,8 @@ def _split_text(text: str, mode: str) -> list[str]:
     return [d for d in docs if d.strip()]
 
 
-def _read_text_file(path: str) -> str:
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        logger.warning("%s is not valid UTF-8; undecodable bytes were replaced by U+FFFD", path)
-        return raw.decode("utf-8", errors="replace")
-
-
 def _what(source: str) -> str:
-    return {"text": "text", "array_record": "text records"}.get(source, "documents")
+    return {"text": "text", "array_record": "text records", "jsonl": "text records", "parquet": "text rows"}.get(source, "documents")
 
 
 def _check_text_split(mode: str) -> str:
@@ -103,7 +127,34 @@ def _check_text_split(mode: str) -> str:
 
 
 def _read_text_shard(data_cfg, shard: dict, limit: int) -> list[str]:
-    return _split_text(_read_text_file(shard["path"]), _check_text_split(data_cfg.text_split))
+    mode = shard.get("text_split") or _check_text_split(data_cfg.text_split)
+    return _split_text(formats.read_text_file(shard["path"]), mode)
+
+
+def _read_jsonl_shard(data_cfg, shard: dict, limit: int) -> list[str]:
+    return list(formats.iter_jsonl_texts(shard["path"], _text_key(data_cfg), limit))
+
+
+def _read_parquet_shard(data_cfg, shard: dict, limit: int) -> list[str]:
+    return list(formats.iter_parquet_texts(shard["path"], _text_key(data_cfg), limit))
+
+
+def _text_key(data_cfg) -> str:
+    key = data_cfg.text_key
+    if not isinstance(key, str) or not key:
+        raise DataError(f"data.text_key={key!r} must name the field holding the text, e.g. 'text'.")
+    return key
+
+
+def _effective_text_split(data_cfg, num_files: int) -> str:
+    """data.text_split, except that ONE file under 'file' is split into paragraphs: a
+    single document leaves nothing to hold out for validation."""
+    mode = _check_text_split(data_cfg.text_split)
+    if mode == "file" and num_files == 1:
+        logger.info("data.paths matches one file: splitting it into documents at blank lines "
+                    "(data.text_split='file' applies to several files; set 'line' to split at every line)")
+        return "paragraph"
+    return mode
 
 
 def _import_tfds():
@@ -122,7 +173,7 @@ def open_tfds(data_cfg):
         raise DataError("data.source='tfds' needs data.tfds_name, e.g. 'tiny_shakespeare' or 'lm1b'.")
     kwargs = {"split": data_cfg.tfds_split}
     if data_cfg.tfds_data_dir:
-        kwargs["data_dir"] = os.path.expandvars(os.path.expanduser(data_cfg.tfds_data_dir))
+        kwargs["data_dir"] = paths_lib.expand(data_cfg.tfds_data_dir)
     try:
         return tfds.data_source(name, **kwargs)
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -143,7 +194,13 @@ def _as_text(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", errors="replace")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{where} is not valid UTF-8 (byte offset {e.start}: {bytes(value)[e.start:e.start + 4].hex(' ')}); "
+                "dllm_jax reads UTF-8 text only: re-encode the records as UTF-8."
+            ) from e
     if hasattr(value, "item"):  # numpy scalar / 0-d array of bytes or str
         return _as_text(value.item(), where)
     raise DataError(f"{where} is a {type(value).__name__}, not text; set data.text_key to a text feature.")
@@ -202,7 +259,7 @@ def _import_array_record():
 
 def _read_array_record_shard(data_cfg, shard: dict, limit: int) -> list[str]:
     arm = _import_array_record()
-    path = shard["path"]
+    path = paths_lib.expand(shard["path"])
     try:
         reader = arm.ArrayRecordReader(path)
     except Exception as e:  # the C++ reader raises RuntimeError/ValueError variants
@@ -213,17 +270,19 @@ def _read_array_record_shard(data_cfg, shard: dict, limit: int) -> list[str]:
         records = reader.read(0, n) if n else []
     finally:
         reader.close()
-    return [d for d in (_as_text(r, f"a record of {path!r}") for r in records) if d.strip()]
+    return [d for d in (_as_text(r, f"record {i} (counting from 0) of {path!r}") for i, r in enumerate(records)) if d.strip()]
 
 
-_SHARD_READERS = {"text": _read_text_shard, "tfds": _read_tfds_shard, "array_record": _read_array_record_shard}
+_SHARD_READERS = {"text": _read_text_shard, "jsonl": _read_jsonl_shard, "parquet": _read_parquet_shard,
+                  "tfds": _read_tfds_shard, "array_record": _read_array_record_shard}
 
 
 def source_shards(data_cfg) -> list[dict]:
     """The corpus as an ordered list of shards: independent units of reading work.
 
     Each shard is a small JSON-able dict: ``{"path": file}`` for file sources (one shard per
-    file, in ``data.paths`` order), ``{"start": i, "stop": j}`` (a record range) for TFDS.
+    file, in ``data.paths`` order; a text shard may also carry the ``text_split`` it is read
+    with), ``{"start": i, "stop": j}`` (a record range) for TFDS.
     Reading every shard in order with ``read_shard`` and concatenating gives the source's
     documents in source order (``load_documents``, before ``data.max_docs``). This is how
     corpus preparation splits work between (Beam) workers.
@@ -233,7 +292,14 @@ def source_shards(data_cfg) -> list[dict]:
         return _tfds_shards(data_cfg)
     if source == "text":
         _check_text_split(data_cfg.text_split)
-    return [{"path": p} for p in resolve_files(data_cfg.paths)]
+    if source in ("jsonl", "parquet"):
+        _text_key(data_cfg)
+    files = resolve_files(data_cfg.paths)
+    if source == "text":
+        mode = _effective_text_split(data_cfg, len(files))
+        if mode != data_cfg.text_split:
+            return [{"path": p, "text_split": mode} for p in files]
+    return [{"path": p} for p in files]
 
 
 def read_shard(data_cfg, shard: dict, limit: int = 0) -> list[str]:
@@ -275,19 +341,23 @@ def load_documents(data_cfg) -> list[str]:
 def source_spec(data_cfg) -> dict:
     """What identifies the documents, cheaply (no file is read): the cache key's input.
 
-    Files are identified by path, size and mtime; TFDS by name, split, data dir, text key
-    and number of records.
+    Files are identified by absolute path (or URL), size and modification time (local:
+    st_mtime_ns; URLs: what the filesystem reports, e.g. GCS 'updated'); text by the
+    text_split it is read with, JSONL/Parquet by data.text_key; TFDS by name, split, data
+    dir, text key and number of records.
     """
     source = _check_source(data_cfg)
     spec: dict[str, Any] = {"source": source, "max_docs": int(data_cfg.max_docs)}
-    if source in ("text", "array_record"):
+    if source in FILE_SOURCES:
         files = []
         for path in resolve_files(data_cfg.paths):
-            st = os.stat(path)
-            files.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+            st = paths_lib.stat(path)
+            files.append([paths_lib.absolute(path), st["size"], st["mtime"]])
         spec["files"] = files
         if source == "text":
-            spec["text_split"] = _check_text_split(data_cfg.text_split)
+            spec["text_split"] = _effective_text_split(data_cfg, len(files))
+        if source in ("jsonl", "parquet"):
+            spec["text_key"] = _text_key(data_cfg)
     else:
         ds = open_tfds(data_cfg)
         spec.update(

@@ -20,12 +20,12 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
+from dllm_jax import paths
 from dllm_jax.errors import DataError
 
 logger = logging.getLogger("dllm_jax")
@@ -120,29 +120,19 @@ class Tokenizer:
 
 
 def _read_tokenizer_file(path: str) -> bytes:
-    full = os.path.expandvars(os.path.expanduser(str(path)))
-    if not os.path.isfile(full):
+    if not paths.isfile(path):
         raise DataError(
             f"tokenizer file {path!r} does not exist; set data.tokenizer to an existing "
             "SentencePiece .model or Hugging Face tokenizer.json file, or to '' to train one on the corpus."
         )
-    with open(full, "rb") as f:
-        return f.read()
+    try:
+        return paths.read_bytes(path)
+    except OSError as e:
+        raise DataError(f"cannot read tokenizer file {path!r} ({type(e).__name__}: {e}); fix its permissions or data.tokenizer.") from e
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    path = os.path.expandvars(os.path.expanduser(str(path)))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-tokenizer-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    paths.write_bytes(path, data)
 
 
 # Special tokens that mark the end of a document, in the order they are looked for.
@@ -252,11 +242,10 @@ def load_tokenizer(path: str):
     Raises:
       DataError: the path does not exist or is not a tokenizer of either kind.
     """
-    full = os.path.expandvars(os.path.expanduser(str(path)))
-    if os.path.isdir(full):
+    if paths.isdir(path):
         for name in (HFTokenizer.filename, Tokenizer.filename):
-            if os.path.isfile(os.path.join(full, name)):
-                return load_tokenizer(os.path.join(full, name))
+            if paths.isfile(paths.join(paths.expand(path), name)):
+                return load_tokenizer(paths.join(paths.expand(path), name))
         raise DataError(f"tokenizer directory {path!r} has neither tokenizer.json nor tokenizer.model; point data.tokenizer at a tokenizer file.")
     return tokenizer_from_bytes(_read_tokenizer_file(path), source=repr(path))
 

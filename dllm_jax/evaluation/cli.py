@@ -22,6 +22,7 @@ import os
 import time
 
 from dllm_jax import config as config_lib
+from dllm_jax import paths
 from dllm_jax.errors import ConfigError
 
 TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
@@ -94,7 +95,7 @@ def evaluate_run(args) -> tuple[dict, str]:
     e = config.eval
     mc = args.mc_samples or e.mc_samples
     batch = args.batch_size or e.batch_size
-    head = {"task": args.task, "workdir": os.path.abspath(args.workdir), "step": run.step, "objective": config.objective}
+    head = {"task": args.task, "workdir": paths.absolute(args.workdir), "step": run.step, "objective": config.objective}
     name = args.task
 
     if args.task == "genppl":
@@ -106,7 +107,7 @@ def evaluate_run(args) -> tuple[dict, str]:
                                   max_new_tokens=args.max_new_tokens, sampler=args.sampler, steps=args.steps,
                                   block_length=args.block_length, threshold=args.threshold, temperature=args.temperature,
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=batch)
-        return {**head, "reference_workdir": os.path.abspath(args.reference_workdir), **res}, name
+        return {**head, "reference_workdir": paths.absolute(args.reference_workdir), **res}, name
 
     scorer = likelihood.Scorer.for_model(run.model, config, run.tokenizer, batch_size=batch, mesh=run.mesh)
     if args.task in ("val", "cloze"):
@@ -129,7 +130,7 @@ def evaluate_run(args) -> tuple[dict, str]:
         if args.limit:
             items = items[: args.limit]
         token_items = tasks.tokenize_items(items, run.tokenizer)
-        head["data"] = os.path.abspath(args.data)
+        head["data"] = paths.absolute(args.data)
         name = f"{args.task}-{os.path.splitext(os.path.basename(args.data.rstrip('/')))[0]}" if args.task == "jsonl" else args.task
     res = multiple_choice.score_items(scorer, run.params, token_items, mc_samples=mc, seed=args.seed,
                                       cfg_scale=args.cfg, keep_items=args.items)
@@ -140,10 +141,9 @@ def run(args) -> int:
     t0 = time.perf_counter()
     results, name = evaluate_run(args)
     results["seconds"] = round(time.perf_counter() - t0, 2)
-    path = args.output or os.path.join(args.workdir, "eval", f"{name}_step{results['step']}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    path = args.output or paths.join(paths.expand(args.workdir), "eval", f"{name}_step{results['step']}.json")
+    paths.makedirs(paths.dirname(paths.absolute(path)))
+    paths.write_text(path, json.dumps(results, indent=2))
     shown = {k: v for k, v in results.items() if k != "items"}
     print(json.dumps(shown, indent=2))
     print(f"saved {path}")

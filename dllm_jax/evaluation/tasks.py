@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import json
 import os
 import re
 
+from dllm_jax import paths
 from dllm_jax.errors import DataError
 
 FORMATS = ("jsonl", "hellaswag", "mmlu")
@@ -61,14 +61,14 @@ class TokenItem:
 
 # ---------------------------------------------------------------- helpers
 def _check_file(path: str) -> None:
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise DataError(f"task file {path!r} does not exist; pass an existing file with --data")
 
 
 def _json_lines(path: str):
     """(line number, object) for every non-blank line; bad JSON is an error naming the line."""
     _check_file(path)
-    with open(path, encoding="utf-8") as f:
+    with paths.open_file(path, "r") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -167,7 +167,7 @@ def _read_mmlu_csv(path: str) -> list[Item]:
     _check_file(path)
     subject = _mmlu_subject(path)
     items = []
-    with open(path, encoding="utf-8", newline="") as f:
+    with paths.open_file(path, "r", newline="") as f:
         reader = csv.reader(f)
         for row in reader:
             where = f"{path}:{reader.line_num}"
@@ -198,8 +198,8 @@ def _read_mmlu_jsonl(path: str) -> list[Item]:
 
 def read_mmlu(path: str) -> list[Item]:
     """A CSV file, a JSONL file, or a directory of `*.csv` subject files."""
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.csv")))
+    if paths.isdir(path):
+        files = paths.glob(paths.join(path, "*.csv"))
         if not files:
             raise DataError(f"MMLU directory {path!r} has no *.csv files; point --data at a folder of <subject>_test.csv files")
         items = [it for f in files for it in _read_mmlu_csv(f)]

@@ -31,6 +31,7 @@ import re
 import ml_collections
 
 from dllm_jax import config as config_lib
+from dllm_jax import paths
 from dllm_jax.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
@@ -99,7 +100,7 @@ def _call_get_grid(module, path, base, params):
 def load_grid(path: str, root: str, overrides=None, params=None) -> Grid:
     """Load a grid file: the base config and every point's resolved, validated config."""
     path = os.path.abspath(path)
-    root = os.path.abspath(os.path.expanduser(root))
+    root = paths.absolute(root)
     overrides = list(overrides or [])
     module = config_lib.import_experiment(path, ("get_config", "get_grid"), "grid file")
     base = config_lib.config_from_module(module, overrides)
@@ -127,7 +128,7 @@ def load_grid(path: str, root: str, overrides=None, params=None) -> Grid:
             config_lib.validate(cfg)
         except ConfigError as e:
             raise ConfigError(f"grid point {name!r}: {e}") from None
-        points.append(Point(index, name, args, cfg, os.path.join(root, name)))
+        points.append(Point(index, name, args, cfg, paths.join(root, name)))
     return Grid(path, root, overrides, base, points)
 
 

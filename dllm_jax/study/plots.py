@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dllm_jax import paths  # noqa: E402
 from dllm_jax.study.crossover import METRIC_TITLES  # noqa: E402
 from dllm_jax.study.runs import model_label  # noqa: E402
 
@@ -72,7 +73,8 @@ def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossove
                labels + ["crossover (MDM ahead for good)"], loc="lower center", ncol=min(len(labels) + 1, 5), fontsize=8)
     fig.suptitle(f"{METRIC_TITLES.get(metric, metric)}, AR vs MDM, against {'epochs' if xaxis == 'epochs' else 'tokens seen'}", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) > 4), 1, 0.93))
-    fig.savefig(path, dpi=110)
+    with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return True
 
@@ -110,6 +112,7 @@ def plot_fits(groups: list, path: str) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return True

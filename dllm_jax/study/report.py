@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 
+from dllm_jax import paths
 from dllm_jax.errors import ConfigError
 
 # the headline is the first of these a run logged: cloze choices all have the same token
@@ -43,7 +44,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     summary = build_report(args.root, args.out, flops_configs=args.flops_config, prompt_len=args.prompt_len, fit_loss=args.fit_loss)
     out = args.out or args.root
-    print(f"report: {os.path.join(out, 'report.md')} ({len(summary['runs'])} runs, figures: {', '.join(summary['figures']) or 'none'})")
+    print(f"report: {paths.join(out, 'report.md')} ({len(summary['runs'])} runs, figures: {', '.join(summary['figures']) or 'none'})")
     for row in summary["crossovers"].get(summary["headline_metric"], []):
         print(f"  U={row['unique_tokens']:,} {row['ar_series']} vs {row['mdm_series']}: crossover {row['crossover']}")
     return 0
@@ -188,14 +189,14 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     runs = sorted(load_runs(root), key=lambda r: (r.params, r.unique_tokens, r.series))
     if not runs:
         raise ConfigError(f"no runs under {root!r} (a run is a directory with config.json); run `dllm-jax sweep` first")
-    out = out or root
-    os.makedirs(out, exist_ok=True)
+    out = paths.expand(out or root)
+    paths.makedirs(out)
     panel_map = panels(runs)
     metrics = [m for m in METRICS if any(r.curve(m)[2] for r in runs)]
     headline = next((m for m in metrics if m in DOWNSTREAM), "val_loss")
     mach = machine()
 
-    md = [f"# Data-constrained study: `{os.path.abspath(root)}`", "",
+    md = [f"# Data-constrained study: `{paths.absolute(root)}`", "",
           f"Report made {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} on {mach['cpu']} ({mach['cores']} cores), "
           f"{mach['platform']}, Python {mach['python']}" + (f", JAX {mach['jax']} ({mach['backend']})" if "jax" in mach else "") + "."]
     hosts = sorted({f"{a.get('cpu')} ({a.get('cores')} cores)" for r in runs for a in r.attempts()})
@@ -242,7 +243,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
         md.append("")
         for xaxis in ("epochs", "tokens"):
             name = f"crossover_{metric}_{xaxis}.png"
-            if plots.plot_crossover(panel_map, metric, xaxis, os.path.join(out, name), marks):
+            if plots.plot_crossover(panel_map, metric, xaxis, paths.join(out, name), marks):
                 figures.append(name)
                 md += [f"![{metric} vs {xaxis}]({name})", ""]
 
@@ -258,7 +259,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
         fits.append({"series": series, "params": params, "fit_loss": fit_loss, "points": points, **fit.as_dict()})
         rstar = f"{fit.r_star:.3g} ({fit.r_star_low:.3g}..{fit.r_star_high:.3g})" if fit.determined else "not determined"
         md.append(f"| {series} | {model_label(params)} | {fit.n} | {rstar} | {fit.e:.4g} | {fit.b:.4g} | {fit.beta:.3g} | {fit.rmse:.3g} | {fit.r2:.4f} | {fit.note} |")
-    if plots.plot_fits([(g[0], g[3], g[4], g[5]) for g in groups], os.path.join(out, "scaling_fit.png")):
+    if plots.plot_fits([(g[0], g[3], g[4], g[5]) for g in groups], paths.join(out, "scaling_fit.png")):
         figures.append("scaling_fit.png")
         md += ["", "![R* fits](scaling_fit.png)"]
 
@@ -272,10 +273,8 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     flops_lines, flops_json = flops_section(models, prompt_len)
     md += [""] + flops_lines
 
-    summary = {"root": os.path.abspath(root), "machine": mach, "runs": run_rows, "headline_metric": headline,
+    summary = {"root": paths.absolute(root), "machine": mach, "runs": run_rows, "headline_metric": headline,
                "crossovers": crossovers, "fits": fits, "flops": flops_json, "figures": figures}
-    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
-    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, default=str)
+    paths.write_text(paths.join(out, "report.md"), "\n".join(md) + "\n")
+    paths.write_text(paths.join(out, "report.json"), json.dumps(summary, indent=1, default=str))
     return summary

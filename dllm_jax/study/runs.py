@@ -19,6 +19,7 @@ import json
 import logging
 import os
 
+from dllm_jax import paths
 from dllm_jax.config import flatten
 from dllm_jax.metrics import read_metrics
 
@@ -77,11 +78,10 @@ class Run:
         return sum(a["seconds"] for a in attempts) if attempts else None
 
     def attempts(self) -> list:
-        path = os.path.join(self.workdir, TIMES_FILE)
-        if not os.path.exists(path):
+        path = paths.join(self.workdir, TIMES_FILE)
+        if not paths.exists(path):
             return []
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
     def seconds(self) -> float | None:
         """Training wall time estimated from the logged throughput (tokens / tokens_per_sec per window)."""
@@ -110,35 +110,35 @@ def machine_info() -> dict:
 
 
 def _load_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(paths.read_text(path))
 
 
 def load_run(workdir: str) -> Run | None:
-    cfg_path, info_path = os.path.join(workdir, "config.json"), os.path.join(workdir, "run.json")
-    if not os.path.exists(cfg_path):
+    cfg_path, info_path = paths.join(workdir, "config.json"), paths.join(workdir, "run.json")
+    if not paths.exists(cfg_path):
         return None
-    info = _load_json(info_path) if os.path.exists(info_path) else {}
+    info = _load_json(info_path) if paths.exists(info_path) else {}
     records = read_metrics(workdir)
     by_step = {}
     for r in records:
         if "val_loss" in r and isinstance(r["val_loss"], (int, float)):
             by_step[r["step"]] = r
     train = [r for r in records if "val_loss" not in r and "loss" in r]
-    return Run(os.path.basename(os.path.normpath(workdir)), workdir, flatten(_load_json(cfg_path)), info,
-               [by_step[s] for s in sorted(by_step)], train, os.path.exists(os.path.join(workdir, DONE_FILE)))
+    return Run(paths.basename(workdir if paths.is_url(workdir) else os.path.normpath(workdir)), workdir, flatten(_load_json(cfg_path)), info,
+               [by_step[s] for s in sorted(by_step)], train, paths.exists(paths.join(workdir, DONE_FILE)))
 
 
 def load_runs(root: str) -> list:
     """Every run directly under `root` (sorted by name), with series labels assigned."""
-    if not os.path.isdir(root):
+    root = paths.expand(root)
+    if not paths.isdir(root):
         from dllm_jax.errors import ConfigError
 
         raise ConfigError(f"--root {root!r} is not a directory; point it at the --root of a sweep")
     runs = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_dir():
-            run = load_run(entry.path)
+    for name in paths.listdir(root):
+        if paths.isdir(paths.join(root, name)):
+            run = load_run(paths.join(root, name))
             if run is not None:
                 runs.append(run)
     assign_series(runs)

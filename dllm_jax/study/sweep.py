@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
 
+from dllm_jax import paths
 from dllm_jax.errors import ConfigError, DllmError
 from dllm_jax.study.grid import load_grid, point_command
 
@@ -51,9 +51,9 @@ def add_arguments(parser) -> None:
 
 def point_status(workdir: str) -> str:
     """'done' (DONE file), 'partial' (a checkpoint or metrics, no DONE) or 'new'."""
-    if os.path.exists(os.path.join(workdir, DONE_FILE)):
+    if paths.exists(paths.join(workdir, DONE_FILE)):
         return "done"
-    if os.path.isdir(workdir) and any(os.scandir(workdir)):
+    if paths.isdir(workdir) and paths.listdir(workdir):
         return "partial"
     return "new"
 
@@ -62,11 +62,10 @@ def check_finished_config(point) -> None:
     """A finished workdir must hold this point's config, or the sweep would skip a point it never ran."""
     from dllm_jax.train import check_resume_compatible
 
-    path = os.path.join(point.workdir, "config.json")
-    if not os.path.exists(path):
+    path = paths.join(point.workdir, "config.json")
+    if not paths.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
     try:
         check_resume_compatible(saved, point.config)
     except ConfigError as e:
@@ -161,11 +160,10 @@ def _record_attempt(workdir: str, outcome: str, seconds: float) -> None:
     """Append this attempt's wall time and machine to the workdir (the report sums them)."""
     from dllm_jax.study.runs import TIMES_FILE, machine_info
 
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
         return
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "outcome": outcome, "seconds": seconds, **machine_info()}
-    with open(os.path.join(workdir, TIMES_FILE), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    paths.append_text(paths.join(workdir, TIMES_FILE), json.dumps(record) + "\n")
 
 
 def _print_list(grid) -> None:

@@ -1,0 +1,234 @@
+"""Reading corpus files: decompression by suffix, UTF-8 decoding with stated normalisation,
+and the text of JSONL and Parquet records.
+
+Text (``decode_text``), as the README states:
+- a UTF-8 byte-order mark at the start of a file is removed;
+- in text files, CRLF and lone CR line endings become LF (JSONL/Parquet text values are
+  used exactly as stored);
+- a UTF-16 or UTF-32 file (a BOM, or many NUL bytes) is a DataError naming the file and an
+  ``iconv`` command that converts it;
+- bytes that are not valid UTF-8 are a DataError naming the file, the line and the byte
+  offset (nothing is replaced silently: a file in another encoding would train on garbage).
+
+Compression: ``.gz`` (gzip) and ``.zst`` (Zstandard) files are decompressed while reading
+(text and JSONL); Parquet files carry their own compression. Files may be local or URLs
+(see ``dllm_jax.paths``).
+"""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import zlib
+from typing import IO, Iterator
+
+from dllm_jax import paths
+from dllm_jax.errors import DataError
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF32_BOMS = {b"\xff\xfe\x00\x00": "UTF-32LE", b"\x00\x00\xfe\xff": "UTF-32BE"}
+_UTF16_BOMS = {b"\xff\xfe": "UTF-16LE", b"\xfe\xff": "UTF-16BE"}
+_NUL_SAMPLE = 1 << 16
+_NUL_SHARE = 0.1  # UTF-16 of ASCII text is ~50% NUL bytes, UTF-32 ~75%; UTF-8 text has none
+COMPRESSED_SUFFIXES = (".gz", ".zst")
+_PARQUET_BATCH_ROWS = 4096
+
+
+def compression(path: str) -> str | None:
+    """'gzip', 'zstd' or None, from the file name."""
+    name = str(path).lower()
+    return "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else None
+
+
+def _open_error(path: str, e: OSError) -> DataError:
+    if isinstance(e, PermissionError):
+        return DataError(f"{path!r} exists but cannot be read (permission denied); fix its permissions (e.g. chmod a+r) or remove it from data.paths.")
+    if isinstance(e, FileNotFoundError):
+        return DataError(f"{path!r} does not exist (any more); fix data.paths.")
+    return DataError(f"cannot read {path!r}: {type(e).__name__}: {e}; fix the file or remove it from data.paths.")
+
+
+@contextlib.contextmanager
+def open_decompressed(path: str) -> Iterator[IO[bytes]]:
+    """A binary stream of the file's (decompressed) bytes; OSError -> DataError."""
+    try:
+        raw = paths.open_file(path, "rb")
+    except OSError as e:
+        raise _open_error(path, e) from e
+    kind = compression(path)
+    errors: tuple = (OSError, EOFError, zlib.error)
+    try:
+        if kind == "gzip":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif kind == "zstd":
+            import zstandard  # pylint: disable=import-outside-toplevel
+
+            errors += (zstandard.ZstdError,)
+            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+        else:
+            stream = raw
+        yield stream
+    except errors as e:  # gzip.BadGzipFile, zlib.error, zstandard.ZstdError, EOFError (truncated), OSError
+        if kind is None:
+            raise _open_error(path, e) from e
+        what = {"gzip": "a valid gzip file", "zstd": "a valid Zstandard file"}.get(kind, "readable")
+        raise DataError(
+            f"{path!r} is not {what} ({type(e).__name__}: {e}); check the file (a .gz/.zst suffix means it "
+            "is decompressed while reading), or remove it from data.paths."
+        ) from e
+    finally:
+        raw.close()
+
+
+def read_decompressed(path: str) -> bytes:
+    with open_decompressed(path) as f:
+        return f.read()
+
+
+def _after(path: str) -> str:
+    return " (after decompression)" if compression(path) else ""
+
+
+def check_not_utf16_32(head: bytes, path: str) -> None:
+    """DataError if ``head`` (the first bytes of a file) is UTF-16 or UTF-32."""
+    encoding = next((enc for bom, enc in _UTF32_BOMS.items() if head.startswith(bom)), None)
+    encoding = encoding or next((enc for bom, enc in _UTF16_BOMS.items() if head.startswith(bom)), None)
+    how, src = "starts with its byte-order mark", (encoding or "")[:6]  # iconv reads the BOM: UTF-16 / UTF-32
+    if encoding is None:
+        sample = head[:_NUL_SAMPLE]
+        nul = sample.count(0)
+        if not sample or nul / len(sample) <= _NUL_SHARE:
+            return
+        wide = nul / len(sample) > 0.6
+        if wide:
+            encoding = "UTF-32LE" if sample[0::4].count(0) < sample[3::4].count(0) else "UTF-32BE"
+        else:
+            encoding = "UTF-16LE" if sample[0::2].count(0) < sample[1::2].count(0) else "UTF-16BE"
+        how, src = f"has {100 * nul // len(sample)}% NUL bytes", encoding
+    raise DataError(
+        f"{path!r} looks like {encoding}, not UTF-8 (it {how}); dllm_jax reads UTF-8 only. Convert it, "
+        f"e.g. `iconv -f {src} -t UTF-8 "
+        f"{paths.basename(path)} > {paths.basename(path)}.utf8`, and point data.paths at the converted file."
+    )
+
+
+def _utf8_error(path: str, raw: bytes, e: UnicodeDecodeError, base: int = 0, line: int | None = None) -> DataError:
+    off = base + e.start
+    line = line if line is not None else raw.count(b"\n", 0, e.start) + 1
+    bad = raw[e.start:e.start + 4].hex(" ")
+    return DataError(
+        f"{path!r} is not valid UTF-8: line {line}, byte offset {off}{_after(path)} (bytes {bad}); dllm_jax "
+        f"reads UTF-8 only. Convert the file from its encoding, e.g. `iconv -f LATIN1 -t UTF-8 "
+        f"{paths.basename(path)} > {paths.basename(path)}.utf8` (LATIN1 = ISO-8859-1; use the file's real encoding)."
+    )
+
+
+def decode_text(raw: bytes, path: str) -> str:
+    """The UTF-8 text of a whole text file: BOM removed, CRLF / CR -> LF.
+
+    Raises:
+      DataError: the file is UTF-16/32 or not valid UTF-8 (naming file, line, byte offset).
+    """
+    check_not_utf16_32(raw, path)
+    start = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+    try:
+        text = raw[start:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        e.start += start
+        raise _utf8_error(path, raw, e) from e
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_text_file(path: str) -> str:
+    """A (possibly .gz/.zst) UTF-8 text file as ``decode_text`` normalises it."""
+    return decode_text(read_decompressed(path), path)
+
+
+def _record_text(value, path: str, where: str, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    got = "missing (null)" if value is None else f"a {type(value).__name__}"
+    raise DataError(f"{path!r} {where}: the field data.text_key={key!r} is {got}, not text; set data.text_key to the text field or fix the record.")
+
+
+def iter_jsonl_texts(path: str, key: str, limit: int = 0) -> Iterator[str]:
+    """The non-blank ``record[key]`` strings of a JSON-lines file, in order.
+
+    Blank lines are skipped; the value is used as stored (no normalisation).
+
+    Raises:
+      DataError: naming the file and line for bytes that are not UTF-8, a line that is not a
+        JSON object, or a record without a text ``key``.
+    """
+    n = 0
+    with open_decompressed(path) as f:
+        offset = 0
+        for lineno, line in enumerate(f, 1):
+            if lineno == 1:
+                check_not_utf16_32(line + f.peek(_NUL_SAMPLE)[:_NUL_SAMPLE] if hasattr(f, "peek") else line, path)
+                if line.startswith(UTF8_BOM):
+                    line, offset = line[len(UTF8_BOM):], len(UTF8_BOM)
+            try:
+                s = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(path, line, e, base=offset, line=lineno) from e
+            offset += len(line)
+            if not s.strip():
+                continue
+            try:
+                record = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path!r} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); every line of a JSONL file must be one JSON object.") from e
+            if not isinstance(record, dict):
+                raise DataError(f"{path!r} line {lineno} is a JSON {type(record).__name__}, not an object with a {key!r} field; every line must be a JSON object.")
+            if key not in record:
+                raise DataError(
+                    f"{path!r} line {lineno} has no field data.text_key={key!r} (fields: {sorted(record)[:10]}); "
+                    "set data.text_key to the field holding the text."
+                )
+            text = _record_text(record[key], path, f"line {lineno}", key)
+            if text.strip():
+                yield text
+                n += 1
+                if limit and n >= limit:
+                    return
+
+
+def iter_parquet_texts(path: str, key: str, limit: int = 0) -> Iterator[str]:
+    """The non-blank strings of column ``key`` of a Parquet file, read one batch of rows at a
+    time (never the whole file), in row order; values used as stored.
+
+    Raises:
+      DataError: the file is not Parquet, has no column ``key``, the column is not text, or
+        a row's value is null (naming the row).
+    """
+    import pyarrow as pa  # pylint: disable=import-outside-toplevel
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+    try:
+        raw = paths.open_file(path, "rb")
+    except OSError as e:
+        raise _open_error(path, e) from e
+    with raw:
+        try:
+            pf = pq.ParquetFile(raw)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise DataError(f"{path!r} is not a readable Parquet file ({e}); fix data.paths or data.source.") from e
+        names = pf.schema_arrow.names
+        if key not in names:
+            raise DataError(f"{path!r} has no column data.text_key={key!r} (columns: {names[:20]}); set data.text_key to the text column.")
+        ctype = pf.schema_arrow.field(key).type
+        if not (pa.types.is_string(ctype) or pa.types.is_large_string(ctype) or pa.types.is_string_view(ctype)):
+            raise DataError(f"{path!r} column data.text_key={key!r} has type {ctype}, not text (string); set data.text_key to a text column.")
+        row, n = 0, 0
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[key]):
+            for value in batch.column(0).to_pylist():
+                if value is None:
+                    raise DataError(f"{path!r} row {row} (counting from 0): the column data.text_key={key!r} is null, not text; drop or fill the row.")
+                row += 1
+                if value.strip():
+                    yield value
+                    n += 1
+                    if limit and n >= limit:
+                        return

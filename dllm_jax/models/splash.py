@@ -74,7 +74,7 @@ def target_platform() -> str:
 
 
 class _StaticMask:
-    """A hashable wrapper of a numpy [Lq, Lk] bool mask (so kernels can be cached by it)."""
+    """A hashable wrapper of a static numpy [Lq, Lk] bool mask (a cache key)."""
 
     def __init__(self, mask: np.ndarray):
         self.array = np.asarray(mask, dtype=np.bool_)
@@ -88,26 +88,24 @@ class _StaticMask:
 
 
 @functools.lru_cache(maxsize=64)
-def _kernel(heads: int, q_len: int, kv_len: int, causal: bool, static: _StaticMask | None, interpret: bool):
-    """The kernel for `heads` query heads (mask processing is numpy work at trace time: cached)."""
+def _multi_head_mask(heads: int, q_len: int, kv_len: int, causal: bool, static: _StaticMask | None):
+    """The kernel's mask for `heads` query heads. The same object for the same arguments, so
+    that the kernel's own cache of processed masks (numpy work at trace time) hits."""
     shape = (q_len, kv_len)
     if static is not None:
-        m = static.array & np.tril(np.ones(shape, np.bool_)) if causal else static.array
-        head_mask = splash_mask.NumpyMask(m)
+        head_mask = splash_mask.NumpyMask(static.array & np.tril(np.ones(shape, np.bool_)) if causal else static.array)
     elif causal:
         head_mask = splash_mask.CausalMask(shape)
     else:
         head_mask = splash_mask.FullMask(shape)
-    with jax.ensure_compile_time_eval():  # concrete mask-info arrays (constants), safe to cache across traces
-        return splash_kernel.make_splash_mha(
-            splash_mask.MultiHeadMask([head_mask] * heads), block_sizes=block_sizes(q_len, kv_len),
-            head_shards=1, q_seq_shards=1, interpret=interpret,
-        )
+    return splash_mask.MultiHeadMask([head_mask] * heads)
 
 
 def _local_attention(q, k, v, segment_ids, *, causal: bool, static, interpret: bool):
     """One shard: q [b, Lq, h, D], k/v [b, Lk, kh, D], segment_ids [b, L] or None -> [b, Lq, h, D]."""
-    kernel = _kernel(q.shape[2], q.shape[1], k.shape[1], causal, static, interpret)
+    mask = _multi_head_mask(q.shape[2], q.shape[1], k.shape[1], causal, static)
+    kernel = splash_kernel.make_splash_mha(mask, block_sizes=block_sizes(q.shape[1], k.shape[1]), head_shards=1,
+                                           q_seq_shards=1, interpret=interpret)
     qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [b, heads, L, D]
     if segment_ids is None:
         out = jax.vmap(kernel)(qt, kt, vt)

@@ -164,3 +164,14 @@ def test_lengths_that_do_not_tile_are_a_clear_error():
     with pytest.raises(ConfigError, match=r"data.seq_len=200; set data.seq_len to a multiple of 128"):
         C.validate(cfg)
     
+
+def test_a_run_saved_with_another_attention_kernel_resumes():
+    """Runs saved before 'auto' became the default say 'xla'; the kernels compute the same function."""
+    from dllm_jax.train import check_resume_compatible
+
+    saved = C.default_config()
+    saved.model.attention_impl = "xla"
+    check_resume_compatible(saved.to_dict(), C.default_config())  # no ConfigError
+    saved.model.d_model = 64
+    with pytest.raises(ConfigError, match="model.d_model"):
+        check_resume_compatible(saved.to_dict(), C.default_config())

@@ -102,6 +102,20 @@ def test_model_forward_and_backward_equal_xla():
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-4)
 
 
+def test_sharded_heads_with_kv_heads_the_tensor_axis_cannot_split():
+    """Under a data=2 x tensor=2 mesh the kernel runs per shard; with one kv head (MQA) the kv
+    heads cannot split like the 2 q heads, so each shard gets its own copies. Same values and
+    gradients as unsharded XLA attention."""
+    q, k, v = _qkv(length=128, heads=2, kv_heads=1)
+    seg = _segments(128)
+    dense = (seg[:, :, None] == seg[:, None, :])[:, None]
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: splash.splash_attention(q, k, v, causal=True, segment_ids=seg), *a))(q, k, v)
+    want = _value_and_grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=dense, is_causal=True), q, k, v)
+    _assert_same(got, want)
+
+
 IDS = objectives.TokenIds(pad_id=0, eos_id=2, mask_id=100)
 
 

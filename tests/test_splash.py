@@ -42,9 +42,10 @@ def _assert_same(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=2e-5, err_msg=name)
 
 
-@pytest.mark.parametrize("causal,segmented", [(True, False), (False, False), (True, True), (False, True)])
+@pytest.mark.parametrize("causal,segmented", [(True, False), (False, False), (False, True)])
 def test_values_and_gradients_equal_xla_attention(causal, segmented):
-    """AR (causal), MDM (full) and document attention (segment ids), with GQA (4 q heads, 2 kv heads)."""
+    """AR (causal), MDM (full) and document attention (segment ids), with GQA (4 q heads, 2 kv
+    heads). Causal with segments: the model and sharded train-step tests below."""
     q, k, v = _qkv()
     seg = _segments() if segmented else None
     dense = None if seg is None else (seg[:, :, None] == seg[:, None, :])[:, None]

@@ -29,11 +29,13 @@ PLAN = [
     ("paper_4b", "v5p:2x2x4", {}),
     ("paper_8b", "v5p:2x2x4", {}),
     ("paper_moe", "v5p:2x2x4", {}),
-    # attention kernels (model.attention_impl 'auto' = Pallas splash attention on TPU): XLA attention
-    # for comparison, and a long context (8192 tokens, the same tokens per step) where only splash fits
+    # attention kernels (model.attention_impl 'auto' = Pallas splash attention on TPU): XLA attention for
+    # comparison, and long contexts (the same 512K tokens per step): at 32768 only splash fits
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "model.attention_impl": "xla"}),
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 8192, "train.batch_size": 64}),
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 8192, "train.batch_size": 64, "model.attention_impl": "xla"}),
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16}),
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16, "model.attention_impl": "xla"}),
 ]
 OBJECTIVES = ("ar", "mdm")
 

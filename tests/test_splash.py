@@ -82,6 +82,8 @@ def test_arbitrary_static_mask_block_diffusion():
     got = jax.jit(lambda *a: _value_and_grads(lambda q, k, v: splash.splash_attention(q, k, v, causal=False, mask=mask), *a))(q, k, v)
     want = _value_and_grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask)), q, k, v)
     _assert_same(got, want)
+    with pytest.raises(ValueError, match=r"query rows \[0, 1\] attend to no key"):
+        splash.splash_attention(q, k, v, causal=False, mask=np.tril(np.ones((256, 256), bool), k=-2))
 
 
 def test_model_forward_and_backward_equal_xla():

@@ -92,8 +92,8 @@ def _multi_head_mask(heads: int, q_len: int, kv_len: int, causal: bool, static: 
     """The kernel's mask for `heads` query heads. The same object for the same arguments, so
     that the kernel's own cache of processed masks (numpy work at trace time) hits."""
     shape = (q_len, kv_len)
-    if static is not None:
-        head_mask = splash_mask.NumpyMask(static.array & np.tril(np.ones(shape, np.bool_)) if causal else static.array)
+    if static is not None:  # already combined with `causal` (splash_attention)
+        head_mask = splash_mask.NumpyMask(static.array)
     elif causal:
         head_mask = splash_mask.CausalMask(shape)
     else:
@@ -149,6 +149,12 @@ def splash_attention(q, k, v, *, causal: bool, segment_ids=None, mask: np.ndarra
         mask = np.asarray(mask, np.bool_)
         if mask.shape != (q_len, kv_len):
             raise ValueError(f"splash mask has shape {mask.shape}, expected [Lq, Lk] = {(q_len, kv_len)}")
+        if causal:
+            mask = mask & np.tril(np.ones(mask.shape, np.bool_))
+        empty = np.flatnonzero(~mask.any(axis=1))
+        if empty.size:
+            raise ValueError(f"splash mask: query rows {empty[:8].tolist()} attend to no key (softmax undefined); "
+                             "every row needs at least one True")
         static = _StaticMask(mask)
     q = (q * (1.0 / d**0.5)).astype(q.dtype)  # the kernel does not scale the logits
     interpret = target_platform() != "tpu"

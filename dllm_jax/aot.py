@@ -218,6 +218,10 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     peak = peak_chip / per_chip if peak_chip else None
 
     compiled, abstract, model, mesh, compile_s = _compile(config, devices, topology)
+    from dllm_jax.models.transformer import resolve_attention_impl
+
+    with jax.set_mesh(mesh):  # the kernel 'auto' resolved to for these devices
+        attention = resolve_attention_impl(model.cfg, config.data.seq_len, decoding=False)
     mem = compiled.memory_analysis()
     cost = _cost(compiled)
     xla_flops, seconds = cost.get("flops"), cost.get("optimal_seconds")
@@ -264,6 +268,7 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
         "remat": config.model.remat,
         "scan_layers": bool(config.model.scan_layers),
         "loss_chunk": int(config.model.loss_chunk),
+        "attention_impl": attention,
         "num_experts": int(config.model.num_experts),
         "bytes": {
             "params": _device_bytes(abstract.params),
@@ -324,7 +329,8 @@ def format_report(r: dict) -> str:
     lines = [
         f"{r['topology']}: {r['devices']} x {r['device_kind']}, mesh {mesh}; compiled in {r['compile_seconds']} s",
         f"model: {_count(r['params'])} params, {r['objective']}, batch {r['global_batch']} x {r['seq_len']}, "
-        f"{r['dtype']}, remat={r['remat']}, scan_layers={r['scan_layers']}, loss_chunk={r['loss_chunk']}"
+        f"{r['dtype']}, remat={r['remat']}, scan_layers={r['scan_layers']}, loss_chunk={r['loss_chunk']}, "
+        f"attention={r.get('attention_impl', '?')}"
         + (f", {r['num_experts']} experts" if r["num_experts"] else ""),
         f"memory per {unit}:",
         f"  parameters          {_gib(b['params'])}",

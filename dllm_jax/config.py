@@ -48,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = True  # nn.scan over blocks (fast compiles, stacked params)
     c.model.remat = "none"  # one of REMAT_POLICIES
     c.model.dropout = 0.0  # residual dropout (the AR regularisation ablation)
-    c.model.attention_impl = "xla"  # 'xla' or 'cudnn' (jax.nn.dot_product_attention)
+    c.model.attention_impl = "auto"  # 'auto' (TPU: splash, GPU: cudnn if bf16/fp16, else xla), 'xla', 'cudnn' or 'splash' (Pallas TPU kernel; seq_len a multiple of 128)
     c.model.vocab_multiple = 128  # model vocab rows = tokenizer vocab + 1 ([MASK]), rounded up
     c.model.num_experts = 0  # 0 = dense SwiGLU MLP; > 0 = token-choice top-k MoE MLP in every block
     c.model.experts_per_token = 2  # top-k experts per token (MoE)
@@ -281,7 +281,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim")
     _choice("model.dtype", m.dtype, DTYPES)
     _choice("model.remat", m.remat, REMAT_POLICIES)
-    _choice("model.attention_impl", m.attention_impl, ("xla", "cudnn"))
+    _choice("model.attention_impl", m.attention_impl, ("auto", "xla", "cudnn", "splash"))
+    if m.attention_impl == "splash" and cfg.data.seq_len % 128:
+        raise ConfigError(f"model.attention_impl='splash' tiles the sequence in blocks of 128, but data.seq_len={cfg.data.seq_len}; "
+                          f"set data.seq_len to a multiple of 128 (e.g. {128 * -(-cfg.data.seq_len // 128)}) or model.attention_impl='auto'")
     for key in ("num_experts", "capacity_factor", "router_aux_weight", "loss_chunk"):
         _positive(f"model.{key}", m[key], allow_zero=True)
     if m.num_experts and not 1 <= m.experts_per_token <= m.num_experts:

@@ -26,8 +26,9 @@ from dllm_jax.metrics import MetricsWriter, Progress
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
-# keys that may differ between the run in a workdir and the command resuming it
-RESUMABLE_CHANGES = ("mesh.", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+# keys that may differ between the run in a workdir and the command resuming it (the attention
+# kernels compute the same function; runs saved before 'auto' became the default say 'xla')
+RESUMABLE_CHANGES = ("mesh.", "model.attention_impl", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                      "train.keep_last", "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
                      "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.")
 

@@ -29,6 +29,13 @@ PLAN = [
     ("paper_4b", "v5p:2x2x4", {}),
     ("paper_8b", "v5p:2x2x4", {}),
     ("paper_moe", "v5p:2x2x4", {}),
+    # attention kernels (model.attention_impl 'auto' = Pallas splash attention on TPU): XLA attention for
+    # comparison, and long contexts (the same 512K tokens per step): at 32768 only splash fits
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "model.attention_impl": "xla"}),
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 8192, "train.batch_size": 64}),
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 8192, "train.batch_size": 64, "model.attention_impl": "xla"}),
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16}),
+    ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16, "model.attention_impl": "xla"}),
 ]
 OBJECTIVES = ("ar", "mdm")
 
@@ -64,7 +71,10 @@ def main() -> int:
         size = name.removeprefix("paper_")
         if args.only and not size.startswith(args.only):
             continue
-        for objective in OBJECTIVES:
+        overrides = dict(overrides)
+        objectives = [overrides.pop("objective")] if "objective" in overrides else OBJECTIVES
+        label = name + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
+        for objective in objectives:
             sets = [f"--config.objective={objective}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
             cfg = config_lib.load_config(os.path.join(ROOT, "experiments", f"{name}.py"), config_lib.parse_overrides(sets)[0])
             print(f"== {name} {objective} on {topology}", flush=True)
@@ -72,10 +82,10 @@ def main() -> int:
                 report = aot.compile_report(cfg, topology)
             except aot.CompileError as e:
                 print(f"   error: {e}", flush=True)
-                entries.append({"name": name, "topology": topology, "objective": objective, "error": str(e)})
+                entries.append({"name": label, "topology": topology, "objective": objective, "error": str(e)})
                 continue
             print(aot.format_report(report), flush=True)
-            entries.append({"name": name, "topology": topology, "objective": objective, "report": report,
+            entries.append({"name": label, "topology": topology, "objective": objective, "report": report,
                             "command": f"dllm-jax compile --config experiments/{name}.py --topology {topology} " + " ".join(sets)})
             write(entries, args.out, time.perf_counter() - t_all)  # after every entry: a crash loses nothing
     write(entries, args.out, time.perf_counter() - t_all)

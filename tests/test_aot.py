@@ -15,7 +15,9 @@ TOPOLOGY = "v5e:2x2"  # 4 TPU v5e chips, 16 GiB HBM each
 
 
 def _config(**overrides):
-    base = dict(model__d_model=64, model__n_layers=3, model__n_heads=4, model__d_ff=128, data__seq_len=128, mesh__data=-1)
+    # XLA attention: XLA's cost model does not see the FLOPs inside the Pallas splash kernel ('auto' on TPU)
+    base = dict(model__d_model=64, model__n_layers=3, model__n_heads=4, model__d_ff=128, data__seq_len=128, mesh__data=-1,
+                model__attention_impl="xla")
     return tiny_config("unused/*.txt", "", "mdm", **{**base, **overrides})
 
 
@@ -49,6 +51,13 @@ def test_remat_shows_in_compiled_memory(report):
     full = aot.compile_report(_config(model__remat="full"), TOPOLOGY, cost_probe=False)
     assert full["bytes"]["temp"] < report["bytes"]["temp"]  # recomputing saves activation memory
     assert full["xla_flops"] is None  # no probe: one layer's count is not reported as a step's
+
+
+def test_auto_attention_compiles_the_splash_kernel_for_tpu(report):
+    """On a CPU host, 'auto' still resolves to splash for TPU devices, and XLA:TPU compiles it."""
+    splash = aot.compile_report(_config(model__attention_impl="auto"), TOPOLOGY, cost_probe=False)
+    assert report["attention_impl"] == "xla" and splash["attention_impl"] == "splash"
+    assert splash["fits"] is True and "attention=splash" in aot.format_report(splash)
 
 
 def test_impossible_sharding_and_unknown_topology_are_clear_errors():

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from dllm_jax.models import splash
 from dllm_jax.models.moe import MoEMLP
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -51,7 +52,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat: str = "none"  # 'none' | 'full' | 'dots' | 'dots_with_no_batch_dims' | 'minimal'
     dropout: float = 0.0
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"  # 'auto' | 'xla' | 'cudnn' | 'splash' (see resolve_attention_impl)
     num_experts: int = 0  # 0 = dense SwiGLU MLP; > 0 = token-choice top-k MoE MLP (models/moe.py)
     experts_per_token: int = 2  # top-k
     capacity_factor: float = 1.25  # expert capacity per device = factor * tokens * k / experts; 0 = dropless
@@ -146,8 +147,11 @@ class Attention(nn.Module):
             value = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], value.astype(layer_cache["v"].dtype), cache_index, axis=1)
             new_cache = {"k": key, "v": value}
             key, value = key.astype(dt), value.astype(dt)
-        impl = None if cfg.attention_impl == "xla" else cfg.attention_impl
-        out = jax.nn.dot_product_attention(q, key, value, mask=mask, is_causal=is_causal, implementation=impl)
+        if cfg.attention_impl == "splash":  # `mask` is then the segment ids [B, L] or None (Transformer)
+            out = splash.splash_attention(q, key, value, causal=is_causal, segment_ids=mask)
+        else:
+            impl = None if cfg.attention_impl in ("xla", "auto") else cfg.attention_impl
+            out = jax.nn.dot_product_attention(q, key, value, mask=mask, is_causal=is_causal, implementation=impl)
         out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
         y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
         return y, new_cache
@@ -201,6 +205,31 @@ def _remat_policy(name: str):
     }[name]
 
 
+def resolve_attention_impl(cfg: ModelConfig, length: int, decoding: bool) -> str:
+    """The attention kernel for one call: 'xla', 'cudnn' or 'splash'.
+
+    'auto' picks per platform (`splash.target_platform`: the mesh's devices, else the default
+    backend): TPU -> 'splash' (Pallas flash attention: no [B, H, L, L] scores, skips masked
+    blocks) when the length tiles into blocks of 128; GPU -> 'cudnn' (cuDNN flash attention)
+    when the compute dtype is bfloat16/float16 and head_dim <= 128 is a multiple of 8 (what
+    cuDNN accepts); otherwise, and on CPU, 'xla'. Decoding with a KV cache (queries shorter than
+    the cache, a dynamic validity mask) always uses 'xla' for 'auto' and 'splash'."""
+    impl = cfg.attention_impl
+    if impl in ("xla", "cudnn"):
+        return impl
+    if decoding:
+        return "xla"
+    if impl == "splash":
+        return impl
+    platform = splash.target_platform()
+    if platform == "tpu" and length % splash.LANES == 0:
+        return "splash"
+    d = cfg.head_size
+    if platform in ("gpu", "cuda") and cfg.dtype in ("bfloat16", "float16") and d % 8 == 0 and d <= 128:
+        return "cudnn"
+    return "xla"
+
+
 def attention_mask(segment_ids_q, segment_ids_k, causal, q_positions=None, k_positions=None, k_valid=None):
     """Boolean mask [B, 1, Lq, Lk]: same segment, (causal) key position <= query position, valid key."""
     mask = None
@@ -230,12 +259,16 @@ class Transformer(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + cache_index, (b, length))
         is_causal = False
+        impl = resolve_attention_impl(cfg, length, decoding=cache is not None)
+        cfg = dataclasses.replace(cfg, attention_impl=impl)  # the blocks see the resolved kernel
         if cache is not None:
             # decoding: mask over the whole cache, valid up to cache_index + length
             max_len = cache["k"].shape[2]
             k_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
             k_valid = k_pos < cache_index + length
             mask = attention_mask(None, None, causal, positions, k_pos, k_valid)
+        elif segment_ids is not None and impl == "splash":
+            mask, is_causal = segment_ids, causal  # splash masks by segment ids itself (causal by index)
         elif segment_ids is not None:
             mask = attention_mask(segment_ids, segment_ids, causal, positions, positions)
         else:
@@ -283,4 +316,4 @@ def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "rope", "attention_mask"]
+__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "rope", "attention_mask", "resolve_attention_impl"]

@@ -1,4 +1,6 @@
-"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR and MDM runs.
+"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR, MDM and
+block-diffusion runs (the objective's `sampler_family` picks the decoder: ar.py,
+diffusion.py or block.py).
 
 Decisions the issue left open:
 - Every prompt starts with EOS, the document separator of the packed training data, so an
@@ -19,6 +21,11 @@ Decisions the issue left open:
   program would repeat the same work on every device); sharded parameters are used as they
   are and jit partitions the computation.
 - ids >= mask_id and pad_id are never sampled.
+- Block diffusion: rows keep their own layout (prompt from position 0) and advance through
+  their own blocks; the noise of a row comes from its own key, fold_in(fold_in(key(seed),
+  crc32 of its prompt ids), k) for the k-th copy of that prompt in the request (k = 0, 1, ...
+  in request order), never from its batch position: the same prompt gives the same tokens
+  for the same seed whatever else is in the batch, and however `batch_size` chunks it.
 - The seed makes a jax key; the per-step noise comes from XLA's RngBitGenerator (ThreeFry)
   seeded from it (categorical.random_words: faster to run and to compile than jax.random.bits
   in a loop). The same seed gives the same samples on the same backend.
@@ -29,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import zlib
 from typing import Sequence
 
 import jax
@@ -36,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.sampling import ar, diffusion
+from dllm_jax.sampling import ar, block, diffusion
 from dllm_jax.sampling.options import Options, resolve
 
 INFILL_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
@@ -175,17 +183,37 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
             raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {ids.mask_id}); [MASK] belongs in infill templates only")
     rows = [[ids.eos_id] + p for p in prompts]
     params, device = _place(params)
-    run = _run_ar if objective == "ar" else _run_mdm
+    from dllm_jax import objectives
+
+    run, per_row_keys = _RUNNERS[objectives.get(objective).sampler_family]
     key = jax.random.key(opts.seed)
+    keys = row_keys(key, prompts) if per_row_keys else None
     if batch_size is None or batch_size >= len(rows):
-        return run(model, params, device, ids, rows, opts, infill_tokens, key, trace)
+        return run(model, params, device, ids, rows, opts, infill_tokens, keys if per_row_keys else key, trace)
     parts = []
     for i, start in enumerate(range(0, len(rows), batch_size)):
         chunk = rows[start:start + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n)  # same shapes for every chunk: one compilation
-        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, jax.random.fold_in(key, i), trace), n))
+        if per_row_keys:
+            chunk_key = jnp.concatenate([keys[start:start + n]] + [keys[start + n - 1:start + n]] * (batch_size - n))
+        else:
+            chunk_key = jax.random.fold_in(key, i)
+        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, chunk_key, trace), n))
     return _concat(parts, ids.pad_id)
+
+
+def row_keys(key, prompts: Sequence[Sequence[int]]):
+    """One key per row, from the seed's key, the row's prompt and its copy index (see the
+    module docstring): [len(prompts)] jax keys."""
+    seen: dict = {}
+    out = []
+    for p in prompts:
+        h = zlib.crc32(np.asarray(p, np.int64).tobytes())
+        k = seen.get(h, 0)
+        seen[h] = k + 1
+        out.append(jax.random.fold_in(jax.random.fold_in(key, h), k))
+    return jnp.stack(out)
 
 
 # ---------------------------------------------------------------- AR
@@ -243,6 +271,38 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
     if trace:
         res.history = np.asarray(out["history"])[: int(out["iterations"]) + 1]
     return res
+
+
+# ---------------------------------------------------------------- block diffusion
+def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, keys, trace) -> SampleResult:
+    if trace:
+        raise ConfigError("trace is not implemented for block-diffusion sampling")
+    b, n, bl = len(rows), opts.max_new_tokens, opts.block_length
+    row_len = np.array([len(r) for r in rows], np.int32)
+    total = -(-(int(row_len.max()) + n) // bl) * bl
+    canvas = np.full((b, total), ids.mask_id, np.int32)
+    for i, r in enumerate(rows):
+        canvas[i, :len(r)] = r
+    blocks = -(-n // bl)
+    plan = block.BlockPlan(
+        kind=opts.sampler, block_len=bl, gen_len=n, steps_per_block=-(-opts.steps // blocks) if opts.steps else 0,
+        kv_cache=opts.kv_cache, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, eos_last=opts.eos_last,
+        schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id)
+    f32 = jnp.float32
+    args = (params, _put(canvas, device), _put(row_len, device), _put(keys, device), f32(opts.temperature), f32(opts.top_p),
+            f32(opts.threshold))
+    out, times = _call(block.decode, args, dict(model=model, plan=plan))
+    final = np.asarray(out["canvas"])
+    region = np.stack([final[i, row_len[i]:row_len[i] + n] for i in range(b)])
+    filled = region != ids.mask_id
+    produced = np.where(filled.all(axis=1), n, filled.argmin(axis=1)).astype(np.int32)  # a stopped row: up to its last block
+    res = _finish(region, produced, int(out["nfe"]), times, int(filled.sum()), opts, ids, cut_at_eos=True)
+    res.canvas, res.reveal_step = final, np.asarray(out["reveal_step"])
+    res.given = np.arange(total)[None, :] < row_len[:, None]
+    return res
+
+
+_RUNNERS = {"ar": (_run_ar, False), "mdm": (_run_mdm, False), "block": (_run_block, True)}  # family -> (runner, per-row keys)
 
 
 # ---------------------------------------------------------------- results

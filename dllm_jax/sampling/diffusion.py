@@ -99,7 +99,8 @@ def _scores(kind, probs, conf, order_u):
 
 
 def _reveal(plan: Plan, step, masked, x0, probs, order_u, threshold):
-    """Boolean [B, B_l]: which masked positions of the block to reveal at block step `step`.
+    """Boolean [B, B_l]: which masked positions of the block to reveal at block step `step`
+    (a scalar, or [B, 1] when rows are at different steps of their own blocks).
     `order_u`: uniforms [B, B_l] for 'random' order and 'ancestral' reveals."""
     if plan.kind == "ancestral":
         n = plan.steps_per_block
@@ -121,11 +122,11 @@ def _reveal(plan: Plan, step, masked, x0, probs, order_u, threshold):
         if plan.eos_last:
             confident = confident & ~is_eos
         return masked & (confident | best)
-    left = masked.sum(axis=1)
+    left = masked.sum(axis=1, keepdims=True)
     steps_left = jnp.maximum(plan.steps_per_block - step, 1)
     k = (left + steps_left - 1) // steps_left
     rank = jnp.argsort(jnp.argsort(-score, axis=1), axis=1)
-    return masked & (rank < k[:, None])
+    return masked & (rank < k)
 
 
 def slot_order(total: int, block_start, block_len: int):

@@ -30,7 +30,7 @@ PLAN = [
     ("paper_8b", "v5p:2x2x4", {}),
     ("paper_moe", "v5p:2x2x4", {}),
 ]
-OBJECTIVES = ("ar", "mdm")
+OBJECTIVES = ("ar", "mdm")  # the default; --objectives ar,mdm,block_diffusion adds the third
 
 
 def _gib(b) -> str:
@@ -53,6 +53,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "compile_reports"))
     p.add_argument("--only", default="", help="run only the sizes that start with this (e.g. 1b, 8b, moe)")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated objectives (e.g. ar,mdm,block_diffusion)")
     args = p.parse_args()
 
     from dllm_jax import aot
@@ -64,7 +65,7 @@ def main() -> int:
         size = name.removeprefix("paper_")
         if args.only and not size.startswith(args.only):
             continue
-        for objective in OBJECTIVES:
+        for objective in [o.strip() for o in args.objectives.split(",") if o.strip()]:
             sets = [f"--config.objective={objective}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
             cfg = config_lib.load_config(os.path.join(ROOT, "experiments", f"{name}.py"), config_lib.parse_overrides(sets)[0])
             print(f"== {name} {objective} on {topology}", flush=True)

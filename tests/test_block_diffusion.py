@@ -205,6 +205,23 @@ def test_a_prompt_decodes_the_same_alone_or_in_a_batch_of_16(tiny):
     np.testing.assert_array_equal(chunked.tokens[17], batch.tokens[17])
 
 
+def test_mdm_semi_ar_blocks_are_batch_invariant_and_rows_advance_on_their_own(tiny):
+    model, params = tiny
+    params = dict(params, lm_head=params["lm_head"] * 60.0)  # confident on some positions, not on others
+    rng = np.random.RandomState(2)
+    others = [list(rng.randint(3, 50, rng.randint(1, 12))) for _ in range(16)]
+    mine = [30, 31, 32]
+    kw = dict(objective="mdm", sampler="threshold", threshold=0.5, max_new_tokens=8, block_length=4, temperature=1.0, seed=5)
+    alone = generate_tokens(model, params, IDS, [mine], **kw)
+    batch = generate_tokens(model, params, IDS, others[:4] + [mine] + others[4:], **kw)
+    np.testing.assert_array_equal(batch.tokens[4], alone.tokens[0])
+    # rows finish their first block at different iterations and start their second at once
+    steps = batch.reveal_step[:, -8:]
+    first_done, second_start = steps[:, :4].max(axis=1), steps[:, 4:].min(axis=1)
+    np.testing.assert_array_equal(second_start, first_done + 1)
+    assert len(set(first_done.tolist())) > 1
+
+
 def test_rows_stop_at_eos_on_their_own(tiny):
     model, params = tiny
     eos_params = jax.tree.map(lambda x: x, params)

@@ -21,11 +21,13 @@ Decisions the issue left open:
   program would repeat the same work on every device); sharded parameters are used as they
   are and jit partitions the computation.
 - ids >= mask_id and pad_id are never sampled.
-- Block diffusion: rows keep their own layout (prompt from position 0) and advance through
-  their own blocks; the noise of a row comes from its own key, fold_in(fold_in(key(seed),
-  crc32 of its prompt ids), k) for the k-th copy of that prompt in the request (k = 0, 1, ...
-  in request order), never from its batch position: the same prompt gives the same tokens
-  for the same seed whatever else is in the batch, and however `batch_size` chunks it.
+- Batch invariance of the block samplers (block diffusion; MDM with semi-AR blocks and no
+  prefix cache): rows advance through their own blocks, and the noise of a row comes from
+  its own key, fold_in(fold_in(key(seed), crc32 of its prompt ids), k) for the k-th copy of
+  that prompt in the request (k = 0, 1, ... in request order), never from its batch
+  position: the same prompt gives the same tokens for the same seed whatever else is in the
+  batch, and however `batch_size` chunks it. (MDM with one block or with the prefix cache
+  shares one noise stream and the current block across the batch.)
 - The seed makes a jax key; the per-step noise comes from XLA's RngBitGenerator (ThreeFry)
   seeded from it (categorical.random_words: faster to run and to compile than jax.random.bits
   in a loop). The same seed gives the same samples on the same backend.
@@ -133,10 +135,11 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
              batch_size: int | None = None, trace: bool = False) -> SampleResult:
     """Generate one continuation per prompt (repeat a prompt for several samples).
 
-    objective: 'ar' or 'mdm' (the run's config.objective). sampler: 'auto', 'ar', or an MDM
+    objective: the run's config.objective ('ar', 'mdm', 'block_diffusion'). sampler: 'auto', 'ar', or an MDM
     sampler ('ancestral', 'topk_confidence', 'random', 'margin', 'entropy', 'threshold'),
     see diffusion.py. steps: MDM steps over the whole region (default max_new_tokens).
-    block_length: semi-autoregressive block size, divides the region (default: one block).
+    block_length: semi-autoregressive block size, divides the region (default: one block);
+    for block diffusion the run's block size (block_diffusion.block_size; required).
     threshold: confidence threshold for 'threshold' (default 0.9). cfg: guidance weight w.
     temperature 0 = greedy. infill: a template such as "def f([MASK:4]):\\n    return x"
     appended after each prompt; its spans are filled (max_new_tokens is then the template's
@@ -185,21 +188,18 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     params, device = _place(params)
     from dllm_jax import objectives
 
-    run, per_row_keys = _RUNNERS[objectives.get(objective).sampler_family]
+    run = _RUNNERS[objectives.get(objective).sampler_family]
     key = jax.random.key(opts.seed)
-    keys = row_keys(key, prompts) if per_row_keys else None
+    keys = row_keys(key, prompts)  # for the samplers with per-row progress (block diffusion, MDM semi-AR)
     if batch_size is None or batch_size >= len(rows):
-        return run(model, params, device, ids, rows, opts, infill_tokens, keys if per_row_keys else key, trace)
+        return run(model, params, device, ids, rows, opts, infill_tokens, key, trace, keys)
     parts = []
     for i, start in enumerate(range(0, len(rows), batch_size)):
         chunk = rows[start:start + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n)  # same shapes for every chunk: one compilation
-        if per_row_keys:
-            chunk_key = jnp.concatenate([keys[start:start + n]] + [keys[start + n - 1:start + n]] * (batch_size - n))
-        else:
-            chunk_key = jax.random.fold_in(key, i)
-        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, chunk_key, trace), n))
+        chunk_keys = jnp.concatenate([keys[start:start + n]] + [keys[start + n - 1:start + n]] * (batch_size - n))
+        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, jax.random.fold_in(key, i), trace, chunk_keys), n))
     return _concat(parts, ids.pad_id)
 
 
@@ -217,7 +217,7 @@ def row_keys(key, prompts: Sequence[Sequence[int]]):
 
 
 # ---------------------------------------------------------------- AR
-def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace) -> SampleResult:
+def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, row_keys=None) -> SampleResult:
     b, n = len(rows), opts.max_new_tokens
     row_len = np.array([len(r) for r in rows], np.int32)
     buf = np.full((b, int(row_len.max()) + n), ids.pad_id, np.int32)
@@ -233,12 +233,13 @@ def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key,
 
 
 # ---------------------------------------------------------------- MDM
-def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace) -> SampleResult:
+def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, row_keys=None) -> SampleResult:
     lengths = sorted({len(r) for r in rows})
     if opts.prefix_cache and len(lengths) > 1:
         # the cache path cannot mask left padding: decode each prompt length on its own
         groups = [[i for i, r in enumerate(rows) if len(r) == L] for L in lengths]
-        parts = [_run_mdm(model, params, device, ids, [rows[i] for i in g], opts, infill_tokens, jax.random.fold_in(key, L), trace)
+        parts = [_run_mdm(model, params, device, ids, [rows[i] for i in g], opts, infill_tokens, jax.random.fold_in(key, L), trace,
+                          None if row_keys is None else row_keys[np.array(g)])
                  for g, L in zip(groups, lengths)]
         order = np.argsort(np.concatenate([np.array(g) for g in groups]), kind="stable")
         return _take(_concat(parts, ids.pad_id), None, order)
@@ -252,17 +253,22 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
     canvas[:, p:] = template
     given[:, p:] = template != ids.mask_id
     segment_ids = None
+    pad = p - np.array([len(r) for r in rows])
     if len(lengths) > 1:
-        real = np.arange(p + n)[None, :] >= p - np.array([len(r) for r in rows])[:, None]  # 0 on the left padding
+        real = np.arange(p + n)[None, :] >= pad[:, None]  # 0 on the left padding
         segment_ids = _put(real.astype(np.int32), device)
+    # semi-AR blocks without the prefix cache: rows advance on their own (diffusion.py, per_row)
+    per_row = opts.block_length < n and not opts.prefix_cache and row_keys is not None
+    positions = _put(np.maximum(np.arange(p + n)[None, :] - pad[:, None], 0).astype(np.int32), device) if per_row else None
     plan = diffusion.Plan(
         kind=opts.sampler, gen_start=p, gen_len=n, block_len=opts.block_length,
         steps_per_block=opts.steps // (n // opts.block_length) if opts.steps else 0, prefix_cache=opts.prefix_cache,
         guided=opts.cfg != 0.0, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0,
-        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace)
+        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace,
+        per_row=per_row)
     f32 = jnp.float32
-    args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(key, device),
-            f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg))
+    args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(row_keys if per_row else key, device),
+            f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg), positions)
     out, times = _call(diffusion.decode, args, dict(model=model, plan=plan))
     final = np.asarray(out["canvas"])
     region = final[:, p:]
@@ -274,7 +280,7 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
 
 
 # ---------------------------------------------------------------- block diffusion
-def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, keys, trace) -> SampleResult:
+def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, keys=None) -> SampleResult:
     if trace:
         raise ConfigError("trace is not implemented for block-diffusion sampling")
     b, n, bl = len(rows), opts.max_new_tokens, opts.block_length
@@ -302,7 +308,7 @@ def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, k
     return res
 
 
-_RUNNERS = {"ar": (_run_ar, False), "mdm": (_run_mdm, False), "block": (_run_block, True)}  # family -> (runner, per-row keys)
+_RUNNERS = {"ar": _run_ar, "mdm": _run_mdm, "block": _run_block}  # objective.sampler_family -> decoder
 
 
 # ---------------------------------------------------------------- results

@@ -79,18 +79,6 @@ class BlockPlan:
         return self.max_blocks * per_block
 
 
-def row_step_words(row_keys, block, step, *shapes):
-    """Per-row uint32 words [B, *shape] for each shape, from the row's key folded with its
-    block and step index. jax.random.bits under vmap: each row's words depend on its own key
-    only (XLA's RngBitGenerator, used by diffusion.py for speed, does not batch per row)."""
-
-    def one(key, j, s):
-        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, j), s), len(shapes))
-        return [jax.random.bits(k, shape, jnp.uint32) for k, shape in zip(keys, shapes)]
-
-    return jax.vmap(one)(row_keys, block, step)
-
-
 @functools.partial(jax.jit, static_argnames=("model", "plan"))
 def decode(params, canvas, row_len, row_keys, temperature, top_p, threshold, *, model, plan: BlockPlan):
     """Fill each row's region [row_len, row_len + N) of `canvas` [B, T]. Returns a dict:
@@ -130,7 +118,7 @@ def decode(params, canvas, row_len, row_keys, temperature, top_p, threshold, *, 
         nfe = state["nfe"] + state["dirty"].astype(jnp.int32)
 
         shape = (bl, model.cfg.vocab_size)
-        words = row_step_words(row_keys, blk, step, (bl,), *(() if plan.greedy else (shape, shape)))
+        words = categorical.row_words(row_keys, blk, step, (bl,), *(() if plan.greedy else (shape, shape)))
         order_u = categorical.uniform_from_bits(words[0])
         xb = jnp.take_along_axis(x, idx, axis=1)
         masked = (xb == mask_id) & ~done[:, None]
@@ -177,4 +165,4 @@ def decode(params, canvas, row_len, row_keys, temperature, top_p, threshold, *, 
             "done": final["done"]}
 
 
-__all__ = ["BlockPlan", "decode", "row_step_words"]
+__all__ = ["BlockPlan", "decode"]

@@ -252,6 +252,7 @@ def test_train_sample_and_evaluate_a_block_diffusion_run(tmp_path, corpus, capsy
 
     model_cfg = load_run(workdir).model.cfg
     assert summary["flops_per_token"] == flops.block_diffusion_train_flops_per_token(model_cfg, 32)
+    capsys.readouterr()  # training's output
     assert main(["sample", "--workdir", workdir, "--prompt", "the river", "--max-new-tokens", "12", "--temperature", "0", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["objective"] == "block_diffusion" and len(out["texts"]) == 1

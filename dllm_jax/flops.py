@@ -140,6 +140,8 @@ INFERENCE_METHODS = {
     "mdm_steps_len_div4": ("MDM, steps = length / 4", lambda cfg, n, p: mdm_generate_flops(cfg, n, p, tokens_per_step=4)),
     "mdm_dual_cache_b32": ("MDM, blocks of 32, dual cache, ~4 tokens/step (Fast-dLLM-like)",
                            lambda cfg, n, p: mdm_generate_flops(cfg, n, p, tokens_per_step=4, block_length=32, cache="dual")),
+    "bd_kv_cache_b16": ("block diffusion, blocks of 16, exact KV cache, steps = length",
+                        lambda cfg, n, p: block_diffusion_generate_flops(cfg, n, p, block_length=16)),
 }
 GENERATION_LENGTHS = (16, 64, 256, 1024, 4096)
 

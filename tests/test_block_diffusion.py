@@ -128,6 +128,13 @@ def test_flops_count_two_halves():
     assert _bd(4).train_flops_per_token(cfg, 5) == flops.block_diffusion_train_flops_per_token(cfg, 5)
     ratio = flops.block_diffusion_train_flops_per_token(cfg, 5) / flops.train_flops_per_token(cfg, 5)
     assert 1.5 < ratio < 2.5
+    # generation with the exact cache: prompt of 2 (causal-like prefill), blocks of 2 over 3 tokens, one token per step
+    dense, attn = 2 * mp, 16  # attention FLOPs per (query, key)
+    prefill = 2 * dense + attn * (1 + 2)
+    block1 = (2 + 1) * 2 * (dense + attn * 4)  # 2 steps + the clean pass, 2 queries over 2 + 2 keys
+    block2 = (1 + 1) * 1 * (dense + attn * 5)
+    assert flops.block_diffusion_generate_flops(cfg, 3, 2, block_length=2) == prefill + block1 + block2
+    assert "bd_kv_cache_b16" in flops.generation_flops_table(cfg, lengths=(16,))[0]
 
 
 # ---------------------------------------------------------------- estimators

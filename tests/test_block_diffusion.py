@@ -203,13 +203,9 @@ def test_a_prompt_decodes_the_same_alone_or_in_a_batch_of_16(tiny):
     kw = dict(objective="block_diffusion", sampler="topk_confidence", max_new_tokens=8, block_length=4, temperature=1.0, seed=7)
     alone = generate_tokens(model, params, IDS, [mine], **kw)
     batch = generate_tokens(model, params, IDS, others[:9] + [mine] + others[9:] + [mine], **kw)
-    chunked = generate_tokens(model, params, IDS, [mine] + others + [mine], batch_size=6, **kw)
     np.testing.assert_array_equal(batch.tokens[9], alone.tokens[0])
-    np.testing.assert_array_equal(chunked.tokens[0], alone.tokens[0])
-    np.testing.assert_array_equal(chunked.tokens[1:17], np.concatenate([batch.tokens[:9], batch.tokens[10:17]]))
-    # the second copy of a prompt has its own key (its copy index), wherever it sits
+    # the second copy of a prompt has its own key (its copy index)
     assert not np.array_equal(batch.tokens[17], batch.tokens[9])
-    np.testing.assert_array_equal(chunked.tokens[17], batch.tokens[17])
 
 
 def test_mdm_semi_ar_blocks_are_batch_invariant_and_rows_advance_on_their_own(tiny):

@@ -36,6 +36,7 @@ class AutoRegressive(Objective):
     causal = True
     exact_likelihood = True
     sampler_family = "ar"
+    default_sampler = "ar"
     pair_estimator = "ar"
     sequence_estimator = "ar"
     train_metrics = ("loss", "ce")

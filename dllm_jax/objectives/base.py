@@ -29,6 +29,7 @@ class Objective:
     causal: bool = False  # plain causal attention (AR); otherwise see `forward`
     exact_likelihood: bool = False  # log-likelihoods are exact (a reference model for genppl)
     sampler_family: str = ""  # 'ar' | 'mdm' | 'block' (dllm_jax.sampling dispatches on it)
+    default_sampler: str = ""  # what sampler='auto' means ('threshold' instead when a threshold is given, diffusion only)
     pair_estimator: str = ""  # Scorer kind for log p(answer | context): 'ar' | 'llada' | 'block_llada'
     sequence_estimator: str = ""  # Scorer kind for sequence NLL: 'ar' | 'elbo' | 'block_elbo'
     train_metrics: tuple = ("loss",)  # keys of `finalize`

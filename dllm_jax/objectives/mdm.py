@@ -72,6 +72,7 @@ class MaskedDiffusion(Objective):
     causal = False
     exact_likelihood = False
     sampler_family = "mdm"
+    default_sampler = "topk_confidence"
     pair_estimator = "llada"
     sequence_estimator = "elbo"
     train_metrics = ("loss", "elbo", "masked_ce", "mask_frac")

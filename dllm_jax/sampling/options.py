@@ -47,11 +47,12 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
     if objective not in objectives.names():
         raise ConfigError(f"objective={objective!r} is not one of {', '.join(map(repr, objectives.names()))} "
                           "(it comes from the run's config.objective)")
-    family = objectives.get(objective).sampler_family
+    obj = objectives.get(objective)
+    family = obj.sampler_family
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
     if sampler == "auto":
-        sampler = "ar" if family == "ar" else ("threshold" if threshold is not None else "topk_confidence")
+        sampler = "threshold" if threshold is not None and family != "ar" else obj.default_sampler
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)} (or 'auto')")
     if family == "ar" and sampler != "ar":

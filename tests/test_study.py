@@ -387,7 +387,8 @@ def test_report_compares_ar_with_both_diffusion_objectives(tmp_path):
     grid = np.arange(1, 33, dtype=float)
     planted = {"ar": np.minimum(0.3 + grid / 50, 0.5), "mdm": 0.25 + grid / 80, "block_diffusion": 0.3 + grid / 100}
     for objective, acc in planted.items():  # MDM passes AR at epoch 20, block diffusion at epoch 20 as well (0.5 = 0.3 + 20/100)
-        val = [{"epoch": float(e), "val_loss": 3.0 - 0.01 * e, "cloze_acc": float(a)} for e, a in zip(grid, acc)]
+        loss = scaling.predict_loss(6400, grid * 6400, 1.5, 400.0, 0.35, 15.0)
+        val = [{"epoch": float(e), "val_loss": float(v), "cloze_acc": float(a)} for e, v, a in zip(grid, loss, acc)]
         _fake_run(root, f"U6400_{objective}", objective, 6400, 32, val)
     out = str(tmp_path / "report")
     assert main(["report", "--root", root, "--out", out]) == 0

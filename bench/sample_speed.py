@@ -21,7 +21,9 @@ what those two cost).
 
 With a block-diffusion run, its decoding with the exact KV cache of finished blocks (and
 without it) is measured beside AR's KV cache and MDM's blocks + prefix (dual) cache, at the
-same generation length. Block diffusion advances every row through its own blocks (no
+same generation length. MDM semi-AR blocks advance every row through its own blocks; the
+'shared blocks' rows are the batch-wide current block of before (batch throughput of
+per-row progress against it). Block diffusion advances every row through its own blocks (no
 shared-block baseline exists for it); steps per row say what batch-1 decoding would cost.
 
 Writes bench/results/sampling.json and bench/results/sampling.md. Timings exclude
@@ -70,6 +72,8 @@ def methods(n: int, block: int, thresholds: list[float], block_diffusion: bool =
         out += [
             (f"MDM threshold {tau}", "mdm", dict(sampler="threshold", threshold=tau)),
             (f"MDM threshold {tau}, blocks of {block}", "mdm", dict(sampler="threshold", threshold=tau, block_length=block)),
+            (f"MDM threshold {tau}, blocks of {block}, shared blocks (baseline of per-row progress)", "mdm",
+             dict(sampler="threshold", threshold=tau, block_length=block, shared_blocks=True)),
             (f"MDM threshold {tau}, blocks of {block} + prefix cache", "mdm",
              dict(sampler="threshold", threshold=tau, block_length=block, prefix_cache=True)),
         ]

@@ -223,6 +223,10 @@ def test_mdm_semi_ar_blocks_are_batch_invariant_and_rows_advance_on_their_own(ti
     first_done, second_start = steps[:, :4].max(axis=1), steps[:, 4:].min(axis=1)
     np.testing.assert_array_equal(second_start, first_done + 1)
     assert len(set(first_done.tolist())) > 1
+    # with a shared current block (the old baseline) rows wait for the slowest one: they finish later on average
+    shared = generate_tokens(model, params, IDS, others[:4] + [mine] + others[4:], shared_blocks=True, **kw)
+    finish, finish_shared = batch.reveal_step[:, -8:].max(axis=1), shared.reveal_step[:, -8:].max(axis=1)
+    assert batch.nfe <= shared.nfe and finish.mean() < finish_shared.mean()
 
 
 def test_rows_stop_at_eos_on_their_own(tiny):

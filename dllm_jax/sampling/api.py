@@ -167,10 +167,12 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                     infill_tokens: Sequence[int] | None = None, kv_cache: bool = True, prefix_cache: bool = False,
                     eos_last: bool = True, schedule: str = "linear", batch_size: int | None = None,
-                    trace: bool = False) -> SampleResult:
+                    trace: bool = False, shared_blocks: bool = False) -> SampleResult:
     """Token-level `generate`: `ids` is anything with pad_id, eos_id and mask_id (a Tokenizer or
     objectives.TokenIds); prompts are lists of ids (no EOS needed, one is put in front);
-    `infill_tokens` is a template of ids with mask_id where tokens are to be filled."""
+    `infill_tokens` is a template of ids with mask_id where tokens are to be filled.
+    `shared_blocks=True` (MDM semi-AR): the batch shares the current block and one noise
+    stream, as before per-row progress (the baseline of bench/sample_speed.py)."""
     prompts = [list(map(int, p)) for p in prompts] or [[]]
     if infill_tokens is not None:
         infill_tokens = [int(t) for t in infill_tokens]
@@ -178,6 +180,7 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     opts = resolve(objective=objective, sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
                    threshold=threshold, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, kv_cache=kv_cache,
                    prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, infill=infill_tokens is not None)
+    opts = dataclasses.replace(opts, shared_blocks=bool(shared_blocks))
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 (or None for one batch)")
     for p in prompts:
@@ -258,7 +261,7 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
         real = np.arange(p + n)[None, :] >= pad[:, None]  # 0 on the left padding
         segment_ids = _put(real.astype(np.int32), device)
     # semi-AR blocks without the prefix cache: rows advance on their own (diffusion.py, per_row)
-    per_row = opts.block_length < n and not opts.prefix_cache and row_keys is not None
+    per_row = opts.block_length < n and not opts.prefix_cache and not opts.shared_blocks and row_keys is not None
     positions = _put(np.maximum(np.arange(p + n)[None, :] - pad[:, None], 0).astype(np.int32), device) if per_row else None
     plan = diffusion.Plan(
         kind=opts.sampler, gen_start=p, gen_len=n, block_len=opts.block_length,

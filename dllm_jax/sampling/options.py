@@ -30,6 +30,7 @@ class Options:
     prefix_cache: bool
     eos_last: bool
     schedule: str
+    shared_blocks: bool = False  # MDM semi-AR: rows share the current block (the pre-per-row baseline; benchmarks)
 
 
 def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_length=None, threshold=None, cfg=0.0,

@@ -16,6 +16,15 @@ what those two cost).
     python bench/sample_speed.py                          # trains the two runs (experiments/sample_bench.py)
     python bench/sample_speed.py --text data.txt          # ...on a text file (split into paragraphs)
     python bench/sample_speed.py --ar-workdir A --mdm-workdir M   # existing runs
+    python bench/sample_speed.py --block-diffusion        # also a block-diffusion run of the family
+    python bench/sample_speed.py --ar-workdir A --mdm-workdir M --bd-workdir D
+
+With a block-diffusion run, its decoding with the exact KV cache of finished blocks (and
+without it) is measured beside AR's KV cache and MDM's blocks + prefix (dual) cache, at the
+same generation length. MDM semi-AR blocks advance every row through its own blocks; the
+'shared blocks' rows are the batch-wide current block of before (batch throughput of
+per-row progress against it). Block diffusion advances every row through its own blocks (no
+shared-block baseline exists for it); steps per row say what batch-1 decoding would cost.
 
 Writes bench/results/sampling.json and bench/results/sampling.md. Timings exclude
 compilation (compiled ahead of time and timed apart); the runs of all methods are interleaved and
@@ -41,14 +50,16 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from dllm_jax import config as config_lib  # noqa: E402
+from dllm_jax import objectives  # noqa: E402
 from dllm_jax.checkpoint import checkpoint_dir, load_run  # noqa: E402
 from dllm_jax.objectives import token_cross_entropy  # noqa: E402
 from dllm_jax.sampling import generate_tokens  # noqa: E402
 from dllm_jax.study.runs import machine_info  # noqa: E402
 
 
-def methods(n: int, block: int, thresholds: list[float]) -> list[tuple[str, str, dict]]:
-    """(label, objective, generate_tokens kwargs) for each measured method."""
+def methods(n: int, block: int, thresholds: list[float], block_diffusion: bool = False) -> list[tuple[str, str, dict]]:
+    """(label, objective, generate_tokens kwargs) for each measured method (block diffusion
+    decodes in its run's own block size)."""
     out = [
         ("AR, KV cache", "ar", dict(kv_cache=True)),
         ("AR, no cache", "ar", dict(kv_cache=False)),
@@ -61,15 +72,22 @@ def methods(n: int, block: int, thresholds: list[float]) -> list[tuple[str, str,
         out += [
             (f"MDM threshold {tau}", "mdm", dict(sampler="threshold", threshold=tau)),
             (f"MDM threshold {tau}, blocks of {block}", "mdm", dict(sampler="threshold", threshold=tau, block_length=block)),
+            (f"MDM threshold {tau}, blocks of {block}, shared blocks (baseline of per-row progress)", "mdm",
+             dict(sampler="threshold", threshold=tau, block_length=block, shared_blocks=True)),
             (f"MDM threshold {tau}, blocks of {block} + prefix cache", "mdm",
              dict(sampler="threshold", threshold=tau, block_length=block, prefix_cache=True)),
         ]
+    if block_diffusion:
+        bd = "block_diffusion"
+        out += [(f"BD steps={n}, exact KV cache", bd, dict(sampler="topk_confidence", steps=n, kv_cache=True)),
+                (f"BD steps={n}, no cache", bd, dict(sampler="topk_confidence", steps=n, kv_cache=False))]
+        out += [(f"BD threshold {tau}, exact KV cache", bd, dict(sampler="threshold", threshold=tau, kv_cache=True)) for tau in thresholds]
     return out
 
 
 def is_baseline(kw: dict) -> bool:
     """MDM at steps = length (one token per step), exact: without blocks, or with the target's blocks."""
-    return kw.get("sampler") == "topk_confidence" and not kw.get("prefix_cache", False)
+    return kw.get("sampler") == "topk_confidence" and not kw.get("prefix_cache", False) and "kv_cache" not in kw
 
 
 def is_target(kw: dict) -> bool:
@@ -95,7 +113,7 @@ def train_runs(args) -> dict:
     from dllm_jax.train import train
 
     out = {}
-    for objective in ("ar", "mdm"):
+    for objective in ("ar", "mdm") + (("block_diffusion",) if args.block_diffusion else ()):
         workdir = os.path.join(args.train_dir, objective)
         overrides = [("objective", objective), ("train.progress", "false"), ("train.tensorboard", "false")]
         if args.text:
@@ -144,11 +162,11 @@ def quality(score, params, eos_id: int, prompts: list, tokens: np.ndarray, lengt
 
 def run_once(run, objective, kw, prompts, args, seed: int, scorer, ar_params, eos_id) -> dict:
     """One decoding of all prompts: its time, NFE, steps per row and quality sums."""
+    kw = {**objectives.build(run.config).sample_defaults(run.config), **kw}  # the run's schedule and block size
     res = generate_tokens(run.model, run.params, run.tokenizer, prompts, objective=objective, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, seed=seed, schedule=run.config.mdm.schedule if objective == "mdm" else "linear", **kw)
-    if res.reveal_step is not None:  # MDM: steps each row needed on its own (the batch waits for the slowest)
-        region = res.reveal_step[:, -args.max_new_tokens:]
-        row_steps = [len(np.unique(row[row >= 0])) for row in region]
+                          temperature=args.temperature, seed=seed, **kw)
+    if res.reveal_step is not None:  # diffusion: steps each row needed on its own (an MDM batch waits for the slowest)
+        row_steps = [len(np.unique(row[row >= 0])) for row in res.reveal_step]
     else:  # AR: one step per generated token
         row_steps = [int(n) for n in res.lengths]
     return {"seconds": res.seconds, "cpu_seconds": res.cpu_seconds, "compile": res.compile_seconds, "nfe": res.nfe, "decoded": res.decoded_positions,
@@ -233,7 +251,7 @@ def markdown(report: dict) -> str:
         *[f"- {k.upper()} run: {r['params'] / 1e6:.2f}M parameters (d_model {r['d_model']}, {r['n_layers']} layers), "
           f"{r['step']} steps of {r['batch_size']} x {r['seq_len']} tokens ({r['epochs']} epochs, unique tokens "
           f"{r['unique_tokens'] or 'all'}), final validation loss {r['final_val_loss']:.3f} nats/token"
-          f"{' (ELBO bound)' if k == 'mdm' else ''}." for k, r in report["runs"].items()],
+          f"{' (ELBO bound)' if k != 'ar' else ''}." for k, r in report["runs"].items()],
         "",
         "Generative perplexity: of the samples (cut at EOS) under the AR model; unigram entropy: of each sample's "
         "own tokens (nats), averaged. tokens/s counts decoded positions of the whole batch. NFE: network calls of the "
@@ -266,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ar-workdir")
     parser.add_argument("--mdm-workdir")
+    parser.add_argument("--bd-workdir", help="a block-diffusion run of the same family (adds its exact-cache decoding)")
+    parser.add_argument("--block-diffusion", action="store_true", help="also train (or reuse) a block-diffusion run in --train-dir")
     parser.add_argument("--train-dir", default="/tmp/dllm_jax_sample_bench", help="where to train the runs when no workdirs are given")
     parser.add_argument("--config", default=os.path.join(ROOT, "experiments", "sample_bench.py"), help="experiment config of the runs to train")
     parser.add_argument("--text", help="train on this text file instead of the stdlib corpus")
@@ -289,10 +309,12 @@ def main(argv=None) -> int:
 
     if args.ar_workdir and args.mdm_workdir:
         workdirs = {"ar": args.ar_workdir, "mdm": args.mdm_workdir}
+        if args.bd_workdir:
+            workdirs["block_diffusion"] = args.bd_workdir
     else:
         workdirs = train_runs(args)
     runs = {k: load_run(v) for k, v in workdirs.items()}
-    if runs["ar"].tokenizer.fingerprint != runs["mdm"].tokenizer.fingerprint:
+    if len({r.tokenizer.fingerprint for r in runs.values()}) > 1:
         raise SystemExit("the AR and MDM runs use different tokenizers; pass two runs of the same family")
     ar_run = runs["ar"]
     ar_params = jax.device_put(ar_run.params, jax.devices()[0])
@@ -302,7 +324,7 @@ def main(argv=None) -> int:
     scorer = make_scorer(ar_run)
 
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
-    todo = methods(args.max_new_tokens, args.block_length, thresholds)
+    todo = methods(args.max_new_tokens, args.block_length, thresholds, block_diffusion="block_diffusion" in runs)
     per_method = [[] for _ in todo]
     # compilation is timed apart by generate_tokens (ahead of time), so no warm-up run is needed;
     # the runs are interleaved so that load changes hit every method alike
@@ -324,7 +346,7 @@ def main(argv=None) -> int:
         "params": int(sum(x.size for x in jax.tree.leaves(ar_run.params))),
         "num_samples": args.num_samples, "prompt_tokens": args.prompt_tokens, "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "repeats": args.repeats, "block_length": args.block_length, "thresholds": thresholds,
-        "note": args.note, "workdirs": workdirs, "runs": {k: describe_run(runs[k], workdirs[k]) for k in ("ar", "mdm")}, "results": results, "reference": ref, "target": target,
+        "note": args.note, "workdirs": workdirs, "runs": {k: describe_run(runs[k], workdirs[k]) for k in runs}, "results": results, "reference": ref, "target": target,
     }
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:

@@ -1,4 +1,4 @@
-"""Train-step speed of AR and MDM: tokens/s and MFU on this machine.
+"""Train-step speed of AR, MDM and block diffusion: tokens/s and MFU on this machine.
 
 MFU = (model FLOPs per token from dllm_jax.flops x tokens/s) / peak, where the peak is
 the best float32 matmul throughput this script measures in the same run (a jitted
@@ -8,8 +8,13 @@ the peak is the best of 20 matmuls taken before, between and after the two objec
 (the highest peak gives the lowest, most conservative MFU), and a step's time is the
 median of the timed steps.
 
-    python bench/train_speed.py                 # the 'small-34m' model, both objectives
+    python bench/train_speed.py                 # the 'small-34m' model, every objective
     python bench/train_speed.py --size tiny     # a quick check
+    python bench/train_speed.py --objectives ar,block_diffusion --block-size 16
+
+Tokens/s counts training tokens (seq_len per row): block diffusion runs 2 * seq_len tokens
+through the network for each row, and its FLOPs per token (objective.train_flops_per_token)
+count that.
 
 Writes bench/results/train_speed_<platform>.json and .md.
 """
@@ -30,7 +35,7 @@ from flax import linen as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dllm_jax import config as config_lib  # noqa: E402
-from dllm_jax import flops, objectives, optim, sharding, train_step  # noqa: E402
+from dllm_jax import objectives, optim, sharding, train_step  # noqa: E402
 from dllm_jax.study.runs import machine_info  # noqa: E402
 
 SIZES = {
@@ -93,7 +98,7 @@ def bench_objective(objective: str, size: str, steps: int, warmup: int, dtype: s
             times.append(time.perf_counter() - t)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     step_s = float(np.median(times))
-    fpt = flops.train_flops_per_token(model.cfg, seq)
+    fpt = objectives.build(cfg).train_flops_per_token(model.cfg, seq)
     return {
         "objective": objective, "size": size, "params": n_params, "seq_len": seq, "batch": batch,
         "step_seconds": step_s, "step_seconds_min": float(np.min(times)), "tokens_per_sec": batch * seq / step_s,
@@ -116,6 +121,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default=None, help="compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
     p.add_argument("--remat", default="none")
+    p.add_argument("--objectives", default=",".join(objectives.names()), help="comma-separated (default: all registered)")
+    p.add_argument("--block-size", type=int, default=16, help="block_diffusion.block_size")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set model.attention_impl=cudnn --set model.loss_chunk=256")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -127,8 +134,9 @@ def main() -> int:
     peaks = [matmul_peak(peak_n, repeats=20, dtype=peak_dtype)]
     print(f"machine: {machine()}\nmatmul peak ({jnp.dtype(peak_dtype).name}): {peaks[0] / 1e12:.3f} TFLOP/s", flush=True)
     rows = []
-    for objective in ("ar", "mdm"):
-        rows.append(bench_objective(objective, args.size, args.steps, args.warmup, dtype, args.remat, [kv.split("=", 1) for kv in args.set]))
+    sets = [("block_diffusion.block_size", str(args.block_size))] + [kv.split("=", 1) for kv in args.set]
+    for objective in [o.strip() for o in args.objectives.split(",") if o.strip()]:
+        rows.append(bench_objective(objective, args.size, args.steps, args.warmup, dtype, args.remat, sets))
         peaks.append(matmul_peak(peak_n, repeats=20, dtype=peak_dtype))
     peak = max(peaks)
     print("matmul peaks (before, between, after): " + ", ".join(f"{p / 1e12:.3f}" for p in peaks) + f" TFLOP/s; using {peak / 1e12:.3f}")
@@ -136,11 +144,12 @@ def main() -> int:
         r["mfu"] = r["tflops_per_sec"] * 1e12 / peak
         print(f"{r['objective']}: {r['params'] / 1e6:.1f}M params, {r['step_seconds']:.3f} s/step, {r['tokens_per_sec']:.0f} tokens/s, "
               f"MFU {100 * r['mfu']:.1f}% (compile {r['compile_seconds']:.1f}s)", flush=True)
-    ratio = rows[1]["step_seconds"] / rows[0]["step_seconds"]
+    by_name = {r["objective"]: r for r in rows}
+    ratios = {f"{o}_over_ar_step_time": by_name[o]["step_seconds"] / by_name["ar"]["step_seconds"] for o in by_name if o != "ar" and "ar" in by_name}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"machine": machine(), "platform": platform_name, "dtype": dtype, "overrides": args.set, "matmul_peak_flops": peak,
               "matmul_peaks_measured": peaks, "steps_timed": args.steps, "rows": rows,
-              "mdm_over_ar_step_time": ratio, "jax": jax.__version__, "commit": commit}
+              **ratios, "jax": jax.__version__, "commit": commit}
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"train_speed_{platform_name}")
     with open(stem + ".json", "w") as f:
@@ -152,7 +161,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['objective']} | {r['size']} | {r['params'] / 1e6:.1f}M | {r['seq_len']} x {r['batch']} | {r['step_seconds']:.3f} | "
                      f"{r['tokens_per_sec']:.0f} | {r['tflops_per_sec']:.3f} | {100 * r['mfu']:.1f}% |")
-    lines += ["", f"MDM / AR step time: {ratio:.3f}"]
+    lines += [""] + [f"{k.replace('_over_ar_step_time', '')} / AR step time: {v:.3f}" for k, v in ratios.items()]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

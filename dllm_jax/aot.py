@@ -202,8 +202,6 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     (loss chunks, gradient accumulation) are still counted once (flagged in the report)."""
     import jax
 
-    from dllm_jax import flops
-
     config_lib.validate(config)
     devices = topology_devices(topology)
     kind = devices[0].device_kind
@@ -252,7 +250,9 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     batch, seq_len = config.train.batch_size, config.data.seq_len
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes
     n_params = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-    model_flops = flops.train_flops_per_token(model.cfg, seq_len) * batch * seq_len / n_dev
+    from dllm_jax import objectives
+
+    model_flops = objectives.build(config).train_flops_per_token(model.cfg, seq_len) * batch * seq_len / n_dev
     report = {
         "topology": topology,
         "device_kind": kind,

@@ -18,7 +18,6 @@ import ml_collections
 
 from dllm_jax.errors import ConfigError
 
-OBJECTIVES = ("ar", "mdm")
 SOURCES = ("text", "jsonl", "parquet", "tfds", "array_record")
 SCHEDULES = ("cosine", "wsd", "constant")
 MASK_SCHEDULES = ("linear", "cosine")
@@ -30,7 +29,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def default_config() -> ml_collections.ConfigDict:
     """All keys a run has, with their defaults. Experiments override a subset."""
     c = ml_collections.ConfigDict()
-    c.objective = "mdm"  # 'ar' (next-token) or 'mdm' (absorbing-state masked diffusion)
+    c.objective = "mdm"  # 'ar' (next-token), 'mdm' (absorbing-state masked diffusion) or 'block_diffusion' (BD3-LM)
     c.seed = 0  # fixes init, data order and masks
 
     c.model = ml_collections.ConfigDict()
@@ -62,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.mdm.antithetic = True  # stratified t across the batch
     c.mdm.weighting = "elbo"  # 'elbo': CE/p(t); 'realized': CE/(realised masked fraction), as the study's code
     c.mdm.random_length_prob = 0.01  # fraction of steps trained at a random shorter length
+
+    c.block_diffusion = ml_collections.ConfigDict()  # objective='block_diffusion' (noise settings: the mdm group)
+    c.block_diffusion.block_size = 16  # tokens per block; divides data.seq_len (= seq_len: MDM; 1: AR)
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
@@ -270,7 +272,9 @@ def _positive(name, value, allow_zero=False):
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
     """Check values; raise ConfigError naming the key, the value and the fix."""
-    _choice("objective", cfg.objective, OBJECTIVES)
+    from dllm_jax import objectives  # the registry of objectives
+
+    _choice("objective", cfg.objective, objectives.names())
     m = cfg.model
     for key in ("d_model", "n_layers", "n_heads"):
         _positive(f"model.{key}", m[key])
@@ -342,6 +346,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"eval.cloze_choices={e.cloze_choices} must be >= 2 (the true continuation and at least one distractor)")
     if e.cloze_length >= d.seq_len:
         raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
+    objectives.build(cfg).validate(cfg)
     for axis in ("data", "fsdp", "tensor", "expert"):
         if cfg.mesh[axis] == 0 or cfg.mesh[axis] < -1:
             raise ConfigError(f"mesh.{axis}={cfg.mesh[axis]} must be a positive size or -1 (fill)")

@@ -5,7 +5,11 @@ input with an [a, b] weight is 2*n*a*b forward; backward is twice forward. Atten
 scores and the weighted sum cost 4 * L_kv * heads * head_dim per query token per layer.
 AR and MDM run the same network on the same shapes, so their training FLOPs per token
 are identical; both compute full [L, L] attention (the causal mask is applied, not
-skipped), and that is what is counted.
+skipped), and that is what is counted. Block diffusion (BD3-LM's vectorised training) runs
+2L tokens, [x_t ; x_0], through every layer with full [2L, 2L] attention (the block mask is
+applied, not skipped) and the output head on the L noisy positions only: per training
+token ~2x the matmul FLOPs and 4x the attention FLOPs of AR/MDM
+(`block_diffusion_train_flops_per_token`).
 
 Inference (generating `gen_len` tokens after a prompt of `prompt_len` tokens; the prompt is
 at least the BOS token) counts what each decoding method needs, attention included:
@@ -19,6 +23,10 @@ at least the BOS token) counts what each decoding method needs, attention includ
   that block's first step); the other steps of the block compute only the queries that
   change, attending to all T keys: the block and everything after it ('prefix' cache) or
   just the block ('dual' cache).
+- Block diffusion with the exact KV cache (`block_diffusion_generate_flops`): the prompt is
+  prefilled; each block takes `ceil(block / tokens_per_step)` calls of its `block` queries
+  attending to the cached prefix and itself, then one call that writes the finished clean
+  block's keys/values.
 `INFERENCE_METHODS` names the methods the report tabulates; the tokens revealed per step of
 the fast samplers are assumptions (they depend on the model and the threshold).
 """
@@ -52,6 +60,32 @@ def forward_flops_per_token(cfg: ModelConfig, context_len: int) -> float:
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Forward + backward FLOPs per training token (3x forward)."""
     return 3.0 * forward_flops_per_token(cfg, seq_len)
+
+
+def block_diffusion_train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Forward + backward FLOPs per training token of block diffusion: 2 * seq_len network
+    tokens per seq_len targets, each attending to 2 * seq_len keys, the head on seq_len."""
+    head = 2.0 * cfg.d_model * cfg.vocab_size
+    body = 2.0 * matmul_params(cfg) - head
+    return 3.0 * (2.0 * body + head + 2.0 * attention_flops_per_query(cfg, 2 * seq_len))
+
+
+def block_diffusion_generate_flops(cfg: ModelConfig, gen_len: int, prompt_len: int = 1, *, block_length: int = 16,
+                                   tokens_per_step: float = 1.0) -> float:
+    """Forward FLOPs for block-diffusion generation with the exact KV cache (module docstring);
+    blocks are counted from the end of the prompt."""
+    _check_lengths(gen_len, prompt_len, minimum_prompt=1)
+    if tokens_per_step < 1:
+        raise ValueError(f"tokens_per_step={tokens_per_step} must be >= 1")
+    dense = 2.0 * matmul_params(cfg)
+    flops = prompt_len * dense + attention_flops_per_query(cfg, 1) * prompt_len * (prompt_len + 1) / 2
+    prefix = prompt_len
+    for start in range(0, gen_len, block_length):
+        size = min(block_length, gen_len - start)
+        per_call = size * (dense + attention_flops_per_query(cfg, prefix + size))
+        flops += (math.ceil(size / tokens_per_step) + 1) * per_call  # the steps, then the clean block's K/V
+        prefix += size
+    return flops
 
 
 def attention_flops_per_query(cfg: ModelConfig, context_len: int) -> float:
@@ -106,6 +140,8 @@ INFERENCE_METHODS = {
     "mdm_steps_len_div4": ("MDM, steps = length / 4", lambda cfg, n, p: mdm_generate_flops(cfg, n, p, tokens_per_step=4)),
     "mdm_dual_cache_b32": ("MDM, blocks of 32, dual cache, ~4 tokens/step (Fast-dLLM-like)",
                            lambda cfg, n, p: mdm_generate_flops(cfg, n, p, tokens_per_step=4, block_length=32, cache="dual")),
+    "bd_kv_cache_b16": ("block diffusion, blocks of 16, exact KV cache, steps = length",
+                        lambda cfg, n, p: block_diffusion_generate_flops(cfg, n, p, block_length=16)),
 }
 GENERATION_LENGTHS = (16, 64, 256, 1024, 4096)
 

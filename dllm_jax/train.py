@@ -18,7 +18,7 @@ from flax import linen as nn
 
 from dllm_jax import config as config_lib
 from dllm_jax import paths
-from dllm_jax import distributed, flops, objectives, optim, sharding, train_step
+from dllm_jax import distributed, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dllm_jax.metrics import MetricsWriter, Progress
@@ -34,7 +34,8 @@ RESUMABLE_CHANGES = ("mesh.", "model.attention_impl", "train.log_every", "train.
 
 
 def check_resume_compatible(saved: dict, config) -> None:
-    old, new = config_lib.flatten(saved), config_lib.flatten(config.to_dict())
+    # keys added to the library after the run was saved take their defaults
+    old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
     if diffs:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
@@ -74,10 +75,11 @@ def _mean_records(metric_list) -> dict:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
 
 
-def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective: str, draws: int = 1) -> dict:
-    """Validation over the first `num_batches` fixed batches (0 = all). For MDM the loss is a
-    Monte Carlo ELBO: each row is scored under `draws` independent (t, mask) draws, fixed
-    across the run so that successive validations are comparable."""
+def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective, draws: int = 1) -> dict:
+    """Validation over the first `num_batches` fixed batches (0 = all). For the diffusion
+    objectives the loss is a Monte Carlo ELBO: each row is scored under `draws` independent
+    (t, mask) draws (`objective.val_draws`), fixed across the run so that successive
+    validations are comparable. `objective`: an Objective (or its name)."""
     from dllm_jax.data.pipeline import val_batches
 
     batches = val_batches(val, batch_size)
@@ -86,20 +88,15 @@ def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int
     if not batches:
         return {}
     total = None
-    draws = draws if objective == "mdm" else 1
+    obj = objective if isinstance(objective, objectives.Objective) else objectives.by_name(objective)
+    draws = 1 if obj.exact_likelihood else draws  # an exact likelihood has nothing to average
     for i, batch in enumerate(batches):
         tokens = sharding.global_batch_from_full(mesh, batch)
         for k in range(draws):
             sums = eval_fn(params, tokens, i * draws + k)
             total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
-    metrics = {k: float(v) for k, v in objectives.finalize(jax.device_get(total), objective).items()}
-    out = {"val_loss": metrics["loss"]}
-    if objective == "ar":
-        out["val_ppl"] = float(np.exp(min(metrics["loss"], 50.0)))
-    else:
-        out["val_masked_ce"] = metrics["masked_ce"]
-        out["val_ppl_bound"] = float(np.exp(min(metrics["loss"], 50.0)))
-    return out
+    metrics = {k: float(v) for k, v in obj.finalize(jax.device_get(total)).items()}
+    return {k: float(v) for k, v in obj.val_record(metrics).items()}
 
 
 def train(config, workdir: str, stop_after: int | None = None) -> dict:
@@ -184,7 +181,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             cloze = ClozeEvaluator(model, config, tokenizer, dataset.val, mesh)
         start = int(state.step)
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-        flops_per_token = flops.train_flops_per_token(model.cfg, seq_len)
+        objective = objectives.build(config)
+        flops_per_token = objective.train_flops_per_token(model.cfg, seq_len)
         summary = {"params": n_params, "flops_per_token": flops_per_token, "num_steps": num_steps, **stats}
         if jax.process_index() == 0:
             paths.write_text(paths.join(workdir, "run.json"), json.dumps(summary, indent=2))
@@ -197,7 +195,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         prev = None
 
         def do_eval(step, with_cloze=True):
-            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, config.objective, config.eval.val_draws)
+            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, objective, objective.val_draws(config))
             if rec:
                 rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
                 if cloze is not None and with_cloze:

@@ -1,4 +1,5 @@
-"""Train state, sharded initialisation and the jitted train / eval steps (both objectives).
+"""Train state, sharded initialisation and the jitted train / eval steps (every objective:
+the step asks the run's `objectives.Objective` for the batch, the attention pattern and the metrics).
 
 The step is a plain `jax.jit` with in/out shardings derived from the logical axis rules,
 the state donated. Randomness (masks, t, dropout) comes from `fold_in(key(seed), step)`,
@@ -70,13 +71,18 @@ def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainSt
         return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
 
 
-def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, causal: bool, vocab_limit: int, loss_chunk: int = 0, **apply_kwargs):
-    """Per-position cross-entropy [B, L] and the MoE load-balancing loss summed over layers
-    (0.0 for a dense model). `loss_chunk > 0` uses the chunked loss (`dllm_jax.losses`),
-    which never holds the [B, L, V] logits; 0 the plain one. Same values either way."""
+def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objective: objectives.Objective | None = None,
+               vocab_limit: int, loss_chunk: int = 0, causal: bool | None = None, **apply_kwargs):
+    """Per-position cross-entropy [B, L] (L = prep.targets.shape[1]) and the MoE
+    load-balancing loss summed over layers (0.0 for a dense model). The network call is the
+    objective's (`Objective.forward`: its attention pattern). `loss_chunk > 0` uses the
+    chunked loss (`dllm_jax.losses`), which never holds the [B, L, V] logits; 0 the plain
+    one. Same values either way. (`causal` without an objective: a plain causal/bidirectional call.)"""
     moe = model.cfg.num_experts > 0
-    out = model.apply({"params": params}, prep.inputs, causal=causal, segment_ids=prep.segment_ids,
-                      return_hidden=loss_chunk > 0, mutable=["intermediates"] if moe else False, **apply_kwargs)
+    if objective is None:
+        objective = objectives.AutoRegressive() if causal else objectives.MaskedDiffusion()
+    out = objective.forward(model, params, prep.inputs, prep.segment_ids, return_hidden=loss_chunk > 0,
+                            mutable=["intermediates"] if moe else False, **apply_kwargs)
     aux = jnp.zeros((), jnp.float32)
     if moe:
         out, state = out
@@ -94,8 +100,8 @@ def _split_micro(x, accum: int):
 
 def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, mesh, shardings, lr_fn: Callable) -> Callable:
     """Jitted `(state, tokens[B, L]) -> (state, metrics)`."""
-    causal = objectives.is_causal(config.objective)
-    prepare = objectives.prepare_fn(config, ids, train=True)
+    objective = objectives.build(config)
+    prepare = objective.prepare_fn(ids, train=True)
     accum = config.train.grad_accum
     base_key = jax.random.key(config.seed)
     use_dropout = config.model.dropout > 0.0
@@ -104,10 +110,10 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 
     def micro_loss(params, prep: objectives.Prepared, denom, rng):
         ce, aux = forward_ce(
-            model, params, prep, causal=causal, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk,
+            model, params, prep, objective=objective, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk,
             deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None,
         )
-        sums = objectives.metrics_from_ce(ce, prep, config.objective)
+        sums = objective.metrics_from_ce(ce, prep)
         loss = sums["loss_sum"] / denom
         if moe:  # load balancing: weight * (sum over layers), averaged over micro-batches
             loss = loss + model.cfg.router_aux_weight * aux / accum
@@ -140,7 +146,7 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
         sums = dict(sums, denom=denom)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = objectives.finalize(sums, config.objective)
+        metrics = objective.finalize(sums)
         if moe:  # per-layer load-balancing loss; 1.0 = perfectly balanced routing
             metrics["moe_aux"] = sums["moe_aux_sum"] / model.cfg.n_layers
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -154,13 +160,13 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 def make_eval_step(model: Transformer, config, ids: objectives.TokenIds, mesh, param_shardings) -> Callable:
     """Jitted `(params, tokens, batch_index) -> summed metrics`. Masks are seeded by the batch
     index (not the step), so validation numbers are comparable across a run."""
-    causal = objectives.is_causal(config.objective)
-    prepare = objectives.prepare_fn(config, ids, train=False)
+    objective = objectives.build(config)
+    prepare = objective.prepare_fn(ids, train=False)
     base_key = jax.random.fold_in(jax.random.key(config.seed), 0x7A1)
 
     def evaluate(params, tokens, index):
         prep = prepare(tokens, jax.random.fold_in(base_key, index))
-        ce, _ = forward_ce(model, params, prep, causal=causal, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk)
-        return objectives.metrics_from_ce(ce, prep, config.objective)
+        ce, _ = forward_ce(model, params, prep, objective=objective, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk)
+        return objective.metrics_from_ce(ce, prep)
 
     return jax.jit(evaluate, in_shardings=(param_shardings, sharding.batch_sharding(mesh), None))

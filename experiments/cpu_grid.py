@@ -19,7 +19,9 @@ tokenizer, split at blank lines); any text works, e.g. a natural-language file:
         --config.data.paths=/path/to/tinyshakespeare.txt --grid budgets=3e4,1e5,2.5e5 --grid tokens=2.5e6
 
 Grid parameters (--grid NAME=VALUE): `budgets` (unique tokens, comma-separated), `tokens`
-(B), `objectives`, `evals` (validations per run). Run it without the 8-fake-device XLA
+(B), `objectives` (default ar,mdm; `--grid objectives=ar,mdm,block_diffusion` adds block
+diffusion with blocks of `block_diffusion.block_size` = 16 tokens), `evals` (validations
+per run). Run it without the 8-fake-device XLA
 flag the test suite uses: on 2 cores one device is fastest.
 
 Cost, measured on 2 uncontended cores (Intel Xeon, `taskset -c 0,1`, JAX 0.11): 0.20 s per
@@ -48,6 +50,7 @@ def get_config():
     c.data.paths = stdlib_corpus()
     c.data.text_split = "paragraph"  # works for one big text file as well as many files
     c.data.seq_len = 128
+    c.block_diffusion.block_size = 16  # only read by objective=block_diffusion points
     c.data.vocab_size = 1024
     c.data.unique_tokens = 100_352  # the grid's smallest budget (49 batches) ...
     c.data.epochs = 48  # ... for its 4.8M-token total

@@ -37,7 +37,7 @@ PLAN = [
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16}),
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16, "model.attention_impl": "xla"}),
 ]
-OBJECTIVES = ("ar", "mdm")
+OBJECTIVES = ("ar", "mdm")  # the default; --objectives ar,mdm,block_diffusion adds the third
 
 
 def _gib(b) -> str:
@@ -60,6 +60,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "compile_reports"))
     p.add_argument("--only", default="", help="run only the sizes that start with this (e.g. 1b, 8b, moe)")
+    p.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated objectives (e.g. ar,mdm,block_diffusion)")
     args = p.parse_args()
 
     from dllm_jax import aot
@@ -72,7 +73,8 @@ def main() -> int:
         if args.only and not size.startswith(args.only):
             continue
         overrides = dict(overrides)
-        objectives = [overrides.pop("objective")] if "objective" in overrides else OBJECTIVES
+        requested = [o.strip() for o in args.objectives.split(",") if o.strip()]
+        objectives = [overrides.pop("objective")] if "objective" in overrides else requested
         label = name + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
         for objective in objectives:
             sets = [f"--config.objective={objective}"] + [f"--config.{k}={v}" for k, v in overrides.items()]

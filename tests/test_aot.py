@@ -85,3 +85,16 @@ def test_cli_exit_codes_and_json(report, tmp_path, monkeypatch, capsys):
     assert main(["compile", "--config", str(config_file), "--topology", "v5p-128"]) == 2
     err = capsys.readouterr().err
     assert "is not a TPU topology libtpu knows" in err and "Traceback" not in err
+
+
+def test_block_diffusion_step_compiles_with_its_own_flops():
+    """The 2L-token block-diffusion step compiles for the topology; its model FLOPs are the
+    objective's (2 halves through the network), and XLA's count agrees."""
+    cfg = _config(block_diffusion__block_size=16)
+    cfg.objective = "block_diffusion"
+    bd = aot.compile_report(cfg, TOPOLOGY)
+    model = build_model(cfg, cfg.data.vocab_size)
+    tokens_per_chip = cfg.train.batch_size * cfg.data.seq_len / 4
+    assert bd["objective"] == "block_diffusion" and bd["fits"] is True
+    assert bd["model_flops"] == pytest.approx(flops.block_diffusion_train_flops_per_token(model.cfg, 128) * tokens_per_chip)
+    assert 0.9 < bd["xla_flops"] / bd["model_flops"] < 1.6

@@ -42,7 +42,7 @@ def test_unknown_key_suggests_the_closest():
 @pytest.mark.parametrize(
     "key,value,pattern",
     [
-        ("objective", "gpt", r"objective='gpt' is not one of \['ar', 'mdm'\]"),
+        ("objective", "gpt", r"objective='gpt' is not one of \['ar', 'mdm', 'block_diffusion'\]"),
         ("train.lr", "fast", r"train\.lr.*'fast'.*float"),
         ("data.epochs", "0", r"data\.epochs=0 must be > 0"),
         ("mdm.schedule", "square", r"mdm\.schedule='square'"),

@@ -29,6 +29,7 @@ def _steps(objective, mesh_sizes, accum=1, n=3):
     cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads, cfg.model.d_ff = 32, 2, 4, 64
     cfg.train.batch_size, cfg.train.grad_accum, cfg.train.warmup_steps = 8, accum, 0
     cfg.data.seq_len = 16
+    cfg.block_diffusion.block_size = 4
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = mesh_sizes
     mesh = sharding.make_mesh(dict(cfg.mesh), jax.devices()[: int(np.prod(mesh_sizes))])
     model = train_step.build_model(cfg, 100)
@@ -54,7 +55,7 @@ def _assert_params_close(a, b):
         assert np.abs(x - y).mean() < 1e-6
 
 
-@pytest.mark.parametrize("objective", ["ar", "mdm"])
+@pytest.mark.parametrize("objective", ["ar", "mdm", "block_diffusion"])
 def test_sharded_2x2x2_equals_single_device(objective):
     l1, p1, _ = _steps(objective, (1, 1, 1))
     l8, p8, state8 = _steps(objective, (2, 2, 2))
@@ -65,9 +66,10 @@ def test_sharded_2x2x2_equals_single_device(objective):
     assert tuple(spec) == (None, "fsdp", "tensor")
 
 
-def test_gradient_accumulation_gives_the_same_update():
-    l1, p1, _ = _steps("mdm", (2, 2, 2), accum=1)
-    l2, p2, _ = _steps("mdm", (2, 2, 2), accum=2)
+@pytest.mark.parametrize("objective", ["mdm", "block_diffusion"])
+def test_gradient_accumulation_gives_the_same_update(objective):
+    l1, p1, _ = _steps(objective, (2, 2, 2), accum=1)
+    l2, p2, _ = _steps(objective, (2, 2, 2), accum=2)
     np.testing.assert_allclose(l2, l1, rtol=1e-5)
     _assert_params_close(p2, p1)
 
@@ -80,7 +82,7 @@ def _train_losses(workdir):
     return [(r["step"], r["loss"]) for r in read_metrics(workdir) if "loss" in r]
 
 
-@pytest.mark.parametrize("objective", ["mdm", "ar"])
+@pytest.mark.parametrize("objective", ["mdm", "ar", "block_diffusion"])
 def test_resume_is_exact(tmp_path, corpus, objective):
     paths, cache = corpus
     cfg = tiny_config(paths, cache, objective, train__log_every=1, train__eval_every=0, train__checkpoint_every=100)

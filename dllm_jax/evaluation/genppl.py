@@ -38,8 +38,8 @@ def unigram_entropy(samples: Sequence[Sequence[int]]) -> float:
 
 def generative_perplexity(scorer: Scorer, params, tokenizer, texts: Sequence[str]) -> dict:
     """Exact NLL of `texts` under an AR `scorer` (the reference model)."""
-    if scorer.spec.objective != "ar":
-        raise ConfigError("generative perplexity needs an AR reference model (objective 'ar'); pass an AR run as --reference-workdir")
+    if not scorer.objective.exact_likelihood:
+        raise ConfigError("generative perplexity needs an exact-likelihood reference model (objective 'ar'); pass an AR run as --reference-workdir")
     pairs, owner = [], []
     for i, text in enumerate(texts):
         ids = tokenizer.encode(text)
@@ -63,14 +63,16 @@ def evaluate_generation(run, reference, *, num_samples: int = 16, prompt: str = 
                         seed: int = 0, batch_size: int = 64) -> dict:
     """Sample `num_samples` texts from `run` (a LoadedRun) and score them with `reference`
     (a LoadedRun of an AR model)."""
+    from dllm_jax import objectives
     from dllm_jax.sampling import generate
 
-    if reference.config.objective != "ar":
+    if not objectives.build(reference.config).exact_likelihood:
         raise ConfigError(f"--reference-workdir must be an AR run; it is a {reference.config.objective!r} run")
     if num_samples < 1:
         raise ConfigError(f"--num-samples={num_samples} must be >= 1")
+    defaults = objectives.build(run.config).sample_defaults(run.config)
     res = generate(run.model, run.params, run.tokenizer, [prompt] * num_samples, objective=run.config.objective,
-                   sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
+                   sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length or defaults.get("block_length"),
                    threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     lengths = np.asarray(res.lengths)
     samples = [np.asarray(row)[:n] for row, n in zip(res.tokens, lengths)]

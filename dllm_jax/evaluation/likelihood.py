@@ -44,6 +44,7 @@ import numpy as np
 from flax import linen as nn
 
 from dllm_jax import objectives
+from dllm_jax.objectives import block_diffusion
 
 # logits_fn(params, tokens[B, L] int32, segment_ids[B, L] int32) -> logits[B, L, V] float32
 LogitsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
@@ -55,7 +56,7 @@ MIN_BUCKET = 8
 class ScoreSpec:
     """What the estimators need to know about a run."""
 
-    objective: str  # 'ar' | 'mdm'
+    objective: str  # a name in dllm_jax.objectives.REGISTRY ('ar' | 'mdm' | 'block_diffusion')
     vocab_limit: int  # ids >= this are not real tokens (== mask_id)
     mask_id: int
     eos_id: int
@@ -63,6 +64,7 @@ class ScoreSpec:
     schedule: str = "linear"  # MDM masking schedule (the run's mdm.schedule)
     eps: float = 1e-3  # MDM t ~ U(eps, 1) (the run's mdm.eps)
     document_attention: bool = False  # validation rows: attention within EOS-delimited documents
+    block_size: int = 0  # block diffusion: rows are padded to a multiple of it (the run's block_diffusion.block_size)
 
 
 @dataclasses.dataclass
@@ -162,8 +164,10 @@ class Scorer:
     serves a whole training run."""
 
     def __init__(self, logits_fn: LogitsFn, spec: ScoreSpec, *, batch_size: int = 64, mesh=None):
-        if spec.objective not in ("ar", "mdm"):
-            raise ValueError(f"objective must be 'ar' or 'mdm', got {spec.objective!r}")
+        overrides = {"block_diffusion.block_size": spec.block_size} if spec.block_size else {}
+        self.objective = objectives.by_name(spec.objective, **overrides)  # ValueError for an unknown name
+        if self.objective.block_size and not spec.block_size:  # rows are scored in whole blocks of the objective's size
+            spec = dataclasses.replace(spec, block_size=self.objective.block_size)
         self.logits_fn = logits_fn
         self.spec = spec
         self.mesh = mesh
@@ -174,15 +178,16 @@ class Scorer:
     @classmethod
     def for_model(cls, model, config, tokenizer, *, batch_size: int = 64, mesh=None) -> "Scorer":
         """A Scorer for a dllm_jax Transformer and its run config."""
-        causal = objectives.is_causal(config.objective)
+        objective = objectives.build(config)
 
         def logits_fn(params, tokens, segment_ids):
-            return model.apply({"params": params}, tokens, causal=causal, segment_ids=segment_ids)
+            return objective.forward(model, params, tokens, segment_ids)
 
         spec = ScoreSpec(
             objective=config.objective, vocab_limit=tokenizer.mask_id, mask_id=tokenizer.mask_id,
             eos_id=tokenizer.eos_id, max_len=int(config.data.seq_len), schedule=config.mdm.schedule,
             eps=float(config.mdm.eps), document_attention=bool(config.data.document_attention),
+            block_size=objective.block_size,
         )
         return cls(logits_fn, spec, batch_size=batch_size, mesh=mesh)
 
@@ -195,6 +200,15 @@ class Scorer:
                 fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit)
             elif kind == "elbo":
                 fn = lambda p, tok, seg, aux, sc, seed, ids: mdm_elbo_batch(lf, p, tok, seg, sc, seed, ids, spec)
+            elif kind == "block_elbo":
+                fn = lambda p, tok, seg, aux, sc, seed, ids: block_diffusion.block_elbo_batch(
+                    lf, p, tok, seg, sc, seed, ids, block_size=spec.block_size, schedule=spec.schedule, eps=spec.eps,
+                    mask_id=spec.mask_id, vocab_limit=spec.vocab_limit)
+            elif kind == "block_llada":
+                if cfg_scale:
+                    raise ValueError("classifier-free guidance is not implemented for the block-wise estimator; use cfg_scale=0")
+                fn = lambda p, tok, seg, aux, sc, seed, ids: block_diffusion.block_llada_batch(
+                    lf, p, tok, seg, aux, sc, seed, ids, block_size=spec.block_size, mask_id=spec.mask_id, vocab_limit=spec.vocab_limit)
             else:
                 fn = lambda p, tok, seg, aux, sc, seed, ids: llada_batch(
                     lf, p, tok, seg, aux, sc.astype(jnp.int32), seed, ids, spec, cfg_scale)
@@ -226,7 +240,10 @@ class Scorer:
         out1 = np.zeros(len(rows), np.float64)
         by_bucket: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
-            by_bucket.setdefault(bucket_length(len(r.tokens), self.spec.max_len), []).append(i)
+            length = bucket_length(len(r.tokens), self.spec.max_len)
+            if self.spec.block_size:  # whole blocks, aligned to the row start as in training
+                length = -(-length // self.spec.block_size) * self.spec.block_size
+            by_bucket.setdefault(length, []).append(i)
         bsz = self.batch_size
         aux_dtype = np.float32 if kind == "ar" else bool
         for length, idx in sorted(by_bucket.items()):
@@ -278,7 +295,7 @@ class Scorer:
             if len(ans) == 0:
                 raise ValueError(f"pair {k}: the answer has no tokens; every choice must encode to at least one token")
             fitted.append(self._fit(ctx, ans))
-        if self.spec.objective == "ar":
+        if self.objective.exact_likelihood:
             rows = []
             for tokens, keep, _ in fitted:
                 w = np.zeros(len(tokens), np.float32)
@@ -287,6 +304,7 @@ class Scorer:
             lp, gr = self._run("ar", params, rows)
             return [PairScore(float(lp[i]), 0.0, bool(gr[i]), keep, trunc) for i, (_, keep, trunc) in enumerate(fitted)]
 
+        kind = self.objective.pair_estimator  # 'llada', or 'block_llada' (takes the stratified u itself, not l)
         n = max(int(mc_samples), 1)
         rows, owner = [], []
         key = jax.random.key(seed)
@@ -299,8 +317,8 @@ class Scorer:
             for j in range(draws):
                 l = min(1 + int(u[j] * keep), keep)
                 owner.append(k)
-                rows.append(_Row(tokens, ans, float(l), sample_id=len(rows)))
-        vals, _ = self._run("llada", params, rows, seed=seed, cfg_scale=cfg_scale)
+                rows.append(_Row(tokens, ans, float(l) if kind == "llada" else float(u[j]), sample_id=len(rows)))
+        vals, _ = self._run(kind, params, rows, seed=seed, cfg_scale=cfg_scale)
         owner = np.asarray(owner)
         greedy_flags = np.zeros(len(fitted), bool)
         if greedy:
@@ -308,8 +326,8 @@ class Scorer:
             for tokens, keep, _ in fitted:
                 ans = np.zeros(len(tokens), bool)
                 ans[len(tokens) - keep:] = True
-                grows.append(_Row(tokens, ans, float(keep)))
-            _, g = self._run("llada", params, grows, seed=seed, cfg_scale=cfg_scale)
+                grows.append(_Row(tokens, ans, float(keep) if kind == "llada" else 1.0))  # u = 1: everything masked
+            _, g = self._run(kind, params, grows, seed=seed, cfg_scale=cfg_scale)
             greedy_flags = g > 0.5
         out = []
         for k, (_, keep, trunc) in enumerate(fitted):
@@ -328,7 +346,7 @@ class Scorer:
         if seqs.ndim != 2 or seqs.shape[0] == 0:
             raise ValueError(f"sequences must be a non-empty [M, L] array, got shape {seqs.shape}")
         m, length = seqs.shape
-        if self.spec.objective == "ar":
+        if self.objective.exact_likelihood:
             ids = objectives.TokenIds(pad_id=-1, eos_id=self.spec.eos_id, mask_id=self.spec.mask_id)
             prep = objectives.prepare_ar(jnp.asarray(seqs), None, ids, document_attention=self.spec.document_attention)
             weights = np.asarray(prep.weights)
@@ -343,8 +361,10 @@ class Scorer:
         n = max(int(mc_samples), 1)
         keys = jax.random.split(jax.random.key(seed), m)
         times = np.asarray(jax.vmap(lambda k: objectives.sample_times(k, n, self.spec.eps, True))(keys), np.float32)
+        if self.objective.sequence_estimator == "block_elbo":  # the stratified u; each block shifts it (block_elbo_batch)
+            times = (times - self.spec.eps) / (1.0 - self.spec.eps)
         rows = [_Row(seqs[i], np.ones(length, bool), float(times[i, j]), sample_id=i * n + j) for i in range(m) for j in range(n)]
-        vals, _ = self._run("elbo", params, rows, seed=seed, doc_segments=self.spec.document_attention)
+        vals, _ = self._run(self.objective.sequence_estimator, params, rows, seed=seed, doc_segments=self.spec.document_attention)
         vals = vals.reshape(m, n)
         tokens = m * length
         total = float(vals.mean(axis=1).sum())

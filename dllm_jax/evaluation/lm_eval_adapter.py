@@ -121,6 +121,7 @@ class DllmJaxLM(LM):
 
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests, disable_tqdm: bool = False):
+        from dllm_jax import objectives
         from dllm_jax.sampling import generate
 
         tok = self.run.tokenizer
@@ -133,6 +134,9 @@ class DllmJaxLM(LM):
             max_new = int(kwargs.pop("max_gen_toks", 64))
             max_new = max(1, min(max_new, self.max_length - 1))
             opts = dict(self.gen)
+            for key, value in objectives.build(self.run.config).sample_defaults(self.run.config).items():
+                if opts.get(key) is None:  # the run's own settings (schedule, block size) unless given
+                    opts[key] = value
             if "temperature" in kwargs:
                 opts["temperature"] = float(kwargs["temperature"])
             if kwargs.get("do_sample") is False:

@@ -50,9 +50,9 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         "acc_norm_stderr": math.sqrt(acc_norm * (1 - acc_norm) / n),
         "chance": float(np.mean([1.0 / len(it.choices) for it in items])),
         "truncated_items": truncated,
-        "estimator": "exact" if scorer.spec.objective == "ar" else "llada_mc",
+        "estimator": {"ar": "exact", "llada": "llada_mc", "block_llada": "block_llada_mc"}[scorer.objective.pair_estimator],
     }
-    if scorer.spec.objective == "mdm":
+    if not scorer.objective.exact_likelihood:
         out["mc_samples"] = int(mc_samples)
         out["cfg_scale"] = float(cfg_scale)
     if keep_items:

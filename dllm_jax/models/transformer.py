@@ -14,10 +14,14 @@ no-ops, so the module works in plain JAX code:
     params = model.init(jax.random.key(0), tokens, causal=False)["params"]
     logits = model.apply({"params": params}, tokens, causal=False)
 
-Decoding: pass `cache=init_cache(cfg, batch, max_len)` and `cache_index`; the call
-writes the new keys/values at [cache_index, cache_index + L) and returns
-`(logits, new_cache)`. Queries attend to cached positions < cache_index + L (and, if
-causal, only to positions <= their own).
+Decoding: pass `cache=init_cache(cfg, batch, max_len)` and `cache_index` (a scalar, or an
+int array [B]: one write position per row); the call writes the new keys/values at
+[cache_index, cache_index + L) and returns `(logits, new_cache)`. Queries attend to cached
+positions < cache_index + L (and, if causal, only to positions <= their own).
+
+Other attention patterns (block diffusion's, see dllm_jax.objectives.block_diffusion) come
+as an explicit boolean `attention_mask` [B or 1, 1, Lq, Lk] with explicit `positions`;
+`out_length=n` computes the output head for the first n positions only.
 """
 
 from __future__ import annotations
@@ -120,6 +124,14 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> dict:
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
+def _write_cache(cache, new, index):
+    """cache [B, T, ...] with `new` [B, L, ...] written at [index, index + L) (index scalar or [B])."""
+    new = new.astype(cache.dtype)
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=1)
+    return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis=0))(cache, new, index)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -143,8 +155,8 @@ class Attention(nn.Module):
         value = _constrain(value, ("activation_batch", "activation_length", "activation_kv_heads", None))
         new_cache = None
         if layer_cache is not None:
-            key = jax.lax.dynamic_update_slice_in_dim(layer_cache["k"], key.astype(layer_cache["k"].dtype), cache_index, axis=1)
-            value = jax.lax.dynamic_update_slice_in_dim(layer_cache["v"], value.astype(layer_cache["v"].dtype), cache_index, axis=1)
+            key = _write_cache(layer_cache["k"], key, cache_index)
+            value = _write_cache(layer_cache["v"], value, cache_index)
             new_cache = {"k": key, "v": value}
             key, value = key.astype(dt), value.astype(dt)
         if cfg.attention_impl == "splash":  # `mask` is then the segment ids [B, L] or None (Transformer)
@@ -244,6 +256,9 @@ def attention_mask(segment_ids_q, segment_ids_k, causal, q_positions=None, k_pos
     return None if mask is None else mask[:, None, :, :]
 
 
+_segment_mask = attention_mask  # (the Transformer's `attention_mask` argument shadows the name)
+
+
 class Transformer(nn.Module):
     """tokens [B, L] int -> logits [B, L, vocab] float32 (and a new cache when given one)."""
 
@@ -251,26 +266,39 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, *, causal: bool, positions=None, segment_ids=None, cache=None, cache_index=0, deterministic: bool = True,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, attention_mask=None, out_length: int = 0):
         """`return_hidden=True` returns the final-norm hidden states [B, L, d_model] instead of
-        logits, for a loss that applies `params['lm_head']` itself (dllm_jax.losses)."""
+        logits, for a loss that applies `params['lm_head']` itself (dllm_jax.losses).
+        `attention_mask` (bool [B or 1, 1, L, L], no cache): the whole pattern, used as given
+        (`causal` and `segment_ids` are then ignored). `out_length` > 0: logits / hidden of the
+        first `out_length` positions only. With a cache, a given `attention_mask` [B, 1, L, T]
+        further restricts the keys (cache slots) each query sees."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         b, length = tokens.shape
+        row_index = jnp.reshape(cache_index, (-1, 1)) if jnp.ndim(cache_index) else cache_index
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + cache_index, (b, length))
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + row_index, (b, length))
         is_causal = False
         impl = resolve_attention_impl(cfg, length, decoding=cache is not None)
+        if attention_mask is not None and impl == "splash":
+            # a dense per-example pattern (block diffusion's [x_t ; x_0] mask): XLA attention. The splash
+            # kernel takes static block masks (models/splash.py) but is not wired to this path yet.
+            impl = "xla"
         cfg = dataclasses.replace(cfg, attention_impl=impl)  # the blocks see the resolved kernel
         if cache is not None:
             # decoding: mask over the whole cache, valid up to cache_index + length
             max_len = cache["k"].shape[2]
             k_pos = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (b, max_len))
-            k_valid = k_pos < cache_index + length
-            mask = attention_mask(None, None, causal, positions, k_pos, k_valid)
+            k_valid = k_pos < row_index + length
+            mask = _segment_mask(None, None, causal, positions, k_pos, k_valid)
+            if attention_mask is not None:
+                mask = mask & attention_mask
+        elif attention_mask is not None:
+            mask = attention_mask
         elif segment_ids is not None and impl == "splash":
             mask, is_causal = segment_ids, causal  # splash masks by segment ids itself (causal by index)
         elif segment_ids is not None:
-            mask = attention_mask(segment_ids, segment_ids, causal, positions, positions)
+            mask = _segment_mask(segment_ids, segment_ids, causal, positions, positions)
         else:
             mask, is_causal = None, causal
 
@@ -301,6 +329,8 @@ class Transformer(nn.Module):
             if cache is not None:
                 layer_caches = jax.tree.map(lambda *c: jnp.stack(c), *outs)
 
+        if out_length:
+            x = x[:, :out_length]
         x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
         head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
         if return_hidden:

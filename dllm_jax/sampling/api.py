@@ -1,4 +1,6 @@
-"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR and MDM runs.
+"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR, MDM and
+block-diffusion runs (the objective's `sampler_family` picks the decoder: ar.py,
+diffusion.py or block.py).
 
 Decisions the issue left open:
 - Every prompt starts with EOS, the document separator of the packed training data, so an
@@ -19,6 +21,13 @@ Decisions the issue left open:
   program would repeat the same work on every device); sharded parameters are used as they
   are and jit partitions the computation.
 - ids >= mask_id and pad_id are never sampled.
+- Batch invariance of the block samplers (block diffusion; MDM with semi-AR blocks and no
+  prefix cache): rows advance through their own blocks, and the noise of a row comes from
+  its own key, fold_in(fold_in(key(seed), crc32 of its prompt ids), k) for the k-th copy of
+  that prompt in the request (k = 0, 1, ... in request order), never from its batch
+  position: the same prompt gives the same tokens for the same seed whatever else is in the
+  batch, and however `batch_size` chunks it. (MDM with one block or with the prefix cache
+  shares one noise stream and the current block across the batch.)
 - The seed makes a jax key; the per-step noise comes from XLA's RngBitGenerator (ThreeFry)
   seeded from it (categorical.random_words: faster to run and to compile than jax.random.bits
   in a loop). The same seed gives the same samples on the same backend.
@@ -29,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import zlib
 from typing import Sequence
 
 import jax
@@ -36,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.sampling import ar, diffusion
+from dllm_jax.sampling import ar, block, diffusion
 from dllm_jax.sampling.options import Options, resolve
 
 INFILL_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
@@ -125,10 +135,11 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
              batch_size: int | None = None, trace: bool = False) -> SampleResult:
     """Generate one continuation per prompt (repeat a prompt for several samples).
 
-    objective: 'ar' or 'mdm' (the run's config.objective). sampler: 'auto', 'ar', or an MDM
+    objective: the run's config.objective ('ar', 'mdm', 'block_diffusion'). sampler: 'auto', 'ar', or an MDM
     sampler ('ancestral', 'topk_confidence', 'random', 'margin', 'entropy', 'threshold'),
     see diffusion.py. steps: MDM steps over the whole region (default max_new_tokens).
-    block_length: semi-autoregressive block size, divides the region (default: one block).
+    block_length: semi-autoregressive block size, divides the region (default: one block);
+    for block diffusion the run's block size (block_diffusion.block_size; required).
     threshold: confidence threshold for 'threshold' (default 0.9). cfg: guidance weight w.
     temperature 0 = greedy. infill: a template such as "def f([MASK:4]):\\n    return x"
     appended after each prompt; its spans are filled (max_new_tokens is then the template's
@@ -156,10 +167,12 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                     infill_tokens: Sequence[int] | None = None, kv_cache: bool = True, prefix_cache: bool = False,
                     eos_last: bool = True, schedule: str = "linear", batch_size: int | None = None,
-                    trace: bool = False) -> SampleResult:
+                    trace: bool = False, shared_blocks: bool = False) -> SampleResult:
     """Token-level `generate`: `ids` is anything with pad_id, eos_id and mask_id (a Tokenizer or
     objectives.TokenIds); prompts are lists of ids (no EOS needed, one is put in front);
-    `infill_tokens` is a template of ids with mask_id where tokens are to be filled."""
+    `infill_tokens` is a template of ids with mask_id where tokens are to be filled.
+    `shared_blocks=True` (MDM semi-AR): the batch shares the current block and one noise
+    stream, as before per-row progress (the baseline of bench/sample_speed.py)."""
     prompts = [list(map(int, p)) for p in prompts] or [[]]
     if infill_tokens is not None:
         infill_tokens = [int(t) for t in infill_tokens]
@@ -167,6 +180,7 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     opts = resolve(objective=objective, sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
                    threshold=threshold, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, kv_cache=kv_cache,
                    prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, infill=infill_tokens is not None)
+    opts = dataclasses.replace(opts, shared_blocks=bool(shared_blocks))
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 (or None for one batch)")
     for p in prompts:
@@ -175,21 +189,38 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
             raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {ids.mask_id}); [MASK] belongs in infill templates only")
     rows = [[ids.eos_id] + p for p in prompts]
     params, device = _place(params)
-    run = _run_ar if objective == "ar" else _run_mdm
+    from dllm_jax import objectives
+
+    run = _RUNNERS[objectives.get(objective).sampler_family]
     key = jax.random.key(opts.seed)
+    keys = row_keys(key, prompts)  # for the samplers with per-row progress (block diffusion, MDM semi-AR)
     if batch_size is None or batch_size >= len(rows):
-        return run(model, params, device, ids, rows, opts, infill_tokens, key, trace)
+        return run(model, params, device, ids, rows, opts, infill_tokens, key, trace, keys)
     parts = []
     for i, start in enumerate(range(0, len(rows), batch_size)):
         chunk = rows[start:start + batch_size]
         n = len(chunk)
         chunk = chunk + [chunk[-1]] * (batch_size - n)  # same shapes for every chunk: one compilation
-        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, jax.random.fold_in(key, i), trace), n))
+        chunk_keys = jnp.concatenate([keys[start:start + n]] + [keys[start + n - 1:start + n]] * (batch_size - n))
+        parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, jax.random.fold_in(key, i), trace, chunk_keys), n))
     return _concat(parts, ids.pad_id)
 
 
+def row_keys(key, prompts: Sequence[Sequence[int]]):
+    """One key per row, from the seed's key, the row's prompt and its copy index (see the
+    module docstring): [len(prompts)] jax keys."""
+    seen: dict = {}
+    out = []
+    for p in prompts:
+        h = zlib.crc32(np.asarray(p, np.int64).tobytes())
+        k = seen.get(h, 0)
+        seen[h] = k + 1
+        out.append(jax.random.fold_in(jax.random.fold_in(key, h), k))
+    return jnp.stack(out)
+
+
 # ---------------------------------------------------------------- AR
-def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace) -> SampleResult:
+def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, row_keys=None) -> SampleResult:
     b, n = len(rows), opts.max_new_tokens
     row_len = np.array([len(r) for r in rows], np.int32)
     buf = np.full((b, int(row_len.max()) + n), ids.pad_id, np.int32)
@@ -205,12 +236,13 @@ def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key,
 
 
 # ---------------------------------------------------------------- MDM
-def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace) -> SampleResult:
+def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, row_keys=None) -> SampleResult:
     lengths = sorted({len(r) for r in rows})
     if opts.prefix_cache and len(lengths) > 1:
         # the cache path cannot mask left padding: decode each prompt length on its own
         groups = [[i for i, r in enumerate(rows) if len(r) == L] for L in lengths]
-        parts = [_run_mdm(model, params, device, ids, [rows[i] for i in g], opts, infill_tokens, jax.random.fold_in(key, L), trace)
+        parts = [_run_mdm(model, params, device, ids, [rows[i] for i in g], opts, infill_tokens, jax.random.fold_in(key, L), trace,
+                          None if row_keys is None else row_keys[np.array(g)])
                  for g, L in zip(groups, lengths)]
         order = np.argsort(np.concatenate([np.array(g) for g in groups]), kind="stable")
         return _take(_concat(parts, ids.pad_id), None, order)
@@ -224,17 +256,22 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
     canvas[:, p:] = template
     given[:, p:] = template != ids.mask_id
     segment_ids = None
+    pad = p - np.array([len(r) for r in rows])
     if len(lengths) > 1:
-        real = np.arange(p + n)[None, :] >= p - np.array([len(r) for r in rows])[:, None]  # 0 on the left padding
+        real = np.arange(p + n)[None, :] >= pad[:, None]  # 0 on the left padding
         segment_ids = _put(real.astype(np.int32), device)
+    # semi-AR blocks without the prefix cache: rows advance on their own (diffusion.py, per_row)
+    per_row = opts.block_length < n and not opts.prefix_cache and not opts.shared_blocks and row_keys is not None
+    positions = _put(np.maximum(np.arange(p + n)[None, :] - pad[:, None], 0).astype(np.int32), device) if per_row else None
     plan = diffusion.Plan(
         kind=opts.sampler, gen_start=p, gen_len=n, block_len=opts.block_length,
         steps_per_block=opts.steps // (n // opts.block_length) if opts.steps else 0, prefix_cache=opts.prefix_cache,
         guided=opts.cfg != 0.0, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0,
-        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace)
+        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace,
+        per_row=per_row)
     f32 = jnp.float32
-    args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(key, device),
-            f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg))
+    args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(row_keys if per_row else key, device),
+            f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg), positions)
     out, times = _call(diffusion.decode, args, dict(model=model, plan=plan))
     final = np.asarray(out["canvas"])
     region = final[:, p:]
@@ -243,6 +280,38 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
     if trace:
         res.history = np.asarray(out["history"])[: int(out["iterations"]) + 1]
     return res
+
+
+# ---------------------------------------------------------------- block diffusion
+def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, keys=None) -> SampleResult:
+    if trace:
+        raise ConfigError("trace is not implemented for block-diffusion sampling")
+    b, n, bl = len(rows), opts.max_new_tokens, opts.block_length
+    row_len = np.array([len(r) for r in rows], np.int32)
+    total = -(-(int(row_len.max()) + n) // bl) * bl
+    canvas = np.full((b, total), ids.mask_id, np.int32)
+    for i, r in enumerate(rows):
+        canvas[i, :len(r)] = r
+    blocks = -(-n // bl)
+    plan = block.BlockPlan(
+        kind=opts.sampler, block_len=bl, gen_len=n, steps_per_block=-(-opts.steps // blocks) if opts.steps else 0,
+        kv_cache=opts.kv_cache, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, eos_last=opts.eos_last,
+        schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id)
+    f32 = jnp.float32
+    args = (params, _put(canvas, device), _put(row_len, device), _put(keys, device), f32(opts.temperature), f32(opts.top_p),
+            f32(opts.threshold))
+    out, times = _call(block.decode, args, dict(model=model, plan=plan))
+    final = np.asarray(out["canvas"])
+    region = np.stack([final[i, row_len[i]:row_len[i] + n] for i in range(b)])
+    filled = region != ids.mask_id
+    produced = np.where(filled.all(axis=1), n, filled.argmin(axis=1)).astype(np.int32)  # a stopped row: up to its last block
+    res = _finish(region, produced, int(out["nfe"]), times, int(filled.sum()), opts, ids, cut_at_eos=True)
+    res.canvas, res.reveal_step = final, np.asarray(out["reveal_step"])
+    res.given = np.arange(total)[None, :] < row_len[:, None]
+    return res
+
+
+_RUNNERS = {"ar": _run_ar, "mdm": _run_mdm, "block": _run_block}  # objective.sampler_family -> decoder
 
 
 # ---------------------------------------------------------------- results

@@ -79,6 +79,19 @@ def random_words(state, *shapes):
     return out
 
 
+def row_words(row_keys, block, step, *shapes):
+    """Per-row uint32 words [B, *shape] for each shape, from each row's own key folded with
+    its block and step index (block samplers with per-row progress). jax.random.bits under
+    vmap: a row's words depend on its own key only (XLA's RngBitGenerator, used by
+    `random_words` for speed, does not batch row by row)."""
+
+    def one(key, j, s):
+        keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(key, j), s), len(shapes))
+        return [jax.random.bits(k, shape, jnp.uint32) for k, shape in zip(keys, shapes)]
+
+    return jax.vmap(one)(row_keys, block, step)
+
+
 def exclude_ids(logits, vocab_limit: int, banned=()):
     """Logits with ids >= vocab_limit ([MASK], padding rows) and `banned` ids set to NEG."""
     ids = jnp.arange(logits.shape[-1])
@@ -129,4 +142,4 @@ def draw(key, logits, *, greedy: bool):
     return draw_from_state(stream_states(key, 1)[0], logits, greedy=greedy)
 
 
-__all__ = ["NEG", "gumbel", "gumbel_from_bits", "uniform_from_bits", "stream_states", "random_words", "exclude_ids", "filter_logits", "sample", "draw_from_state", "draw"]
+__all__ = ["NEG", "gumbel", "gumbel_from_bits", "uniform_from_bits", "stream_states", "random_words", "row_words", "exclude_ids", "filter_logits", "sample", "draw_from_state", "draw"]

@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from dllm_jax import objectives
     from dllm_jax.checkpoint import load_run
     from dllm_jax.sampling.api import generate
 
@@ -38,13 +39,15 @@ def run(args) -> int:
         raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
     run_ = load_run(args.workdir, step=args.step)
     objective = run_.config.objective
+    defaults = objectives.build(run_.config).sample_defaults(run_.config)  # schedule, block size of the run
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
     res = generate(
         run_.model, run_.params, run_.tokenizer, prompts, objective=objective, sampler=args.sampler,
-        max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length, threshold=args.threshold,
+        max_new_tokens=args.max_new_tokens, steps=args.steps, block_length=args.block_length or defaults.get("block_length"),
+        threshold=args.threshold,
         cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, infill=args.infill,
         kv_cache=not args.no_kv_cache, prefix_cache=args.prefix_cache,
-        schedule=run_.config.mdm.schedule if objective == "mdm" else "linear",
+        schedule=defaults.get("schedule", "linear"),
     )
     stats = {"objective": objective, "step": run_.step, "sampler": res.sampler, "nfe": res.nfe, "seconds": round(res.seconds, 4),
              "tokens_per_sec": round(res.tokens_per_sec, 1), "compile_seconds": round(res.compile_seconds, 2),

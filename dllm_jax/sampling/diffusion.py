@@ -27,6 +27,15 @@ after every other candidate and is never revealed by the threshold rule, so EOS 
 committed when nothing else is left (no EOS flood from confident end-of-text guesses);
 the API then truncates the text at the first EOS.
 
+Per-row progress (`per_row`, semi-autoregressive blocks without the prefix cache): each
+row has its own current block and step, moves to its next block as soon as its own block is
+filled (a confident row moves on; a finished row idles until the batch ends), and draws its
+noise from its own key (`row_keys`, from the seed and the row's prompt: see api.py) folded
+with its block and step, with RoPE positions counted from its own first token; so a prompt
+gives the same tokens alone or inside any batch. Without it (one block, or the prefix
+cache, which refreshes the whole batch's cache at a shared block start) rows share the
+current block and the batch's noise stream.
+
 Prefix cache (Fast-dLLM, approximate; `prefix_cache`): at a block start one full call
 refreshes a KV cache for the whole canvas; the other steps of the block run only the
 block's B_l tokens against it. The cache stores its slots in the order
@@ -73,6 +82,7 @@ class Plan:
     eos_id: int
     pad_id: int
     trace: bool  # also return the canvas after every step
+    per_row: bool = False  # rows advance through their own blocks with their own keys (see module docstring)
 
     @property
     def num_blocks(self) -> int:
@@ -99,7 +109,8 @@ def _scores(kind, probs, conf, order_u):
 
 
 def _reveal(plan: Plan, step, masked, x0, probs, order_u, threshold):
-    """Boolean [B, B_l]: which masked positions of the block to reveal at block step `step`.
+    """Boolean [B, B_l]: which masked positions of the block to reveal at block step `step`
+    (a scalar, or [B, 1] when rows are at different steps of their own blocks).
     `order_u`: uniforms [B, B_l] for 'random' order and 'ancestral' reveals."""
     if plan.kind == "ancestral":
         n = plan.steps_per_block
@@ -121,11 +132,11 @@ def _reveal(plan: Plan, step, masked, x0, probs, order_u, threshold):
         if plan.eos_last:
             confident = confident & ~is_eos
         return masked & (confident | best)
-    left = masked.sum(axis=1)
+    left = masked.sum(axis=1, keepdims=True)
     steps_left = jnp.maximum(plan.steps_per_block - step, 1)
     k = (left + steps_left - 1) // steps_left
     rank = jnp.argsort(jnp.argsort(-score, axis=1), axis=1)
-    return masked & (rank < k[:, None])
+    return masked & (rank < k)
 
 
 def slot_order(total: int, block_start, block_len: int):
@@ -154,8 +165,9 @@ def query_block(model, params, x, block_start, cache, *, block_len: int):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "plan"))
-def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshold, cfg, *, model, plan: Plan):
-    """Fill every [MASK] of `canvas` in [P, P+N). Returns a dict: 'canvas' [B, T],
+def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshold, cfg, positions=None, *, model, plan: Plan):
+    """Fill every [MASK] of `canvas` in [P, P+N). `key`: a jax key, or with plan.per_row the
+    rows' keys [B]; `positions` [B, T]: RoPE positions (default 0..T-1). Returns a dict: 'canvas' [B, T],
     'reveal_step' [B, T] (loop iteration that revealed each position, -1 = given/prompt),
     'nfe' (network calls; a CFG call counts 2), 'iterations', and 'history'
     [max_iters + 1, B, T] when plan.trace."""
@@ -171,6 +183,9 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
     seg = None
     if segment_ids is not None:
         seg = jnp.concatenate([segment_ids] * (2 if plan.guided else 1), axis=0)
+    pos = None
+    if positions is not None:
+        pos = jnp.concatenate([positions] * (2 if plan.guided else 1), axis=0)
 
     def guide(logits):
         if not plan.guided:
@@ -179,7 +194,10 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
         return uncond + (cfg + 1.0) * (cond - uncond)
 
     def full_block_logits(x, bs):
-        logits = model.apply({"params": params}, net_input(x), causal=False, segment_ids=seg)
+        logits = model.apply({"params": params}, net_input(x), causal=False, segment_ids=seg, positions=pos)
+        if plan.per_row:  # bs [B]: each row's own block
+            idx = jnp.concatenate([bs] * (2 if plan.guided else 1))[:, None] + jnp.arange(bl)[None, :]
+            return jnp.take_along_axis(logits, idx[:, :, None], axis=1)
         return jax.lax.dynamic_slice_in_dim(logits, bs, bl, axis=1)
 
     def network(x, bs, step, cache):
@@ -192,17 +210,33 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
         return guide(logits), cache
 
     def next_block(x, j):
-        """First block index >= j that still has a [MASK] in some row (nb if none)."""
-        has_mask = (x[:, p0:p0 + plan.gen_len] == mask_id).reshape(b, nb, bl).any(axis=(0, 2))
-        cand = has_mask & (jnp.arange(nb) >= j)
+        """First block index >= j that still has a [MASK] in some row (nb if none); with
+        per_row, the same for each row on its own ([B])."""
+        has_mask = (x[:, p0:p0 + plan.gen_len] == mask_id).reshape(b, nb, bl).any(axis=2)
+        if plan.per_row:
+            cand = has_mask & (jnp.arange(nb)[None, :] >= j[:, None])
+            return jnp.where(cand.any(axis=1), jnp.argmax(cand, axis=1), nb).astype(jnp.int32)
+        cand = has_mask.any(axis=0) & (jnp.arange(nb) >= j)
         return jnp.where(cand.any(), jnp.argmax(cand), nb).astype(jnp.int32)
 
     def cond_fn(state):
-        return (state["block"] < nb) & (state["iters"] < plan.max_iters)
+        return jnp.any(state["block"] < nb) & (state["iters"] < plan.max_iters)
+
+    rows_idx = jnp.arange(b)[:, None]
+
+    def get_block(a, bs):
+        if plan.per_row:
+            return jnp.take_along_axis(a, bs[:, None] + jnp.arange(bl)[None, :], axis=1)
+        return jax.lax.dynamic_slice_in_dim(a, bs, bl, axis=1)
+
+    def set_block(a, bs, v):
+        if plan.per_row:
+            return a.at[rows_idx, bs[:, None] + jnp.arange(bl)[None, :]].set(v)
+        return jax.lax.dynamic_update_slice_in_dim(a, v, bs, axis=1)
 
     def body(state):
         x, j, step = state["x"], state["block"], state["step"]
-        bs = p0 + j * bl
+        bs = p0 + jnp.minimum(j, nb - 1) * bl
         logits, cache = jax.lax.cond(
             state["dirty"],
             lambda: network(x, bs, step, state["cache"]),
@@ -211,19 +245,23 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
         nfe = state["nfe"] + jnp.where(state["dirty"], 2 if plan.guided else 1, 0)
 
         it = state["iters"]
-        shape = (b, bl, model.cfg.vocab_size)
-        words = categorical.random_words(states[it], (b, bl), *(() if plan.greedy else (shape, shape)))
+        if plan.per_row:
+            shape = (bl, model.cfg.vocab_size)
+            words = categorical.row_words(key, j, step, (bl,), *(() if plan.greedy else (shape, shape)))
+        else:
+            shape = (b, bl, model.cfg.vocab_size)
+            words = categorical.random_words(states[it], (b, bl), *(() if plan.greedy else (shape, shape)))
         order_u = categorical.uniform_from_bits(words[0])
-        xb = jax.lax.dynamic_slice_in_dim(x, bs, bl, axis=1)
+        xb = get_block(x, bs)
         masked = xb == mask_id
         lg = categorical.exclude_ids(logits, plan.vocab_limit, banned=(plan.pad_id,))
         probs = jax.nn.softmax(lg, axis=-1)
         filt = categorical.filter_logits(lg, temperature=temperature, top_k=plan.top_k, use_top_p=plan.use_top_p, top_p=top_p)
         x0 = categorical.sample(filt, greedy=plan.greedy, hi=None if plan.greedy else words[1], lo=None if plan.greedy else words[2])
-        reveal = _reveal(plan, step, masked, x0, probs, order_u, threshold)
-        x = jax.lax.dynamic_update_slice_in_dim(x, jnp.where(reveal, x0, xb), bs, axis=1)
-        rs = jax.lax.dynamic_slice_in_dim(state["reveal_step"], bs, bl, axis=1)
-        reveal_step = jax.lax.dynamic_update_slice_in_dim(state["reveal_step"], jnp.where(reveal, it, rs), bs, axis=1)
+        reveal = _reveal(plan, step[:, None] if plan.per_row else step, masked, x0, probs, order_u, threshold)
+        x = set_block(x, bs, jnp.where(reveal, x0, xb))
+        rs = get_block(state["reveal_step"], bs)
+        reveal_step = set_block(state["reveal_step"], bs, jnp.where(reveal, it, rs))
 
         nj = next_block(x, j)
         new_block = nj != j
@@ -234,7 +272,7 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
             iters=it + 1,
             logits=logits,
             cache=cache,
-            dirty=reveal.any() | new_block,
+            dirty=reveal.any() | new_block.any(),
             nfe=nfe,
             reveal_step=reveal_step,
         )
@@ -242,12 +280,13 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
             out["history"] = state["history"].at[it + 1].set(x)
         return out
 
-    states = categorical.stream_states(key, plan.max_iters)  # one generator call per step (categorical.random_words)
+    if not plan.per_row:
+        states = categorical.stream_states(key, plan.max_iters)  # one generator call per step (categorical.random_words)
     rows = 2 * b if plan.guided else b
     state = dict(
         x=canvas,
-        block=next_block(canvas, 0),
-        step=jnp.int32(0),
+        block=next_block(canvas, jnp.zeros((b,), jnp.int32) if plan.per_row else 0),
+        step=jnp.zeros((b,), jnp.int32) if plan.per_row else jnp.int32(0),
         iters=jnp.int32(0),
         logits=jnp.zeros((b, bl, model.cfg.vocab_size), jnp.float32),
         cache=init_cache(model.cfg, rows, total) if plan.prefix_cache else None,

@@ -30,27 +30,36 @@ class Options:
     prefix_cache: bool
     eos_last: bool
     schedule: str
+    shared_blocks: bool = False  # MDM semi-AR: rows share the current block (the pre-per-row baseline; benchmarks)
 
 
 def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_length=None, threshold=None, cfg=0.0,
             temperature=1.0, top_k=0, top_p=1.0, seed=0, kv_cache=True, prefix_cache=False, eos_last=True,
             schedule="linear", infill=False) -> Options:
     """Validate the user's arguments and fill the defaults:
-    sampler 'auto' -> 'ar' for AR runs; for MDM runs 'threshold' if a threshold is given,
-    else 'topk_confidence'. steps defaults to max_new_tokens (one token per step);
-    block_length to max_new_tokens (one block); threshold to 0.9 for 'threshold'."""
-    if objective not in ("ar", "mdm"):
-        raise ConfigError(f"objective={objective!r} is not one of 'ar', 'mdm' (it comes from the run's config.objective)")
+    sampler 'auto' -> 'ar' for AR runs; for diffusion runs (MDM, block diffusion)
+    'threshold' if a threshold is given, else 'topk_confidence'. steps defaults to
+    max_new_tokens (one token per step); block_length to max_new_tokens (one block) for
+    MDM, and must be given (the run's block size) for block diffusion, where it need not
+    divide max_new_tokens (blocks are aligned to the row start, as in training);
+    threshold to 0.9 for 'threshold'."""
+    from dllm_jax import objectives
+
+    if objective not in objectives.names():
+        raise ConfigError(f"objective={objective!r} is not one of {', '.join(map(repr, objectives.names()))} "
+                          "(it comes from the run's config.objective)")
+    obj = objectives.get(objective)
+    family = obj.sampler_family
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 1")
     if sampler == "auto":
-        sampler = "ar" if objective == "ar" else ("threshold" if threshold is not None else "topk_confidence")
+        sampler = "threshold" if threshold is not None and family != "ar" else obj.default_sampler
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)} (or 'auto')")
-    if objective == "ar" and sampler != "ar":
-        raise ConfigError(f"sampler {sampler!r} is a masked-diffusion sampler but this run is autoregressive (objective='ar'); use sampler='ar'")
-    if objective == "mdm" and sampler == "ar":
-        raise ConfigError("sampler 'ar' needs an autoregressive run but this run is masked diffusion (objective='mdm'); "
+    if family == "ar" and sampler != "ar":
+        raise ConfigError(f"sampler {sampler!r} is a masked-diffusion sampler but this run is autoregressive (objective={objective!r}); use sampler='ar'")
+    if family != "ar" and sampler == "ar":
+        raise ConfigError(f"sampler 'ar' needs an autoregressive run but this run is a diffusion run (objective={objective!r}); "
                           f"use one of: {', '.join(MDM_SAMPLERS)}")
     if temperature is None or temperature < 0:
         raise ConfigError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
@@ -65,7 +74,7 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
     if block_length is not None and (not isinstance(block_length, int) or block_length < 1):
         raise ConfigError(f"block_length={block_length!r} must be an integer >= 1")
 
-    if objective == "ar":
+    if family == "ar":
         for name, value, off in (("steps", steps, None), ("block_length", block_length, None), ("threshold", threshold, None)):
             if value is not off:
                 raise ConfigError(f"{name}={value!r} applies to masked-diffusion samplers only; drop it for an AR run")
@@ -78,6 +87,9 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
         return Options(objective, sampler, max_new_tokens, 0, 0, 0.0, 0.0, float(temperature), top_k, float(top_p), int(seed),
                        bool(kv_cache), False, False, schedule)
 
+    if family == "block":
+        return _resolve_block(objective, sampler, max_new_tokens, steps, block_length, threshold, cfg, temperature, top_k, top_p, seed,
+                              kv_cache, prefix_cache, eos_last, schedule, infill)
     if block_length is None:
         block_length = max_new_tokens
     if max_new_tokens % block_length:
@@ -104,6 +116,37 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
         raise ConfigError(f"schedule={schedule!r} must be 'linear' or 'cosine' (the run's mdm.schedule)")
     return Options(objective, sampler, max_new_tokens, steps, block_length, float(threshold), float(cfg), float(temperature),
                    top_k, float(top_p), int(seed), False, bool(prefix_cache), bool(eos_last), schedule)
+
+
+def _resolve_block(objective, sampler, max_new_tokens, steps, block_length, threshold, cfg, temperature, top_k, top_p, seed, kv_cache,
+                   prefix_cache, eos_last, schedule, infill) -> Options:
+    """Block diffusion: blocks of `block_length` from the row start; `steps` over the whole
+    region as for MDM, i.e. steps_per_block = ceil(steps / ceil(max_new_tokens / block_length))."""
+    if block_length is None:
+        raise ConfigError("a block-diffusion run decodes in blocks of its training block size: pass block_length="
+                          "config.block_diffusion.block_size (the sample CLI does this for you)")
+    if cfg:
+        raise ConfigError(f"cfg={cfg!r}: classifier-free guidance is not implemented for block diffusion; use cfg=0")
+    if prefix_cache:
+        raise ConfigError("prefix_cache is MDM's approximate cache; block diffusion always uses its exact KV cache (kv_cache)")
+    if infill:
+        raise ConfigError("infilling needs a masked-diffusion run (objective='mdm'); block diffusion generates left to right")
+    if sampler == "threshold":
+        if steps is not None:
+            raise ConfigError(f"steps={steps} does not apply to sampler 'threshold'; drop steps or pick a fixed-step sampler")
+        threshold = 0.9 if threshold is None else threshold
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"threshold={threshold!r} must be in (0, 1]")
+        steps = 0
+    else:
+        if threshold is not None:
+            raise ConfigError(f"threshold={threshold!r} applies to sampler 'threshold' only, not {sampler!r}")
+        steps = max_new_tokens if steps is None else steps
+        threshold = 0.0
+    if schedule not in ("linear", "cosine"):
+        raise ConfigError(f"schedule={schedule!r} must be 'linear' or 'cosine' (the run's mdm.schedule)")
+    return Options(objective, sampler, max_new_tokens, steps, block_length, float(threshold), 0.0, float(temperature), top_k,
+                   float(top_p), int(seed), bool(kv_cache), False, bool(eos_last), schedule)
 
 
 def _divisor_near(n: int, target: int) -> int:

@@ -26,7 +26,10 @@ def _fmt_tokens(n: float) -> str:
 
 def _style(series: str, objective: str, i: int) -> dict:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    return {"color": colors[i % len(colors)], "linestyle": "--" if objective == "mdm" else "-", "marker": ".", "markersize": 3, "label": series}
+    from dllm_jax import objectives
+
+    style = objectives.get(objective).linestyle if objective in objectives.REGISTRY else "-"
+    return {"color": colors[i % len(colors)], "linestyle": style, "marker": ".", "markersize": 3, "label": series}
 
 
 def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossovers: dict) -> bool:

@@ -66,14 +66,19 @@ def machine() -> dict:
 
 
 def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
-    """One row per (model, budget, AR series, MDM series); also {(params, U, ar, mdm): Crossover}."""
+    """One row per (model, budget, AR series, diffusion series); also {(params, U, ar, mdm): Crossover}.
+    AR = an exact-likelihood objective; the diffusion side is every other objective (MDM and
+    block diffusion: 'mdm_series' names it and 'diffusion_objective' says which)."""
+    from dllm_jax import objectives
+
     from dllm_jax.study.crossover import HIGHER_IS_BETTER, best, find_crossover
 
     higher = HIGHER_IS_BETTER[metric]
     rows, marks = [], {}
     for (params, unique), series in panel_map.items():
-        ars = {s: r for s, r in series.items() if r.objective == "ar"}
-        mdms = {s: r for s, r in series.items() if r.objective == "mdm"}
+        known = {s: r for s, r in series.items() if r.objective in objectives.REGISTRY}
+        ars = {s: r for s, r in known.items() if objectives.get(r.objective).exact_likelihood}
+        mdms = {s: r for s, r in known.items() if s not in ars}
         for a_name, a in ars.items():
             for m_name, m in mdms.items():
                 ae, _, av = a.curve(metric)
@@ -83,7 +88,7 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
                 cross = find_crossover(ae, av, me, mv, higher)
                 marks[(params, unique, a_name, m_name)] = cross
                 rows.append({"params": params, "unique_tokens": unique, "epochs": max(a.epochs, m.epochs),
-                             "ar_series": a_name, "mdm_series": m_name, "ar_best": best(ae, av, higher), "mdm_best": best(me, mv, higher),
+                             "ar_series": a_name, "mdm_series": m_name, "diffusion_objective": m.objective, "ar_best": best(ae, av, higher), "mdm_best": best(me, mv, higher),
                              "crossover_epoch": cross.epoch, "crossover": cross.describe(), "ar_final": av[-1], "mdm_final": mv[-1]})
     return rows, marks
 
@@ -151,12 +156,16 @@ def flops_section(models: list, prompt_len: int) -> tuple[list, dict]:
              "From `dllm_jax.flops` (the module the train loop uses for MFU). Training: forward + backward model FLOPs per "
              "token, full [L, L] attention counted; AR and MDM run the same network on the same shapes, so they cost the same per "
              "token: what differs is how many tokens each needs to use the data (see the crossover tables).", "",
-             "| model | matmul params (active) | seq len | AR train FLOPs/token | MDM train FLOPs/token |", "|---|---|---|---|---|"]
+             "Block diffusion runs 2L tokens ([x_t ; x_0]) through the network per L training tokens.", "",
+             "| model | matmul params (active) | seq len | AR train FLOPs/token | MDM train FLOPs/token | block diffusion train FLOPs/token |",
+             "|---|---|---|---|---|---|"]
     out = {"train": [], "inference": {}}
     for label, cfg, seq_len in models:
         per_token = flops.train_flops_per_token(cfg, seq_len)
-        lines.append(f"| {label} | {flops.matmul_params(cfg):,} | {seq_len} | {per_token:.4g} | {per_token:.4g} |")
-        out["train"].append({"model": label, "matmul_params": flops.matmul_params(cfg), "seq_len": seq_len, "ar": per_token, "mdm": per_token})
+        bd = flops.block_diffusion_train_flops_per_token(cfg, seq_len)
+        lines.append(f"| {label} | {flops.matmul_params(cfg):,} | {seq_len} | {per_token:.4g} | {per_token:.4g} | {bd:.4g} |")
+        out["train"].append({"model": label, "matmul_params": flops.matmul_params(cfg), "seq_len": seq_len, "ar": per_token, "mdm": per_token,
+                             "block_diffusion": bd})
     names = list(flops.INFERENCE_METHODS)
     lines += ["", f"Inference: forward FLOPs to generate N tokens after a {prompt_len}-token prompt, and each MDM method's "
               "multiple of AR. " + " ".join(f"`{n}`: {d}." for n, (d, _) in flops.INFERENCE_METHODS.items()) +
@@ -235,7 +244,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
         rows, marks = crossover_rows(panel_map, metric)
         crossovers[metric] = rows
         arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
-        md += [f"### {METRIC_TITLES[metric]} ({arrow})", "", "| model | U | epochs | AR series | MDM series | best AR (epoch) | best MDM (epoch) | crossover epoch |",
+        md += [f"### {METRIC_TITLES[metric]} ({arrow})", "", "| model | U | epochs | AR series | MDM / block-diffusion series | best AR (epoch) | best diffusion (epoch) | crossover epoch |",
                "|---|---|---|---|---|---|---|---|"]
         for row in rows:
             md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {row['epochs']:.3g} | {row['ar_series']} | {row['mdm_series']} | "

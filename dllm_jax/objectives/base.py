@@ -1,0 +1,101 @@
+"""The Objective interface: everything that differs between AR, MDM and block diffusion.
+
+An objective is one object (built from a run config by `objectives.build`). Training,
+evaluation, sampling, FLOPs accounting and the study ask it; they never compare names.
+
+    obj = objectives.build(config)
+    prepare = obj.prepare_fn(ids, train=True)           # (tokens [B, L], rng) -> Prepared
+    out = obj.forward(model, params, prep.inputs, prep.segment_ids)  # the attention pattern it needs
+    ce = token_cross_entropy(out, prep.targets, vocab_limit)
+    sums = obj.metrics_from_ce(ce, prep); metrics = obj.finalize(sums)
+
+Class attributes describe the rest: whether likelihoods are exact, which sampler family
+decodes it, which estimator the multiple-choice and sequence scorers use, and the names of
+its training and validation metrics (what reports and plots show).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from dllm_jax.objectives.common import Prepared
+
+
+class Objective:
+    name: str = ""
+    description: str = ""
+    causal: bool = False  # plain causal attention (AR); otherwise see `forward`
+    exact_likelihood: bool = False  # log-likelihoods are exact (a reference model for genppl)
+    sampler_family: str = ""  # 'ar' | 'mdm' | 'block' (dllm_jax.sampling dispatches on it)
+    default_sampler: str = ""  # what sampler='auto' means ('threshold' instead when a threshold is given, diffusion only)
+    pair_estimator: str = ""  # Scorer kind for log p(answer | context): 'ar' | 'llada' | 'block_llada'
+    sequence_estimator: str = ""  # Scorer kind for sequence NLL: 'ar' | 'elbo' | 'block_elbo'
+    train_metrics: tuple = ("loss",)  # keys of `finalize`
+    val_metrics: tuple = ("val_loss",)  # keys of `val_record`
+    linestyle: str = "-"  # how the study's plots draw its runs
+    block_size: int = 0  # block diffusion's block; 0 = none (scorers pad rows to whole blocks)
+
+    def __init__(self, config=None):
+        """`config`: a run config (ConfigDict); None = the defaults (`dllm_jax.config.default_config`)."""
+        if config is None:
+            from dllm_jax.config import default_config
+
+            config = default_config()
+        self.config = config
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+    # ---- config -----------------------------------------------------------------------
+    def validate(self, config) -> None:
+        """Objective-specific config checks (ConfigError naming the key and the fix)."""
+
+    # ---- training -----------------------------------------------------------------------
+    def prepare_fn(self, ids, train: bool = True):
+        """`prepare(tokens [B, L] int32, rng) -> Prepared`; eval (train=False) turns off
+        training-only randomness (input masking, random lengths, realised weighting)."""
+        raise NotImplementedError
+
+    def forward(self, model, params, inputs, segment_ids, **apply_kwargs):
+        """The network call with this objective's attention pattern: logits (or hidden states
+        with return_hidden=True) for the positions the loss reads."""
+        return model.apply({"params": params}, inputs, causal=self.causal, segment_ids=segment_ids, **apply_kwargs)
+
+    def metrics_from_ce(self, ce, prep: Prepared) -> dict:
+        """Sums (not means) so that micro-batches and hosts add up exactly; see `finalize`."""
+        return {"loss_sum": jnp.sum(prep.weights * ce), "denom": prep.denom}
+
+    def finalize(self, sums: dict) -> dict:
+        """Per-token metrics (keys `train_metrics`) from summed statistics."""
+        return {"loss": sums["loss_sum"] / sums["denom"]}
+
+    # ---- validation ---------------------------------------------------------------------
+    def val_draws(self, config) -> int:
+        """Random (t, mask) draws per validation row (1 for a deterministic objective)."""
+        return 1
+
+    def val_record(self, metrics: dict) -> dict:
+        """Validation record (keys `val_metrics`) from `finalize`d validation sums."""
+        return {"val_loss": metrics["loss"]}
+
+    # ---- cost ---------------------------------------------------------------------------
+    def network_length(self, seq_len: int) -> int:
+        """Tokens the network processes per training row of `seq_len` tokens."""
+        return seq_len
+
+    def train_flops_per_token(self, model_cfg, seq_len: int) -> float:
+        """Model FLOPs (forward + backward) per training token (dllm_jax.flops)."""
+        from dllm_jax import flops
+
+        return flops.train_flops_per_token(model_cfg, seq_len)
+
+    # ---- sampling -----------------------------------------------------------------------
+    def sample_defaults(self, config) -> dict:
+        """Keyword defaults for `dllm_jax.sampling.generate` that come from the run's config."""
+        return {}
+
+
+def _ppl(loss: float) -> float:
+    return float(math.exp(min(float(loss), 50.0)))

@@ -1,0 +1,98 @@
+"""Pieces every objective shares: the prepared-batch record, token ids, masking schedules,
+time draws, document segments and the cross-entropy over real tokens.
+
+Logits of ids past the tokenizer's vocabulary ([MASK] and padding rows) are excluded
+from the softmax, so likelihoods are over real tokens only (MDLM's SUBS: [MASK] is never
+predicted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the network sees and what the loss counts. The network input may be longer than
+    the targets (block diffusion feeds [x_t ; x_0], 2L tokens): the loss reads the network's
+    outputs at the first targets.shape[1] positions."""
+
+    inputs: jax.Array  # [B, L_in] tokens the network sees (L_in = L, or 2L for block diffusion)
+    targets: jax.Array  # [B, L] tokens to predict at each output position
+    weights: jax.Array  # [B, L] float32 loss weight per position (0 = not counted)
+    segment_ids: jax.Array | None  # [B, L_in] for attention masking, or None (full attention)
+    denom: jax.Array  # scalar: the loss is sum(weights * CE) / denom
+    extras: dict  # objective-specific per-token arrays for metrics
+
+
+jax.tree_util.register_dataclass(
+    Prepared, data_fields=["inputs", "targets", "weights", "segment_ids", "denom", "extras"], meta_fields=[]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    pad_id: int
+    eos_id: int
+    mask_id: int  # == tokenizer vocab size; ids >= mask_id are not real tokens
+
+
+# ---------------------------------------------------------------- masking schedules
+def mask_prob(t, schedule: str):
+    """p(t) = 1 - alpha(t): probability that a token is masked at time t."""
+    if schedule == "linear":
+        return t
+    if schedule == "cosine":
+        return jnp.cos(0.5 * math.pi * (1.0 - t))
+    raise ValueError(f"unknown masking schedule {schedule!r}")
+
+
+def elbo_weight(t, schedule: str):
+    """w(t) = -alpha'(t) / (1 - alpha(t)), the continuous-time ELBO weight."""
+    if schedule == "linear":
+        return 1.0 / t
+    if schedule == "cosine":
+        return 0.5 * math.pi * jnp.tan(0.5 * math.pi * (1.0 - t))
+    raise ValueError(f"unknown masking schedule {schedule!r}")
+
+
+def sample_times(rng, batch: int, eps: float, antithetic: bool):
+    """t in [eps, 1): i.i.d., or stratified t_i = eps + (1-eps)((u + i/B) mod 1)."""
+    if antithetic:
+        u = jax.random.uniform(rng, ())
+        u = jnp.mod(u + jnp.arange(batch, dtype=jnp.float32) / batch, 1.0)
+    else:
+        u = jax.random.uniform(rng, (batch,))
+    return eps + (1.0 - eps) * u
+
+
+# ---------------------------------------------------------------- shared pieces
+def segment_ids_from_eos(tokens, eos_id: int):
+    """1-based document index per position; a document ends with (and includes) its EOS."""
+    starts = jnp.concatenate([jnp.zeros_like(tokens[:, :1]), (tokens[:, :-1] == eos_id).astype(tokens.dtype)], axis=1)
+    return jnp.cumsum(starts, axis=1) + 1
+
+
+def random_length_valid(rng, tokens, prob: float):
+    """With probability `prob` (per batch) keep only a random prefix length in [1, L]."""
+    length = tokens.shape[1]
+    k_use, k_len = jax.random.split(rng)
+    use = jax.random.uniform(k_use, ()) < prob
+    cut = jax.random.randint(k_len, (), 1, length + 1)
+    keep = jnp.where(use, cut, length)
+    return jnp.arange(length)[None, :] < keep
+
+
+def token_cross_entropy(logits, targets, vocab_limit: int):
+    """Per-position -log softmax(logits)[target], softmax over ids < vocab_limit; float32."""
+    logits = logits.astype(jnp.float32)
+    if vocab_limit < logits.shape[-1]:
+        real = jnp.arange(logits.shape[-1]) < vocab_limit
+        logits = jnp.where(real, logits, -1e30)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return log_z - target_logit

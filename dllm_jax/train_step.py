@@ -1,8 +1,9 @@
 """Train state, sharded initialisation and the jitted train / eval steps (both objectives).
 
 The step is a plain `jax.jit` with in/out shardings derived from the logical axis rules,
-the state donated. Randomness (masks, t, dropout) comes from `fold_in(key(seed), step)`,
-so a run is a pure function of (config, data) and a resumed run continues exactly.
+the state donated. Randomness (masks, t, dropout) comes from `fold_in(stream(seed, TRAIN), step)`
+(`dllm_jax.rng`: one stream per random quantity), so a run is a pure function of
+(config, data) and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flax import linen as nn
 from flax import struct
 
 from dllm_jax import losses, objectives, sharding
+from dllm_jax import rng as rng_lib
 from dllm_jax.models import ModelConfig, Transformer
 
 
@@ -67,7 +69,7 @@ def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainSt
     shardings = state_shardings(model, tx, mesh, seq_len)
     init = _init_fn(model, tx, seq_len)
     with jax.set_mesh(mesh):
-        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
+        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(rng_lib.stream(seed, rng_lib.INIT))
 
 
 def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, causal: bool, vocab_limit: int, loss_chunk: int = 0, **apply_kwargs):
@@ -97,7 +99,7 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
     causal = objectives.is_causal(config.objective)
     prepare = objectives.prepare_fn(config, ids, train=True)
     accum = config.train.grad_accum
-    base_key = jax.random.key(config.seed)
+    base_key = rng_lib.stream(config.seed, rng_lib.TRAIN)
     use_dropout = config.model.dropout > 0.0
 
     moe = model.cfg.num_experts > 0

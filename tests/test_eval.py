@@ -470,3 +470,47 @@ def test_adapter_imports_without_lm_eval_and_fails_only_when_used(monkeypatch):
     assert not mod.HAVE_LM_EVAL
     with pytest.raises(ImportError, match=r"pip install 'dllm_jax\[eval\]'"):
         mod.DllmJaxLM(workdir="x")
+
+
+# ---------------------------------------------------------------- key streams (issue 12, B9)
+P4 = np.array([0.7, 0.1, 0.1, 0.1])
+
+
+def p4_model(params, tokens, segment_ids):
+    """Input-independent: p = [0.7, 0.1, 0.1, 0.1] at every position ([MASK] row 4 excluded)."""
+    row = jnp.concatenate([jnp.log(jnp.asarray(P4, jnp.float32)), jnp.array([3.0])])
+    return jnp.broadcast_to(row, tokens.shape + (5,))
+
+
+def _mean_within_mc_error(values, exact):
+    """|mean - exact| < 4 standard errors, the standard error from the sample std."""
+    values = np.asarray(values, np.float64)
+    se = values.std(ddof=1) / math.sqrt(len(values))
+    assert abs(values.mean() - exact) < 4 * se, (values.mean(), exact, se)
+    return se
+
+
+@pytest.mark.parametrize("mc_samples,seeds", [(1, 400), (4, 1000)])
+def test_sequence_elbo_time_and_mask_draws_are_independent(mc_samples, seeds):
+    # independent tokens and a model giving their true law: the ELBO equals the NLL exactly,
+    # -(log .1 + 7 log .7) / 8 = 0.5999 nats/token. A mask drawn from the time draw's key
+    # masks position 0 (the rare token) whenever t is small: mean 2.61 (1 draw), 1.10 (4).
+    seq = np.array([[1, 0, 0, 0, 0, 0, 0, 0]], np.int32)
+    exact = -(math.log(0.1) + 7 * math.log(0.7)) / 8
+    assert exact == pytest.approx(0.5999, abs=1e-4)
+    spec = ScoreSpec(objective="mdm", vocab_limit=4, mask_id=4, eos_id=3, max_len=8)
+    scorer = Scorer(p4_model, spec, batch_size=8)
+    vals = [scorer.sequence_nll(None, seq, mc_samples=mc_samples, seed=s)["nats_per_token"] for s in range(seeds)]
+    se = _mean_within_mc_error(vals, exact)
+    assert se < 0.1  # the check has power against the biased 1.10
+
+
+def test_llada_length_and_mask_draws_are_independent():
+    # one draw per seed: l (masked answer tokens) and which positions are masked use separate
+    # streams, so the mean over seeds is the exact log-likelihood of the answer
+    ctx, ans = [3], [1, 0, 0, 0]
+    exact = -(math.log(0.1) + 3 * math.log(0.7))
+    spec = ScoreSpec(objective="mdm", vocab_limit=4, mask_id=4, eos_id=3, max_len=8)
+    scorer = Scorer(p4_model, spec, batch_size=8)
+    vals = [-scorer.loglikelihood(None, [(ctx, ans)], mc_samples=1, seed=s)[0].logprob for s in range(300)]
+    _mean_within_mc_error(vals, exact)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from dllm_jax import objectives
+from dllm_jax import objectives, rng
 
 # logits_fn(params, tokens[B, L] int32, segment_ids[B, L] int32) -> logits[B, L, V] float32
 LogitsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
@@ -105,7 +105,9 @@ def ar_batch(logits_fn: LogitsFn, params, tokens, segment_ids, weights, vocab_li
 
 
 def _uniforms(seed, sample_ids, length):
-    base = jax.random.key(seed)
+    """Mask uniforms [B, length] of each draw: stream EVAL_MASK of `seed`, one key per sample id
+    (the time / length draws use their own streams, so neither is correlated with the mask)."""
+    base = rng.stream(seed, rng.EVAL_MASK)
     return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i), (length,)))(sample_ids)
 
 
@@ -289,7 +291,7 @@ class Scorer:
 
         n = max(int(mc_samples), 1)
         rows, owner = [], []
-        key = jax.random.key(seed)
+        key = rng.stream(seed, rng.EVAL_LENGTH)
         for k, (tokens, keep, _) in enumerate(fitted):
             ans = np.zeros(len(tokens), bool)
             ans[len(tokens) - keep:] = True
@@ -341,7 +343,7 @@ class Scorer:
             out.update(nats_per_token=per, bits_per_token=per / math.log(2), perplexity=float(np.exp(min(per, 50.0))))
             return out
         n = max(int(mc_samples), 1)
-        keys = jax.random.split(jax.random.key(seed), m)
+        keys = jax.random.split(rng.stream(seed, rng.EVAL_TIME), m)
         times = np.asarray(jax.vmap(lambda k: objectives.sample_times(k, n, self.spec.eps, True))(keys), np.float32)
         rows = [_Row(seqs[i], np.ones(length, bool), float(times[i, j]), sample_id=i * n + j) for i in range(m) for j in range(n)]
         vals, _ = self._run("elbo", params, rows, seed=seed, doc_segments=self.spec.document_attention)

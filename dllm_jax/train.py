@@ -73,31 +73,25 @@ def _mean_records(metric_list) -> dict:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
 
 
-def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective: str, draws: int = 1) -> dict:
-    """Validation over the first `num_batches` fixed batches (0 = all). For MDM the loss is a
-    Monte Carlo ELBO: each row is scored under `draws` independent (t, mask) draws, fixed
-    across the run so that successive validations are comparable."""
+def evaluate(scorer, params, val: np.ndarray, batch_size: int, num_batches: int, objective: str, draws: int = 1, seed: int = 0) -> dict:
+    """Validation over the rows of the first `num_batches` whole batches (0 = all). The one
+    estimator of `dllm-jax eval --task val` (`Scorer.sequence_nll`): the exact NLL for AR; for
+    MDM the Monte Carlo ELBO with `draws` stratified (t, mask) draws per row from `seed`,
+    fixed across the run so that successive validations are comparable."""
     from dllm_jax.data.pipeline import val_batches
 
-    batches = val_batches(val, batch_size)
+    batches = val_batches(val, batch_size)  # whole batches (warns when there is none)
     if num_batches:
         batches = batches[:num_batches]
     if not batches:
         return {}
-    total = None
-    draws = draws if objective == "mdm" else 1
-    for i, batch in enumerate(batches):
-        tokens = sharding.global_batch_from_full(mesh, batch)
-        for k in range(draws):
-            sums = eval_fn(params, tokens, i * draws + k)
-            total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
-    metrics = {k: float(v) for k, v in objectives.finalize(jax.device_get(total), objective).items()}
-    out = {"val_loss": metrics["loss"]}
+    res = scorer.sequence_nll(params, np.concatenate(batches), mc_samples=draws if objective == "mdm" else 1, seed=seed)
+    out = {"val_loss": res["nats_per_token"]}
     if objective == "ar":
-        out["val_ppl"] = float(np.exp(min(metrics["loss"], 50.0)))
+        out["val_ppl"] = res["perplexity"]
     else:
-        out["val_masked_ce"] = metrics["masked_ce"]
-        out["val_ppl_bound"] = float(np.exp(min(metrics["loss"], 50.0)))
+        out["val_masked_ce"] = res["masked_ce"]
+        out["val_ppl_bound"] = res["perplexity_bound"]
     return out
 
 
@@ -176,7 +170,9 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         else:
             state = train_step.init_state(model, tx, mesh, seq_len, config.seed)
         step_fn = train_step.make_train_step(model, tx, config, ids, mesh, shardings, lr_fn)
-        eval_fn = train_step.make_eval_step(model, config, ids, mesh, shardings.params)
+        from dllm_jax.evaluation.likelihood import Scorer
+
+        val_scorer = Scorer.for_model(model, config, tokenizer, batch_size=config.eval.batch_size, mesh=mesh)
         cloze = None
         if config.eval.cloze_every:
             from dllm_jax.evaluation.periodic import ClozeEvaluator
@@ -198,7 +194,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         prev = None
 
         def do_eval(step, with_cloze=True):
-            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, config.objective, config.eval.val_draws)
+            rec = evaluate(val_scorer, state.params, dataset.val, batch_size, tcfg.eval_batches, config.objective,
+                           config.eval.val_draws, seed=config.seed)
             if rec:
                 rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
                 if cloze is not None and with_cloze:

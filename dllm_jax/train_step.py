@@ -151,18 +151,3 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)), out_shardings=(shardings, None), donate_argnums=(0,))
-
-
-def make_eval_step(model: Transformer, config, ids: objectives.TokenIds, mesh, param_shardings) -> Callable:
-    """Jitted `(params, tokens, batch_index) -> summed metrics`. Masks are seeded by the batch
-    index (not the step), so validation numbers are comparable across a run."""
-    causal = objectives.is_causal(config.objective)
-    prepare = objectives.prepare_fn(config, ids, train=False)
-    base_key = jax.random.fold_in(jax.random.key(config.seed), 0x7A1)
-
-    def evaluate(params, tokens, index):
-        prep = prepare(tokens, jax.random.fold_in(base_key, index))
-        ce, _ = forward_ce(model, params, prep, causal=causal, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk)
-        return objectives.metrics_from_ce(ce, prep, config.objective)
-
-    return jax.jit(evaluate, in_shardings=(param_shardings, sharding.batch_sharding(mesh), None))

@@ -318,9 +318,18 @@ def test_cli_val_matches_training_validation(trained_runs):
     assert ar["exact"] and ar["sequences"] == 16 and ar["tokens"] == 16 * 31
     assert ar["nats_per_token"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert ar["perplexity"] == pytest.approx(last["val_ppl"], rel=1e-4)
-    # MDM: the ELBO over all 16 rows with 8 draws each (training's val_loss is one draw per row)
-    mdm = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", "8")
-    assert not mdm["exact"] and mdm["tokens"] == 16 * 32 and mdm["mc_samples"] == 8
+    # MDM: one estimator. With training's draws (eval.val_draws per row, the run's seed, which
+    # is the CLI's default) the CLI gives the logged val_loss and val_masked_ce exactly
+    cfg = json.load(open(os.path.join(trained_runs["mdm"], "config.json")))
+    draws = str(cfg["eval"]["val_draws"])
+    mdm = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", draws)
+    last = [r for r in read_metrics(trained_runs["mdm"]) if "val_loss" in r][-1]
+    assert not mdm["exact"] and mdm["tokens"] == 16 * 32 and mdm["mc_samples"] == int(draws)
+    assert mdm["nats_per_token"] == pytest.approx(last["val_loss"], rel=1e-6)
+    assert mdm["masked_ce"] == pytest.approx(last["val_masked_ce"], rel=1e-6)
+    assert mdm["perplexity_bound"] == pytest.approx(last["val_ppl_bound"], rel=1e-6)
+    other = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", draws, "--seed", "7")
+    assert other["nats_per_token"] != mdm["nats_per_token"]  # the seed picks the draws
     assert 0 < mdm["stderr_nats_per_token"] < 0.15 * mdm["nats_per_token"]
     assert mdm["nats_per_token"] > math.log(2)  # far from a degenerate (all-zero) estimate
 

@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cfg", type=float, default=0.0, help="MDM multiple choice: classifier-free guidance weight w (0 = off)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first K items / validation rows / cloze passages")
     parser.add_argument("--output", default=None, help="JSON file to write (default: <workdir>/eval/<task>_step<N>.json)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws (and of generation)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the Monte Carlo draws (and of generation); default: the run's seed, the draws of its training-time validation")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per scoring batch (default: eval.batch_size)")
     parser.add_argument("--items", action="store_true", help="also save per-item predictions and log-likelihoods")
     g = parser.add_argument_group("genppl")
@@ -92,6 +93,8 @@ def evaluate_run(args) -> tuple[dict, str]:
     config = run.config
     _apply_overrides(config, getattr(args, "overrides", None))
     e = config.eval
+    if args.seed is None:
+        args.seed = int(config.seed)
     mc = args.mc_samples or e.mc_samples
     batch = args.batch_size or e.batch_size
     head = {"task": args.task, "workdir": os.path.abspath(args.workdir), "step": run.step, "objective": config.objective}

@@ -325,7 +325,10 @@ class Scorer:
         (tokens 1..L-1 given their prefix, as training counts them), the continuous-time ELBO
         with `mc_samples` stratified draws per sequence for MDM. Returns totals and
         per-token values in nats and bits, a perplexity (AR) or perplexity upper bound (MDM),
-        and for MDM the Monte Carlo standard error."""
+        and for MDM the Monte Carlo standard error and `masked_ce` (mean CE of the masked
+        tokens). Training-time validation calls this too (`train.evaluate`): one estimator.
+        Draw j of row i uses stream keys of `seed` indexed by row and sample id i * N + j, so a
+        row's value does not depend on the batch size."""
         seqs = np.asarray(sequences, np.int32)
         if seqs.ndim != 2 or seqs.shape[0] == 0:
             raise ValueError(f"sequences must be a non-empty [M, L] array, got shape {seqs.shape}")
@@ -346,7 +349,9 @@ class Scorer:
         keys = jax.random.split(rng.stream(seed, rng.EVAL_TIME), m)
         times = np.asarray(jax.vmap(lambda k: objectives.sample_times(k, n, self.spec.eps, True))(keys), np.float32)
         rows = [_Row(seqs[i], np.ones(length, bool), float(times[i, j]), sample_id=i * n + j) for i in range(m) for j in range(n)]
-        vals, _ = self._run("elbo", params, rows, seed=seed, doc_segments=self.spec.document_attention)
+        vals, n_masked = self._run("elbo", params, rows, seed=seed, doc_segments=self.spec.document_attention)
+        # the masked tokens' mean CE (unweighted), from each draw's value / w(t)
+        ce_sums = vals / np.asarray(objectives.elbo_weight(times.reshape(-1).astype(np.float64), self.spec.schedule))
         vals = vals.reshape(m, n)
         tokens = m * length
         total = float(vals.mean(axis=1).sum())
@@ -355,7 +360,8 @@ class Scorer:
         out = {"exact": False, "sequences": m, "tokens": tokens, "mc_samples": n, "nelbo_total": total,
                "nats_per_token": per, "bits_per_token": per / math.log(2),
                "stderr_nats_per_token": math.sqrt(var) / tokens if n > 1 else None,
-               "perplexity_bound": float(np.exp(min(per, 50.0)))}
+               "perplexity_bound": float(np.exp(min(per, 50.0))),
+               "masked_ce": float(ce_sums.sum() / max(n_masked.sum(), 1.0))}
         return out
 
 

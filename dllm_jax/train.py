@@ -26,20 +26,15 @@ from dllm_jax.metrics import MetricsWriter, Progress
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
-# keys that may differ between the run in a workdir and the command resuming it
-RESUMABLE_CHANGES = ("mesh.", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-                     "train.keep_last", "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
-                     "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.")
-
-
 def check_resume_compatible(saved: dict, config) -> None:
     old, new = config_lib.flatten(saved), config_lib.flatten(config.to_dict())
-    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not config_lib.resume_changeable(k)]
     if diffs:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
         raise ConfigError(
             f"the workdir holds a run with a different config ({shown}); resuming would mix two experiments. "
-            "Use a new --workdir, or rerun with the saved values (see config.json in the workdir)."
+            "Use a new --workdir, or rerun with the saved values (see config.json in the workdir). "
+            "Only the keys in dllm_jax.config.HOW_KEYS and RECOVERY_KEYS may change on resume."
         )
 
 

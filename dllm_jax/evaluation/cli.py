@@ -11,8 +11,9 @@ Tasks:
 Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json
 (the step in the name keeps evaluations of several checkpoints apart). Defaults of
 --mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
-`--config.KEY=VALUE` may change where the data is (data.paths, data.cache_dir,
-data.tfds_data_dir) and the eval.* keys; nothing that would change the model.
+`--config.KEY=VALUE` may change the keys that do not change what the run learnt
+(`dllm_jax.config.HOW_KEYS`: where the data is, the eval.* keys, how the model is computed);
+nothing that would change the model.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from dllm_jax.errors import ConfigError
 
 TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
 FILE_TASKS = ("jsonl", "hellaswag", "mmlu")
-ALLOWED_OVERRIDES = ("data.paths", "data.cache_dir", "data.tfds_data_dir", "eval.")
 
 
 def add_arguments(parser) -> None:
@@ -59,9 +59,9 @@ def add_arguments(parser) -> None:
 
 def _check_overrides(overrides) -> None:
     for key, _ in overrides or []:
-        if not key.startswith(ALLOWED_OVERRIDES):
+        if not config_lib.how_key(key):
             raise ConfigError(f"--config.{key} cannot change at evaluation (it is fixed by the checkpoint); "
-                              f"eval accepts only {', '.join(k + '*' if k.endswith('.') else k for k in ALLOWED_OVERRIDES)}")
+                              f"eval accepts only {', '.join(k + '*' if k.endswith('.') else k for k in config_lib.HOW_KEYS)}")
 
 
 def _apply_overrides(config, overrides) -> None:

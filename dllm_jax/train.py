@@ -104,9 +104,9 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     tcfg = config.train
     ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)
-    resume_step = ckpt.latest_step()
+    resume_step, saved = _newest_readable_meta(ckpt)
     if resume_step is not None:
-        _, saved_config, saved_tokenizer = ckpt.restore_meta(resume_step)
+        saved_config, saved_tokenizer = saved
         check_resume_compatible(saved_config, config)
         saved_tok = Tokenizer.from_bytes(saved_tokenizer)
         if config.data.tokenizer:
@@ -158,7 +158,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         shardings = train_step.state_shardings(model, tx, mesh, seq_len)
         if resume_step is not None:
-            state = _restore(ckpt, resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
+            state, resume_step = _restore_newest_readable(ckpt, resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
             if int(state.step) != resume_step:
                 raise CheckpointError(f"checkpoint {resume_step} holds state step {int(state.step)}; the checkpoint is inconsistent")
             log.info("resumed from step %d in %s", resume_step, workdir)
@@ -201,8 +201,13 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
         def save(step):
             nonlocal last_good
-            ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
+            with _SaveErrors(ckpt, step, lambda: last_good):
+                ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
             last_good = step
+
+        def finish():  # waits for a background save: its I/O errors surface here
+            with _SaveErrors(ckpt, last_good, lambda: _previous(ckpt, last_good)):
+                ckpt.close()
 
         def diverged(step, metrics):
             ckpt.wait()
@@ -245,7 +250,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 if at_ckpt:
                     save(step)
                 if stopping and step < num_steps:
-                    ckpt.close()
+                    finish()
                     bar.close()
                     writer.close()
                     msg = f"stopped ({stopping}) at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
@@ -254,7 +259,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                     return {**summary, "interrupted": True, "step": step}
             if start < num_steps or not last_val:
                 last_val = do_eval(num_steps)
-            ckpt.close()
+            finish()
             bar.close()
             writer.close()
 
@@ -264,6 +269,106 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         with open(os.path.join(workdir, DONE_FILE), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _newest_readable_meta(ckpt: Checkpointer):
+    """(step, (config dict, tokenizer bytes)) of the newest checkpoint whose metadata reads,
+    or (None, None) when there is none. Unreadable newer ones are named in a warning and kept."""
+    failed = []
+    for step in sorted(ckpt.all_steps(), reverse=True):
+        try:
+            _, saved_config, saved_tokenizer = ckpt.restore_meta(step)
+            return step, (saved_config, saved_tokenizer)
+        except Exception as e:  # noqa: BLE001 - any read failure: try the previous checkpoint
+            failed.append((step, e))
+            log.warning("checkpoint %d in %s cannot be read (%s); it is kept, trying the previous one", step, ckpt.directory, _short(e))
+    if failed:
+        raise _unreadable(ckpt, failed)
+    return None, None
+
+
+def _unreadable(ckpt: Checkpointer, failed) -> CheckpointError:
+    folders = " ".join(os.path.join(ckpt.directory, str(s)) for s, _ in failed)
+    detail = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
+    return CheckpointError(
+        f"no checkpoint in {ckpt.directory} can be read ({detail}). Nothing was deleted. To start this run again from "
+        f"step 0 in this workdir, move or remove {folders}; or train in a new --workdir"
+    )
+
+
+def _restore_newest_readable(ckpt: Checkpointer, step: int, abstract_state, data_iter):
+    """(state, step) from the newest checkpoint at or before `step` that restores. A damaged
+    one (e.g. a truncated array file) is named in a warning, kept, and the previous one used."""
+    failed = []
+    for s in sorted((x for x in ckpt.all_steps() if x <= step), reverse=True):
+        try:
+            state = _restore(ckpt, s, abstract_state, data_iter)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: fall back to the previous one
+            failed.append((s, e))
+            continue
+        if failed:
+            kept = _set_aside(ckpt, [f for f, _ in failed])
+            msg = (f"checkpoint {', '.join(str(f) for f, _ in failed)} in {ckpt.directory} cannot be read "
+                   f"({'; '.join(_short(e) for _, e in failed)}); it is kept, not deleted, in {kept}. Resuming from "
+                   f"step {s}, the newest readable checkpoint")
+            log.warning(msg)
+            print(f"warning: {msg}", flush=True)
+        return state, s
+    raise _unreadable(ckpt, failed)
+
+
+def _set_aside(ckpt: Checkpointer, steps) -> str:
+    """Move unreadable checkpoint folders to <workdir>/checkpoints_unreadable/ (never delete
+    them): out of the way of the keep_last rotation and of the run's later saves at the same
+    step. Returns that folder."""
+    kept = os.path.join(os.path.dirname(ckpt.directory), "checkpoints_unreadable")
+    if jax.process_index() == 0:
+        os.makedirs(kept, exist_ok=True)
+        for step in steps:
+            target = os.path.join(kept, str(step))
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(kept, f"{step}.{n}"), n + 1
+            os.rename(os.path.join(ckpt.directory, str(step)), target)
+    if jax.process_count() > 1:  # the others wait for the move before re-listing the steps
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("dllm_jax_set_aside_checkpoints")
+    ckpt.manager.reload()
+    return kept
+
+
+def _previous(ckpt: Checkpointer, step):
+    """The newest checkpoint before `step` (None if none)."""
+    older = [s for s in ckpt.all_steps() if step is None or s < step]
+    return max(older) if older else None
+
+
+class _SaveErrors:
+    """Turns any failure while writing checkpoint `step` (disk full, permissions, a lost
+    mount) into one CheckpointError naming the last good checkpoint."""
+
+    def __init__(self, ckpt: Checkpointer, step, last_good):
+        self.ckpt, self.step, self.last_good = ckpt, step, last_good
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or not isinstance(error, Exception) or isinstance(error, CheckpointError):
+            return False
+        good = self.last_good()
+        where = (f"the last good checkpoint is step {good} in {self.ckpt.directory}" if good is not None
+                 else "no checkpoint was saved before it")
+        raise CheckpointError(f"saving checkpoint {self.step} failed ({_short(error)}); {where}. "
+                              "Fix the cause (e.g. free disk space) and rerun the same command to resume from it") from None
 
 
 def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):

@@ -200,3 +200,68 @@ def test_metrics_records_carry_the_public_fields(trained_runs):
             assert json.load(f)["objective"] == objective
         # both runs learn something: last val loss below the first
         assert val_recs[-1]["val_loss"] < val_recs[0]["val_loss"]
+
+
+def _truncate_largest_state_file(step_dir):
+    """Damage a checkpoint as a full disk or a killed copy does: cut its array data files
+    (state/**/d/*) to half their size. Returns the largest one."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs if os.path.basename(d) == "d"]
+    assert files
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    return max(files, key=os.path.getsize)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, corpus, capsys):
+    paths, cache = corpus
+    workdir = str(tmp_path / "run")
+    cfg = lambda: tiny_config(paths, cache, "mdm", train__eval_every=0, train__checkpoint_every=4)  # noqa: E731 - 16 steps
+    train(cfg(), workdir, stop_after=12)  # keeps checkpoints 8 and 12
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert sorted(map(int, os.listdir(ckpt_dir))) == [8, 12]
+    damaged = _truncate_largest_state_file(os.path.join(ckpt_dir, "12"))
+    capsys.readouterr()
+    s = train(cfg(), workdir)
+    out = capsys.readouterr().out
+    assert f"checkpoint 12 in {ckpt_dir} cannot be read" in out and "Resuming from step 8" in out
+    assert s["step"] == 16 and np.isfinite(s["final"]["val_loss"])
+    assert [r["step"] for r in read_metrics(workdir) if "loss" in r][-3:] == [8, 12, 16]  # 9..12 trained again
+    kept = os.path.join(workdir, "checkpoints_unreadable", "12")
+    assert f"kept, not deleted, in {os.path.dirname(kept)}" in out
+    assert os.path.exists(damaged.replace(os.path.join(ckpt_dir, "12"), kept))  # moved aside, never deleted
+    assert Checkpointer(workdir, read_only=True).all_steps() == [12, 16]  # 12 saved again by the resumed run
+    # no readable checkpoint at all: say what to remove, delete nothing
+    damaged = [_truncate_largest_state_file(os.path.join(ckpt_dir, str(step))) for step in (12, 16)]
+    folders = " ".join(os.path.join(ckpt_dir, str(step)) for step in (16, 12))
+    with pytest.raises(CheckpointError, match=rf"no checkpoint in .* can be read \(step 16: .*; step 12: .*\)\. Nothing was deleted.*move or remove {folders}"):
+        train(cfg(), workdir)
+    assert all(os.path.exists(p) for p in damaged)
+
+
+def test_disk_full_while_saving_ends_with_one_line_naming_the_last_good_checkpoint(tmp_path, corpus, monkeypatch, capsys):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from dllm_jax.cli import main
+
+    paths, cache = corpus
+    workdir = str(tmp_path / "run")
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step >= 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    exp = tmp_path / "exp.py"
+    cfg = tiny_config(paths, cache, "ar", train__eval_every=0, train__checkpoint_every=4)
+    exp.write_text(f"import json\nfrom dllm_jax.config import complete\ndef get_config():\n    return complete(json.loads({C.to_json(cfg)!r}))\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(exp), "--workdir", workdir]) == 2
+    err = capsys.readouterr().err
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"saving checkpoint 8 failed (OSError: [Errno {errno.ENOSPC}] No space left on device); the last good checkpoint is step 4 in {ckpt_dir}" in err

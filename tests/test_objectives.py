@@ -105,7 +105,11 @@ def test_mdm_never_masks_or_counts_padding():
     assert not bool(jnp.any(prep.inputs[:, 3:] == IDS.mask_id))
     assert not bool(jnp.any(prep.weights[:, 3:] != 0))
     assert float(prep.denom) == 16 * 3
-    assert prep.segment_ids is None or bool(jnp.all(prep.segment_ids[:, 3:] == 0))
+    assert prep.segment_ids is None  # no document or length masking asked for: full attention
+    # with attention masks on, padding gets segment 0 (attends to and from nothing)
+    for kwargs in (dict(document_attention=True), dict(random_length_prob=1e-6)):
+        seg = obj.prepare_mdm(tokens, jax.random.key(0), IDS, weighting="realized", **kwargs).segment_ids
+        assert seg is not None and bool(jnp.all(seg[:, 3:] == 0)) and bool(jnp.all(seg[:, :3] > 0)), kwargs
 
 
 def test_mask_rate_follows_schedule():

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import traceback
 
 import ml_collections
 
@@ -376,7 +377,18 @@ def import_experiment(path: str, required: tuple[str, ...] = ("get_config",), wh
     spec = importlib.util.spec_from_file_location(f"dllm_experiment_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # also a file that is not UTF-8 (Python reads source as UTF-8)
+        where = f"{path}:{e.lineno}" if e.lineno else path
+        fix = ("save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8), or declare its encoding in a `# -*- coding: ... -*-` first line"
+               if "utf-8" in str(e.msg).lower() or "unicode" in str(e.msg).lower() or "non-utf-8" in str(e.msg).lower()
+               else "fix the Python syntax there")
+        raise ConfigError(f"{what} {where}: cannot be read as Python ({e.msg}); {fix}") from None
+    except Exception as e:  # noqa: BLE001 - the file's own code failed while importing
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+        where = f"{path}:{frames[-1].lineno}" if frames else path
+        raise ConfigError(f"{what} {where}: importing it raised {type(e).__name__}: {e}") from None
     missing = [name for name in required if not hasattr(module, name)]
     if missing:
         raise ConfigError(f"{what} {path!r} has no {missing[0]}() function; it must define {', '.join(f'{r}()' for r in required)}")

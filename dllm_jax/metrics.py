@@ -4,6 +4,7 @@ event files (tensorboardX) and a tqdm progress bar. Only process 0 writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -17,8 +18,21 @@ def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from dllm_jax.errors import DataError
+
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # a record cut short (killed mid-write, disk full): skip it
+                logging.getLogger("dllm_jax").warning("%s:%d: incomplete last record skipped", path, n)
+                continue
+            raise DataError(f"{path}:{n}: not a JSON record ({e.msg}); the metrics file is damaged: "
+                            "remove that line (or the file) and rerun") from None
+    return out
 
 
 def _clean(value):

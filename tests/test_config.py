@@ -171,3 +171,18 @@ def test_sampling_benchmark_config_fits_the_benchmark_defaults():
     assert cfg.objective == "mdm" and cfg.data.unique_tokens == 0
     assert defaults.prompt_tokens + defaults.max_new_tokens <= cfg.data.seq_len
     assert defaults.max_new_tokens % defaults.block_length == 0
+
+
+@pytest.mark.parametrize("content,message", [
+    ("NAME = 'Caf\u00e9'\ndef get_config():\n    return {}\n".encode("latin-1"), r"exp\.py:1: cannot be read as Python .*save it as UTF-8"),
+    (b"def get_config(:\n    return {}\n", r"exp\.py:1: cannot be read as Python .*fix the Python syntax"),
+    (b"import os\nx = 1 / 0\ndef get_config():\n    return {}\n", r"exp\.py:2: importing it raised ZeroDivisionError"),
+])
+def test_unreadable_experiment_files_name_file_line_and_fix(tmp_path, capsys, content, message):
+    path = tmp_path / "exp.py"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        C.load_config(str(path))
+    assert main(["config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -1,6 +1,9 @@
 """Evaluation: estimators checked against exact values, task files, cloze, CLI, training hook,
 lm-evaluation-harness adapter and generative perplexity."""
 
+import bz2
+import codecs
+import gzip
 import itertools
 import json
 import math
@@ -540,3 +543,55 @@ def test_llada_length_and_mask_draws_are_independent():
     scorer = Scorer(p4_model, spec, batch_size=8)
     vals = [-scorer.loglikelihood(None, [(ctx, ans)], mc_samples=1, seed=s)[0].logprob for s in range(300)]
     _mean_within_mc_error(vals, exact)
+
+
+# ---------------------------------------------------------------- task file encodings (issue 12, A3)
+RECORD = '{"context": "Caf\u00e9 at the", "choices": [" river.", " moon."], "label": 0}\n'
+
+
+@pytest.mark.parametrize("fmt,encode,name", [
+    ("jsonl", lambda t: gzip.compress(t.encode("utf-8")), "t.jsonl.gz"),
+    ("jsonl", lambda t: bz2.compress(t.encode("utf-8")), "t.jsonl.bz2"),
+    ("jsonl", lambda t: codecs.BOM_UTF8 + t.replace("\n", "\r\n").encode("utf-8"), "t.jsonl"),
+    ("mmlu", lambda t: gzip.compress(t.encode("utf-8")), "anatomy_test.csv.gz"),
+])
+def test_compressed_and_bom_task_files_are_read(tmp_path, fmt, encode, name):
+    text = RECORD * 2 if fmt == "jsonl" else 'Caf\u00e9?,a,b,c,d,B\r\n' * 2
+    path = tmp_path / name
+    path.write_bytes(encode(text))
+    items = tasks.read_task(str(path), fmt)
+    assert len(items) == 2 and items[1].source == f"{path}:2"
+    if fmt == "jsonl":
+        assert items[0].context == "Caf\u00e9 at the" and items[0].choices == [" river.", " moon."]
+    else:
+        assert "about anatomy" in items[0].context and "Caf\u00e9?\nA. a" in items[0].context and items[0].label == 1
+
+
+@pytest.mark.parametrize("encoding,message", [
+    ("latin-1", r":2: byte 0xe9 at column 17 is not UTF-8 .*iconv -f LATIN1 -t UTF-8"),
+    ("utf-16", r" is UTF-16 text .*iconv -f UTF-16 -t UTF-8"),
+    ("utf-16-le", r":1: NUL bytes: this looks like UTF-16"),
+])
+def test_task_files_in_other_encodings_name_file_line_and_fix(tmp_path, encoding, message):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(('{"context": "x", "choices": [" a", " b"], "label": 0}\n' + RECORD).encode(encoding))
+    with pytest.raises(DataError, match=message) as e:
+        tasks.read_task(str(path), "jsonl")
+    assert str(path) in str(e.value)
+
+
+def test_cli_reports_a_latin1_task_file_in_one_line(tmp_path, capsys):
+    from dllm_jax.cli import main
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(RECORD.encode("latin-1"))
+    assert main(["eval", "--workdir", str(tmp_path), "--task", "jsonl", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {path}:1: byte 0xe9" in err and "Traceback" not in err
+
+
+def test_damaged_gzip_task_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(RECORD.encode())[:-12])
+    with pytest.raises(DataError, match="damaged or truncated gzip file"):
+        tasks.read_task(str(path), "jsonl")

@@ -366,3 +366,23 @@ def test_paper_grid_budgets(tmp_path):
         assert (c.data.unique_tokens // per_step) * c.data.epochs >= c.train.num_steps  # enough epochs of data
         uniques.add(c.data.unique_tokens)
     assert uniques == {5e8, 1e9, 1.5e9, 1e10, 9.6e10}
+
+
+def test_workdir_files_cut_short_are_read_or_named(tmp_path):
+    """A metrics.jsonl whose last record was cut short (disk full, killed) still reads; a damaged
+    record elsewhere, or a truncated config.json, is a DataError naming the file and line."""
+    from dllm_jax.errors import DataError
+    from dllm_jax.metrics import read_metrics
+    from dllm_jax.study.runs import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_metrics(str(run)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2: not a JSON record"):
+        read_metrics(str(run))
+    (run / "metrics.jsonl").write_text("")
+    (run / "config.json").write_text('{"objective": "mdm", "train": {"lr"')
+    with pytest.raises(DataError, match=r"config\.json:1: run file is not valid JSON .*truncated"):
+        load_run(str(run))

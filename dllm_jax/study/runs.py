@@ -108,8 +108,9 @@ def machine_info() -> dict:
 
 
 def _load_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    from dllm_jax.files import read_json
+
+    return read_json(path, "run file")
 
 
 def load_run(workdir: str) -> Run | None:

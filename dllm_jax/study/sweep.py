@@ -65,8 +65,9 @@ def check_finished_config(point) -> None:
     path = os.path.join(point.workdir, "config.json")
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
+    from dllm_jax.files import read_json
+
+    saved = read_json(path, "run config")
     try:
         check_resume_compatible(saved, point.config)
     except ConfigError as e:

@@ -595,3 +595,28 @@ def test_damaged_gzip_task_file_is_a_clear_error(tmp_path):
     path.write_bytes(gzip.compress(RECORD.encode())[:-12])
     with pytest.raises(DataError, match="damaged or truncated gzip file"):
         tasks.read_task(str(path), "jsonl")
+
+
+def test_acc_norm_divides_a_cut_choice_by_the_characters_scored():
+    # max_len 8: choice B (12 tokens, 1 char each) keeps its last 7 tokens. Per scored
+    # character A = 3 log .3 / 3 = -1.204 beats B = (6 log .3 + log .2) / 7 = -1.262; dividing
+    # B by all 12 characters (-0.736) would pick B
+    from dllm_jax.evaluation.multiple_choice import score_items
+
+    a, b = [5, 5, 5], [0] * 5 + [5] * 6 + [4]
+    item = tasks.TokenItem(context=[2], choices=[a, b], label=0, choice_chars=[3, 12], choice_token_chars=[[1] * 3, [1] * 12])
+    scorer = Scorer(marginal_model, toy_spec("ar", max_len=8), batch_size=8)
+    res = score_items(scorer, None, [item], keep_items=True)
+    lp = res["items"][0]["logprobs"]
+    assert lp[1] == pytest.approx(6 * LOG_PI[5] + LOG_PI[4], abs=1e-4)  # only the last 7 tokens were scored
+    assert res["truncated_items"] == 1 and res["items"][0]["pred_norm"] == 0 and res["acc_norm"] == 1.0
+    # without per-token characters: proportional to the tokens scored (12 * 7 / 12 = 7 here)
+    item.choice_token_chars = []
+    assert score_items(scorer, None, [item])["acc_norm"] == 1.0
+
+
+def test_token_chars_add_up_to_the_choice_text(loaded):
+    tok = loaded["ar"].tokenizer
+    for ctx, choice in (("The river walks into the", " forest."), ("Old", " quiet house near the road")):
+        _, ids = tasks.encode_pair(tok, ctx, choice)
+        assert sum(tasks.token_chars(tok, ids)) == len(choice)

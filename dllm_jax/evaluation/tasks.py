@@ -62,6 +62,9 @@ class TokenItem:
     label: int
     choice_chars: list[int]  # length of each choice in characters (for acc_norm)
     meta: dict = dataclasses.field(default_factory=dict)
+    # characters of each token of each choice (its SentencePiece piece, '▁' = a space), so that
+    # acc_norm can divide a choice cut to fit the context by the characters actually scored
+    choice_token_chars: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------- helpers
@@ -244,6 +247,15 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, tokenizer.encode(continuation)
 
 
+def token_chars(tokenizer, ids) -> list[int]:
+    """Characters of the text each token stands for (byte-fallback pieces count 1 each)."""
+    out = []
+    for i in ids:
+        piece = tokenizer.id_to_piece(i)
+        out.append(1 if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece) else len(piece.replace("\u2581", " ")))
+    return out
+
+
 def tokenize_items(items: list[Item], tokenizer) -> list[TokenItem]:
     out = []
     for it in items:
@@ -253,7 +265,8 @@ def tokenize_items(items: list[Item], tokenizer) -> list[TokenItem]:
                 raise DataError(f"{it.source or 'item'}: choice {i} ({it.choices[i]!r}) encodes to no tokens")
         # the context's encoding does not depend on the choice
         out.append(TokenItem(context=pairs[0][0], choices=[p[1] for p in pairs], label=it.label,
-                             choice_chars=[len(c) for c in it.choices], meta={"source": it.source}))
+                             choice_chars=[len(c) for c in it.choices], meta={"source": it.source},
+                             choice_token_chars=[token_chars(tokenizer, p[1]) for p in pairs]))
     return out
 
 

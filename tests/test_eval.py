@@ -620,3 +620,14 @@ def test_token_chars_add_up_to_the_choice_text(loaded):
     for ctx, choice in (("The river walks into the", " forest."), ("Old", " quiet house near the road")):
         _, ids = tasks.encode_pair(tok, ctx, choice)
         assert sum(tasks.token_chars(tok, ids)) == len(choice)
+
+
+def test_cloze_passages_are_not_the_document_order_permutation():
+    # with as many validation rows as documents, a cloze drawn from default_rng(seed) would list
+    # its passages in exactly the order that default_rng(seed) gave the documents
+    from dllm_jax.data.pipeline import document_order
+
+    val = np.random.default_rng(5).integers(3, 50, size=(40, 16)).astype(np.int32)
+    for seed in range(5):
+        items = cloze.build_cloze(val, n_examples=0, n_choices=2, length=4, seed=seed)
+        assert [it.meta["passage"] for it in items] != document_order(40, seed).tolist()

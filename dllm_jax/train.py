@@ -26,6 +26,8 @@ from dllm_jax.metrics import MetricsWriter, Progress
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
+
+
 def check_resume_compatible(saved: dict, config) -> None:
     old, new = config_lib.flatten(saved), config_lib.flatten(config.to_dict())
     diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not config_lib.resume_changeable(k)]
@@ -283,10 +285,13 @@ def _newest_readable_meta(ckpt: Checkpointer):
     for step in sorted(ckpt.all_steps(), reverse=True):
         try:
             _, saved_config, saved_tokenizer = ckpt.restore_meta(step)
-            return step, (saved_config, saved_tokenizer)
         except Exception as e:  # noqa: BLE001 - any read failure: try the previous checkpoint
             failed.append((step, e))
             log.warning("checkpoint %d in %s cannot be read (%s); it is kept, trying the previous one", step, ckpt.directory, _short(e))
+            continue
+        if failed:
+            log.warning("checkpoint(s) %s set aside in %s", ", ".join(str(f) for f, _ in failed), _set_aside(ckpt, [f for f, _ in failed]))
+        return step, (saved_config, saved_tokenizer)
     if failed:
         raise _unreadable(ckpt, failed)
     return None, None

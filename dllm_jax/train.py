@@ -298,6 +298,11 @@ def _newest_readable_meta(ckpt: Checkpointer):
 
 
 def _unreadable(ckpt: Checkpointer, failed) -> CheckpointError:
+    """The error when no checkpoint can be read (the manager is closed: the run stops here)."""
+    try:
+        ckpt.close()
+    except Exception:  # noqa: BLE001 - already failing; the message below is what matters
+        pass
     folders = " ".join(os.path.join(ckpt.directory, str(s)) for s, _ in failed)
     detail = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
     return CheckpointError(

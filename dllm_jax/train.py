@@ -28,9 +28,11 @@ log = logging.getLogger("dllm_jax")
 DONE_FILE = "DONE"
 
 
-def check_resume_compatible(saved: dict, config) -> None:
+def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_changeable) -> None:
+    """ConfigError unless `config` differs from the `saved` one only in keys `changeable(key)`
+    allows (default: what may change on resume, decided in the config schema)."""
     old, new = config_lib.flatten(saved), config_lib.flatten(config.to_dict())
-    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not config_lib.resume_changeable(k)]
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
     if diffs:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
         raise ConfigError(

@@ -8,11 +8,14 @@ typo in an override or an experiment file is an error, not a silently ignored se
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import json
+import math
 import os
 import sys
+import traceback
 
 import ml_collections
 
@@ -128,6 +131,139 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+# ---------------------------------------------------------------- value ranges
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The values a key accepts: 'int' / 'float' in [lo, hi] (open ends where said; floats
+    must be finite), 'bool', 'str', 'choice' (one of `choices`) or 'mesh' (-1 or >= 1)."""
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"one of {list(self.choices)}"
+        if self.kind in ("bool", "str"):
+            return f"a {self.kind}"
+        if self.kind == "mesh":
+            return "a positive integer or -1 (fill with the remaining devices)"
+        what = "an integer" if self.kind == "int" else "a finite number"
+        if self.hi is None:
+            return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+    def accepts(self, value) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "str":
+            return isinstance(value, str)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind in ("int", "mesh") and not isinstance(value, int):
+            return False
+        if self.kind == "mesh":
+            return value == -1 or value >= 1
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+
+def _int(lo, hi=None):
+    return Rule("int", lo, hi)
+
+
+def _float(lo, hi=None, lo_open=False, hi_open=False):
+    return Rule("float", lo, hi, lo_open, hi_open)
+
+
+def _one_of(*choices):
+    return Rule("choice", choices=tuple(choices))
+
+
+BOOL, STR, MESH = Rule("bool"), Rule("str"), Rule("mesh")
+UNIT = _float(0.0, 1.0)  # [0, 1]
+HALF_OPEN_UNIT = _float(0.0, 1.0, hi_open=True)  # [0, 1)
+POSITIVE = _float(0.0, lo_open=True)  # (0, inf)
+
+# Every key of `default_config()` and the values it accepts, checked up front by `validate()`
+# (tests/test_config.py checks that no key is missing here).
+RULES = {
+    "objective": STR,  # one of the registered objectives (dllm_jax.objectives.names()), checked in validate()
+    "seed": _int(0, 2**31 - 1),
+    "model.d_model": _int(1), "model.n_layers": _int(1), "model.n_heads": _int(1), "model.n_kv_heads": _int(0),
+    "model.head_dim": _int(0), "model.d_ff": _int(0), "model.rope_base": POSITIVE, "model.norm_eps": POSITIVE,
+    "model.qk_norm": BOOL, "model.init_std": POSITIVE, "model.dtype": _one_of(*DTYPES), "model.scan_layers": BOOL,
+    "model.remat": _one_of(*REMAT_POLICIES), "model.dropout": HALF_OPEN_UNIT, "model.attention_impl": _one_of("auto", "xla", "cudnn", "splash"),
+    "model.vocab_multiple": _int(1), "model.num_experts": _int(0), "model.experts_per_token": _int(1),
+    "model.capacity_factor": _float(0.0), "model.router_aux_weight": _float(0.0), "model.loss_chunk": _int(0),
+    "mdm.schedule": _one_of(*MASK_SCHEDULES), "mdm.eps": _float(0.0, 1.0, lo_open=True, hi_open=True),
+    "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
+    "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
+    "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
+    "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
+    "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1), "data.val_tokens": _int(0),
+    "data.tokenizer": STR, "data.vocab_size": _int(1), "data.tokenizer_type": _one_of("unigram", "bpe"),
+    "data.cache_dir": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
+    "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
+    "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),
+    "train.decay_fraction": _float(0.0, 1.0, lo_open=True), "train.b1": HALF_OPEN_UNIT, "train.b2": HALF_OPEN_UNIT,
+    "train.weight_decay": _float(0.0), "train.clip_norm": POSITIVE, "train.log_every": _int(1), "train.eval_every": _int(0),
+    "train.eval_batches": _int(0), "train.checkpoint_every": _int(1), "train.keep_last": _int(1), "train.keep_every": _int(0),
+    "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL,
+    "eval.at_epoch_end": BOOL, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
+    "eval.cloze_length": _int(0), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
+    "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH, "mesh.expert": MESH,
+}
+
+# ---------------------------------------------------------------- what may change on one run
+# Keys that say only HOW a run is computed, logged, checkpointed and evaluated, or WHERE its
+# data is read from, never WHAT it learns (a trailing '.' is a whole group). They may differ
+# between a run's workdir and the command resuming it (`train`) or evaluating it (`eval`),
+# and they never name a series in a sweep report (`study.runs`).
+HOW_KEYS = ("model.remat", "model.loss_chunk", "model.attention_impl", "train.grad_accum",
+            "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_last",
+            "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
+            "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.", "mesh.")
+# Optimiser settings to change after a divergence ("lower train.lr or raise train.warmup_steps,
+# then rerun"): changeable on resume, where the remaining steps use the new values. They do
+# name a series in a sweep (an LR sweep varies them on purpose).
+RECOVERY_KEYS = ("train.lr", "train.warmup_steps", "train.clip_norm")
+
+
+def _matches(key: str, patterns) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def how_key(key: str) -> bool:
+    """True if `key` (dotted) changes how a run is computed or logged, not what it learns."""
+    return _matches(key, HOW_KEYS)
+
+
+def resume_changeable(key: str) -> bool:
+    """True if `key` may differ between a run's checkpoint and the command resuming it."""
+    return _matches(key, HOW_KEYS + RECOVERY_KEYS)
+
+
+def check_ranges(cfg: ml_collections.ConfigDict) -> None:
+    """Every key's value against `RULES`; ConfigError naming the key, the value and the fix."""
+    defaults = flatten(default_config().to_dict())
+    for key, value in flatten(cfg.to_dict()).items():
+        rule = RULES.get(key)
+        if rule is not None and not rule.accepts(value):
+            raise ConfigError(
+                f"{key}={value!r} is out of range: it must be {rule.describe()}. "
+                f"Set --config.{key}=VALUE (or fix the experiment file); the default is {defaults[key]!r}"
+            )
+
+
 def _parse_value(key: str, raw: str, current):
     """Parse `raw` as the type of the value it replaces."""
     try:
@@ -218,8 +354,12 @@ def _merge(base: ml_collections.ConfigDict, user: ml_collections.ConfigDict, pre
                 raise ConfigError(f"config key {path!r} is a value, not a group")
             _merge(base[key], value, path + ".")
         else:
-            with base.unlocked():
-                base[key] = value
+            try:
+                with base.unlocked():
+                    base[key] = value
+            except TypeError:
+                raise ConfigError(f"{path}={value!r} is a {type(value).__name__}; it must be a {type(base[key]).__name__} "
+                                  f"like the default {base[key]!r}: fix the experiment file") from None
 
 
 def complete(user: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
@@ -239,7 +379,18 @@ def import_experiment(path: str, required: tuple[str, ...] = ("get_config",), wh
     spec = importlib.util.spec_from_file_location(f"dllm_experiment_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # also a file that is not UTF-8 (Python reads source as UTF-8)
+        where = f"{path}:{e.lineno}" if e.lineno else path
+        fix = ("save it as UTF-8 (e.g. iconv -f LATIN1 -t UTF-8), or declare its encoding in a `# -*- coding: ... -*-` first line"
+               if "utf-8" in str(e.msg).lower() or "unicode" in str(e.msg).lower() or "non-utf-8" in str(e.msg).lower()
+               else "fix the Python syntax there")
+        raise ConfigError(f"{what} {where}: cannot be read as Python ({e.msg}); {fix}") from None
+    except Exception as e:  # noqa: BLE001 - the file's own code failed while importing
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+        where = f"{path}:{frames[-1].lineno}" if frames else path
+        raise ConfigError(f"{what} {where}: importing it raised {type(e).__name__}: {e}") from None
     missing = [name for name in required if not hasattr(module, name)]
     if missing:
         raise ConfigError(f"{what} {path!r} has no {missing[0]}() function; it must define {', '.join(f'{r}()' for r in required)}")
@@ -260,37 +411,24 @@ def load_config(path: str, overrides: list[tuple[str, str]] | None = None) -> ml
     return config_from_module(import_experiment(path), overrides)
 
 
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}")
-
-
-def _positive(name, value, allow_zero=False):
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
-
-
 def validate(cfg: ml_collections.ConfigDict) -> None:
-    """Check values; raise ConfigError naming the key, the value and the fix."""
+    """Check values (the objective against the registry, each key's range from `RULES`, then the
+    rules between keys); raise ConfigError naming the key, the value and the fix."""
     from dllm_jax import objectives  # the registry of objectives
 
-    _choice("objective", cfg.objective, objectives.names())
+    if cfg.objective not in objectives.names():
+        raise ConfigError(f"objective={cfg.objective!r} is not one of {list(objectives.names())}; "
+                          f"set --config.objective to one of them")
+    check_ranges(cfg)
     m = cfg.model
-    for key in ("d_model", "n_layers", "n_heads"):
-        _positive(f"model.{key}", m[key])
     n_kv = m.n_kv_heads or m.n_heads
     if m.n_heads % n_kv:
         raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads={m.n_heads}")
     if not m.head_dim and m.d_model % m.n_heads:
         raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}; set model.head_dim")
-    _choice("model.dtype", m.dtype, DTYPES)
-    _choice("model.remat", m.remat, REMAT_POLICIES)
-    _choice("model.attention_impl", m.attention_impl, ("auto", "xla", "cudnn", "splash"))
     if m.attention_impl == "splash" and cfg.data.seq_len % 128:
         raise ConfigError(f"model.attention_impl='splash' tiles the sequence in blocks of 128, but data.seq_len={cfg.data.seq_len}; "
                           f"set data.seq_len to a multiple of 128 (e.g. {128 * -(-cfg.data.seq_len // 128)}) or model.attention_impl='auto'")
-    for key in ("num_experts", "capacity_factor", "router_aux_weight", "loss_chunk"):
-        _positive(f"model.{key}", m[key], allow_zero=True)
     if m.num_experts and not 1 <= m.experts_per_token <= m.num_experts:
         raise ConfigError(f"model.experts_per_token={m.experts_per_token} must be in [1, model.num_experts={m.num_experts}]")
     if m.num_experts and cfg.mesh.expert > 1 and m.num_experts % cfg.mesh.expert:
@@ -298,58 +436,18 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"model.num_experts={m.num_experts} is not divisible by mesh.expert={cfg.mesh.expert}; "
             "each device of the expert axis holds num_experts / mesh.expert experts: pick sizes that divide"
         )
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
-    _choice("mdm.schedule", cfg.mdm.schedule, MASK_SCHEDULES)
-    _choice("mdm.weighting", cfg.mdm.weighting, WEIGHTINGS)
-    if not 0.0 < cfg.mdm.eps < 1.0:
-        raise ConfigError(f"mdm.eps={cfg.mdm.eps} must be in (0, 1)")
-    if not 0.0 <= cfg.mdm.random_length_prob <= 1.0:
-        raise ConfigError(f"mdm.random_length_prob={cfg.mdm.random_length_prob} must be in [0, 1]")
-    if not 0.0 <= cfg.ar.input_mask_rate < 1.0:
-        raise ConfigError(f"ar.input_mask_rate={cfg.ar.input_mask_rate} must be in [0, 1)")
     d = cfg.data
-    _choice("data.source", d.source, SOURCES)
-    _choice("data.text_split", d.text_split, ("file", "paragraph", "line"))
     if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")
     if d.source == "tfds" and not d.tfds_name:
         raise ConfigError("data.source='tfds' needs data.tfds_name, e.g. --config.data.tfds_name=lm1b")
-    _positive("data.seq_len", d.seq_len)
-    if d.seq_len < 2:
-        raise ConfigError(f"data.seq_len={d.seq_len} must be >= 2")
-    _positive("data.unique_tokens", d.unique_tokens, allow_zero=True)
-    _positive("data.epochs", d.epochs)
-    _positive("data.val_tokens", d.val_tokens, allow_zero=True)
     t = cfg.train
-    _positive("train.batch_size", t.batch_size)
-    _positive("train.grad_accum", t.grad_accum)
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
-    _positive("train.num_steps", t.num_steps, allow_zero=True)
-    _positive("train.lr", t.lr)
-    _choice("train.schedule", t.schedule, SCHEDULES)
-    if not 0.0 <= t.min_lr_ratio <= 1.0:
-        raise ConfigError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
-    if not 0.0 < t.decay_fraction <= 1.0:
-        raise ConfigError(f"train.decay_fraction={t.decay_fraction} must be in (0, 1]")
-    for key in ("log_every", "checkpoint_every", "keep_last"):
-        _positive(f"train.{key}", t[key])
-    for key in ("eval_every", "eval_batches", "keep_every", "warmup_steps"):
-        _positive(f"train.{key}", t[key], allow_zero=True)
     e = cfg.eval
-    for key in ("cloze_every", "cloze_examples", "cloze_length"):
-        _positive(f"eval.{key}", e[key], allow_zero=True)
-    for key in ("mc_samples", "batch_size", "val_draws"):
-        _positive(f"eval.{key}", e[key])
-    if e.cloze_choices < 2:
-        raise ConfigError(f"eval.cloze_choices={e.cloze_choices} must be >= 2 (the true continuation and at least one distractor)")
     if e.cloze_length >= d.seq_len:
         raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
     objectives.build(cfg).validate(cfg)
-    for axis in ("data", "fsdp", "tensor", "expert"):
-        if cfg.mesh[axis] == 0 or cfg.mesh[axis] < -1:
-            raise ConfigError(f"mesh.{axis}={cfg.mesh[axis]} must be a positive size or -1 (fill)")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

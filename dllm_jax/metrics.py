@@ -19,7 +19,21 @@ def read_metrics(workdir: str) -> list[dict]:
     path = paths.join(paths.expand(workdir), METRICS_FILE)
     if not paths.exists(path):
         return []
-    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
+    from dllm_jax.errors import DataError
+
+    lines = [(n, line) for n, line in enumerate(paths.read_bytes(path).decode("utf-8", errors="replace").splitlines(), 1)
+             if line.strip()]
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # a record cut short (killed mid-write, disk full): skip it
+                logging.getLogger("dllm_jax").warning("%s:%d: incomplete last record skipped", path, n)
+                continue
+            raise DataError(f"{path}:{n}: not a JSON record ({e.msg}); the metrics file is damaged: "
+                            "remove that line (or the file) and rerun") from None
+    return out
 
 
 def _tensorboard_ok(workdir: str) -> bool:

@@ -26,22 +26,20 @@ from dllm_jax.metrics import MetricsWriter, Progress
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
-# keys that may differ between the run in a workdir and the command resuming it (the attention
-# kernels compute the same function; runs saved before 'auto' became the default say 'xla')
-RESUMABLE_CHANGES = ("mesh.", "model.attention_impl", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
-                     "train.keep_last", "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
-                     "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.")
 
 
-def check_resume_compatible(saved: dict, config) -> None:
-    # keys added to the library after the run was saved take their defaults
+def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_changeable) -> None:
+    """ConfigError unless `config` differs from the `saved` one only in keys `changeable(key)`
+    allows (default: what may change on resume, decided in the config schema). Keys added to
+    the library after the run was saved take their defaults."""
     old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
-    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
     if diffs:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
         raise ConfigError(
             f"the workdir holds a run with a different config ({shown}); resuming would mix two experiments. "
-            "Use a new --workdir, or rerun with the saved values (see config.json in the workdir)."
+            "Use a new --workdir, or rerun with the saved values (see config.json in the workdir). "
+            "Only the keys in dllm_jax.config.HOW_KEYS and RECOVERY_KEYS may change on resume."
         )
 
 
@@ -75,28 +73,23 @@ def _mean_records(metric_list) -> dict:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "finite"}
 
 
-def evaluate(eval_fn, params, val: np.ndarray, batch_size: int, num_batches: int, mesh, objective, draws: int = 1) -> dict:
-    """Validation over the first `num_batches` fixed batches (0 = all). For the diffusion
-    objectives the loss is a Monte Carlo ELBO: each row is scored under `draws` independent
-    (t, mask) draws (`objective.val_draws`), fixed across the run so that successive
-    validations are comparable. `objective`: an Objective (or its name)."""
+def evaluate(scorer, params, val: np.ndarray, batch_size: int, num_batches: int, objective, draws: int = 1, seed: int = 0) -> dict:
+    """Validation over the rows of the first `num_batches` whole batches (0 = all). The one
+    estimator of `dllm-jax eval --task val` (`Scorer.sequence_nll`): the exact NLL for AR; for
+    the diffusion objectives the Monte Carlo ELBO with `draws` stratified (t, mask) draws per
+    row from `seed`, fixed across the run so that successive validations are comparable.
+    `objective`: an Objective (or its name); its `val_record` names the record's keys."""
     from dllm_jax.data.pipeline import val_batches
 
-    batches = val_batches(val, batch_size)
+    batches = val_batches(val, batch_size)  # whole batches (warns when there is none)
     if num_batches:
         batches = batches[:num_batches]
     if not batches:
         return {}
-    total = None
     obj = objective if isinstance(objective, objectives.Objective) else objectives.by_name(objective)
-    draws = 1 if obj.exact_likelihood else draws  # an exact likelihood has nothing to average
-    for i, batch in enumerate(batches):
-        tokens = sharding.global_batch_from_full(mesh, batch)
-        for k in range(draws):
-            sums = eval_fn(params, tokens, i * draws + k)
-            total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
-    metrics = {k: float(v) for k, v in obj.finalize(jax.device_get(total)).items()}
-    return {k: float(v) for k, v in obj.val_record(metrics).items()}
+    res = scorer.sequence_nll(params, np.concatenate(batches), mc_samples=1 if obj.exact_likelihood else draws, seed=seed)
+    rec = obj.val_record({"loss": res["nats_per_token"], "masked_ce": res.get("masked_ce")})
+    return {k: float(v) for k, v in rec.items() if v is not None}
 
 
 def train(config, workdir: str, stop_after: int | None = None) -> dict:
@@ -114,9 +107,9 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     paths.makedirs(workdir)
     tcfg = config.train
     ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)
-    resume_step = ckpt.latest_step()
+    resume_step, saved = _newest_readable_meta(ckpt)
     if resume_step is not None:
-        _, saved_config, saved_tokenizer = ckpt.restore_meta(resume_step)
+        saved_config, saved_tokenizer = saved
         check_resume_compatible(saved_config, config)
         saved_tok = tokenizer_from_bytes(saved_tokenizer)
         if config.data.tokenizer:
@@ -166,14 +159,16 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         shardings = train_step.state_shardings(model, tx, mesh, seq_len)
         if resume_step is not None:
-            state = _restore(ckpt, resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
+            state, resume_step = _restore_newest_readable(ckpt, resume_step, train_step.abstract_state(model, tx, mesh, seq_len), data_iter)
             if int(state.step) != resume_step:
                 raise CheckpointError(f"checkpoint {resume_step} holds state step {int(state.step)}; the checkpoint is inconsistent")
             log.info("resumed from step %d in %s", resume_step, workdir)
         else:
             state = train_step.init_state(model, tx, mesh, seq_len, config.seed)
         step_fn = train_step.make_train_step(model, tx, config, ids, mesh, shardings, lr_fn)
-        eval_fn = train_step.make_eval_step(model, config, ids, mesh, shardings.params)
+        from dllm_jax.evaluation.likelihood import Scorer
+
+        val_scorer = Scorer.for_model(model, config, tokenizer, batch_size=config.eval.batch_size, mesh=mesh)
         cloze = None
         if config.eval.cloze_every:
             from dllm_jax.evaluation.periodic import ClozeEvaluator
@@ -195,7 +190,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         prev = None
 
         def do_eval(step, with_cloze=True):
-            rec = evaluate(eval_fn, state.params, dataset.val, batch_size, tcfg.eval_batches, mesh, objective, objective.val_draws(config))
+            rec = evaluate(val_scorer, state.params, dataset.val, batch_size, tcfg.eval_batches, objective,
+                           objective.val_draws(config), seed=config.seed)
             if rec:
                 rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
                 if cloze is not None and with_cloze:
@@ -206,8 +202,13 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
         def save(step):
             nonlocal last_good
-            ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
+            with _SaveErrors(ckpt, step, lambda: last_good):
+                ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
             last_good = step
+
+        def finish():  # waits for a background save: its I/O errors surface here
+            with _SaveErrors(ckpt, last_good, lambda: _previous(ckpt, last_good)):
+                ckpt.close()
 
         def diverged(step, metrics):
             ckpt.wait()
@@ -250,7 +251,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 if at_ckpt:
                     save(step)
                 if stopping and step < num_steps:
-                    ckpt.close()
+                    finish()
                     bar.close()
                     writer.close()
                     msg = f"stopped ({stopping}) at step {step}: checkpoint saved in {ckpt.directory}; rerun the same command to resume"
@@ -259,7 +260,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                     return {**summary, "interrupted": True, "step": step}
             if start < num_steps or not last_val:
                 last_val = do_eval(num_steps)
-            ckpt.close()
+            finish()
             bar.close()
             writer.close()
 
@@ -268,6 +269,114 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, DONE_FILE), json.dumps(summary, indent=2))
     return summary
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def _newest_readable_meta(ckpt: Checkpointer):
+    """(step, (config dict, tokenizer bytes)) of the newest checkpoint whose metadata reads,
+    or (None, None) when there is none. Unreadable newer ones are named in a warning and kept."""
+    failed = []
+    for step in sorted(ckpt.all_steps(), reverse=True):
+        try:
+            _, saved_config, saved_tokenizer = ckpt.restore_meta(step)
+        except Exception as e:  # noqa: BLE001 - any read failure: try the previous checkpoint
+            failed.append((step, e))
+            log.warning("checkpoint %d in %s cannot be read (%s); it is kept, trying the previous one", step, ckpt.directory, _short(e))
+            continue
+        if failed:
+            log.warning("checkpoint(s) %s set aside in %s", ", ".join(str(f) for f, _ in failed), _set_aside(ckpt, [f for f, _ in failed]))
+        return step, (saved_config, saved_tokenizer)
+    if failed:
+        raise _unreadable(ckpt, failed)
+    return None, None
+
+
+def _unreadable(ckpt: Checkpointer, failed) -> CheckpointError:
+    """The error when no checkpoint can be read (the manager is closed: the run stops here)."""
+    try:
+        ckpt.close()
+    except Exception:  # noqa: BLE001 - already failing; the message below is what matters
+        pass
+    folders = " ".join(os.path.join(ckpt.directory, str(s)) for s, _ in failed)
+    detail = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
+    return CheckpointError(
+        f"no checkpoint in {ckpt.directory} can be read ({detail}). Nothing was deleted. To start this run again from "
+        f"step 0 in this workdir, move or remove {folders}; or train in a new --workdir"
+    )
+
+
+def _restore_newest_readable(ckpt: Checkpointer, step: int, abstract_state, data_iter):
+    """(state, step) from the newest checkpoint at or before `step` that restores. A damaged
+    one (e.g. a truncated array file) is named in a warning, kept, and the previous one used."""
+    failed = []
+    for s in sorted((x for x in ckpt.all_steps() if x <= step), reverse=True):
+        try:
+            state = _restore(ckpt, s, abstract_state, data_iter)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: fall back to the previous one
+            failed.append((s, e))
+            continue
+        if failed:
+            kept = _set_aside(ckpt, [f for f, _ in failed])
+            msg = (f"checkpoint {', '.join(str(f) for f, _ in failed)} in {ckpt.directory} cannot be read "
+                   f"({'; '.join(_short(e) for _, e in failed)}); it is kept, not deleted, in {kept}. Resuming from "
+                   f"step {s}, the newest readable checkpoint")
+            log.warning(msg)
+            print(f"warning: {msg}", flush=True)
+        return state, s
+    raise _unreadable(ckpt, failed)
+
+
+def _set_aside(ckpt: Checkpointer, steps) -> str:
+    """Move unreadable checkpoint folders to <workdir>/checkpoints_unreadable/ (never delete
+    them): out of the way of the keep_last rotation and of the run's later saves at the same
+    step. Returns that folder."""
+    kept = os.path.join(os.path.dirname(ckpt.directory), "checkpoints_unreadable")
+    if jax.process_index() == 0:
+        os.makedirs(kept, exist_ok=True)
+        for step in steps:
+            target = os.path.join(kept, str(step))
+            n = 1
+            while os.path.exists(target):
+                target, n = os.path.join(kept, f"{step}.{n}"), n + 1
+            os.rename(os.path.join(ckpt.directory, str(step)), target)
+    if jax.process_count() > 1:  # the others wait for the move before re-listing the steps
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("dllm_jax_set_aside_checkpoints")
+    ckpt.manager.reload()
+    return kept
+
+
+def _previous(ckpt: Checkpointer, step):
+    """The newest checkpoint before `step` (None if none)."""
+    older = [s for s in ckpt.all_steps() if step is None or s < step]
+    return max(older) if older else None
+
+
+class _SaveErrors:
+    """Turns any failure while writing checkpoint `step` (disk full, permissions, a lost
+    mount) into one CheckpointError naming the last good checkpoint."""
+
+    def __init__(self, ckpt: Checkpointer, step, last_good):
+        self.ckpt, self.step, self.last_good = ckpt, step, last_good
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or not isinstance(error, Exception) or isinstance(error, CheckpointError):
+            return False
+        good = self.last_good()
+        where = (f"the last good checkpoint is step {good} in {self.ckpt.directory}" if good is not None
+                 else "no checkpoint was saved before it")
+        raise CheckpointError(f"saving checkpoint {self.step} failed ({_short(error)}); {where}. "
+                              "Fix the cause (e.g. free disk space) and rerun the same command to resume from it") from None
 
 
 def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):

@@ -2,8 +2,9 @@
 the step asks the run's `objectives.Objective` for the batch, the attention pattern and the metrics).
 
 The step is a plain `jax.jit` with in/out shardings derived from the logical axis rules,
-the state donated. Randomness (masks, t, dropout) comes from `fold_in(key(seed), step)`,
-so a run is a pure function of (config, data) and a resumed run continues exactly.
+the state donated. Randomness (masks, t, dropout) comes from `fold_in(stream(seed, TRAIN), step)`
+(`dllm_jax.rng`: one stream per random quantity), so a run is a pure function of
+(config, data) and a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flax import linen as nn
 from flax import struct
 
 from dllm_jax import losses, objectives, sharding
+from dllm_jax import rng as rng_lib
 from dllm_jax.models import ModelConfig, Transformer
 
 
@@ -68,7 +70,7 @@ def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainSt
     shardings = state_shardings(model, tx, mesh, seq_len)
     init = _init_fn(model, tx, seq_len)
     with jax.set_mesh(mesh):
-        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
+        return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(rng_lib.stream(seed, rng_lib.INIT))
 
 
 def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objective: objectives.Objective | None = None,
@@ -103,7 +105,7 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
     objective = objectives.build(config)
     prepare = objective.prepare_fn(ids, train=True)
     accum = config.train.grad_accum
-    base_key = jax.random.key(config.seed)
+    base_key = rng_lib.stream(config.seed, rng_lib.TRAIN)
     use_dropout = config.model.dropout > 0.0
 
     moe = model.cfg.num_experts > 0
@@ -155,18 +157,3 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return jax.jit(step, in_shardings=(shardings, sharding.batch_sharding(mesh)), out_shardings=(shardings, None), donate_argnums=(0,))
-
-
-def make_eval_step(model: Transformer, config, ids: objectives.TokenIds, mesh, param_shardings) -> Callable:
-    """Jitted `(params, tokens, batch_index) -> summed metrics`. Masks are seeded by the batch
-    index (not the step), so validation numbers are comparable across a run."""
-    objective = objectives.build(config)
-    prepare = objective.prepare_fn(ids, train=False)
-    base_key = jax.random.fold_in(jax.random.key(config.seed), 0x7A1)
-
-    def evaluate(params, tokens, index):
-        prep = prepare(tokens, jax.random.fold_in(base_key, index))
-        ce, _ = forward_ce(model, params, prep, objective=objective, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk)
-        return objective.metrics_from_ce(ce, prep)
-
-    return jax.jit(evaluate, in_shardings=(param_shardings, sharding.batch_sharding(mesh), None))

@@ -14,12 +14,15 @@ TINY = os.path.join(ROOT, "experiments", "tiny.py")
 
 def test_tiny_experiment_has_the_public_keys():
     cfg = C.load_config(TINY)
+    flat, defaults = C.flatten(cfg.to_dict()), C.flatten(C.default_config().to_dict())
+    assert set(flat) == set(defaults)  # every key, none extra
     for key in ("objective", "seed", "data.source", "data.paths", "data.seq_len", "data.unique_tokens", "data.epochs",
                 "mesh.data", "mesh.fsdp", "mesh.tensor"):
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-    assert cfg.objective in ("ar", "mdm") and cfg.data.source == "text"
+        assert type(flat[key]) is type(defaults[key]), key
+    # what experiments/tiny.py sets, read back through the loader
+    assert (cfg.objective, cfg.data.source, cfg.data.seq_len, cfg.train.batch_size) == ("mdm", "text", 128, 16)
+    assert cfg.data.paths.endswith(".py") or "*" in cfg.data.paths or "," in cfg.data.paths  # the stdlib corpus
+    assert cfg.mesh.data == -1 and cfg.mesh.fsdp == 1 and cfg.model.d_model == 128
 
 
 def test_overrides_are_parsed_to_the_existing_type():
@@ -44,7 +47,7 @@ def test_unknown_key_suggests_the_closest():
     [
         ("objective", "gpt", r"objective='gpt' is not one of \['ar', 'mdm', 'block_diffusion'\]"),
         ("train.lr", "fast", r"train\.lr.*'fast'.*float"),
-        ("data.epochs", "0", r"data\.epochs=0 must be > 0"),
+        ("data.epochs", "0", r"data\.epochs=0 is out of range: it must be an integer >= 1"),
         ("mdm.schedule", "square", r"mdm\.schedule='square'"),
         ("train.grad_accum", "3", r"grad_accum=3 must divide train\.batch_size=16"),
         ("model.n_kv_heads", "3", r"n_kv_heads=3 must divide model\.n_heads=4"),
@@ -55,6 +58,78 @@ def test_unknown_key_suggests_the_closest():
 def test_bad_values_name_the_key_and_the_fix(key, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
         C.load_config(TINY, [(key, value)])
+
+
+def test_every_key_declares_its_range():
+    assert set(C.RULES) == set(C.flatten(C.default_config().to_dict()))
+    for key, value in C.flatten(C.default_config().to_dict()).items():
+        assert C.RULES[key].accepts(value), key  # the defaults are in range
+
+
+# one bad value of every kind of range (int >= 0 / >= 1 / >= 2 / bounded, finite float > 0 /
+# >= 0 / [0, 1] / [0, 1) / (0, 1) / (0, 1], mesh size, enum, bool)
+BAD_VALUES = [
+    ("seed", "-1", "an integer in [0, 2.14748e+09]"),
+    ("seed", str(2**31), "an integer in [0, 2.14748e+09]"),
+    ("data.unique_tokens", "-1", "an integer >= 0"),
+    ("train.batch_size", "0", "an integer >= 1"),
+    ("data.seq_len", "1", "an integer >= 2"),
+    ("eval.cloze_choices", "1", "an integer >= 2"),
+    ("train.warmup_steps", "-5", "an integer >= 0"),
+    ("train.lr", "nan", "a finite number > 0"),
+    ("train.lr", "inf", "a finite number > 0"),
+    ("train.lr", "0", "a finite number > 0"),
+    ("train.clip_norm", "-1", "a finite number > 0"),
+    ("model.init_std", "0", "a finite number > 0"),
+    ("model.norm_eps", "nan", "a finite number > 0"),
+    ("train.weight_decay", "-0.1", "a finite number >= 0"),
+    ("model.capacity_factor", "inf", "a finite number >= 0"),
+    ("train.min_lr_ratio", "1.5", "a finite number in [0, 1]"),
+    ("mdm.random_length_prob", "nan", "a finite number in [0, 1]"),
+    ("model.dropout", "1", "a finite number in [0, 1)"),
+    ("train.b2", "1.0", "a finite number in [0, 1)"),
+    ("ar.input_mask_rate", "-0.1", "a finite number in [0, 1)"),
+    ("mdm.eps", "0", "a finite number in (0, 1)"),
+    ("mdm.eps", "1", "a finite number in (0, 1)"),
+    ("train.decay_fraction", "0", "a finite number in (0, 1]"),
+    ("mesh.data", "-2", "a positive integer or -1"),
+    ("mesh.tensor", "0", "a positive integer or -1"),
+    ("model.remat", "everything", "one of ['none', 'full'"),
+    ("data.tokenizer_type", "wordpiece", "one of ['unigram', 'bpe']"),
+]
+
+
+@pytest.mark.parametrize("key,value,kind", BAD_VALUES, ids=[f"{k}={v}" for k, v, _ in BAD_VALUES])
+def test_out_of_range_values_are_rejected_up_front(key, value, kind):
+    with pytest.raises(ConfigError) as e:
+        C.load_config(TINY, [(key, value)])
+    msg = str(e.value)
+    assert msg.startswith(f"{key}=") and "is out of range: it must be " + kind in msg
+    assert f"--config.{key}=VALUE" in msg and "the default is" in msg
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("train.lr", "3e-3", "train.lr='3e-3' is a str; it must be a float like the default 0.003"),
+    ("model.d_model", 256.5, "model.d_model=256.5 is a float; it must be a int"),
+    ("model.qk_norm", "yes", "model.qk_norm='yes' is a str; it must be a bool"),
+])
+def test_wrong_types_in_an_experiment_file_are_rejected(tmp_path, key, value, message):
+    path = tmp_path / "typed.py"
+    group, name = key.split(".")
+    path.write_text(f"def get_config():\n    return {{'data': {{'paths': 'x/*.txt'}}, {group!r}: {{{name!r}: {value!r}}}}}\n")
+    with pytest.raises(ConfigError) as e:
+        C.load_config(str(path))
+    assert str(e.value).startswith(message)
+
+
+def test_cli_rejects_a_bad_seed_before_touching_data(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world\n")
+    workdir = tmp_path / "w"
+    code = main(["train", "--config", TINY, "--workdir", str(workdir), f"--config.data.paths={corpus}", "--config.seed=-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "error: seed=-1 is out of range" in err and "Traceback" not in err
+    assert not (workdir / "tokenizer.model").exists()
 
 
 def test_experiment_file_with_unknown_key_is_an_error(tmp_path):
@@ -96,3 +171,18 @@ def test_sampling_benchmark_config_fits_the_benchmark_defaults():
     assert cfg.objective == "mdm" and cfg.data.unique_tokens == 0
     assert defaults.prompt_tokens + defaults.max_new_tokens <= cfg.data.seq_len
     assert defaults.max_new_tokens % defaults.block_length == 0
+
+
+@pytest.mark.parametrize("content,message", [
+    ("NAME = 'Caf\u00e9'\ndef get_config():\n    return {}\n".encode("latin-1"), r"exp\.py:1: cannot be read as Python .*save it as UTF-8"),
+    (b"def get_config(:\n    return {}\n", r"exp\.py:1: cannot be read as Python .*fix the Python syntax"),
+    (b"import os\nx = 1 / 0\ndef get_config():\n    return {}\n", r"exp\.py:2: importing it raised ZeroDivisionError"),
+])
+def test_unreadable_experiment_files_name_file_line_and_fix(tmp_path, capsys, content, message):
+    path = tmp_path / "exp.py"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        C.load_config(str(path))
+    assert main(["config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err

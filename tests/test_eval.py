@@ -1,6 +1,9 @@
 """Evaluation: estimators checked against exact values, task files, cloze, CLI, training hook,
 lm-evaluation-harness adapter and generative perplexity."""
 
+import bz2
+import codecs
+import gzip
 import itertools
 import json
 import math
@@ -318,9 +321,18 @@ def test_cli_val_matches_training_validation(trained_runs):
     assert ar["exact"] and ar["sequences"] == 16 and ar["tokens"] == 16 * 31
     assert ar["nats_per_token"] == pytest.approx(last["val_loss"], rel=1e-5)
     assert ar["perplexity"] == pytest.approx(last["val_ppl"], rel=1e-4)
-    # MDM: the ELBO over all 16 rows with 8 draws each (training's val_loss is one draw per row)
-    mdm = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", "8")
-    assert not mdm["exact"] and mdm["tokens"] == 16 * 32 and mdm["mc_samples"] == 8
+    # MDM: one estimator. With training's draws (eval.val_draws per row, the run's seed, which
+    # is the CLI's default) the CLI gives the logged val_loss and val_masked_ce exactly
+    cfg = json.load(open(os.path.join(trained_runs["mdm"], "config.json")))
+    draws = str(cfg["eval"]["val_draws"])
+    mdm = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", draws)
+    last = [r for r in read_metrics(trained_runs["mdm"]) if "val_loss" in r][-1]
+    assert not mdm["exact"] and mdm["tokens"] == 16 * 32 and mdm["mc_samples"] == int(draws)
+    assert mdm["nats_per_token"] == pytest.approx(last["val_loss"], rel=1e-6)
+    assert mdm["masked_ce"] == pytest.approx(last["val_masked_ce"], rel=1e-6)
+    assert mdm["perplexity_bound"] == pytest.approx(last["val_ppl_bound"], rel=1e-6)
+    other = _eval(trained_runs["mdm"], "--task", "val", "--limit", "16", "--mc-samples", draws, "--seed", "7")
+    assert other["nats_per_token"] != mdm["nats_per_token"]  # the seed picks the draws
     assert 0 < mdm["stderr_nats_per_token"] < 0.15 * mdm["nats_per_token"]
     assert mdm["nats_per_token"] > math.log(2)  # far from a degenerate (all-zero) estimate
 
@@ -328,9 +340,11 @@ def test_cli_val_matches_training_validation(trained_runs):
 def test_cli_multiple_choice_and_cloze(trained_runs, tmp_path):
     for objective in ("ar", "mdm"):
         res = _eval(trained_runs[objective], "--task", "jsonl", "--data", os.path.join(DATA, "mc_toy.jsonl"), "--items", "--mc-samples", "4")
-        assert res["n"] == 4 and 0 <= res["acc"] <= 1 and res["estimator"] == ("exact" if objective == "ar" else "llada_mc")
+        assert res["n"] == 4 and res["estimator"] == ("exact" if objective == "ar" else "llada_mc")
         assert [it["label"] for it in res["items"]] == [0, 0, 0, 2]
+        assert [it["pred"] for it in res["items"]] == [int(np.argmax(it["logprobs"])) for it in res["items"]]
         assert res["acc"] == np.mean([it["pred"] == it["label"] for it in res["items"]])
+        assert res["acc_norm"] == np.mean([it["pred_norm"] == it["label"] for it in res["items"]])
         assert all(len(it["stderr"]) == len(it["logprobs"]) for it in res["items"])
     cz = _eval(trained_runs["mdm"], "--task", "cloze", "--limit", "8", "--mc-samples", "4")
     assert cz["n"] == 8 and cz["chance"] == 0.25 and cz["cloze"] == {"choices": 4, "length": 8}
@@ -354,8 +368,10 @@ def test_training_logs_cloze_every_k_steps_and_each_epoch(corpus, tmp_path):
     train(cfg, str(tmp_path))  # 4 steps per epoch, 2 epochs
     val = [r for r in read_metrics(str(tmp_path)) if "val_loss" in r]
     assert [r["step"] for r in val] == [3, 4, 6, 8]  # every 3 steps, each epoch's end, the end
-    for r in val:
-        assert 0.0 <= r["cloze_acc"] <= 1.0 and 0.0 <= r["cloze_acc_norm"] <= 1.0
+    # the logged cloze accuracy at the end is what `dllm-jax eval --task cloze` gives for the
+    # final checkpoint (the same items, seed and Monte Carlo samples)
+    cz = _eval(str(tmp_path), "--task", "cloze")
+    assert cz["n"] == 8 and (val[-1]["cloze_acc"], val[-1]["cloze_acc_norm"]) == (cz["acc"], cz["acc_norm"])
     with pytest.raises(ConfigError, match="eval.cloze_choices"):
         from dllm_jax.config import validate
 
@@ -440,7 +456,9 @@ def test_lm_eval_adapter_end_to_end(trained_runs, tmp_path, monkeypatch):
     for name, data, body in (("dllm_mc", mc, MC_BODY), ("dllm_rolling", texts, ROLLING_BODY), ("dllm_gen", mc, GEN_BODY)):
         (tmp_path / f"{name}.yaml").write_text(TASK_YAML.format(name=name, data=data, body=body))
     manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
-    assert lm_eval_adapter.DllmJaxLM.__name__ == "DllmJaxLM"
+    from lm_eval.api.registry import get_model
+
+    assert get_model("dllm_jax") is lm_eval_adapter.DllmJaxLM  # importing the module registers the name
 
     ar = lm_eval.simple_evaluate(model="dllm_jax", model_args=f"workdir={trained_runs['ar']}", tasks=["dllm_mc", "dllm_rolling"],
                                  task_manager=manager, log_samples=False)["results"]
@@ -448,10 +466,21 @@ def test_lm_eval_adapter_end_to_end(trained_runs, tmp_path, monkeypatch):
     assert ar["dllm_mc"]["acc,none"] == pytest.approx(ours["acc"])  # the same exact scores
     assert ar["dllm_mc"]["acc_norm,none"] == pytest.approx(ours["acc_norm"])
     assert math.isfinite(ar["dllm_rolling"]["word_perplexity,none"]) and ar["dllm_rolling"]["word_perplexity,none"] > 1
-    mdm = lm_eval.simple_evaluate(model="dllm_jax", model_args=f"workdir={trained_runs['mdm']},mc_samples=4,steps=8",
-                                  tasks=["dllm_mc", "dllm_gen"], task_manager=manager, log_samples=False)["results"]
-    assert 0.0 <= mdm["dllm_mc"]["acc,none"] <= 1.0
-    assert 0.0 <= mdm["dllm_gen"]["exact_match,none"] <= 1.0
+    out = lm_eval.simple_evaluate(model="dllm_jax", model_args=f"workdir={trained_runs['mdm']},mc_samples=4,steps=8",
+                                  tasks=["dllm_mc", "dllm_gen"], task_manager=manager, log_samples=True)
+    mdm, samples = out["results"], out["samples"]
+    # the harness sends the choices in item order: the same pairs, hence the same Monte Carlo
+    # draws, as `dllm-jax eval --task jsonl` with the same seed and samples
+    ours = _eval(trained_runs["mdm"], "--task", "jsonl", "--data", mc, "--mc-samples", "4", "--seed", "0", "--items")
+    theirs = [[float(r[0]) for r in s["filtered_resps"]] for s in sorted(samples["dllm_mc"], key=lambda s: s["doc_id"])]
+    assert len(theirs) == len(ours["items"]) == 4
+    for t, o in zip(theirs, ours["items"]):
+        np.testing.assert_allclose(t, o["logprobs"], atol=1e-4)
+    assert mdm["dllm_mc"]["acc,none"] == pytest.approx(ours["acc"])
+    # generation: exact match recomputed from the texts the model generated
+    gen = samples["dllm_gen"]
+    hits = [float(s["filtered_resps"][0].strip() == s["target"].strip()) for s in gen]
+    assert len(gen) == 4 and mdm["dllm_gen"]["exact_match,none"] == pytest.approx(np.mean(hits))
 
 
 def test_adapter_imports_without_lm_eval_and_fails_only_when_used(monkeypatch):
@@ -470,3 +499,135 @@ def test_adapter_imports_without_lm_eval_and_fails_only_when_used(monkeypatch):
     assert not mod.HAVE_LM_EVAL
     with pytest.raises(ImportError, match=r"pip install 'dllm_jax\[eval\]'"):
         mod.DllmJaxLM(workdir="x")
+
+
+# ---------------------------------------------------------------- key streams (issue 12, B9)
+P4 = np.array([0.7, 0.1, 0.1, 0.1])
+
+
+def p4_model(params, tokens, segment_ids):
+    """Input-independent: p = [0.7, 0.1, 0.1, 0.1] at every position ([MASK] row 4 excluded)."""
+    row = jnp.concatenate([jnp.log(jnp.asarray(P4, jnp.float32)), jnp.array([3.0])])
+    return jnp.broadcast_to(row, tokens.shape + (5,))
+
+
+def _mean_within_mc_error(values, exact):
+    """|mean - exact| < 4 standard errors, the standard error from the sample std."""
+    values = np.asarray(values, np.float64)
+    se = values.std(ddof=1) / math.sqrt(len(values))
+    assert abs(values.mean() - exact) < 4 * se, (values.mean(), exact, se)
+    return se
+
+
+@pytest.mark.parametrize("mc_samples,seeds", [(1, 400), (4, 1000)])
+def test_sequence_elbo_time_and_mask_draws_are_independent(mc_samples, seeds):
+    # independent tokens and a model giving their true law: the ELBO equals the NLL exactly,
+    # -(log .1 + 7 log .7) / 8 = 0.5999 nats/token. A mask drawn from the time draw's key
+    # masks position 0 (the rare token) whenever t is small: mean 2.61 (1 draw), 1.10 (4).
+    seq = np.array([[1, 0, 0, 0, 0, 0, 0, 0]], np.int32)
+    exact = -(math.log(0.1) + 7 * math.log(0.7)) / 8
+    assert exact == pytest.approx(0.5999, abs=1e-4)
+    spec = ScoreSpec(objective="mdm", vocab_limit=4, mask_id=4, eos_id=3, max_len=8)
+    scorer = Scorer(p4_model, spec, batch_size=8)
+    vals = [scorer.sequence_nll(None, seq, mc_samples=mc_samples, seed=s)["nats_per_token"] for s in range(seeds)]
+    se = _mean_within_mc_error(vals, exact)
+    assert se < 0.1  # the check has power against the biased 1.10
+
+
+def test_llada_length_and_mask_draws_are_independent():
+    # one draw per seed: l (masked answer tokens) and which positions are masked use separate
+    # streams, so the mean over seeds is the exact log-likelihood of the answer
+    ctx, ans = [3], [1, 0, 0, 0]
+    exact = -(math.log(0.1) + 3 * math.log(0.7))
+    spec = ScoreSpec(objective="mdm", vocab_limit=4, mask_id=4, eos_id=3, max_len=8)
+    scorer = Scorer(p4_model, spec, batch_size=8)
+    vals = [-scorer.loglikelihood(None, [(ctx, ans)], mc_samples=1, seed=s)[0].logprob for s in range(300)]
+    _mean_within_mc_error(vals, exact)
+
+
+# ---------------------------------------------------------------- task file encodings (issue 12, A3)
+RECORD = '{"context": "Caf\u00e9 at the", "choices": [" river.", " moon."], "label": 0}\n'
+
+
+@pytest.mark.parametrize("fmt,encode,name", [
+    ("jsonl", lambda t: gzip.compress(t.encode("utf-8")), "t.jsonl.gz"),
+    ("jsonl", lambda t: bz2.compress(t.encode("utf-8")), "t.jsonl.bz2"),
+    ("jsonl", lambda t: codecs.BOM_UTF8 + t.replace("\n", "\r\n").encode("utf-8"), "t.jsonl"),
+    ("mmlu", lambda t: gzip.compress(t.encode("utf-8")), "anatomy_test.csv.gz"),
+])
+def test_compressed_and_bom_task_files_are_read(tmp_path, fmt, encode, name):
+    text = RECORD * 2 if fmt == "jsonl" else 'Caf\u00e9?,a,b,c,d,B\r\n' * 2
+    path = tmp_path / name
+    path.write_bytes(encode(text))
+    items = tasks.read_task(str(path), fmt)
+    assert len(items) == 2 and items[1].source == f"{path}:2"
+    if fmt == "jsonl":
+        assert items[0].context == "Caf\u00e9 at the" and items[0].choices == [" river.", " moon."]
+    else:
+        assert "about anatomy" in items[0].context and "Caf\u00e9?\nA. a" in items[0].context and items[0].label == 1
+
+
+@pytest.mark.parametrize("encoding,message", [
+    ("latin-1", r":2: byte 0xe9 at column 17 is not UTF-8 .*iconv -f LATIN1 -t UTF-8"),
+    ("utf-16", r" is UTF-16 text .*iconv -f UTF-16 -t UTF-8"),
+    ("utf-16-le", r":1: NUL bytes: this looks like UTF-16"),
+])
+def test_task_files_in_other_encodings_name_file_line_and_fix(tmp_path, encoding, message):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(('{"context": "x", "choices": [" a", " b"], "label": 0}\n' + RECORD).encode(encoding))
+    with pytest.raises(DataError, match=message) as e:
+        tasks.read_task(str(path), "jsonl")
+    assert str(path) in str(e.value)
+
+
+def test_cli_reports_a_latin1_task_file_in_one_line(tmp_path, capsys):
+    from dllm_jax.cli import main
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(RECORD.encode("latin-1"))
+    assert main(["eval", "--workdir", str(tmp_path), "--task", "jsonl", "--data", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {path}:1: byte 0xe9" in err and "Traceback" not in err
+
+
+def test_damaged_gzip_task_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(RECORD.encode())[:-12])
+    with pytest.raises(DataError, match="damaged or truncated gzip file"):
+        tasks.read_task(str(path), "jsonl")
+
+
+def test_acc_norm_divides_a_cut_choice_by_the_characters_scored():
+    # max_len 8: choice B (12 tokens, 1 char each) keeps its last 7 tokens. Per scored
+    # character A = 3 log .3 / 3 = -1.204 beats B = (6 log .3 + log .2) / 7 = -1.262; dividing
+    # B by all 12 characters (-0.736) would pick B
+    from dllm_jax.evaluation.multiple_choice import score_items
+
+    a, b = [5, 5, 5], [0] * 5 + [5] * 6 + [4]
+    item = tasks.TokenItem(context=[2], choices=[a, b], label=0, choice_chars=[3, 12], choice_token_chars=[[1] * 3, [1] * 12])
+    scorer = Scorer(marginal_model, toy_spec("ar", max_len=8), batch_size=8)
+    res = score_items(scorer, None, [item], keep_items=True)
+    lp = res["items"][0]["logprobs"]
+    assert lp[1] == pytest.approx(6 * LOG_PI[5] + LOG_PI[4], abs=1e-4)  # only the last 7 tokens were scored
+    assert res["truncated_items"] == 1 and res["items"][0]["pred_norm"] == 0 and res["acc_norm"] == 1.0
+    # without per-token characters: proportional to the tokens scored (12 * 7 / 12 = 7 here)
+    item.choice_token_chars = []
+    assert score_items(scorer, None, [item])["acc_norm"] == 1.0
+
+
+def test_token_chars_add_up_to_the_choice_text(loaded):
+    tok = loaded["ar"].tokenizer
+    for ctx, choice in (("The river walks into the", " forest."), ("Old", " quiet house near the road")):
+        _, ids = tasks.encode_pair(tok, ctx, choice)
+        assert sum(tasks.token_chars(tok, ids)) == len(choice)
+
+
+def test_cloze_passages_are_not_the_document_order_permutation():
+    # with as many validation rows as documents, a cloze drawn from default_rng(seed) would list
+    # its passages in exactly the order that default_rng(seed) gave the documents
+    from dllm_jax.data.pipeline import document_order
+
+    val = np.random.default_rng(5).integers(3, 50, size=(40, 16)).astype(np.int32)
+    for seed in range(5):
+        items = cloze.build_cloze(val, n_examples=0, n_choices=2, length=4, seed=seed)
+        assert [it.meta["passage"] for it in items] != document_order(40, seed).tolist()

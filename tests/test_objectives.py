@@ -105,7 +105,11 @@ def test_mdm_never_masks_or_counts_padding():
     assert not bool(jnp.any(prep.inputs[:, 3:] == IDS.mask_id))
     assert not bool(jnp.any(prep.weights[:, 3:] != 0))
     assert float(prep.denom) == 16 * 3
-    assert prep.segment_ids is None or bool(jnp.all(prep.segment_ids[:, 3:] == 0))
+    assert prep.segment_ids is None  # no document or length masking asked for: full attention
+    # with attention masks on, padding gets segment 0 (attends to and from nothing)
+    for kwargs in (dict(document_attention=True), dict(random_length_prob=1e-6)):
+        seg = obj.prepare_mdm(tokens, jax.random.key(0), IDS, weighting="realized", **kwargs).segment_ids
+        assert seg is not None and bool(jnp.all(seg[:, 3:] == 0)) and bool(jnp.all(seg[:, :3] > 0)), kwargs
 
 
 def test_mask_rate_follows_schedule():
@@ -139,3 +143,29 @@ def test_document_attention_segments_split_after_eos():
     tokens = jnp.array([[5, 6, 2, 4, 4, 2, 3, 0]])
     seg = obj.segment_ids_from_eos(tokens, IDS.eos_id)
     np.testing.assert_array_equal(seg, [[1, 1, 1, 2, 2, 2, 3, 3]])
+
+
+@pytest.mark.parametrize("weighting", ["realized", "elbo"])
+def test_logged_elbo_is_the_entropy_of_iid_tokens_under_true_marginals(weighting):
+    # i.i.d. tokens from p, a model that outputs p: the continuous-time ELBO is tight, so the
+    # logged `elbo` must equal the entropy H(p) = 1.3331 nats whatever the training weighting.
+    # The forced extra mask of weighting='realized' (no token masked at small t) is outside the
+    # p(t) draw; weighting it by 1/t would log 1.452 here.
+    p = np.array([0.5, 0.2, 0.15, 0.1, 0.05])
+    entropy = float(-(p * np.log(p)).sum())
+    assert entropy == pytest.approx(1.3331, abs=1e-4)
+    ids = obj.TokenIds(pad_id=6, eos_id=5, mask_id=7)
+    logits = jnp.asarray(np.concatenate([np.log(p), [-1e9, -1e9, 30.0]]), jnp.float32)
+
+    @jax.jit
+    def elbo(key):
+        k_tok, k_prep = jax.random.split(key)
+        tokens = jax.random.choice(k_tok, 5, (64, 32), p=jnp.asarray(p))
+        prep = obj.prepare_mdm(tokens, k_prep, ids, weighting=weighting)
+        ce = obj.token_cross_entropy(jnp.broadcast_to(logits, (64, 32, 8)), prep.targets, ids.mask_id)
+        return obj.finalize(obj.metrics_from_ce(ce, prep, "mdm"), "mdm")["elbo"]
+
+    vals = np.asarray(jax.vmap(elbo)(jax.random.split(jax.random.key(0), 400)), np.float64)
+    se = vals.std(ddof=1) / math.sqrt(len(vals))
+    assert se < 0.02  # power against the biased 1.452
+    assert abs(vals.mean() - entropy) < 4 * se, (vals.mean(), entropy, se)

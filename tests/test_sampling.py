@@ -293,3 +293,21 @@ def test_cli_sample_prints_text_and_speed(trained_runs, tmp_path, capsys):
     assert "unknown sampler 'nope'" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         load_run(str(tmp_path))
+
+
+def test_prompt_longer_than_the_trained_context_warns_with_both_numbers(runs, caplog):
+    from dllm_jax.sampling import generate_tokens
+
+    run = runs["ar"]
+    ctx = run.config.data.seq_len  # 32 in the test runs
+    prompt = list(range(3, 3 + ctx))  # [EOS] + 32 prompt tokens + 4 new = 37 positions
+    with caplog.at_level("WARNING", logger="dllm_jax"):
+        generate_tokens(run.model, run.params, run.tokenizer, [prompt], objective="ar", max_new_tokens=4,
+                        temperature=0.0, context_length=ctx)
+    msgs = [r.getMessage() for r in caplog.records if "trained on" in r.getMessage()]
+    assert len(msgs) == 1 and f"(33 tokens) + 4 new tokens = 37 positions, longer than the {ctx} the model was trained on" in msgs[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dllm_jax"):  # fits: no warning
+        generate_tokens(run.model, run.params, run.tokenizer, [prompt[: ctx - 5]], objective="ar", max_new_tokens=4,
+                        temperature=0.0, context_length=ctx)
+    assert not [r for r in caplog.records if "trained on" in r.getMessage()]

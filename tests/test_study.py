@@ -290,7 +290,7 @@ def test_sweep_runs_skips_and_resumes_then_reports(grid_file, tmp_path, monkeypa
     steps = [r["step"] for r in train_mod._read_train_records(os.path.join(root, "U1024_mdm"))]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # no step logged twice, run complete
     attempts = [json.loads(line)["outcome"] for line in open(os.path.join(root, "U1024_mdm", "sweep_times.jsonl"))]
-    assert attempts == ["failed (exception)", "finished"]
+    assert attempts == ["failed (CheckpointError)", "finished"]  # a failure while saving is a CheckpointError
     assert main(args) == 0 and calls == ["U1024_mdm"]  # everything done: nothing runs
     # a finished point whose config no longer matches the grid is not silently skipped
     assert main(args + ["--config.train.lr=1e-4"]) == 1
@@ -412,3 +412,45 @@ def test_report_compares_ar_with_both_diffusion_objectives(tmp_path):
     assert rows["mdm"]["crossover_epoch"] == pytest.approx(20.0)
     assert rows["block_diffusion"]["crossover_epoch"] == pytest.approx(20.0)
     assert os.path.getsize(os.path.join(out, "crossover_cloze_acc_epochs.png")) > 10_000
+
+
+def test_workdir_files_cut_short_are_read_or_named(tmp_path):
+    """A metrics.jsonl whose last record was cut short (disk full, killed) still reads; a damaged
+    record elsewhere, or a truncated config.json, is a DataError naming the file and line."""
+    from dllm_jax.errors import DataError
+    from dllm_jax.metrics import read_metrics
+    from dllm_jax.study.runs import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_metrics(str(run)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2: not a JSON record"):
+        read_metrics(str(run))
+    (run / "metrics.jsonl").write_text("")
+    (run / "config.json").write_text('{"objective": "mdm", "train": {"lr"')
+    with pytest.raises(DataError, match=r"config\.json:1: run file is not valid JSON .*truncated"):
+        load_run(str(run))
+
+
+def test_a_finished_point_with_another_lr_is_not_skipped(tmp_path):
+    """train.lr may change on resume (recovery after a divergence) but a finished sweep point
+    trained with another LR is another experiment; a HOW key (logging cadence) may differ."""
+    import types
+
+    from dllm_jax import config as C
+    from dllm_jax.errors import ConfigError
+
+    saved = C.default_config()
+    saved.data.paths = "x/*.txt"
+    (tmp_path / "config.json").write_text(C.to_json(saved))
+    for key, value, refused in (("train.lr", 1e-4, True), ("train.log_every", 7, False), ("eval.mc_samples", 3, False)):
+        cfg = C.from_json(C.to_json(saved))
+        C.set_key(cfg, key, value)
+        point = types.SimpleNamespace(name="p", workdir=str(tmp_path), config=cfg)
+        if refused:
+            with pytest.raises(ConfigError, match=rf"holds a finished run with a different config \({key}: "):
+                sweep.check_finished_config(point)
+        else:
+            sweep.check_finished_config(point)

@@ -3,6 +3,7 @@ divergence, and the bad-input errors of a run."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -118,42 +119,76 @@ def test_restore_onto_other_meshes_and_resume_there(tmp_path, corpus):
     assert s["step"] == 16 and np.isfinite(s["final"]["val_loss"])
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, corpus):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, corpus, monkeypatch):
+    from dllm_jax import metrics
+
     paths, cache = corpus
     workdir = str(tmp_path / "run")
     cfg = tiny_config(paths, cache, "ar", data__epochs=200, train__log_every=1, train__eval_every=0, train__checkpoint_every=10_000)
+    write = metrics.MetricsWriter.write
 
-    def killer():
-        path = os.path.join(workdir, "metrics.jsonl")
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if os.path.exists(path) and os.path.getsize(path) > 0:
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
-            time.sleep(0.05)
+    def write_then_sigterm(self, record, prefix=""):  # SIGTERM arrives while step 3 logs
+        write(self, record, prefix)
+        if record.get("step") == 3 and "loss" in record:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    monkeypatch.setattr(metrics.MetricsWriter, "write", write_then_sigterm)
     summary = train(cfg, workdir)
-    thread.join()
-    assert summary.get("interrupted") and summary["step"] < summary["num_steps"]
+    # the signal is read at the next step boundary: step 4 is checkpointed and the run stops
+    assert summary.get("interrupted") and summary["step"] == 4 and summary["num_steps"] > 4
     ckpt = Checkpointer(workdir, read_only=True)
-    assert ckpt.latest_step() == summary["step"]
+    assert ckpt.all_steps() == [4]
     assert not os.path.exists(os.path.join(workdir, "DONE"))
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+def test_nan_loss_stops_with_a_clear_message_and_the_advice_works(tmp_path, corpus):
     paths, cache = corpus
     workdir = str(tmp_path / "run")
-    cfg = tiny_config(paths, cache, "mdm", train__lr=1e30, train__warmup_steps=4, train__checkpoint_every=1,
-                      train__log_every=1, train__eval_every=0, train__clip_norm=1e30)
-    with pytest.raises(TrainingDivergedError, match=r"diverged at step \d+: loss=.*grad norm=.*last good checkpoint is step \d+"):
-        train(cfg, workdir)
-    ckpt = Checkpointer(workdir, read_only=True)
-    good = ckpt.latest_step()
-    assert good is not None
-    params = _params(workdir)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    cfg = lambda **kw: tiny_config(paths, cache, "mdm", train__eval_every=0, train__log_every=1, **kw)  # noqa: E731
+    train(cfg(), workdir, stop_after=8)  # a good checkpoint at step 8
+    # resumed with an absurd LR (allowed: train.lr is a recovery key), it diverges
+    with pytest.raises(TrainingDivergedError, match=r"diverged at step (9|10|11): loss=.*grad norm=.*last good checkpoint is step 8 .*"
+                                                   r"Lower train\.lr \(now 1e\+30\) or raise train\.warmup_steps, then rerun"):
+        train(cfg(train__lr=1e30, train__clip_norm=1e30), workdir)
+    assert Checkpointer(workdir, read_only=True).latest_step() == 8
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(workdir)))
+    # the advice: lower train.lr (and raise warmup) and rerun: it resumes from step 8 and finishes
+    s = train(cfg(train__lr=1e-3, train__warmup_steps=4), workdir)
+    assert s["step"] == 16 and np.isfinite(s["final"]["val_loss"])
+    assert [r["step"] for r in read_metrics(workdir) if "loss" in r][-8:] == list(range(9, 17))
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["train"]["lr"] == 1e-3  # the workdir records the values now in use
+
+
+@pytest.mark.parametrize("key", sorted(k for k in C.flatten(C.default_config().to_dict())))
+def test_resume_changeable_is_decided_once_in_the_schema(key):
+    from dllm_jax.evaluation.cli import _check_overrides
+    from dllm_jax.study import runs
+    from dllm_jax.train import check_resume_compatible
+
+    saved = C.default_config()
+    saved.data.paths = "x/*.txt"
+    new = C.default_config()
+    new.data.paths = "x/*.txt"
+    current = C.flatten(new.to_dict())[key]
+    changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 0.5 + 0.25, str: lambda v: v + "_"}[type(current)](current)
+    C.set_key(new, key, changed)
+    if C.resume_changeable(key):
+        check_resume_compatible(saved.to_dict(), new)
+    else:
+        with pytest.raises(ConfigError, match=rf"different config \({re.escape(key)}: "):
+            check_resume_compatible(saved.to_dict(), new)
+    if C.how_key(key):
+        _check_overrides([(key, str(changed))])
+    else:
+        with pytest.raises(ConfigError, match="cannot change at evaluation"):
+            _check_overrides([(key, str(changed))])
+    r1 = runs.Run("a", "", C.flatten(saved.to_dict()), {}, [], [], True)
+    r2 = runs.Run("b", "", C.flatten(new.to_dict()), {}, [], [], True)
+    runs.assign_series([r1, r2])
+    names_series = key == "objective" or (key not in runs._NOT_SERIES and not C.how_key(key))  # the objective leads every series
+    assert (r1.series != r2.series) == names_series
 
 
 def test_mesh_that_does_not_divide_the_devices_is_a_clear_error(tmp_path, corpus):
@@ -202,3 +237,68 @@ def test_metrics_records_carry_the_public_fields(trained_runs):
             assert json.load(f)["objective"] == objective
         # both runs learn something: last val loss below the first
         assert val_recs[-1]["val_loss"] < val_recs[0]["val_loss"]
+
+
+def _truncate_largest_state_file(step_dir):
+    """Damage a checkpoint as a full disk or a killed copy does: cut its array data files
+    (state/**/d/*) to half their size. Returns the largest one."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs if os.path.basename(d) == "d"]
+    assert files
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    return max(files, key=os.path.getsize)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, corpus, capsys):
+    paths, cache = corpus
+    workdir = str(tmp_path / "run")
+    cfg = lambda: tiny_config(paths, cache, "mdm", train__eval_every=0, train__checkpoint_every=4)  # noqa: E731 - 16 steps
+    train(cfg(), workdir, stop_after=12)  # keeps checkpoints 8 and 12
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert sorted(map(int, os.listdir(ckpt_dir))) == [8, 12]
+    damaged = _truncate_largest_state_file(os.path.join(ckpt_dir, "12"))
+    capsys.readouterr()
+    s = train(cfg(), workdir)
+    out = capsys.readouterr().out
+    assert f"checkpoint 12 in {ckpt_dir} cannot be read" in out and "Resuming from step 8" in out
+    assert s["step"] == 16 and np.isfinite(s["final"]["val_loss"])
+    assert [r["step"] for r in read_metrics(workdir) if "loss" in r][-3:] == [8, 12, 16]  # 9..12 trained again
+    kept = os.path.join(workdir, "checkpoints_unreadable", "12")
+    assert f"kept, not deleted, in {os.path.dirname(kept)}" in out
+    assert os.path.exists(damaged.replace(os.path.join(ckpt_dir, "12"), kept))  # moved aside, never deleted
+    assert Checkpointer(workdir, read_only=True).all_steps() == [12, 16]  # 12 saved again by the resumed run
+    # no readable checkpoint at all: say what to remove, delete nothing
+    damaged = [_truncate_largest_state_file(os.path.join(ckpt_dir, str(step))) for step in (12, 16)]
+    folders = " ".join(os.path.join(ckpt_dir, str(step)) for step in (16, 12))
+    with pytest.raises(CheckpointError, match=rf"no checkpoint in .* can be read \(step 16: .*; step 12: .*\)\. Nothing was deleted.*move or remove {folders}"):
+        train(cfg(), workdir)
+    assert all(os.path.exists(p) for p in damaged)
+
+
+def test_disk_full_while_saving_ends_with_one_line_naming_the_last_good_checkpoint(tmp_path, corpus, monkeypatch, capsys):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from dllm_jax.cli import main
+
+    paths, cache = corpus
+    workdir = str(tmp_path / "run")
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step >= 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    exp = tmp_path / "exp.py"
+    cfg = tiny_config(paths, cache, "ar", train__eval_every=0, train__checkpoint_every=4)
+    exp.write_text(f"import json\nfrom dllm_jax.config import complete\ndef get_config():\n    return complete(json.loads({C.to_json(cfg)!r}))\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(exp), "--workdir", workdir]) == 2
+    err = capsys.readouterr().err
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"saving checkpoint 8 failed (OSError: [Errno {errno.ENOSPC}] No space left on device); the last good checkpoint is step 4 in {ckpt_dir}" in err

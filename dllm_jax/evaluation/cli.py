@@ -11,8 +11,9 @@ Tasks:
 Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json
 (the step in the name keeps evaluations of several checkpoints apart). Defaults of
 --mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
-`--config.KEY=VALUE` may change where the data is (data.paths, data.cache_dir,
-data.tfds_data_dir) and the eval.* keys; nothing that would change the model.
+`--config.KEY=VALUE` may change the keys that do not change what the run learnt
+(`dllm_jax.config.HOW_KEYS`: where the data is, the eval.* keys, how the model is computed);
+nothing that would change the model.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dllm_jax.errors import ConfigError
 
 TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
 FILE_TASKS = ("jsonl", "hellaswag", "mmlu")
-ALLOWED_OVERRIDES = ("data.paths", "data.cache_dir", "data.tfds_data_dir", "eval.")
 
 
 def add_arguments(parser) -> None:
@@ -39,7 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cfg", type=float, default=0.0, help="MDM multiple choice: classifier-free guidance weight w (0 = off)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first K items / validation rows / cloze passages")
     parser.add_argument("--output", default=None, help="JSON file to write (default: <workdir>/eval/<task>_step<N>.json)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws (and of generation)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the Monte Carlo draws (and of generation); default: the run's seed, the draws of its training-time validation")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per scoring batch (default: eval.batch_size)")
     parser.add_argument("--items", action="store_true", help="also save per-item predictions and log-likelihoods")
     g = parser.add_argument_group("genppl")
@@ -59,9 +60,9 @@ def add_arguments(parser) -> None:
 
 def _check_overrides(overrides) -> None:
     for key, _ in overrides or []:
-        if not key.startswith(ALLOWED_OVERRIDES):
+        if not config_lib.how_key(key):
             raise ConfigError(f"--config.{key} cannot change at evaluation (it is fixed by the checkpoint); "
-                              f"eval accepts only {', '.join(k + '*' if k.endswith('.') else k for k in ALLOWED_OVERRIDES)}")
+                              f"eval accepts only {', '.join(k + '*' if k.endswith('.') else k for k in config_lib.HOW_KEYS)}")
 
 
 def _apply_overrides(config, overrides) -> None:
@@ -93,6 +94,8 @@ def evaluate_run(args) -> tuple[dict, str]:
     config = run.config
     _apply_overrides(config, getattr(args, "overrides", None))
     e = config.eval
+    if args.seed is None:
+        args.seed = int(config.seed)
     mc = args.mc_samples or e.mc_samples
     batch = args.batch_size or e.batch_size
     head = {"task": args.task, "workdir": paths.absolute(args.workdir), "step": run.step, "objective": config.objective}

@@ -6,7 +6,8 @@ last K tokens and the last K tokens of other passages (so every choice sits at t
 position and has the same token length, and the context + choice always fills exactly one
 training-length row). Distractors never come from the passage itself, are distinct rows,
 and never repeat the true continuation or each other token for token. Everything is drawn
-from `numpy.random.default_rng(seed)`, so the task is a pure function of (validation
+from `numpy.random.default_rng([seed, CLOZE_STREAM])` (a stream of its own, not the one
+that orders the documents), so the task is a pure function of (validation
 rows, n_examples, n_choices, K, seed): the same for every checkpoint and both objectives.
 
 This gives tiny models trained on any corpus a downstream-style accuracy, the way
@@ -21,6 +22,8 @@ import numpy as np
 
 from dllm_jax.errors import ConfigError, DataError
 from dllm_jax.evaluation.tasks import TokenItem
+
+CLOZE_STREAM = 0xC10E  # numpy seed-sequence word that separates the cloze draws from the data order
 
 
 def continuation_length(seq_len: int, length: int = 0) -> int:
@@ -46,7 +49,9 @@ def build_cloze(val: np.ndarray, tokenizer=None, *, n_examples: int = 64, n_choi
             "another passage); raise data.val_tokens or lower eval.cloze_choices"
         )
     k = continuation_length(seq_len, length)
-    rng = np.random.default_rng(int(seed))
+    # its own stream: `default_rng(seed)` alone also draws the document order (data/pipeline.py),
+    # which would make the passage order that same permutation whenever rows == documents
+    rng = np.random.default_rng([int(seed), CLOZE_STREAM])
     count = m if not n_examples else min(int(n_examples), m)
     passages = rng.permutation(m)[:count]
     tails = val[:, seq_len - k:]

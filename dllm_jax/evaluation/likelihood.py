@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from dllm_jax import objectives
+from dllm_jax import objectives, rng
 from dllm_jax.objectives import block_diffusion
 
 # logits_fn(params, tokens[B, L] int32, segment_ids[B, L] int32) -> logits[B, L, V] float32
@@ -107,7 +107,9 @@ def ar_batch(logits_fn: LogitsFn, params, tokens, segment_ids, weights, vocab_li
 
 
 def _uniforms(seed, sample_ids, length):
-    base = jax.random.key(seed)
+    """Mask uniforms [B, length] of each draw: stream EVAL_MASK of `seed`, one key per sample id
+    (the time / length draws use their own streams, so neither is correlated with the mask)."""
+    base = rng.stream(seed, rng.EVAL_MASK)
     return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(base, i), (length,)))(sample_ids)
 
 
@@ -307,7 +309,7 @@ class Scorer:
         kind = self.objective.pair_estimator  # 'llada', or 'block_llada' (takes the stratified u itself, not l)
         n = max(int(mc_samples), 1)
         rows, owner = [], []
-        key = jax.random.key(seed)
+        key = rng.stream(seed, rng.EVAL_LENGTH)
         for k, (tokens, keep, _) in enumerate(fitted):
             ans = np.zeros(len(tokens), bool)
             ans[len(tokens) - keep:] = True
@@ -341,7 +343,10 @@ class Scorer:
         (tokens 1..L-1 given their prefix, as training counts them), the continuous-time ELBO
         with `mc_samples` stratified draws per sequence for MDM. Returns totals and
         per-token values in nats and bits, a perplexity (AR) or perplexity upper bound (MDM),
-        and for MDM the Monte Carlo standard error."""
+        and for MDM the Monte Carlo standard error and `masked_ce` (mean CE of the masked
+        tokens). Training-time validation calls this too (`train.evaluate`): one estimator.
+        Draw j of row i uses stream keys of `seed` indexed by row and sample id i * N + j, so a
+        row's value does not depend on the batch size."""
         seqs = np.asarray(sequences, np.int32)
         if seqs.ndim != 2 or seqs.shape[0] == 0:
             raise ValueError(f"sequences must be a non-empty [M, L] array, got shape {seqs.shape}")
@@ -359,12 +364,17 @@ class Scorer:
             out.update(nats_per_token=per, bits_per_token=per / math.log(2), perplexity=float(np.exp(min(per, 50.0))))
             return out
         n = max(int(mc_samples), 1)
-        keys = jax.random.split(jax.random.key(seed), m)
+        keys = jax.random.split(rng.stream(seed, rng.EVAL_TIME), m)
         times = np.asarray(jax.vmap(lambda k: objectives.sample_times(k, n, self.spec.eps, True))(keys), np.float32)
         if self.objective.sequence_estimator == "block_elbo":  # the stratified u; each block shifts it (block_elbo_batch)
             times = (times - self.spec.eps) / (1.0 - self.spec.eps)
         rows = [_Row(seqs[i], np.ones(length, bool), float(times[i, j]), sample_id=i * n + j) for i in range(m) for j in range(n)]
-        vals, _ = self._run(self.objective.sequence_estimator, params, rows, seed=seed, doc_segments=self.spec.document_attention)
+        kind = self.objective.sequence_estimator
+        vals, n_masked = self._run(kind, params, rows, seed=seed, doc_segments=self.spec.document_attention)
+        # the masked tokens' mean CE (unweighted), from each draw's value / w(t): one t per row (MDM)
+        # only; block diffusion has one t per block and reports the NELBO alone
+        ce_sums = (vals / np.asarray(objectives.elbo_weight(times.reshape(-1).astype(np.float64), self.spec.schedule))
+                   if kind == "elbo" else None)
         vals = vals.reshape(m, n)
         tokens = m * length
         total = float(vals.mean(axis=1).sum())
@@ -373,7 +383,8 @@ class Scorer:
         out = {"exact": False, "sequences": m, "tokens": tokens, "mc_samples": n, "nelbo_total": total,
                "nats_per_token": per, "bits_per_token": per / math.log(2),
                "stderr_nats_per_token": math.sqrt(var) / tokens if n > 1 else None,
-               "perplexity_bound": float(np.exp(min(per, 50.0)))}
+               "perplexity_bound": float(np.exp(min(per, 50.0))),
+               "masked_ce": float(ce_sums.sum() / max(n_masked.sum(), 1.0)) if ce_sums is not None else None}
         return out
 
 

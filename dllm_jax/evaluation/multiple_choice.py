@@ -4,6 +4,12 @@ acc picks the choice with the highest log-likelihood; acc_norm the highest log-l
 per character of the choice text (lm-evaluation-harness's acc_norm; HellaSwag is
 reported with it). Ties go to the lowest index. Standard errors are binomial,
 sqrt(p(1-p)/n).
+
+A choice longer than the room the model's context leaves is scored on its last tokens only
+(`PairScore.truncated`); acc_norm then divides by the characters of the tokens actually
+scored (`TokenItem.choice_token_chars`; proportionally to the tokens when those are not
+known), not by the whole choice, so that a cut choice is not favoured for its dropped part.
+`truncated_items` counts the items with such a choice.
 """
 
 from __future__ import annotations
@@ -14,6 +20,17 @@ import numpy as np
 
 from dllm_jax.evaluation.likelihood import Scorer
 from dllm_jax.evaluation.tasks import TokenItem
+
+
+def scored_chars(item: TokenItem, i: int, scored_tokens: int) -> float:
+    """Characters of choice i that were scored: all of them, or those of its last
+    `scored_tokens` tokens when the choice was cut to fit the context."""
+    n = len(item.choices[i])
+    if scored_tokens >= n:
+        return float(item.choice_chars[i])
+    if item.choice_token_chars:
+        return float(sum(item.choice_token_chars[i][n - scored_tokens:]))
+    return item.choice_chars[i] * scored_tokens / n
 
 
 def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: int = 16, seed: int = 0,
@@ -32,7 +49,7 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         s = scores[pos:pos + len(it.choices)]
         pos += len(it.choices)
         lp = np.array([x.logprob for x in s])
-        norm = lp / np.maximum(np.asarray(it.choice_chars, np.float64), 1.0)
+        norm = lp / np.maximum(np.asarray([scored_chars(it, i, x.tokens) for i, x in enumerate(s)], np.float64), 1.0)
         pred, pred_norm = int(np.argmax(lp)), int(np.argmax(norm))
         hits += pred == it.label
         hits_norm += pred_norm == it.label

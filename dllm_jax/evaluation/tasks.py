@@ -20,18 +20,22 @@ subject named `<subject>_<split>.csv`), a directory of them, or JSONL with
 prompt "The following are multiple choice questions (with answers) about <subject>.\\n\\n
 <question>\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:", choices " A".." D" (scored by the letter).
 
-Every reader raises `DataError` naming the file and line of a bad record.
+Every reader raises `DataError` naming the file and line of a bad record. Files are read
+through `dllm_jax.files`: gzip / bzip2 / xz (e.g. `hellaswag_val.jsonl.gz`) directly, a UTF-8
+byte-order mark dropped, any encoding other than UTF-8 (latin-1, UTF-16) a `DataError` naming
+the file, the line and the iconv command that converts it.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import re
 
-from dllm_jax import paths
+from dllm_jax import files, paths
 from dllm_jax.errors import DataError
 
 FORMATS = ("jsonl", "hellaswag", "mmlu")
@@ -57,6 +61,9 @@ class TokenItem:
     label: int
     choice_chars: list[int]  # length of each choice in characters (for acc_norm)
     meta: dict = dataclasses.field(default_factory=dict)
+    # characters of each token of each choice (its SentencePiece piece, '▁' = a space), so that
+    # acc_norm can divide a choice cut to fit the context by the characters actually scored
+    choice_token_chars: list[list[int]] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------- helpers
@@ -65,20 +72,25 @@ def _check_file(path: str) -> None:
         raise DataError(f"task file {path!r} does not exist; pass an existing file with --data")
 
 
+def _lines(path: str) -> list[str]:
+    """The lines of a task file: UTF-8 (BOM dropped), gzip/bzip2/xz read directly; any other
+    encoding is a DataError naming the file, the line and the fix (`dllm_jax.files`)."""
+    _check_file(path)
+    return files.read_text(path, "task file").split("\n")
+
+
 def _json_lines(path: str):
     """(line number, object) for every non-blank line; bad JSON is an error naming the line."""
-    _check_file(path)
-    with paths.open_file(path, "r") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-            yield n, obj
+    for n, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        yield n, obj
 
 
 def _label(value, n_choices: int, where: str, field: str = "label") -> int:
@@ -150,7 +162,7 @@ def read_hellaswag(path: str) -> list[Item]:
 
 # ---------------------------------------------------------------- MMLU
 def _mmlu_subject(path: str) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = os.path.splitext(os.path.basename(path[:-3] if path.endswith(".gz") else path))[0]
     for split in ("_test", "_val", "_dev", "_auxiliary_train"):
         if stem.endswith(split):
             stem = stem[: -len(split)]
@@ -164,22 +176,20 @@ def _mmlu_item(subject: str, question: str, choices: list[str], label: int, wher
 
 
 def _read_mmlu_csv(path: str) -> list[Item]:
-    _check_file(path)
     subject = _mmlu_subject(path)
     items = []
-    with paths.open_file(path, "r", newline="") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != 6:
-                raise DataError(f"{where}: expected 6 CSV columns (question, A, B, C, D, answer letter), got {len(row)}")
-            choices = _choices(row[1:5], where, "choices A-D", 4)
-            answer = row[5].strip().upper()
-            if answer not in LETTERS:
-                raise DataError(f"{where}: answer is {row[5]!r}; it must be one of A, B, C, D")
-            items.append(_mmlu_item(subject, row[0], choices, LETTERS.index(answer), where))
+    reader = csv.reader(io.StringIO("\n".join(_lines(path)), newline=""))  # decoded and checked up front
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 6:
+            raise DataError(f"{where}: expected 6 CSV columns (question, A, B, C, D, answer letter), got {len(row)}")
+        choices = _choices(row[1:5], where, "choices A-D", 4)
+        answer = row[5].strip().upper()
+        if answer not in LETTERS:
+            raise DataError(f"{where}: answer is {row[5]!r}; it must be one of A, B, C, D")
+        items.append(_mmlu_item(subject, row[0], choices, LETTERS.index(answer), where))
     return items
 
 
@@ -199,11 +209,11 @@ def _read_mmlu_jsonl(path: str) -> list[Item]:
 def read_mmlu(path: str) -> list[Item]:
     """A CSV file, a JSONL file, or a directory of `*.csv` subject files."""
     if paths.isdir(path):
-        files = paths.glob(paths.join(path, "*.csv"))
-        if not files:
+        found = sorted(paths.glob(paths.join(path, "*.csv")) + paths.glob(paths.join(path, "*.csv.gz")))
+        if not found:
             raise DataError(f"MMLU directory {path!r} has no *.csv files; point --data at a folder of <subject>_test.csv files")
-        items = [it for f in files for it in _read_mmlu_csv(f)]
-    elif path.endswith((".jsonl", ".json")):
+        items = [it for f in found for it in _read_mmlu_csv(f)]
+    elif path.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
         items = _read_mmlu_jsonl(path)
     else:
         items = _read_mmlu_csv(path)
@@ -236,6 +246,15 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, tokenizer.encode(continuation)
 
 
+def token_chars(tokenizer, ids) -> list[int]:
+    """Characters of the text each token stands for (byte-fallback pieces count 1 each)."""
+    out = []
+    for i in ids:
+        piece = tokenizer.id_to_piece(i)
+        out.append(1 if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece) else len(piece.replace("\u2581", " ")))
+    return out
+
+
 def tokenize_items(items: list[Item], tokenizer) -> list[TokenItem]:
     out = []
     for it in items:
@@ -245,7 +264,8 @@ def tokenize_items(items: list[Item], tokenizer) -> list[TokenItem]:
                 raise DataError(f"{it.source or 'item'}: choice {i} ({it.choices[i]!r}) encodes to no tokens")
         # the context's encoding does not depend on the choice
         out.append(TokenItem(context=pairs[0][0], choices=[p[1] for p in pairs], label=it.label,
-                             choice_chars=[len(c) for c in it.choices], meta={"source": it.source}))
+                             choice_chars=[len(c) for c in it.choices], meta={"source": it.source},
+                             choice_token_chars=[token_chars(tokenizer, p[1]) for p in pairs]))
     return out
 
 

@@ -149,10 +149,13 @@ class BlockDiffusion(MaskedDiffusion):
 
 # ---------------------------------------------------------------- scoring (jittable, per batch)
 def _row_keys(seed, sample_ids):
-    """Per-row (time key, mask key): two streams from fold_in(key(seed), sample id)."""
-    base = jax.random.key(seed)
-    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(base, i)))(sample_ids)
-    return keys[:, 0], keys[:, 1]
+    """Per-row (block-time key, mask key), each from its own named stream of `seed`
+    (dllm_jax.rng), then the sample id: no two random quantities share bits."""
+    from dllm_jax import rng
+
+    t_base, m_base = rng.stream(seed, rng.EVAL_BLOCK_TIME), rng.stream(seed, rng.EVAL_MASK)
+    return (jax.vmap(lambda i: jax.random.fold_in(t_base, i))(sample_ids),
+            jax.vmap(lambda i: jax.random.fold_in(m_base, i))(sample_ids))
 
 
 def block_elbo_batch(logits_fn, params, tokens, segment_ids, u, seed, sample_ids, *, block_size: int, schedule: str, eps: float,

@@ -10,8 +10,9 @@ continuous-time ELBO (md4 / MDLM) is
 and `loss` = that sum divided by the number of real tokens: a per-token ELBO in nats.
 For the linear schedule alpha(t) = 1 - t, p = t and w = 1/t. With weighting='realized'
 (the study's released code) w = 1 / (realised masked fraction of the sequence) and a
-sequence with no masked token gets one. The masked-token cross-entropy (mean CE over
-masked positions) is reported beside it. Likelihoods are bounds (Monte Carlo ELBO).
+sequence with no masked token gets one; that forced token is not part of the p(t) draw, so
+the logged `elbo` (always the w(t)-weighted bound) gives it weight 0 and stays a valid ELBO.
+The masked-token cross-entropy (mean CE over masked positions) is reported beside it. Likelihoods are bounds (Monte Carlo ELBO).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def prepare_mdm(
     masked = (jax.random.uniform(k_mask, (b, length)) < p[:, None]) & valid
     n_valid = valid.sum(axis=1)
     elbo_w = elbo_weight(t, schedule)
+    # the ELBO counts only the i.i.d. p(t) mask; a forced extra mask (below) is a training
+    # device outside that draw, so it gets ELBO weight 0 (a draw with no masked token adds 0)
+    elbo_weights = masked * elbo_w[:, None].astype(jnp.float32)
     if weighting == "realized":
         # the study's code: if no token is masked, mask one (a random valid position)
         none = (masked.sum(axis=1) == 0) & (n_valid > 0)
@@ -62,7 +66,7 @@ def prepare_mdm(
         seg = segment_ids_from_eos(tokens, ids.eos_id) if document_attention else jnp.ones_like(tokens)
         segment_ids = jnp.where(valid, seg, 0)
     denom = jnp.maximum(valid.sum().astype(jnp.float32), 1.0)
-    extras = {"masked": masked.astype(jnp.float32), "elbo_weights": masked * elbo_w[:, None].astype(jnp.float32), "t": t}
+    extras = {"masked": masked.astype(jnp.float32), "elbo_weights": elbo_weights, "t": t}
     return Prepared(inputs, tokens, weights, segment_ids, denom, extras)
 
 

@@ -36,6 +36,7 @@ Decisions the issue left open:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 import zlib
@@ -50,6 +51,8 @@ from dllm_jax.sampling import ar, block, diffusion
 from dllm_jax.sampling.options import Options, resolve
 
 INFILL_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
+
+log = logging.getLogger("dllm_jax")
 
 
 @dataclasses.dataclass
@@ -132,7 +135,7 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
              steps: int | None = None, block_length: int | None = None, threshold: float | None = None, cfg: float = 0.0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, infill: str | None = None,
              kv_cache: bool = True, prefix_cache: bool = False, eos_last: bool = True, schedule: str = "linear",
-             batch_size: int | None = None, trace: bool = False) -> SampleResult:
+             batch_size: int | None = None, trace: bool = False, context_length: int | None = None) -> SampleResult:
     """Generate one continuation per prompt (repeat a prompt for several samples).
 
     objective: the run's config.objective ('ar', 'mdm', 'block_diffusion'). sampler: 'auto', 'ar', or an MDM
@@ -148,6 +151,8 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
     eos_last: MDM scored samplers commit EOS only when nothing else is left. schedule: the
     run's mdm.schedule (ancestral reveal probabilities). batch_size: decode in chunks of
     this many rows (default: all at once). trace: MDM, keep the canvas after each step.
+    context_length: the run's trained context (data.seq_len); a warning names both numbers
+    when [EOS] + prompt + new tokens is longer (positions never trained: expect worse text).
     """
     if isinstance(prompts, str):
         raise ConfigError("prompts must be a list of strings, e.g. [prompt]; got a single string")
@@ -157,7 +162,8 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
         model, params, tokenizer, [tokenizer.encode(p) for p in prompts], objective=objective, sampler=sampler,
         max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, threshold=threshold, cfg=cfg,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, infill_tokens=template, kv_cache=kv_cache,
-        prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, batch_size=batch_size, trace=trace)
+        prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, batch_size=batch_size, trace=trace,
+        context_length=context_length)
     res.texts = [tokenizer.decode(row[:n]) for row, n in zip(res.tokens, res.lengths)]
     return res
 
@@ -167,7 +173,7 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                     infill_tokens: Sequence[int] | None = None, kv_cache: bool = True, prefix_cache: bool = False,
                     eos_last: bool = True, schedule: str = "linear", batch_size: int | None = None,
-                    trace: bool = False, shared_blocks: bool = False) -> SampleResult:
+                    trace: bool = False, shared_blocks: bool = False, context_length: int | None = None) -> SampleResult:
     """Token-level `generate`: `ids` is anything with pad_id, eos_id and mask_id (a Tokenizer or
     objectives.TokenIds); prompts are lists of ids (no EOS needed, one is put in front);
     `infill_tokens` is a template of ids with mask_id where tokens are to be filled.
@@ -188,6 +194,11 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
         if bad:
             raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {ids.mask_id}); [MASK] belongs in infill templates only")
     rows = [[ids.eos_id] + p for p in prompts]
+    longest = max(len(r) for r in rows) + max_new_tokens
+    if context_length is not None and longest > context_length:
+        log.warning("[EOS] + the longest prompt (%d tokens) + %d new tokens = %d positions, longer than the %d the model "
+                    "was trained on (data.seq_len): positions past %d were never trained, expect worse text; shorten the "
+                    "prompt or max_new_tokens", longest - max_new_tokens, max_new_tokens, longest, context_length, context_length)
     params, device = _place(params)
     from dllm_jax import objectives
 

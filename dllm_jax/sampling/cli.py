@@ -47,7 +47,7 @@ def run(args) -> int:
         threshold=args.threshold,
         cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, infill=args.infill,
         kv_cache=not args.no_kv_cache, prefix_cache=args.prefix_cache,
-        schedule=defaults.get("schedule", "linear"),
+        schedule=defaults.get("schedule", "linear"), context_length=int(run_.config.data.seq_len),
     )
     stats = {"objective": objective, "step": run_.step, "sampler": res.sampler, "nfe": res.nfe, "seconds": round(res.seconds, 4),
              "tokens_per_sec": round(res.tokens_per_sec, 1), "compile_seconds": round(res.compile_seconds, 2),

@@ -20,20 +20,18 @@ import logging
 import os
 
 from dllm_jax import paths
-from dllm_jax.config import flatten
+from dllm_jax.config import flatten, how_key
 from dllm_jax.metrics import read_metrics
 
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
 TIMES_FILE = "sweep_times.jsonl"  # one record per `dllm-jax sweep` attempt at the point (wall seconds, machine)
-# keys that never name a series: the panel/model axes and bookkeeping
-_NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_steps", "train.eval_every", "train.log_every",
-               "train.checkpoint_every", "train.keep_", "train.progress", "train.tensorboard", "train.async_checkpoint",
-               "train.eval_batches", "data.cache_dir", "data.paths", "data.tokenizer", "data.tfds_data_dir", "mesh.", "eval.",
+# keys that never name a series: the panel and model axes; besides these, the keys that do not
+# change what a run learns (`dllm_jax.config.how_key`) never name one either
+_NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_steps",
                "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.head_dim", "model.d_ff",
-               "model.num_experts", "model.experts_per_token", "model.remat", "model.scan_layers", "model.loss_chunk",
-               "model.dtype", "model.attention_impl")
+               "model.num_experts", "model.experts_per_token", "model.scan_layers", "model.dtype")
 
 
 @dataclasses.dataclass
@@ -110,7 +108,9 @@ def machine_info() -> dict:
 
 
 def _load_json(path):
-    return json.loads(paths.read_text(path))
+    from dllm_jax.files import read_json
+
+    return read_json(path, "run file")
 
 
 def load_run(workdir: str) -> Run | None:
@@ -150,7 +150,8 @@ def assign_series(runs) -> None:
 
     defaults = flatten(default_config().to_dict())
     keys = sorted({k for r in runs for k in r.config})
-    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1 and not k.startswith(_NOT_SERIES)]
+    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+               and k not in _NOT_SERIES and not how_key(k)]
     for r in runs:
         extras = [f"{k.split('.')[-1]}={r.config.get(k)}" for k in varying if r.config.get(k) != defaults.get(k)]
         r.series = " ".join([r.objective] + extras)

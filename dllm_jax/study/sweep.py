@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from dllm_jax import config as config_lib
 from dllm_jax import paths
 from dllm_jax.errors import ConfigError, DllmError
 from dllm_jax.study.grid import load_grid, point_command
@@ -65,9 +66,11 @@ def check_finished_config(point) -> None:
     path = paths.join(point.workdir, "config.json")
     if not paths.exists(path):
         return
-    saved = json.loads(paths.read_text(path))
-    try:
-        check_resume_compatible(saved, point.config)
+    from dllm_jax.files import read_json
+
+    saved = read_json(path, "run config")
+    try:  # a finished run trained with another LR is another point: only HOW_KEYS may differ
+        check_resume_compatible(saved, point.config, changeable=config_lib.how_key)
     except ConfigError as e:
         detail = str(e).split("(", 1)[1].split(")", 1)[0] if "(" in str(e) else str(e)
         raise ConfigError(

@@ -1,0 +1,34 @@
+"""Named random streams: one key stream per random quantity.
+
+With JAX's default (threefry) keys, `jax.random.split(k, n)[i] == jax.random.fold_in(k, i)`,
+so two quantities derived as `fold_in(k, 0)` and `split(k)[0]` (or `fold_in(k, i)` for a
+sample index i that happens to equal another quantity's index) get the SAME random bits:
+e.g. an MDM time draw t and the mask uniforms u of one sample, which masks position 0
+whenever t is small (field notes section 7). Every random quantity in the library therefore
+takes its key from `stream(root, name)`, a distinct name per quantity, and only then folds
+in a step, row or sample index.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+
+# the quantities drawn from a run's seed (names are part of the random numbers: do not rename)
+INIT = "init"  # parameter initialisation
+TRAIN = "train"  # per-step training randomness (fold_in step), split into masks/t/length and dropout
+EVAL_TIME = "eval/time"  # MDM ELBO: t of each (row, draw)
+EVAL_MASK = "eval/mask"  # MDM ELBO and LLaDA: per-position mask uniforms of each (row, draw)
+EVAL_LENGTH = "eval/length"  # LLaDA: number of masked answer tokens l of each (pair, draw)
+EVAL_BLOCK_TIME = "eval/block_time"  # block diffusion ELBO: per-block time shifts of each (row, draw)
+
+
+def stream(key, name: str):
+    """The key of stream `name` under `key` (a typed jax PRNG key, or an int seed)."""
+    if not (isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        key = jax.random.key(key)  # an int seed (also traced, inside jit)
+    return jax.random.fold_in(key, zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF)
+
+
+__all__ = ["stream", "INIT", "TRAIN", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH", "EVAL_BLOCK_TIME"]

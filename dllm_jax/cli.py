@@ -21,6 +21,7 @@ VERBS = {
     "eval": ("dllm_jax.evaluation.cli", "evaluate a trained run (likelihoods, multiple choice, cloze, genppl)"),
     "sweep": ("dllm_jax.study.sweep", "run every point of an experiment grid"),
     "report": ("dllm_jax.study.report", "crossover plots, tables and scaling-law fits of a sweep"),
+    "export": ("dllm_jax.hf", "write a trained run as a Hugging Face (transformers) checkpoint"),
     "compile": ("dllm_jax.aot", "compile the train step for a TPU topology ahead of time and report memory"),
 }
 

@@ -43,6 +43,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.rope_base = 10000.0  # RoPE base frequency
     c.model.norm_eps = 1e-6  # RMSNorm epsilon
     c.model.qk_norm = True  # RMSNorm on queries and keys per head
+    c.model.attention_bias = False  # biases on the q/k/v projections (Qwen2 checkpoints)
+    c.model.tie_embeddings = False  # output head = embedding transposed (checkpoints with tie_word_embeddings)
     c.model.init_std = 0.02  # normal init std (output projections scaled by 1/sqrt(2 n_layers))
     c.model.dtype = "float32"  # compute dtype; parameters are always float32
     c.model.scan_layers = True  # nn.scan over blocks (fast compiles, stacked params)
@@ -117,6 +119,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.mc_samples = 16  # MDM Monte Carlo samples per choice (LLaDA estimator) or per sequence (ELBO)
     c.eval.batch_size = 64  # rows per scoring batch
     c.eval.val_draws = 4  # MDM: (t, mask) draws per validation row in training-time validation (Monte Carlo ELBO)
+
+    c.init = ml_collections.ConfigDict()  # start a NEW run from existing weights (ignored on resume: the run's checkpoint wins)
+    c.init.from_hf = ""  # local Hugging Face checkpoint dir (Llama/Mistral/Qwen2/Qwen3): sets model.*, weights, tokenizer
+    c.init.from_workdir = ""  # a dllm-jax run dir: its latest params (fresh optimizer, step 0), model.* and tokenizer
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = fill with the remaining devices
@@ -339,6 +345,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"eval.cloze_choices={e.cloze_choices} must be >= 2 (the true continuation and at least one distractor)")
     if e.cloze_length >= d.seq_len:
         raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
+    if cfg.init.from_hf and cfg.init.from_workdir:
+        raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     for axis in ("data", "fsdp", "tensor", "expert"):
         if cfg.mesh[axis] == 0 or cfg.mesh[axis] < -1:
             raise ConfigError(f"mesh.{axis}={cfg.mesh[axis]} must be a positive size or -1 (fill)")

@@ -18,6 +18,7 @@ from flax import struct
 
 from dllm_jax import losses, objectives, sharding
 from dllm_jax.models import ModelConfig, Transformer
+from dllm_jax.models.transformer import output_head
 
 
 class TrainState(struct.PyTreeNode):
@@ -70,6 +71,15 @@ def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainSt
         return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(jax.random.key(seed))
 
 
+def state_from_params(tx, params, shardings) -> TrainState:
+    """A step-0 train state around given parameters (fresh optimizer state), on `shardings`;
+    `params` are donated."""
+    def make(p):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+
+    return jax.jit(make, out_shardings=shardings, donate_argnums=(0,))(params)
+
+
 def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, causal: bool, vocab_limit: int, loss_chunk: int = 0, **apply_kwargs):
     """Per-position cross-entropy [B, L] and the MoE load-balancing loss summed over layers
     (0.0 for a dense model). `loss_chunk > 0` uses the chunked loss (`dllm_jax.losses`),
@@ -82,7 +92,7 @@ def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, causal:
         out, state = out
         aux = sum(jnp.sum(v) for v in jax.tree.leaves(state.get("intermediates", {})))
     if loss_chunk:
-        ce = losses.chunked_token_cross_entropy(out, params["lm_head"], prep.targets, vocab_limit, loss_chunk)
+        ce = losses.chunked_token_cross_entropy(out, output_head(params, model.cfg), prep.targets, vocab_limit, loss_chunk)
     else:
         ce = objectives.token_cross_entropy(out, prep.targets, vocab_limit)
     return ce, aux

@@ -1,7 +1,8 @@
 """A Llama-style decoder as a pure Flax (linen) module, shared by AR and masked-diffusion LMs.
 
 Token embedding, pre-RMSNorm blocks with RoPE attention (optional QK-norm and grouped-query
-attention) and a SwiGLU MLP, final RMSNorm, untied output head, no biases. The attention
+attention) and a SwiGLU MLP, final RMSNorm, untied output head, no biases (optional q/k/v
+biases and a tied head, for checkpoints imported from Hugging Face: dllm_jax.hf). The attention
 mask is an argument: `causal=True` for AR, `causal=False` (bidirectional) for MDM; that
 and the objective are the only differences between the two model families.
 
@@ -46,6 +47,8 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     qk_norm: bool = True
+    attention_bias: bool = False  # biases on the q/k/v projections (Qwen2); the output projection never has one
+    tie_embeddings: bool = False  # True: the output head is the embedding transposed (no lm_head parameter)
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
     scan_layers: bool = True
@@ -134,6 +137,12 @@ class Attention(nn.Module):
         q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
         key = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
         value = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+        if cfg.attention_bias:
+            zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("q_heads", "head_dim"))
+            kv_zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("kv_heads", "head_dim"))
+            q = q + self.param("bq", zeros, (h, d), jnp.float32).astype(dt)
+            key = key + self.param("bk", kv_zeros, (k, d), jnp.float32).astype(dt)
+            value = value + self.param("bv", kv_zeros, (k, d), jnp.float32).astype(dt)
         if cfg.qk_norm:
             q = RMSNorm(cfg.norm_eps, dt, name="q_norm")(q)
             key = RMSNorm(cfg.norm_eps, dt, name="k_norm")(key)
@@ -222,9 +231,11 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, *, causal: bool, positions=None, segment_ids=None, cache=None, cache_index=0, deterministic: bool = True,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, attn_mask=None):
         """`return_hidden=True` returns the final-norm hidden states [B, L, d_model] instead of
-        logits, for a loss that applies `params['lm_head']` itself (dllm_jax.losses)."""
+        logits, for a loss that applies `output_head(params, cfg)` itself (dllm_jax.losses).
+        `attn_mask`: an extra boolean mask [B or 1, 1, L, L] (True = may attend), combined with
+        the causal / segment mask (the causal-to-bidirectional annealing of AR-to-MDM adaptation)."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         b, length = tokens.shape
         if positions is None:
@@ -240,6 +251,11 @@ class Transformer(nn.Module):
             mask = attention_mask(segment_ids, segment_ids, causal, positions, positions)
         else:
             mask, is_causal = None, causal
+        if attn_mask is not None:
+            if mask is None and causal:
+                mask = attention_mask(None, None, True, positions, positions)
+            mask = attn_mask if mask is None else mask & attn_mask
+            is_causal = False
 
         embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
         x = jnp.take(embedding, tokens, axis=0).astype(dt)
@@ -269,7 +285,7 @@ class Transformer(nn.Module):
                 layer_caches = jax.tree.map(lambda *c: jnp.stack(c), *outs)
 
         x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
-        head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        head = embedding.T if cfg.tie_embeddings else _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
         if return_hidden:
             return (x, layer_caches) if cache is not None else x
         logits = jnp.einsum("bld,dv->blv", x, head.astype(dt)).astype(jnp.float32)
@@ -279,8 +295,13 @@ class Transformer(nn.Module):
         return logits
 
 
+def output_head(params, cfg: ModelConfig):
+    """The output projection [d_model, vocab]: `lm_head`, or the embedding transposed when tied."""
+    return params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+
+
 def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "rope", "attention_mask"]
+__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "output_head", "rope", "attention_mask"]

@@ -45,6 +45,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.qk_norm = True  # RMSNorm on queries and keys per head
     c.model.attention_bias = False  # biases on the q/k/v projections (Qwen2 checkpoints)
     c.model.tie_embeddings = False  # output head = embedding transposed (checkpoints with tie_word_embeddings)
+    c.model.shift_logits = False  # MDM only: position i-1's output predicts token i, reusing an AR head (Dream, DiffuLLaMA)
     c.model.init_std = 0.02  # normal init std (output projections scaled by 1/sqrt(2 n_layers))
     c.model.dtype = "float32"  # compute dtype; parameters are always float32
     c.model.scan_layers = True  # nn.scan over blocks (fast compiles, stacked params)
@@ -64,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mdm.antithetic = True  # stratified t across the batch
     c.mdm.weighting = "elbo"  # 'elbo': CE/p(t); 'realized': CE/(realised masked fraction), as the study's code
     c.mdm.random_length_prob = 0.01  # fraction of steps trained at a random shorter length
+    c.mdm.anneal_steps = 0  # > 0: attention annealed from causal to bidirectional over this many steps (DiffuLLaMA); 0 = off
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
@@ -305,6 +307,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"mdm.eps={cfg.mdm.eps} must be in (0, 1)")
     if not 0.0 <= cfg.mdm.random_length_prob <= 1.0:
         raise ConfigError(f"mdm.random_length_prob={cfg.mdm.random_length_prob} must be in [0, 1]")
+    _positive("mdm.anneal_steps", cfg.mdm.anneal_steps, allow_zero=True)
+    if cfg.objective != "mdm" and (m.shift_logits or cfg.mdm.anneal_steps):
+        raise ConfigError("model.shift_logits and mdm.anneal_steps adapt an AR model to masked diffusion: they need objective='mdm' "
+                          f"(objective={cfg.objective!r}); drop them or set --config.objective=mdm")
     if not 0.0 <= cfg.ar.input_mask_rate < 1.0:
         raise ConfigError(f"ar.input_mask_rate={cfg.ar.input_mask_rate} must be in [0, 1)")
     d = cfg.data

@@ -223,5 +223,17 @@ def prepare_fn(config, ids: TokenIds, train: bool = True):
     )
 
 
+def anneal_mask(rng, step, length: int, anneal_steps: int):
+    """DiffuLLaMA's attention-mask annealing (Gong et al. 2024, arXiv:2410.17891, Sec. 3.2):
+    at training step s the causal mask is kept and each future (query, key) pair is opened
+    independently with probability r = min(1, (s + 1) / anneal_steps), one draw per step
+    shared by the batch, so attention goes from causal (r ~ 0) to bidirectional (r = 1) over
+    `anneal_steps` steps. Returns a boolean mask [1, 1, L, L] (True = may attend)."""
+    ratio = jnp.minimum(1.0, (step + 1).astype(jnp.float32) / anneal_steps)
+    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+    opened = jax.random.uniform(rng, (length, length)) < ratio
+    return (causal | opened)[None, None]
+
+
 def is_causal(objective: str) -> bool:
     return objective == "ar"

@@ -112,10 +112,12 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 
     moe = model.cfg.num_experts > 0
 
-    def micro_loss(params, prep: objectives.Prepared, denom, rng):
+    anneal = config.objective == "mdm" and config.mdm.anneal_steps > 0
+
+    def micro_loss(params, prep: objectives.Prepared, denom, rng, attn_mask):
         ce, aux = forward_ce(
             model, params, prep, causal=causal, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk,
-            deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None,
+            deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None, attn_mask=attn_mask,
         )
         sums = objectives.metrics_from_ce(ce, prep, config.objective)
         loss = sums["loss_sum"] / denom
@@ -131,8 +133,11 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
         k_prep, k_drop = jax.random.split(rng)
         prep = prepare(tokens, k_prep)
         denom = prep.denom
+        attn_mask = None
+        if anneal:  # causal -> bidirectional over mdm.anneal_steps (DiffuLLaMA); evaluation stays bidirectional
+            attn_mask = objectives.anneal_mask(jax.random.fold_in(rng, 0xA11), state.step, tokens.shape[1], config.mdm.anneal_steps)
         if accum == 1:
-            grads, sums = grad_fn(state.params, prep, denom, k_drop)
+            grads, sums = grad_fn(state.params, prep, denom, k_drop, attn_mask)
         else:
             # masks and t were drawn for the whole batch above, so accumulation changes nothing
             # but peak memory: grad_accum=k gives the same update as grad_accum=1.
@@ -141,11 +146,11 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 
             def body(carry, xs):
                 i, mprep = xs
-                g, s = grad_fn(state.params, mprep, denom, jax.random.fold_in(k_drop, i))
+                g, s = grad_fn(state.params, mprep, denom, jax.random.fold_in(k_drop, i), attn_mask)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
             first = jax.tree.map(lambda x: x[0], batched)
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, denom, k_drop))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, denom, k_drop, attn_mask))
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), batched))
         sums = dict(sums, denom=denom)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

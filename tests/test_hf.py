@@ -351,3 +351,78 @@ def test_export_refuses_moe_and_the_cli_writes_files(tmp_path, trained_runs):
     assert cfg["dllm_jax"]["objective"] == "mdm" and cfg["dllm_jax"]["attention"] == "bidirectional"
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"]
     assert main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "o2")]) == 2
+
+
+# ---------------------------------------------------------------- AR-to-MDM adaptation
+def test_shift_logits_moves_every_prediction_one_position_right():
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 9)))
+    params = Transformer(cfg).init(jax.random.key(0), ids, causal=False)["params"]
+    plain = _logits(Transformer(cfg), params, ids, causal=False)
+    shifted = _logits(Transformer(dataclasses_replace(cfg, shift_logits=True)), params, ids, causal=False)
+    np.testing.assert_array_equal(shifted[:, 1:], plain[:, :-1])
+    np.testing.assert_array_equal(shifted[:, 0], plain[:, 0])
+
+
+def dataclasses_replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+def test_anneal_mask_goes_from_causal_to_bidirectional():
+    from dllm_jax import objectives
+
+    length = 64
+    tril = np.tril(np.ones((length, length), bool))
+    key = jax.random.key(3)
+    first = np.asarray(objectives.anneal_mask(key, jnp.int32(0), length, 10**9))[0, 0]
+    np.testing.assert_array_equal(first, tril)  # r = 1e-9: causal
+    last = np.asarray(objectives.anneal_mask(key, jnp.int32(99), length, 100))[0, 0]
+    assert last.all()  # r = 1: bidirectional
+    mid = np.asarray(objectives.anneal_mask(key, jnp.int32(49), length, 100))[0, 0]
+    assert (mid | ~tril).sum() == (~tril).sum() + tril.sum() and (mid >= tril).all()
+    opened = mid[~tril].mean()  # r = 0.5 of the 2016 future pairs
+    assert 0.45 < opened < 0.55
+    # the model with an explicit causal mask and causal=False equals the causal model
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=2, d_ff=64)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 8)))
+    params = Transformer(cfg).init(jax.random.key(0), ids, causal=False)["params"]
+    causal = _logits(Transformer(cfg), params, ids, causal=True)
+    masked = np.asarray(Transformer(cfg).apply({"params": params}, ids, causal=False, attn_mask=jnp.tril(jnp.ones((8, 8), bool))[None, None]))
+    np.testing.assert_allclose(masked, causal, atol=1e-6)
+
+
+def test_ar_run_continued_as_mdm_from_workdir(tmp_path, corpus, trained_runs):
+    """init.from_workdir: the AR run's parameters (exactly), architecture and tokenizer; then
+    MDM training with shifted prediction and annealing runs and samples."""
+    from dllm_jax.sampling import generate
+    from dllm_jax.train import train
+
+    paths, cache = corpus
+    src = load_run(trained_runs["ar"])
+    cfg = tiny_config(paths, cache, "mdm", init__from_workdir=trained_runs["ar"], model__shift_logits=True, mdm__anneal_steps=4,
+                      data__epochs=1, train__eval_every=0, model__d_model=256)
+    with pytest.raises(ConfigError, match="model.d_model=256 contradicts"):
+        hf.resolve_init(cfg.copy_and_resolve_references(), explicit={"model.d_model"})
+    cfg.model.d_model = 32
+    resolved = cfg.copy_and_resolve_references()
+    hf.resolve_init(resolved)
+    model = train_step.build_model(resolved, src.tokenizer.vocab_size)
+    import optax
+
+    mesh = src.mesh
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        abstract = train_step.abstract_state(model, optax.sgd(0.1), mesh, resolved.data.seq_len)
+        params = hf.initial_params(resolved, model, abstract.params, mesh, src.tokenizer)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(src.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    workdir = str(tmp_path / "adapted")
+    summary = train(cfg, workdir)
+    assert summary["step"] == 8 and np.isfinite(summary["final"]["val_loss"])
+    run = load_run(workdir)
+    assert run.model.cfg.shift_logits and run.tokenizer.fingerprint == src.tokenizer.fingerprint
+    res = generate(run.model, run.params, run.tokenizer, ["The river"], objective="mdm", max_new_tokens=8, temperature=0.0)
+    assert len(res.texts) == 1
+    with pytest.raises(ConfigError, match="prefix_cache"):
+        generate(run.model, run.params, run.tokenizer, ["The river"], objective="mdm", max_new_tokens=8, prefix_cache=True)

@@ -49,6 +49,7 @@ class ModelConfig:
     qk_norm: bool = True
     attention_bias: bool = False  # biases on the q/k/v projections (Qwen2); the output projection never has one
     tie_embeddings: bool = False  # True: the output head is the embedding transposed (no lm_head parameter)
+    shift_logits: bool = False  # True: the output at position i comes from the hidden state at i-1 (AR-to-MDM adaptation)
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
     scan_layers: bool = True
@@ -285,6 +286,13 @@ class Transformer(nn.Module):
                 layer_caches = jax.tree.map(lambda *c: jnp.stack(c), *outs)
 
         x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
+        if cfg.shift_logits:
+            # Dream / DiffuLLaMA shifted prediction: the state at i-1 predicts token i, the AR
+            # head's next-token convention; position 0 keeps its own state. Array order, so
+            # not with a slot-ordered KV cache.
+            if cache is not None:
+                raise ValueError("model.shift_logits: decode without a KV cache (the shift is over array positions)")
+            x = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
         head = embedding.T if cfg.tie_embeddings else _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
         if return_hidden:
             return (x, layer_caches) if cache is not None else x

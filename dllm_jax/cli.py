@@ -22,6 +22,7 @@ VERBS = {
     "sweep": ("dllm_jax.study.sweep", "run every point of an experiment grid"),
     "report": ("dllm_jax.study.report", "crossover plots, tables and scaling-law fits of a sweep"),
     "export": ("dllm_jax.hf", "write a trained run as a Hugging Face (transformers) checkpoint"),
+    "import": ("dllm_jax.hf", "turn a Hugging Face checkpoint into a step-0 run (then sample, eval or train it)"),
     "compile": ("dllm_jax.aot", "compile the train step for a TPU topology ahead of time and report memory"),
 }
 

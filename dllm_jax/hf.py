@@ -375,6 +375,8 @@ def _hf_values(hf_dir: str, config) -> dict:
     where = f"init.from_hf={hf_dir!r}"
     hf = read_hf_config(hf_dir)
     values = {f"model.{k}": v for k, v in hf_model_settings(hf, where).items()}
+    if (hf.get("dllm_jax") or {}).get("vocab_multiple"):  # our export: the same embedding rows as the run it came from
+        values["model.vocab_multiple"] = int(hf["dllm_jax"]["vocab_multiple"])
     window = hf.get("sliding_window")
     if FAMILIES.get((hf.get("architectures") or [None])[0]) == "mistral" and window and config.data.seq_len > int(window):
         raise ConfigError(f"{where}: sliding_window={window} < data.seq_len={config.data.seq_len}; dllm_jax attention is full, so "
@@ -518,6 +520,7 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "mask_token_id": tokenizer.mask_id,
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "shift_logits": shift,
+        "vocab_multiple": int(config.model.get("vocab_multiple", 1)),
         "mdm_schedule": config.mdm.schedule if config.objective == "mdm" else None,
         "step": step,
     }
@@ -586,14 +589,69 @@ def export_run(workdir: str, output: str, step: int | None = None) -> dict:
     return {"output": os.path.abspath(output), "architecture": hf_cfg["architectures"][0], "step": run.step, "files": files}
 
 
-# ---------------------------------------------------------------- CLI: dllm-jax export
-def add_arguments(parser) -> None:
+def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
+    """Write an HF checkpoint as a step-0 run in `workdir` (config, tokenizer, parameters,
+    fresh optimizer), so `dllm-jax sample` / `eval` read it like a trained run, and
+    `dllm-jax train --workdir` continues it. The objective and shift of a checkpoint
+    written by `export_run` are taken from its config.json unless `config` sets them."""
+    from dllm_jax import optim, sharding, train_step
+    from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
+    from dllm_jax.data.tokenizer import load_tokenizer
+    from flax import linen as nn
+
+    if os.path.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"{workdir!r} already holds a run; import into a new --workdir")
+    config = config_lib.default_config() if config is None else config
+    ours = read_hf_config(hf_dir).get("dllm_jax") or {}
+    if ours.get("objective") and "objective" not in explicit:
+        config.objective = ours["objective"]
+    if "shift_logits" in ours and "model.shift_logits" not in explicit:
+        config.model.shift_logits = bool(ours["shift_logits"])
+    with config.init.unlocked():
+        config.init.from_hf = os.path.abspath(os.path.expanduser(hf_dir))
+    resolve_init(config, explicit=explicit)
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    model = train_step.build_model(config, tokenizer.vocab_size)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    tx = optim.make_optimizer(config.train, max(config.train.num_steps, 1))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        shardings = train_step.state_shardings(model, tx, mesh, config.data.seq_len)
+        abstract = train_step.abstract_state(model, tx, mesh, config.data.seq_len)
+        state = train_step.state_from_params(tx, initial_params(config, model, abstract.params, mesh, tokenizer), shardings)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(0, state, None, config, tokenizer.model_bytes)
+    ckpt.close()
+    tokenizer.save(os.path.join(workdir, tokenizer.filename))
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config_lib.to_json(config))
+    return {"workdir": os.path.abspath(workdir), "objective": config.objective, "shift_logits": config.model.shift_logits,
+            "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))}
+
+
+# ---------------------------------------------------------------- CLI: dllm-jax export / import
+def add_export_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="a trained dllm-jax run directory")
     parser.add_argument("--output", required=True, help="directory to write the Hugging Face checkpoint into")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
 
 
-def run(args) -> int:
+def add_import_arguments(parser) -> None:
+    parser.add_argument("--hf", required=True, help="local Hugging Face checkpoint directory (Llama / Mistral / Qwen2 / Qwen3)")
+    parser.add_argument("--workdir", required=True, help="new run directory to write the step-0 checkpoint into")
+    parser.add_argument("--config", default=None, help="optional experiment file (default: the library defaults)")
+    parser.epilog = "Override keys with --config.KEY=VALUE (e.g. --config.objective=mdm --config.model.shift_logits=true)"
+
+
+def run_import(args) -> int:
+    config = config_lib.load_config(args.config, []) if args.config else config_lib.default_config()
+    for key, value in args.overrides:
+        config_lib.set_key(config, key, value)
+    print(json.dumps(import_run(args.hf, args.workdir, config, explicit={k for k, _ in args.overrides}), indent=2))
+    return 0
+
+
+def run_export(args) -> int:
     if os.path.isdir(args.output) and os.listdir(args.output) and not os.path.isfile(os.path.join(args.output, "config.json")):
         raise ConfigError(f"--output {args.output!r} exists and is not an exported checkpoint; give a new or empty directory")
     info = export_run(args.workdir, args.output, args.step)
@@ -601,4 +659,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["FAMILIES", "ARCH_KEYS", "resolve_init", "load_hf_params", "initial_params", "export_run", "hf_family", "hf_model_settings"]
+__all__ = ["FAMILIES", "ARCH_KEYS", "resolve_init", "load_hf_params", "initial_params", "export_run", "import_run", "hf_family", "hf_model_settings"]

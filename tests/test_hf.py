@@ -351,6 +351,18 @@ def test_export_refuses_moe_and_the_cli_writes_files(tmp_path, trained_runs):
     assert cfg["dllm_jax"]["objective"] == "mdm" and cfg["dllm_jax"]["attention"] == "bidirectional"
     assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"]
     assert main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "o2")]) == 2
+    # dllm-jax import: the export becomes a step-0 MDM run with the same parameters, which samples as the original
+    from dllm_jax.sampling import generate
+
+    workdir = str(tmp_path / "imported")
+    assert main(["import", "--hf", str(out), "--workdir", workdir]) == 0
+    a, b = load_run(trained_runs["mdm"]), load_run(workdir)
+    assert b.config.objective == "mdm" and b.step == 0
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    kw = dict(objective="mdm", max_new_tokens=8, temperature=0.0)
+    assert generate(a.model, a.params, a.tokenizer, ["The"], **kw).texts == generate(b.model, b.params, b.tokenizer, ["The"], **kw).texts
+    assert main(["import", "--hf", str(out), "--workdir", workdir]) == 2  # never over an existing run
 
 
 # ---------------------------------------------------------------- AR-to-MDM adaptation

@@ -187,8 +187,9 @@ def _import(hf_dir, corpus, mesh_shape=(2, 2, 2), **overrides):
     return config, model, params, tok
 
 
-def _logits(model, params, ids, causal=True):
-    return np.asarray(model.apply({"params": params}, jnp.asarray(ids), causal=causal))
+def _logits(model, params, ids, causal=True, **kw):
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, causal=causal, **kw))  # one compile, not one per op
+    return np.asarray(apply(params, jnp.asarray(ids)))
 
 
 # ---------------------------------------------------------------- import
@@ -324,7 +325,7 @@ def test_exported_llama_and_qwen2_match_the_reference(qk_norm, bias, tied, arch)
                      qk_norm=qk_norm, attention_bias=bias, tie_embeddings=tied)
     model = Transformer(mc)
     ids = np.random.default_rng(0).integers(0, 64, (2, 10))
-    params = nn.meta.unbox(model.init(jax.random.key(1), jnp.asarray(ids), causal=True)["params"])
+    params = nn.meta.unbox(jax.jit(lambda x: model.init(jax.random.key(1), x, causal=True)["params"])(jnp.asarray(ids)))
     params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params)  # non-trivial norms, biases
     assert hf.hf_family(mc) == arch
     config = ml_collections.ConfigDict({"objective": "ar", "data": {"seq_len": 10}, "mdm": {"schedule": "linear"}, "model": {}})
@@ -369,7 +370,7 @@ def test_export_refuses_moe_and_the_cli_writes_files(tmp_path, trained_runs):
 def test_shift_logits_moves_every_prediction_one_position_right():
     cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 9)))
-    params = Transformer(cfg).init(jax.random.key(0), ids, causal=False)["params"]
+    params = jax.jit(lambda x: Transformer(cfg).init(jax.random.key(0), x, causal=False)["params"])(ids)
     plain = _logits(Transformer(cfg), params, ids, causal=False)
     shifted = _logits(Transformer(dataclasses_replace(cfg, shift_logits=True)), params, ids, causal=False)
     np.testing.assert_array_equal(shifted[:, 1:], plain[:, :-1])
@@ -399,9 +400,9 @@ def test_anneal_mask_goes_from_causal_to_bidirectional():
     # the model with an explicit causal mask and causal=False equals the causal model
     cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=1, n_heads=2, d_ff=64)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 8)))
-    params = Transformer(cfg).init(jax.random.key(0), ids, causal=False)["params"]
+    params = jax.jit(lambda x: Transformer(cfg).init(jax.random.key(0), x, causal=False)["params"])(ids)
     causal = _logits(Transformer(cfg), params, ids, causal=True)
-    masked = np.asarray(Transformer(cfg).apply({"params": params}, ids, causal=False, attn_mask=jnp.tril(jnp.ones((8, 8), bool))[None, None]))
+    masked = _logits(Transformer(cfg), params, ids, causal=False, attn_mask=jnp.tril(jnp.ones((8, 8), bool))[None, None])
     np.testing.assert_allclose(masked, causal, atol=1e-6)
 
 

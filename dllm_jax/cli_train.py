@@ -20,7 +20,10 @@ def add_arguments(parser) -> None:
 
 
 def run_config(args) -> int:
+    from dllm_jax import hf
+
     cfg = config_lib.load_config(args.config, args.overrides)
+    hf.resolve_init(cfg, explicit={key for key, _ in args.overrides})  # show the model.* that init.* sets
     print(config_lib.to_json(cfg))
     return 0
 

@@ -235,6 +235,11 @@ def test_import_errors_name_the_key(tmp_path, corpus):
         hf.resolve_init(tiny_config(paths, cache, "ar", init__from_hf=str(tmp_path / "gpt2")))
     with pytest.raises(ConfigError, match="rope_type='llama3'"):
         hf.hf_model_settings(dict(cfg, rope_parameters={"rope_type": "llama3", "rope_theta": 1.0}), "x")
+    # Mistral's sliding window shorter than the training sequence: not the same attention
+    (tmp_path / "mistral").mkdir()
+    (tmp_path / "mistral" / "config.json").write_text(json.dumps(dict(cfg, architectures=["MistralForCausalLM"], sliding_window=16)))
+    with pytest.raises(ConfigError, match="sliding_window=16 < data.seq_len=32"):
+        hf.resolve_init(tiny_config(paths, cache, "ar", init__from_hf=str(tmp_path / "mistral")))
     # an explicit override that contradicts the checkpoint
     with pytest.raises(ConfigError, match="--config.model.d_model=32 contradicts"):
         hf.resolve_init(tiny_config(paths, cache, "ar", init__from_hf=hf_dir), explicit={"model.d_model"})
@@ -439,3 +444,19 @@ def test_ar_run_continued_as_mdm_from_workdir(tmp_path, corpus, trained_runs):
     assert len(res.texts) == 1
     with pytest.raises(ConfigError, match="prefix_cache"):
         generate(run.model, run.params, run.tokenizer, ["The river"], objective="mdm", max_new_tokens=8, prefix_cache=True)
+
+
+def test_tied_head_with_the_chunked_loss():
+    """model.tie_embeddings: no lm_head parameter, and the chunked loss uses the embedding."""
+    from dllm_jax import objectives
+    from dllm_jax.train_step import forward_ce
+
+    cfg = ModelConfig(vocab_size=48, d_model=32, n_layers=1, n_heads=2, d_ff=64, tie_embeddings=True)
+    model = Transformer(cfg)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, (2, 16)))
+    params = nn.meta.unbox(jax.jit(lambda x: model.init(jax.random.key(0), x, causal=True)["params"])(tokens))
+    assert "lm_head" not in params
+    prep = objectives.prepare_ar(tokens, jax.random.key(1), objectives.TokenIds(pad_id=0, eos_id=2, mask_id=40))
+    ce = [jax.jit(lambda p, chunk=chunk: forward_ce(model, p, prep, causal=True, vocab_limit=40, loss_chunk=chunk)[0])(params)
+          for chunk in (0, 4)]
+    np.testing.assert_allclose(np.asarray(ce[1]), np.asarray(ce[0]), rtol=1e-5, atol=1e-6)

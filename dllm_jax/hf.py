@@ -535,18 +535,49 @@ def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
         tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **special}
         files = ["tokenizer.json"]
-    else:
+    else:  # + tokenizer.json when transformers can convert it (see _spm_tokenizer_json)
         tokenizer.save(os.path.join(out_dir, "tokenizer.model"))
         unk = tokenizer.id_to_piece(tokenizer.unk_id) if tokenizer.unk_id >= 0 else None
-        tok_cfg = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False, "legacy": False,
-                   "add_prefix_space": False, "unk_token": unk, "bos_token": None, **special}
+        # transformers 5's LlamaTokenizer re-reads a .model as BPE and encodes our unigram models
+        # differently; TokenizersBackend builds the tokenizer from the proto's own settings
+        tok_cfg = {"tokenizer_class": "TokenizersBackend", "add_bos_token": False, "add_eos_token": False,
+                   "unk_token": unk, "bos_token": None, **special}
         files = ["tokenizer.model"]
     if hf_cfg["dllm_jax"]["objective"] == "mdm":
         tok_cfg["mask_token_id"] = tokenizer.mask_id  # one past the tokenizer: not a piece of it
     tok_cfg["model_max_length"] = hf_cfg["max_position_embeddings"]
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(tok_cfg, f, indent=2)
-    return files + ["tokenizer_config.json"]
+    files.append("tokenizer_config.json")
+    if tokenizer.kind != "hf" and _spm_tokenizer_json(out_dir, tokenizer):
+        files.append("tokenizer.json")  # readable by any transformers version, without protobuf
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(tok_cfg, f, indent=2)
+    return files
+
+
+# texts on which a converted tokenizer must encode exactly as SentencePiece
+_PROBES = ("The river runs under the old stone bridge.", "def main(x):\n    return  x\t# ok\n\n", "  Ünïcode ☃, ok?")
+
+
+def _spm_tokenizer_json(out_dir: str, tokenizer) -> bool:
+    """Also write tokenizer.json: transformers' own conversion of tokenizer.model (it needs
+    transformers and protobuf >= 7), kept only if it encodes `_PROBES` exactly as
+    SentencePiece. Then readers need neither sentencepiece nor protobuf."""
+    try:
+        import transformers
+
+        tok = transformers.AutoTokenizer.from_pretrained(out_dir)
+        same = all(tok.encode(t, add_special_tokens=False) == tokenizer.encode(t) for t in _PROBES)
+    except Exception as e:  # transformers absent, or it cannot parse the proto (protobuf < 7)
+        log.info("tokenizer.json not written (transformers could not convert tokenizer.model: %s)", str(e)[:200])
+        return False
+    if not same:
+        log.warning("tokenizer.json not written: transformers' conversion of tokenizer.model encodes differently")
+        return False
+    tok.backend_tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    return True
 
 
 def export_params(params, model_cfg) -> dict:

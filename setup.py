@@ -18,6 +18,7 @@ setup(
         "grain>=0.2.18",
         "sentencepiece>=0.2",
         "tokenizers>=0.20",
+        "safetensors>=0.4",  # Hugging Face import / export (dllm_jax.hf)
         "ml-collections>=1.1",
         "tqdm>=4.66",
         "tensorboardX>=2.6",
@@ -35,6 +36,8 @@ setup(
         "tpu": ["libtpu"],
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10"],  # gs:// paths (fsspec); TensorBoard on gs:// (tensorboardX)
         "test": ["pytest>=8", "pytest-xdist>=3"],
+        "hf": ["transformers>=4.50"],  # config classes for the interop tests; running exported checkpoints also needs torch
+        "hf-test": ["transformers>=4.50", "torch>=2.4"],  # also check logits against transformers' PyTorch models (~3 GB of wheels)
     },
     entry_points={"console_scripts": ["dllm-jax=dllm_jax.cli:main"]},
     classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3.12"],

@@ -21,6 +21,8 @@ VERBS = {
     "eval": ("dllm_jax.evaluation.cli", "evaluate a trained run (likelihoods, multiple choice, cloze, genppl)"),
     "sweep": ("dllm_jax.study.sweep", "run every point of an experiment grid"),
     "report": ("dllm_jax.study.report", "crossover plots, tables and scaling-law fits of a sweep"),
+    "export": ("dllm_jax.hf.cli", "write a trained run as a Hugging Face (transformers) checkpoint"),
+    "import": ("dllm_jax.hf.cli", "turn a Hugging Face checkpoint into a step-0 run (then sample, eval or train it)"),
     "compile": ("dllm_jax.aot", "compile the train step for a TPU topology ahead of time and report memory"),
 }
 

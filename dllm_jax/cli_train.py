@@ -20,17 +20,23 @@ def add_arguments(parser) -> None:
 
 
 def run_config(args) -> int:
+    from dllm_jax import hf
+
     cfg = config_lib.load_config(args.config, args.overrides)
+    hf.resolve_init(cfg, explicit={key for key, _ in args.overrides})  # show the model.* that init.* sets
     print(config_lib.to_json(cfg))
     return 0
 
 
 def run_train(args) -> int:
-    from dllm_jax import distributed
+    from dllm_jax import distributed, hf
+    from dllm_jax.checkpoint import checkpoint_dir
     from dllm_jax.train import train
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any device use
     cfg = config_lib.load_config(args.config, args.overrides)
+    if not os.path.isdir(checkpoint_dir(args.workdir)):  # a new run: an override that contradicts init.* is an error
+        hf.resolve_init(cfg, explicit={key for key, _ in args.overrides})
     summary = train(cfg, args.workdir)
     if summary.get("interrupted"):
         return 0

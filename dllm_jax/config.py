@@ -45,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.rope_base = 10000.0  # RoPE base frequency
     c.model.norm_eps = 1e-6  # RMSNorm epsilon
     c.model.qk_norm = True  # RMSNorm on queries and keys per head
+    c.model.attention_bias = False  # biases on the q/k/v projections (Qwen2 checkpoints)
+    c.model.tie_embeddings = False  # output head = embedding transposed (checkpoints with tie_word_embeddings)
+    c.model.shift_logits = False  # MDM only: position i-1's output predicts token i, reusing an AR head (Dream, DiffuLLaMA)
     c.model.init_std = 0.02  # normal init std (output projections scaled by 1/sqrt(2 n_layers))
     c.model.dtype = "float32"  # compute dtype; parameters are always float32
     c.model.scan_layers = True  # nn.scan over blocks (fast compiles, stacked params)
@@ -64,6 +67,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mdm.antithetic = True  # stratified t across the batch
     c.mdm.weighting = "elbo"  # 'elbo': CE/p(t); 'realized': CE/(realised masked fraction), as the study's code
     c.mdm.random_length_prob = 0.01  # fraction of steps trained at a random shorter length
+    c.mdm.anneal_steps = 0  # > 0: attention annealed from causal to bidirectional over this many steps (DiffuLLaMA); 0 = off
 
     c.block_diffusion = ml_collections.ConfigDict()  # objective='block_diffusion' (noise settings: the mdm group)
     c.block_diffusion.block_size = 16  # tokens per block; divides data.seq_len (= seq_len: MDM; 1: AR)
@@ -122,6 +126,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.mc_samples = 16  # MDM Monte Carlo samples per choice (LLaDA estimator) or per sequence (ELBO)
     c.eval.batch_size = 64  # rows per scoring batch
     c.eval.val_draws = 4  # MDM: (t, mask) draws per validation row in training-time validation (Monte Carlo ELBO)
+
+    c.init = ml_collections.ConfigDict()  # start a NEW run from existing weights (ignored on resume: the run's checkpoint wins)
+    c.init.from_hf = ""  # local Hugging Face checkpoint dir (Llama/Mistral/Qwen2/Qwen3): sets model.*, weights, tokenizer
+    c.init.from_workdir = ""  # a dllm-jax run dir: its latest params (fresh optimizer, step 0), model.* and tokenizer
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = fill with the remaining devices
@@ -204,6 +212,8 @@ RULES = {
     "model.remat": _one_of(*REMAT_POLICIES), "model.dropout": HALF_OPEN_UNIT, "model.attention_impl": _one_of("auto", "xla", "cudnn", "splash"),
     "model.vocab_multiple": _int(1), "model.num_experts": _int(0), "model.experts_per_token": _int(1),
     "model.capacity_factor": _float(0.0), "model.router_aux_weight": _float(0.0), "model.loss_chunk": _int(0),
+    "model.attention_bias": BOOL, "model.tie_embeddings": BOOL, "model.shift_logits": BOOL, "mdm.anneal_steps": _int(0),
+    "init.from_hf": STR, "init.from_workdir": STR,
     "mdm.schedule": _one_of(*MASK_SCHEDULES), "mdm.eps": _float(0.0, 1.0, lo_open=True, hi_open=True),
     "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
     "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
@@ -236,6 +246,9 @@ HOW_KEYS = ("model.remat", "model.loss_chunk", "model.attention_impl", "train.gr
 # then rerun"): changeable on resume, where the remaining steps use the new values. They do
 # name a series in a sweep (an LR sweep varies them on purpose).
 RECOVERY_KEYS = ("train.lr", "train.warmup_steps", "train.clip_norm")
+# Where a NEW run takes its first weights from: ignored once the run has a checkpoint (which
+# wins), so they may differ on resume; they do name a series (from scratch vs adapted).
+INIT_KEYS = ("init.",)
 
 
 def _matches(key: str, patterns) -> bool:
@@ -249,7 +262,7 @@ def how_key(key: str) -> bool:
 
 def resume_changeable(key: str) -> bool:
     """True if `key` may differ between a run's checkpoint and the command resuming it."""
-    return _matches(key, HOW_KEYS + RECOVERY_KEYS)
+    return _matches(key, HOW_KEYS + RECOVERY_KEYS + INIT_KEYS)
 
 
 def check_ranges(cfg: ml_collections.ConfigDict) -> None:
@@ -436,6 +449,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"model.num_experts={m.num_experts} is not divisible by mesh.expert={cfg.mesh.expert}; "
             "each device of the expert axis holds num_experts / mesh.expert experts: pick sizes that divide"
         )
+    if (m.shift_logits or cfg.mdm.anneal_steps) and not objectives.build(cfg).ar_adaptation:
+        raise ConfigError("model.shift_logits and mdm.anneal_steps adapt an AR model to masked diffusion: they need objective='mdm' "
+                          f"(objective={cfg.objective!r}); drop them or set --config.objective=mdm")
     d = cfg.data
     if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")
@@ -447,6 +463,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     e = cfg.eval
     if e.cloze_length >= d.seq_len:
         raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
+    if cfg.init.from_hf and cfg.init.from_workdir:
+        raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     objectives.build(cfg).validate(cfg)
 
 

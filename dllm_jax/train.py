@@ -18,7 +18,7 @@ from flax import linen as nn
 
 from dllm_jax import config as config_lib
 from dllm_jax import paths
-from dllm_jax import distributed, objectives, optim, sharding, train_step
+from dllm_jax import distributed, hf, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dllm_jax.metrics import MetricsWriter, Progress
@@ -108,8 +108,10 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     tcfg = config.train
     ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)
     resume_step, saved = _newest_readable_meta(ckpt)
+    config = config_lib.complete(config.to_dict())  # a copy: init.* resolution below fills model.* keys
     if resume_step is not None:
         saved_config, saved_tokenizer = saved
+        hf.resolve_init(config, saved=saved_config)  # resuming: the run's own checkpoint wins over init.*
         check_resume_compatible(saved_config, config)
         saved_tok = tokenizer_from_bytes(saved_tokenizer)
         if config.data.tokenizer:
@@ -122,6 +124,9 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         tok_path = workdir_tokenizer_path(workdir, saved_tok)
         if not paths.exists(tok_path) and jax.process_index() == 0:
             saved_tok.save(tok_path)
+    else:
+        hf.resolve_init(config)  # a new run from init.from_hf / init.from_workdir: architecture and tokenizer
+    config_lib.validate(config)
 
     dataset = build_dataset(config, workdir)
     tokenizer = dataset.tokenizer
@@ -163,6 +168,11 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             if int(state.step) != resume_step:
                 raise CheckpointError(f"checkpoint {resume_step} holds state step {int(state.step)}; the checkpoint is inconsistent")
             log.info("resumed from step %d in %s", resume_step, workdir)
+        elif config.init.from_hf or config.init.from_workdir:
+            abstract = train_step.abstract_state(model, tx, mesh, seq_len)
+            params = hf.initial_params(config, model, abstract.params, mesh, tokenizer)
+            state = train_step.state_from_params(tx, params, shardings)
+            log.info("new run initialised from %s", config.init.from_hf or config.init.from_workdir)
         else:
             state = train_step.init_state(model, tx, mesh, seq_len, config.seed)
         step_fn = train_step.make_train_step(model, tx, config, ids, mesh, shardings, lr_fn)

@@ -21,6 +21,7 @@ from flax import struct
 from dllm_jax import losses, objectives, sharding
 from dllm_jax import rng as rng_lib
 from dllm_jax.models import ModelConfig, Transformer
+from dllm_jax.models.transformer import output_head
 
 
 class TrainState(struct.PyTreeNode):
@@ -73,6 +74,15 @@ def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainSt
         return jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=shardings)(rng_lib.stream(seed, rng_lib.INIT))
 
 
+def state_from_params(tx, params, shardings) -> TrainState:
+    """A step-0 train state around given parameters (fresh optimizer state), on `shardings`;
+    `params` are donated."""
+    def make(p):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+
+    return jax.jit(make, out_shardings=shardings, donate_argnums=(0,))(params)
+
+
 def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objective: objectives.Objective | None = None,
                vocab_limit: int, loss_chunk: int = 0, causal: bool | None = None, **apply_kwargs):
     """Per-position cross-entropy [B, L] (L = prep.targets.shape[1]) and the MoE
@@ -90,7 +100,7 @@ def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objecti
         out, state = out
         aux = sum(jnp.sum(v) for v in jax.tree.leaves(state.get("intermediates", {})))
     if loss_chunk:
-        ce = losses.chunked_token_cross_entropy(out, params["lm_head"], prep.targets, vocab_limit, loss_chunk)
+        ce = losses.chunked_token_cross_entropy(out, output_head(params, model.cfg), prep.targets, vocab_limit, loss_chunk)
     else:
         ce = objectives.token_cross_entropy(out, prep.targets, vocab_limit)
     return ce, aux
@@ -110,10 +120,11 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 
     moe = model.cfg.num_experts > 0
 
-    def micro_loss(params, prep: objectives.Prepared, denom, rng):
+    def micro_loss(params, prep: objectives.Prepared, denom, rng, attn_mask):
         ce, aux = forward_ce(
             model, params, prep, objective=objective, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk,
             deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None,
+            **({} if attn_mask is None else {"attention_mask": attn_mask}),
         )
         sums = objective.metrics_from_ce(ce, prep)
         loss = sums["loss_sum"] / denom
@@ -129,8 +140,10 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
         k_prep, k_drop = jax.random.split(rng)
         prep = prepare(tokens, k_prep)
         denom = prep.denom
+        # an extra training-time attention restriction (MDM: causal -> bidirectional annealing), or None
+        attn_mask = objective.train_attention_mask(rng_lib.stream(rng, rng_lib.TRAIN_ANNEAL), state.step, tokens.shape[1])
         if accum == 1:
-            grads, sums = grad_fn(state.params, prep, denom, k_drop)
+            grads, sums = grad_fn(state.params, prep, denom, k_drop, attn_mask)
         else:
             # masks and t were drawn for the whole batch above, so accumulation changes nothing
             # but peak memory: grad_accum=k gives the same update as grad_accum=1.
@@ -139,11 +152,11 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 
             def body(carry, xs):
                 i, mprep = xs
-                g, s = grad_fn(state.params, mprep, denom, jax.random.fold_in(k_drop, i))
+                g, s = grad_fn(state.params, mprep, denom, jax.random.fold_in(k_drop, i), attn_mask)
                 return jax.tree.map(jnp.add, carry, (g, s)), None
 
             first = jax.tree.map(lambda x: x[0], batched)
-            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, denom, k_drop))
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, first, denom, k_drop, attn_mask))
             (grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), batched))
         sums = dict(sums, denom=denom)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

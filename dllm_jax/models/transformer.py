@@ -1,7 +1,8 @@
 """A Llama-style decoder as a pure Flax (linen) module, shared by AR and masked-diffusion LMs.
 
 Token embedding, pre-RMSNorm blocks with RoPE attention (optional QK-norm and grouped-query
-attention) and a SwiGLU MLP, final RMSNorm, untied output head, no biases. The attention
+attention) and a SwiGLU MLP, final RMSNorm, untied output head, no biases (optional q/k/v
+biases and a tied head, for checkpoints imported from Hugging Face: dllm_jax.hf). The attention
 mask is an argument: `causal=True` for AR, `causal=False` (bidirectional) for MDM; that
 and the objective are the only differences between the two model families.
 
@@ -51,6 +52,9 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-6
     qk_norm: bool = True
+    attention_bias: bool = False  # biases on the q/k/v projections (Qwen2); the output projection never has one
+    tie_embeddings: bool = False  # True: the output head is the embedding transposed (no lm_head parameter)
+    shift_logits: bool = False  # True: the output at position i comes from the hidden state at i-1 (AR-to-MDM adaptation)
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay float32
     scan_layers: bool = True
@@ -147,6 +151,12 @@ class Attention(nn.Module):
         q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
         key = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
         value = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+        if cfg.attention_bias:
+            zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("q_heads", "head_dim"))
+            kv_zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("kv_heads", "head_dim"))
+            q = q + self.param("bq", zeros, (h, d), jnp.float32).astype(dt)
+            key = key + self.param("bk", kv_zeros, (k, d), jnp.float32).astype(dt)
+            value = value + self.param("bv", kv_zeros, (k, d), jnp.float32).astype(dt)
         if cfg.qk_norm:
             q = RMSNorm(cfg.norm_eps, dt, name="q_norm")(q)
             key = RMSNorm(cfg.norm_eps, dt, name="k_norm")(key)
@@ -268,11 +278,11 @@ class Transformer(nn.Module):
     def __call__(self, tokens, *, causal: bool, positions=None, segment_ids=None, cache=None, cache_index=0, deterministic: bool = True,
                  return_hidden: bool = False, attention_mask=None, out_length: int = 0):
         """`return_hidden=True` returns the final-norm hidden states [B, L, d_model] instead of
-        logits, for a loss that applies `params['lm_head']` itself (dllm_jax.losses).
-        `attention_mask` (bool [B or 1, 1, L, L], no cache): the whole pattern, used as given
-        (`causal` and `segment_ids` are then ignored). `out_length` > 0: logits / hidden of the
-        first `out_length` positions only. With a cache, a given `attention_mask` [B, 1, L, T]
-        further restricts the keys (cache slots) each query sees."""
+        logits, for a loss that applies `output_head(params, cfg)` itself (dllm_jax.losses).
+        `attention_mask` (bool [B or 1, 1, L, L or T], True = may attend): an extra mask ANDed
+        with the pattern `causal` / `segment_ids` / the cache give (block diffusion's [x_t ; x_0]
+        pattern with causal=False; the causal-to-bidirectional annealing of AR-to-MDM adaptation).
+        `out_length` > 0: logits / hidden of the first `out_length` positions only."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         b, length = tokens.shape
         row_index = jnp.reshape(cache_index, (-1, 1)) if jnp.ndim(cache_index) else cache_index
@@ -293,14 +303,17 @@ class Transformer(nn.Module):
             mask = _segment_mask(None, None, causal, positions, k_pos, k_valid)
             if attention_mask is not None:
                 mask = mask & attention_mask
-        elif attention_mask is not None:
-            mask = attention_mask
         elif segment_ids is not None and impl == "splash":
             mask, is_causal = segment_ids, causal  # splash masks by segment ids itself (causal by index)
         elif segment_ids is not None:
             mask = _segment_mask(segment_ids, segment_ids, causal, positions, positions)
         else:
             mask, is_causal = None, causal
+        if attention_mask is not None and cache is None:
+            if mask is None and causal:
+                mask = _segment_mask(None, None, True, positions, positions)
+            mask = attention_mask if mask is None else mask & attention_mask
+            is_causal = False
 
         embedding = _param(self, "embedding", (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg.init_std)
         x = jnp.take(embedding, tokens, axis=0).astype(dt)
@@ -332,7 +345,14 @@ class Transformer(nn.Module):
         if out_length:
             x = x[:, :out_length]
         x = RMSNorm(cfg.norm_eps, dt, name="final_norm")(x)
-        head = _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
+        if cfg.shift_logits:
+            # Dream / DiffuLLaMA shifted prediction: the state at i-1 predicts token i, the AR
+            # head's next-token convention; position 0 keeps its own state. Array order, so
+            # not with a slot-ordered KV cache.
+            if cache is not None:
+                raise ValueError("model.shift_logits: decode without a KV cache (the shift is over array positions)")
+            x = jnp.concatenate([x[:, :1], x[:, :-1]], axis=1)
+        head = embedding.T if cfg.tie_embeddings else _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
         if return_hidden:
             return (x, layer_caches) if cache is not None else x
         logits = jnp.einsum("bld,dv->blv", x, head.astype(dt)).astype(jnp.float32)
@@ -342,8 +362,13 @@ class Transformer(nn.Module):
         return logits
 
 
+def output_head(params, cfg: ModelConfig):
+    """The output projection [d_model, vocab]: `lm_head`, or the embedding transposed when tied."""
+    return params["embedding"].T if cfg.tie_embeddings else params["lm_head"]
+
+
 def count_params(params) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
-__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "rope", "attention_mask", "resolve_attention_impl"]
+__all__ = ["ModelConfig", "Transformer", "init_cache", "count_params", "output_head", "rope", "attention_mask", "resolve_attention_impl"]

@@ -19,7 +19,7 @@ from dllm_jax.objectives.base import Objective
 from dllm_jax.objectives.block_diffusion import BlockDiffusion, block_attention_mask, prepare_block_diffusion
 from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, random_length_valid, sample_times,
                                         segment_ids_from_eos, token_cross_entropy)
-from dllm_jax.objectives.mdm import MaskedDiffusion, prepare_mdm
+from dllm_jax.objectives.mdm import MaskedDiffusion, anneal_mask, prepare_mdm
 
 REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (AutoRegressive, MaskedDiffusion, BlockDiffusion)}
 
@@ -75,7 +75,7 @@ def _obj(objective) -> Objective:
     return objective if isinstance(objective, Objective) else by_name(objective)
 
 
-__all__ = ["REGISTRY", "Objective", "AutoRegressive", "MaskedDiffusion", "BlockDiffusion", "Prepared", "TokenIds", "build", "by_name",
+__all__ = ["REGISTRY", "Objective", "anneal_mask", "AutoRegressive", "MaskedDiffusion", "BlockDiffusion", "Prepared", "TokenIds", "build", "by_name",
            "get", "names", "prepare_ar", "prepare_mdm", "prepare_block_diffusion", "block_attention_mask", "mask_prob", "elbo_weight",
            "sample_times", "segment_ids_from_eos", "random_length_valid", "token_cross_entropy", "prepare_fn", "metrics_from_ce",
            "finalize", "is_causal"]

@@ -36,6 +36,7 @@ class Objective:
     val_metrics: tuple = ("val_loss",)  # keys of `val_record`
     linestyle: str = "-"  # how the study's plots draw its runs
     block_size: int = 0  # block diffusion's block; 0 = none (scorers pad rows to whole blocks)
+    ar_adaptation: bool = False  # accepts model.shift_logits / mdm.anneal_steps (AR-to-diffusion adaptation)
 
     def __init__(self, config=None):
         """`config`: a run config (ConfigDict); None = the defaults (`dllm_jax.config.default_config`)."""
@@ -62,6 +63,11 @@ class Objective:
         """The network call with this objective's attention pattern: logits (or hidden states
         with return_hidden=True) for the positions the loss reads."""
         return model.apply({"params": params}, inputs, causal=self.causal, segment_ids=segment_ids, **apply_kwargs)
+
+    def train_attention_mask(self, rng, step, length: int):
+        """An extra attention restriction for the training step at `step` (bool [1, 1, L, L],
+        ANDed with `forward`'s pattern), or None (the default: none)."""
+        return None
 
     def metrics_from_ce(self, ce, prep: Prepared) -> dict:
         """Sums (not means) so that micro-batches and hosts add up exactly; see `finalize`."""

@@ -106,6 +106,7 @@ def prepare_block_diffusion(tokens, rng, ids: TokenIds, *, block_size: int, sche
 
 
 class BlockDiffusion(MaskedDiffusion):
+    ar_adaptation = False  # shifted prediction / annealing are MDM recipes; NBDiff's path is not built yet
     name = "block_diffusion"
     description = "block diffusion (BD3-LM): masked diffusion within blocks, autoregressive over blocks"
     sampler_family = "block"
@@ -134,6 +135,9 @@ class BlockDiffusion(MaskedDiffusion):
         mask = block_attention_mask(length, self.block_size, segment_ids)
         return model.apply({"params": params}, inputs, causal=False, positions=vectorised_positions(b, length),
                            attention_mask=mask, out_length=length, **apply_kwargs)
+
+    def train_attention_mask(self, rng, step, length: int):
+        return None  # the block pattern is the whole story (mdm.anneal_steps is refused in validate)
 
     def network_length(self, seq_len: int) -> int:
         return 2 * seq_len

@@ -70,6 +70,18 @@ def prepare_mdm(
     return Prepared(inputs, tokens, weights, segment_ids, denom, extras)
 
 
+def anneal_mask(rng, step, length: int, anneal_steps: int):
+    """DiffuLLaMA's attention-mask annealing (Gong et al. 2024, arXiv:2410.17891, Sec. 3.2):
+    at training step s the causal mask is kept and each future (query, key) pair is opened
+    independently with probability r = min(1, (s + 1) / anneal_steps), one draw per step
+    shared by the batch, so attention goes from causal (r ~ 0) to bidirectional (r = 1) over
+    `anneal_steps` steps. Returns a boolean mask [1, 1, L, L] (True = may attend)."""
+    ratio = jnp.minimum(1.0, (step + 1).astype(jnp.float32) / anneal_steps)
+    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+    opened = jax.random.uniform(rng, (length, length)) < ratio
+    return (causal | opened)[None, None]
+
+
 class MaskedDiffusion(Objective):
     name = "mdm"
     description = "absorbing-state masked diffusion (bidirectional attention, ELBO)"
@@ -82,6 +94,7 @@ class MaskedDiffusion(Objective):
     train_metrics = ("loss", "elbo", "masked_ce", "mask_frac")
     val_metrics = ("val_loss", "val_masked_ce", "val_ppl_bound")
     linestyle = "--"
+    ar_adaptation = True
 
     def prepare_fn(self, ids, train: bool = True):
         m, doc = self.config.mdm, bool(self.config.data.document_attention)
@@ -89,6 +102,12 @@ class MaskedDiffusion(Objective):
             tokens, rng, ids, schedule=m.schedule, eps=m.eps, antithetic=m.antithetic,
             weighting=m.weighting if train else "elbo", random_length_prob=m.random_length_prob if train else 0.0,
             document_attention=doc)
+
+    def train_attention_mask(self, rng, step, length: int):
+        """mdm.anneal_steps > 0: causal -> bidirectional over that many steps (AR-to-MDM
+        adaptation, DiffuLLaMA); evaluation and sampling stay bidirectional."""
+        steps = int(self.config.mdm.get("anneal_steps", 0))
+        return anneal_mask(rng, step, length, steps) if steps > 0 else None
 
     def metrics_from_ce(self, ce, prep: Prepared) -> dict:
         out = super().metrics_from_ce(ce, prep)

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from dllm_jax import objectives
+from dllm_jax.errors import ConfigError
 from dllm_jax.models.transformer import init_cache
 from dllm_jax.sampling import categorical
 
@@ -174,6 +175,9 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
     b, total = canvas.shape
     p0, bl, nb = plan.gen_start, plan.block_len, plan.num_blocks
     mask_id = plan.vocab_limit
+    if plan.prefix_cache and model.cfg.shift_logits:
+        raise ConfigError("prefix_cache cannot decode a model.shift_logits run (its shift is over canvas positions, the cache "
+                          "reorders them); sample without prefix_cache")
 
     def net_input(x):
         if not plan.guided:

@@ -1,0 +1,55 @@
+"""Hugging Face interop: start a run from a transformers checkpoint or from another run, and
+export a run as a transformers checkpoint.
+
+Import (`--config.init.from_hf=DIR`): DIR is a local Hugging Face model directory
+(config.json, model.safetensors or sharded model-0000X-of-0000Y.safetensors with
+model.safetensors.index.json, tokenizer.json) of one of `FAMILIES`. `resolve_init` maps
+its config.json onto `model.*` and its tokenizer onto `data.tokenizer`; `load_hf_params`
+reads the weights with the `safetensors` library and places them on the mesh.
+
+Both families use the same rotary convention as `dllm_jax.models.transformer.rope`: the
+rotate-half form on the two halves of each head (not interleaved pairs), with frequencies
+base^(-2i/head_dim); HF's checkpoints are already stored for it (its conversion script
+permutes Meta's original interleaved q/k weights), so q/k weights are copied unpermuted.
+
+Vocabulary: our embedding has `model_vocab_rows(tokenizer vocab)` rows (the tokenizer's
+ids, then [MASK] = tokenizer vocab size, then padding to `model.vocab_multiple`). Rows of
+real tokens are copied; [MASK] and padding rows (and the matching output-head columns)
+are set to the mean of the copied real rows, a neutral start that the adaptation learns
+from (padding rows are never predicted: the loss and samplers exclude ids >= mask id).
+A checkpoint written by `export_run` records its mask id, and then every row it holds is
+copied, so export-then-import is exact.
+
+Streaming: every parameter is built with `jax.make_array_from_callback` on its target
+`NamedSharding`; the callback reads, per layer, only the tensors the addressable shards
+need (one per-layer matrix at a time) and the embedding / head row ranges a shard holds,
+so no host holds the whole model, and a multi-host run reads only its own layers' and
+rows' tensors. Not streamed: a shard that splits a matrix still reads that layer's whole
+matrix before slicing it, and the mean of the real embedding rows is computed by reading
+the embedding in chunks of rows.
+
+`--config.init.from_workdir=DIR` does the same from one of our runs: `model.*` and the
+tokenizer from its saved config, parameters from its latest checkpoint (restored straight
+onto the new run's shardings by Orbax), optimizer state fresh, step 0.
+
+Both only start a NEW run: when the workdir already has a checkpoint the run resumes from
+it and `init.*` is ignored (the saved run's `init.*` and model settings are kept).
+
+Export (`dllm-jax export --workdir DIR --output OUT [--step N]`, `export_run`): config.json,
+model.safetensors (float32, one file, gathered to the host: export is not streamed) and
+the tokenizer files. The class is the HF family that represents our model exactly:
+`LlamaForCausalLM` (no QK-norm, no biases), `Qwen2ForCausalLM` (q/k/v biases) or
+`Qwen3ForCausalLM` (QK-norm: Qwen3 applies a per-head RMSNorm with a learned scale to q
+and k after the projections and before RoPE, exactly as our `qk_norm`); MoE models are
+refused. config.json also has a `dllm_jax` entry: objective, mask id, attention pattern
+('causal' for AR, 'bidirectional' for MDM), shift, tokenizer vocabulary; an MDM export
+has the AR class's weights layout but must be run with bidirectional attention.
+"""
+
+from dllm_jax.hf.export import export_config, export_params, export_run, hf_family
+from dllm_jax.hf.init import import_run, initial_params, resolve_init
+from dllm_jax.hf.layout import ARCH_KEYS, FAMILIES, _flat, tensor_plan, to_hf, to_ours
+from dllm_jax.hf.load import SafetensorsReader, hf_model_settings, load_hf_params, read_hf_config
+
+__all__ = ["FAMILIES", "ARCH_KEYS", "resolve_init", "load_hf_params", "initial_params", "export_run", "import_run", "hf_family",
+           "hf_model_settings", "export_config", "export_params", "read_hf_config", "SafetensorsReader", "tensor_plan", "to_hf", "to_ours"]

@@ -1,0 +1,160 @@
+"""`init.from_hf` / `init.from_workdir`: the config a new run takes from its source, its
+initial parameters, and `dllm-jax import` (an HF checkpoint as a step-0 run)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+
+from dllm_jax import config as config_lib
+from dllm_jax.errors import CheckpointError, ConfigError
+from dllm_jax.hf.layout import ARCH_KEYS, FAMILIES, _flat
+from dllm_jax.hf.load import hf_model_settings, load_hf_params, read_hf_config
+
+log = logging.getLogger("dllm_jax")
+
+# ---------------------------------------------------------------- config resolution
+def _get(config, key):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _hf_values(hf_dir: str, config) -> dict:
+    where = f"init.from_hf={hf_dir!r}"
+    hf = read_hf_config(hf_dir)
+    values = {f"model.{k}": v for k, v in hf_model_settings(hf, where).items()}
+    if (hf.get("dllm_jax") or {}).get("vocab_multiple"):  # our export: the same embedding rows as the run it came from
+        values["model.vocab_multiple"] = int(hf["dllm_jax"]["vocab_multiple"])
+    window = hf.get("sliding_window")
+    if FAMILIES.get((hf.get("architectures") or [None])[0]) == "mistral" and window and config.data.seq_len > int(window):
+        raise ConfigError(f"{where}: sliding_window={window} < data.seq_len={config.data.seq_len}; dllm_jax attention is full, so "
+                          f"it equals Mistral's only for sequences <= {window}: set --config.data.seq_len={window} or less")
+    values["data.tokenizer"] = _source_tokenizer(os.path.expanduser(hf_dir), where, config)
+    return values
+
+
+def _source_tokenizer(directory: str, where: str, config) -> str:
+    from dllm_jax.data.tokenizer import load_tokenizer
+
+    path = next((os.path.join(directory, n) for n in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(directory, n))), None)
+    if path is None:
+        if config.data.tokenizer:
+            return config.data.tokenizer
+        raise CheckpointError(f"{where} has no tokenizer.json (or tokenizer.model); copy the checkpoint's tokenizer there, "
+                              "or give it with --config.data.tokenizer=PATH")
+    if config.data.tokenizer and config.data.tokenizer != path:
+        if load_tokenizer(config.data.tokenizer).fingerprint != load_tokenizer(path).fingerprint:
+            raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} is not the tokenizer of {where} ({path}); the embedding rows "
+                              "belong to that tokenizer: drop --config.data.tokenizer")
+        return config.data.tokenizer
+    return path
+
+
+def _workdir_values(workdir: str, config) -> dict:
+    from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
+
+    where = f"init.from_workdir={workdir!r}"
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"{where} has no checkpoints/; point it at a trained dllm-jax run directory")
+    ckpt = Checkpointer(workdir, read_only=True)
+    try:
+        _, saved, _ = ckpt.restore_meta(None)
+    finally:
+        ckpt.close()
+    model = config_lib.complete(saved).model
+    values = {f"model.{k}": model[k] for k in ARCH_KEYS + ("vocab_multiple",)}
+    values["data.tokenizer"] = _source_tokenizer(os.path.abspath(workdir), where, config)
+    return values
+
+
+def resolve_init(config, explicit=(), saved: dict | None = None) -> None:
+    """Set, in place, the `model.*` keys (and `data.tokenizer`) that `init.from_hf` /
+    `init.from_workdir` determine. `explicit`: keys the user set on the command line; one
+    that disagrees with the source is a ConfigError. `saved`: the config of the checkpoint
+    being resumed, whose `init.*` and architecture win (the source is not read again)."""
+    if saved is not None:
+        saved = config_lib.complete(saved)
+        with config.init.unlocked():
+            config.init.from_hf, config.init.from_workdir = saved.init.from_hf, saved.init.from_workdir
+        if not (saved.init.from_hf or saved.init.from_workdir):
+            return
+        values = {f"model.{k}": saved.model[k] for k in ARCH_KEYS + ("vocab_multiple",)}
+    elif config.init.from_hf:
+        values = _hf_values(config.init.from_hf, config)
+    elif config.init.from_workdir:
+        values = _workdir_values(config.init.from_workdir, config)
+    else:
+        return
+    source = f"init.from_hf={config.init.from_hf!r}" if config.init.from_hf else f"init.from_workdir={config.init.from_workdir!r}"
+    for key, value in values.items():
+        current = _get(config, key)
+        if key in explicit and current != value:
+            raise ConfigError(f"--config.{key}={current!r} contradicts {source}, which has {key}={value!r}; the architecture comes "
+                              f"from the checkpoint: drop --config.{key}")
+        if current != value:
+            config_lib.set_key(config, key, value)
+
+
+def initial_params(config, model, abstract_params, mesh, tokenizer):
+    """Parameters of a new run started from `init.*` (placed on `abstract_params`' shardings)."""
+    if config.init.from_hf:
+        return load_hf_params(config.init.from_hf, abstract_params, tokenizer.vocab_size)
+    from dllm_jax.checkpoint import load_run
+
+    src = load_run(config.init.from_workdir, mesh=mesh)
+    if src.tokenizer.fingerprint != tokenizer.fingerprint:
+        raise ConfigError(f"init.from_workdir={config.init.from_workdir!r} was trained with tokenizer {src.tokenizer.fingerprint}, "
+                          f"this run uses {tokenizer.fingerprint}; drop --config.data.tokenizer")
+    got, want = _flat(src.params), _flat(abstract_params)
+    for path in sorted(set(got) | set(want)):
+        if path not in got or path not in want or got[path].shape != want[path].shape:
+            raise CheckpointError(f"init.from_workdir={config.init.from_workdir!r}: parameter {path!r} is "
+                                  f"{getattr(got.get(path), 'shape', 'absent')} there and {getattr(want.get(path), 'shape', 'absent')} "
+                                  "here; drop the --config.model.* overrides that change the architecture")
+    log.info("initialised from %s step %d", config.init.from_workdir, src.step)
+    return jax.tree.map(lambda x, s: jax.device_put(x, s.sharding), src.params, abstract_params)
+
+
+def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
+    """Write an HF checkpoint as a step-0 run in `workdir` (config, tokenizer, parameters,
+    fresh optimizer), so `dllm-jax sample` / `eval` read it like a trained run, and
+    `dllm-jax train --workdir` continues it. The objective and shift of a checkpoint
+    written by `export_run` are taken from its config.json unless `config` sets them."""
+    from dllm_jax import optim, sharding, train_step
+    from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
+    from dllm_jax.data.tokenizer import load_tokenizer
+    from flax import linen as nn
+
+    if os.path.isdir(checkpoint_dir(workdir)):
+        raise CheckpointError(f"{workdir!r} already holds a run; import into a new --workdir")
+    config = config_lib.default_config() if config is None else config
+    ours = read_hf_config(hf_dir).get("dllm_jax") or {}
+    if ours.get("objective") and "objective" not in explicit:
+        config.objective = ours["objective"]
+    if "shift_logits" in ours and "model.shift_logits" not in explicit:
+        config.model.shift_logits = bool(ours["shift_logits"])
+    with config.init.unlocked():
+        config.init.from_hf = os.path.abspath(os.path.expanduser(hf_dir))
+    resolve_init(config, explicit=explicit)
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    model = train_step.build_model(config, tokenizer.vocab_size)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    tx = optim.make_optimizer(config.train, max(config.train.num_steps, 1))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        shardings = train_step.state_shardings(model, tx, mesh, config.data.seq_len)
+        abstract = train_step.abstract_state(model, tx, mesh, config.data.seq_len)
+        state = train_step.state_from_params(tx, initial_params(config, model, abstract.params, mesh, tokenizer), shardings)
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(workdir, async_save=False)
+    ckpt.save(0, state, None, config, tokenizer.model_bytes)
+    ckpt.close()
+    tokenizer.save(os.path.join(workdir, tokenizer.filename))
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+        f.write(config_lib.to_json(config))
+    return {"workdir": os.path.abspath(workdir), "objective": config.objective, "shift_logits": config.model.shift_logits,
+            "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))}

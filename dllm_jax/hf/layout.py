@@ -1,0 +1,107 @@
+"""Where each of our parameters lives in a Hugging Face Llama / Qwen checkpoint, and how its
+layout differs (torch Linear weights are [out, in]; ours are [in, heads, head_dim] etc.)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from dllm_jax.errors import CheckpointError
+
+FAMILIES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+# model.* keys fixed by the architecture of the checkpoint a run starts from
+ARCH_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "rope_base", "norm_eps", "qk_norm",
+             "attention_bias", "tie_embeddings", "num_experts", "experts_per_token")
+# our per-block parameter (path inside a block) -> HF tensor suffix, layout transform
+BLOCK_TENSORS = (
+    ("attn_norm/scale", "input_layernorm.weight", "id"),
+    ("attn/wq", "self_attn.q_proj.weight", "heads_in"),
+    ("attn/wk", "self_attn.k_proj.weight", "heads_in"),
+    ("attn/wv", "self_attn.v_proj.weight", "heads_in"),
+    ("attn/wo", "self_attn.o_proj.weight", "heads_out"),
+    ("attn/bq", "self_attn.q_proj.bias", "bias"),
+    ("attn/bk", "self_attn.k_proj.bias", "bias"),
+    ("attn/bv", "self_attn.v_proj.bias", "bias"),
+    ("attn/q_norm/scale", "self_attn.q_norm.weight", "id"),
+    ("attn/k_norm/scale", "self_attn.k_norm.weight", "id"),
+    ("mlp_norm/scale", "post_attention_layernorm.weight", "id"),
+    ("mlp/w_gate", "mlp.gate_proj.weight", "T"),
+    ("mlp/w_up", "mlp.up_proj.weight", "T"),
+    ("mlp/w_down", "mlp.down_proj.weight", "T"),
+)
+TOP_TENSORS = (("embedding", "model.embed_tokens.weight", "id"), ("final_norm/scale", "model.norm.weight", "id"),
+               ("lm_head", "lm_head.weight", "T"))
+# tensors some checkpoints carry that hold nothing to load (RoPE tables are recomputed)
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+# ---------------------------------------------------------------- layouts
+def to_ours(w: np.ndarray, kind: str, shape) -> np.ndarray:
+    """An HF tensor (torch Linear layout: [out, in]) in our layout of `shape`."""
+    if kind in ("heads_in", "heads_out", "T"):
+        w = w.T
+    return w.reshape(shape)
+
+
+def to_hf(x: np.ndarray, kind: str) -> np.ndarray:
+    """Our parameter in HF's layout: q/k/v [d, H, hd] -> [H*hd, d]; o [H, hd, d] -> [d, H*hd]."""
+    if kind == "heads_in":
+        return x.reshape(x.shape[0], -1).T
+    if kind == "heads_out":
+        return x.reshape(-1, x.shape[-1]).T
+    if kind == "bias":
+        return x.reshape(-1)
+    return x.T if kind == "T" else x
+
+
+def hf_shape(kind: str, shape) -> tuple:
+    """The HF tensor shape that maps onto our `shape`."""
+    n = int(np.prod(shape))
+    if kind == "heads_in":
+        return (n // shape[0], shape[0])
+    if kind == "heads_out":
+        return (shape[-1], n // shape[-1])
+    if kind == "bias":
+        return (n,)
+    return tuple(reversed(shape)) if kind == "T" else tuple(shape)
+
+
+def _flat(tree) -> dict:
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _unflat(flat: dict) -> dict:
+    out = {}
+    for key, value in flat.items():
+        node = out
+        *parents, last = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return out
+
+
+def tensor_plan(param_paths, n_layers: int) -> dict:
+    """Our parameter path -> (list of HF tensor names (one per layer for a stacked one), kind, stacked)."""
+    block = {sub: (suffix, kind) for sub, suffix, kind in BLOCK_TENSORS}
+    top = {ours: (name, kind) for ours, name, kind in TOP_TENSORS}
+    plan = {}
+    for path in param_paths:
+        head, _, sub = path.partition("/")
+        if path in top:
+            plan[path] = ([top[path][0]], top[path][1], False)
+        elif head == "layers" and sub in block:
+            plan[path] = ([f"model.layers.{i}.{block[sub][0]}" for i in range(n_layers)], block[sub][1], True)
+        elif head.startswith("layer_") and sub in block:
+            plan[path] = ([f"model.layers.{int(head[6:])}.{block[sub][0]}"], block[sub][1], False)
+        else:
+            raise CheckpointError(
+                f"parameter {path!r} has no Hugging Face counterpart (MoE layers cannot be exported or imported); "
+                "only dense models (model.num_experts=0) map onto Llama / Qwen2 / Qwen3"
+            )
+    return plan

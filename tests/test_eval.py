@@ -96,7 +96,7 @@ def test_elbo_draws_are_weighted_masked_ce_of_a_trained_mdm(loaded):
     tokens = rng.integers(3, run.tokenizer.vocab_size, size=(64, 32)).astype(np.int32)
     t = np.linspace(0.05, 0.95, 64).astype(np.float32)
     seg = np.ones_like(tokens)
-    value, n_masked = likelihood.mdm_elbo_batch(recording_logits, run.params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(t),
+    value, n_masked, _ = likelihood.mdm_elbo_batch(recording_logits, run.params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(t),
                                                3, jnp.arange(64, dtype=jnp.uint32), scorer.spec)
     masked = seen["inputs"] == run.tokenizer.mask_id
     assert np.array_equal(masked.sum(1), np.asarray(n_masked))
@@ -568,9 +568,9 @@ def test_compressed_and_bom_task_files_are_read(tmp_path, fmt, encode, name):
 
 
 @pytest.mark.parametrize("encoding,message", [
-    ("latin-1", r":2: byte 0xe9 at column 17 is not UTF-8 .*iconv -f LATIN1 -t UTF-8"),
-    ("utf-16", r" is UTF-16 text .*iconv -f UTF-16 -t UTF-8"),
-    ("utf-16-le", r":1: NUL bytes: this looks like UTF-16"),
+    ("latin-1", r"t\.jsonl' is not valid UTF-8: line 2, byte offset \d+ \(bytes e9 .*iconv -f LATIN1 -t UTF-8"),
+    ("utf-16", r"t\.jsonl' looks like UTF-16LE, not UTF-8 \(it starts with its byte-order mark\).*iconv -f UTF-16 -t UTF-8"),
+    ("utf-16-le", r"t\.jsonl' looks like UTF-16LE, not UTF-8 \(it has \d+% NUL bytes\).*iconv -f UTF-16LE -t UTF-8"),
 ])
 def test_task_files_in_other_encodings_name_file_line_and_fix(tmp_path, encoding, message):
     path = tmp_path / "t.jsonl"
@@ -587,7 +587,7 @@ def test_cli_reports_a_latin1_task_file_in_one_line(tmp_path, capsys):
     path.write_bytes(RECORD.encode("latin-1"))
     assert main(["eval", "--workdir", str(tmp_path), "--task", "jsonl", "--data", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"error: {path}:1: byte 0xe9" in err and "Traceback" not in err
+    assert err.count("\n") == 1 and f"error: '{path}' is not valid UTF-8: line 1" in err and "Traceback" not in err
 
 
 def test_damaged_gzip_task_file_is_a_clear_error(tmp_path):

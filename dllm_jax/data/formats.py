@@ -109,7 +109,7 @@ def check_not_utf16_32(head: bytes, path: str) -> None:
     raise DataError(
         f"{path!r} looks like {encoding}, not UTF-8 (it {how}); dllm_jax reads UTF-8 only. Convert it, "
         f"e.g. `iconv -f {src} -t UTF-8 "
-        f"{paths.basename(path)} > {paths.basename(path)}.utf8`, and point data.paths at the converted file."
+        f"{paths.basename(path)} > {paths.basename(path)}.utf8`, and use the converted file."
     )
 
 

@@ -115,14 +115,15 @@ def _uniforms(seed, sample_ids, length):
 
 def mdm_elbo_batch(logits_fn: LogitsFn, params, tokens, segment_ids, t, seed, sample_ids, spec: ScoreSpec):
     """One continuous-time ELBO draw per row: w(t) * sum over masked real tokens of CE, each
-    real token masked with prob p(t). Returns (value [B], masked count [B])."""
+    real token masked with prob p(t). Returns (value [B], masked count [B], unweighted CE sum
+    over the masked tokens [B])."""
     valid = segment_ids > 0
     u = _uniforms(seed, sample_ids, tokens.shape[1])
     masked = (u < objectives.mask_prob(t, spec.schedule)[:, None]) & valid
     inputs = jnp.where(masked, spec.mask_id, tokens)
     ce = objectives.token_cross_entropy(logits_fn(params, inputs, segment_ids), tokens, spec.vocab_limit)
-    value = objectives.elbo_weight(t, spec.schedule) * jnp.sum(ce * masked, axis=1)
-    return value, masked.sum(axis=1)
+    ce_sum = jnp.sum(ce * masked, axis=1)
+    return objectives.elbo_weight(t, spec.schedule) * ce_sum, masked.sum(axis=1), ce_sum
 
 
 def exact_l_mask(answer, n_mask, seed, sample_ids):
@@ -238,8 +239,7 @@ class Scorer:
     def _run(self, kind: str, params, rows: list[_Row], seed: int = 0, cfg_scale: float = 0.0, doc_segments: bool = False):
         """Evaluate `rows` (any lengths) in bucketed fixed-size batches; outputs in row order."""
         fn = self._fn(kind, cfg_scale)
-        out0 = np.zeros(len(rows), np.float64)
-        out1 = np.zeros(len(rows), np.float64)
+        outs = None  # one float64 [len(rows)] array per output of the estimator
         by_bucket: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             length = bucket_length(len(r.tokens), self.spec.max_len)
@@ -266,11 +266,12 @@ class Scorer:
                     ids[j] = r.sample_id
                 if doc_segments:
                     seg = np.asarray(np.where(seg > 0, objectives.segment_ids_from_eos(jnp.asarray(tok), self.spec.eos_id), 0), np.int32)
-                a, b = self._call(fn, params, (tok, seg, aux, sc, np.int32(seed), ids))
-                a, b = np.asarray(jax.device_get(a), np.float64), np.asarray(jax.device_get(b), np.float64)
-                out0[chunk] = a[:len(chunk)]
-                out1[chunk] = b[:len(chunk)]
-        return out0, out1
+                res = [np.asarray(x, np.float64) for x in jax.device_get(self._call(fn, params, (tok, seg, aux, sc, np.int32(seed), ids)))]
+                if outs is None:
+                    outs = [np.zeros(len(rows), np.float64) for _ in res]
+                for o, x in zip(outs, res):
+                    o[chunk] = x[:len(chunk)]
+        return tuple(outs)
 
     # -- public estimators --------------------------------------------------------------
     def _fit(self, context: Sequence[int], answer: Sequence[int]):
@@ -370,11 +371,7 @@ class Scorer:
             times = (times - self.spec.eps) / (1.0 - self.spec.eps)
         rows = [_Row(seqs[i], np.ones(length, bool), float(times[i, j]), sample_id=i * n + j) for i in range(m) for j in range(n)]
         kind = self.objective.sequence_estimator
-        vals, n_masked = self._run(kind, params, rows, seed=seed, doc_segments=self.spec.document_attention)
-        # the masked tokens' mean CE (unweighted), from each draw's value / w(t): one t per row (MDM)
-        # only; block diffusion has one t per block and reports the NELBO alone
-        ce_sums = (vals / np.asarray(objectives.elbo_weight(times.reshape(-1).astype(np.float64), self.spec.schedule))
-                   if kind == "elbo" else None)
+        vals, n_masked, ce_sums = self._run(kind, params, rows, seed=seed, doc_segments=self.spec.document_attention)
         vals = vals.reshape(m, n)
         tokens = m * length
         total = float(vals.mean(axis=1).sum())
@@ -384,7 +381,7 @@ class Scorer:
                "nats_per_token": per, "bits_per_token": per / math.log(2),
                "stderr_nats_per_token": math.sqrt(var) / tokens if n > 1 else None,
                "perplexity_bound": float(np.exp(min(per, 50.0))),
-               "masked_ce": float(ce_sums.sum() / max(n_masked.sum(), 1.0)) if ce_sums is not None else None}
+               "masked_ce": float(ce_sums.sum() / max(n_masked.sum(), 1.0))}
         return out
 
 

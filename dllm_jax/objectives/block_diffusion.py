@@ -167,7 +167,8 @@ def block_elbo_batch(logits_fn, params, tokens, segment_ids, u, seed, sample_ids
     """One NELBO draw per row of [B, L] `tokens` (L a multiple of block_size, segment 0 =
     padding): t_b = eps + (1 - eps) * ((u + v_b) mod 1) per block, u [B] the row's
     stratified uniform, v_b a uniform shift per block; each real token of block b masked
-    with p(t_b); value = sum_b w(t_b) * sum over masked of CE. Returns (value [B], masked [B])."""
+    with p(t_b); value = sum_b w(t_b) * sum over masked of CE. Returns (value [B], masked count [B],
+    unweighted CE sum over the masked tokens [B])."""
     b, length = tokens.shape
     nb = length // block_size
     k_time, k_mask = _row_keys(seed, sample_ids)
@@ -180,7 +181,7 @@ def block_elbo_batch(logits_fn, params, tokens, segment_ids, u, seed, sample_ids
     logits = logits_fn(params, jnp.concatenate([x_t, tokens], axis=1), jnp.concatenate([segment_ids, segment_ids], axis=1))
     ce = token_cross_entropy(logits, tokens, vocab_limit)
     value = jnp.sum(elbo_weight(t_tok, schedule) * ce * masked, axis=1)
-    return value, masked.sum(axis=1)
+    return value, masked.sum(axis=1), jnp.sum(ce * masked, axis=1)
 
 
 def block_llada_batch(logits_fn, params, tokens, segment_ids, answer, u, seed, sample_ids, *, block_size: int, mask_id: int,

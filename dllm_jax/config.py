@@ -81,7 +81,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # path to a SentencePiece model; '' = train one into the workdir
     c.data.vocab_size = 1024  # pieces of a tokenizer trained here (>= 512 recommended)
     c.data.tokenizer_type = "unigram"  # 'unigram' or 'bpe' (SentencePiece)
-    c.data.cache_dir = ""  # token cache; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
+    c.data.store = ""  # a token store made by `dllm-jax prepare` to train from; '' = prepare the source into data.cache_dir
+    c.data.cache_dir = ""  # where sources are prepared into token stores; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
     c.data.max_docs = 0  # use only the first N documents of the source (0 = all)
     c.data.document_attention = False  # True: attention does not cross document boundaries (EOS)
 
@@ -304,9 +305,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     d = cfg.data
     _choice("data.source", d.source, SOURCES)
     _choice("data.text_split", d.text_split, ("file", "paragraph", "line"))
-    if d.source in ("text", "array_record") and not d.paths:
+    if d.source in ("text", "array_record") and not d.paths and not d.store:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")
-    if d.source == "tfds" and not d.tfds_name:
+    if d.source == "tfds" and not d.tfds_name and not d.store:
         raise ConfigError("data.source='tfds' needs data.tfds_name, e.g. --config.data.tfds_name=lm1b")
     _positive("data.seq_len", d.seq_len)
     if d.seq_len < 2:

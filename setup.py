@@ -28,6 +28,7 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "array_record": ["array_record>=0.8"],
         "eval": ["lm-eval>=0.4"],
+        "beam": ["apache-beam>=2.60"],  # `dllm-jax prepare`: corpus -> token store as a Beam pipeline
         "tpu": ["libtpu"],
         "test": ["pytest>=8", "pytest-xdist>=3"],
     },

@@ -29,7 +29,7 @@ DONE_FILE = "DONE"
 # keys that may differ between the run in a workdir and the command resuming it
 RESUMABLE_CHANGES = ("mesh.", "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                      "train.keep_last", "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
-                     "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.")
+                     "data.cache_dir", "data.paths", "data.store", "data.tfds_data_dir", "data.tokenizer", "eval.")
 
 
 def check_resume_compatible(saved: dict, config) -> None:

@@ -1,4 +1,4 @@
-"""Data pipeline: tokenizer, sources, token cache, unique-token budget, Grain loader."""
+"""Data pipeline: tokenizer, sources, token store cache, unique-token budget, Grain loader."""
 import collections
 import os
 
@@ -252,7 +252,7 @@ def test_cache_reuse(tmp_path, monkeypatch):
         m.setattr(Tokenizer, "encode_batch", boom)
         m.setattr(prepare, "train_tokenizer", boom)
         m.setattr(sources, "read_shard", boom)
-        # a fresh workdir: the tokenizer comes from the tokenizer cache, tokens from the token cache
+        # a fresh workdir: the tokenizer and the tokens come from the cached token store
         second = build_dataset(cfg, str(tmp_path / "w2"))
     assert second.stats["cache_hit"] is True
     assert second.tokenizer.fingerprint == first.tokenizer.fingerprint

@@ -11,7 +11,7 @@ Tasks:
 Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json
 (the step in the name keeps evaluations of several checkpoints apart). Defaults of
 --mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
-`--config.KEY=VALUE` may change where the data is (data.paths, data.cache_dir,
+`--config.KEY=VALUE` may change where the data is (data.paths, data.store, data.cache_dir,
 data.tfds_data_dir) and the eval.* keys; nothing that would change the model.
 """
 
@@ -26,7 +26,7 @@ from dllm_jax.errors import ConfigError
 
 TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
 FILE_TASKS = ("jsonl", "hellaswag", "mmlu")
-ALLOWED_OVERRIDES = ("data.paths", "data.cache_dir", "data.tfds_data_dir", "eval.")
+ALLOWED_OVERRIDES = ("data.paths", "data.store", "data.cache_dir", "data.tfds_data_dir", "eval.")
 
 
 def add_arguments(parser) -> None:

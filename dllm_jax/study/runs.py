@@ -29,7 +29,7 @@ TIMES_FILE = "sweep_times.jsonl"  # one record per `dllm-jax sweep` attempt at t
 # keys that never name a series: the panel/model axes and bookkeeping
 _NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_steps", "train.eval_every", "train.log_every",
                "train.checkpoint_every", "train.keep_", "train.progress", "train.tensorboard", "train.async_checkpoint",
-               "train.eval_batches", "data.cache_dir", "data.paths", "data.tokenizer", "data.tfds_data_dir", "mesh.", "eval.",
+               "train.eval_batches", "data.cache_dir", "data.paths", "data.store", "data.tokenizer", "data.tfds_data_dir", "mesh.", "eval.",
                "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.head_dim", "model.d_ff",
                "model.num_experts", "model.experts_per_token", "model.remat", "model.scan_layers", "model.loss_chunk",
                "model.dtype", "model.attention_impl")

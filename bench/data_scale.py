@@ -13,7 +13,7 @@ Measures (does not assert) on this machine and writes bench/results/data_scale.{
    the index's size, the time to the first batch with the index already built, and loader
    tokens/s over --steps steps of a --batch x 2048 global batch read by one process.
 
-    python bench/data_scale.py                      # defaults below, ~10 min on 2 cores
+    python bench/data_scale.py                      # defaults below: 128 MB corpus, U = 10M and 1B
     python bench/data_scale.py --corpus-mb 64 --skip-memory   # a quicker prepare-only run
 """
 from __future__ import annotations
@@ -89,8 +89,11 @@ def bench_prepare(work: str, megabytes: int, files: int, workers: list[int]) -> 
         r = prepare_lib.prepare(cfg.data, dest, runner="beam",
                                 pipeline_args=["--direct_running_mode=multi_processing", f"--direct_num_workers={n}"])
         wall = time.perf_counter() - t
+        cpu = r.manifest["stats"]["shard_cpu_seconds"]
         out["runs"].append({"workers": n, "documents": r.documents, "tokens": r.tokens, "shards": r.shards,
-                            "wall_s": round(wall, 1), "tokens_per_s": round(r.tokens / wall)})
+                            "wall_s": round(wall, 1), "tokens_per_s": round(r.tokens / wall),
+                            "shard_cpu_s": cpu, "tokens_per_cpu_s": round(r.tokens / cpu) if cpu else None,
+                            "load_avg_1min_after": os.getloadavg()[0]})
         print(f"prepare, {n} worker(s): {r.tokens} tokens in {wall:.1f}s = {r.tokens / wall / 1e6:.2f}M tokens/s", flush=True)
         shutil.rmtree(dest)
     if len(out["runs"]) >= 2:
@@ -227,9 +230,11 @@ def to_markdown(res: dict) -> str:
                   f"Corpus: {p['corpus_mb']} MB of stdlib .py text in {p['files']} files, split by paragraph; "
                   f"SentencePiece BPE {p['vocab_size']} pieces trained beforehand in {p['tokenizer_train_s']} s on "
                   f"a {p['tokenizer_sample_chars'] / 1e6:.0f}M-character sample.", "",
-                  "| workers | documents | tokens | wall s | tokens/s |", "|---|---|---|---|---|"]
+                  "| workers | documents | tokens | wall s | tokens/s | CPU s in shards | tokens per CPU s | load avg after |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in p["runs"]:
-            lines.append(f"| {r['workers']} | {r['documents']} | {r['tokens']} | {r['wall_s']} | {r['tokens_per_s'] / 1e6:.2f}M |")
+            lines.append(f"| {r['workers']} | {r['documents']} | {r['tokens']} | {r['wall_s']} | {r['tokens_per_s'] / 1e6:.2f}M | "
+                         f"{r['shard_cpu_s']} | {(r['tokens_per_cpu_s'] or 0) / 1e6:.2f}M | {r['load_avg_1min_after']:.1f} |")
         if "speedup" in p:
             lines += ["", f"2 workers / 1 worker: **{p['speedup']}x** (target >= 1.7x)."]
         lines.append("")
@@ -260,8 +265,8 @@ def to_markdown(res: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--corpus-mb", type=int, default=256, help="size of the prepare benchmark's corpus")
-    ap.add_argument("--files", type=int, default=64, help="files (= source shards) of that corpus")
+    ap.add_argument("--corpus-mb", type=int, default=128, help="size of the prepare benchmark's corpus")
+    ap.add_argument("--files", type=int, default=32, help="files (= source shards) of that corpus")
     ap.add_argument("--workers", default="1,2", help="DirectRunner worker counts to time")
     ap.add_argument("--unique", default="10000000,1000000000", help="U values for the memory points")
     ap.add_argument("--doc-tokens", type=int, default=1000, help="mean document length of the synthetic store")

@@ -233,3 +233,22 @@ def test_cli_prepare_then_train_from_the_store(tmp_path, corpus, capsys):
     assert stats["store"] == store and os.path.isfile(os.path.join(work, "tokenizer.model"))
     with pytest.raises(SystemExit):  # only `prepare` passes unknown arguments on (to Beam)
         main(["train", "--config", str(config_file), "--workdir", str(tmp_path / "r2"), "--bogus"])
+
+
+def test_other_processes_wait_for_process_0s_index(small, tmp_path):
+    import threading
+
+    from dllm_jax.data.index import load_or_build_index
+
+    store = store_lib.TokenStore(small["store"])
+    params = dict(seed=2, max_docs=0, val_tokens=100, unique_tokens=0, seq_len=16, global_batch=4)
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(p1=load_or_build_index(store, str(tmp_path), process_index=1, **params)))
+    waiter.start()
+    arrays0, stats0, hit0 = load_or_build_index(store, str(tmp_path), process_index=0, **params)
+    waiter.join(timeout=60)
+    arrays1, stats1, hit1 = got["p1"]
+    assert (hit0, hit1) == (False, True) and stats0 == stats1
+    for k in arrays0:
+        np.testing.assert_array_equal(arrays1[k], arrays0[k])
+    assert os.listdir(tmp_path / "data_index")  # one cached index directory, reused by both

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 from typing import Any
 
 import numpy as np
@@ -179,7 +180,8 @@ def write_shard(root, index: int, token_chunks, source: dict, extra: dict | None
     paths = shard_paths(root, index)
     paths["tokens"].parent.mkdir(parents=True, exist_ok=True)
     th, oh = hashlib.sha256(), hashlib.sha256()
-    tmp = {k: epath.Path(f"{paths[k]}.tmp") for k in ("tokens", "offsets")}
+    tag = uuid.uuid4().hex[:12]  # two writers of the same shard (processes sharing a cache) never share a file
+    tmp = {k: epath.Path(f"{paths[k]}.tmp-{tag}") for k in ("tokens", "offsets")}
     num_docs, num_tokens, dtype = 0, 0, None
     with tmp["tokens"].open("wb") as tf, tmp["offsets"].open("wb") as of:
         first = np.zeros(1, OFFSET_DTYPE).tobytes()
@@ -196,7 +198,7 @@ def write_shard(root, index: int, token_chunks, source: dict, extra: dict | None
             num_docs += len(lengths)
             num_tokens += int(np.sum(lengths))
     for k in ("tokens", "offsets"):
-        tmp[k].replace(paths[k])  # overwrites the leftovers of an interrupted attempt
+        tmp[k].replace(paths[k])  # overwrites an interrupted attempt's file (same content from a concurrent writer)
     record = {
         "shard": int(index), "name": shard_name(index), "source": source,
         "documents": num_docs, "tokens": num_tokens,

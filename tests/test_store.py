@@ -252,3 +252,22 @@ def test_other_processes_wait_for_process_0s_index(small, tmp_path):
     for k in arrays0:
         np.testing.assert_array_equal(arrays1[k], arrays0[k])
     assert os.listdir(tmp_path / "data_index")  # one cached index directory, reused by both
+
+
+def test_store_with_a_hugging_face_tokenizer(small, tmp_path):
+    pytest.importorskip("tokenizers")
+    from test_hf_tokenizer import make_hf_tokenizer
+
+    path = make_hf_tokenizer(tmp_path / "tokenizer.json", small["docs"][:30])
+    cfg = make_config(**small["cfg"].data)
+    cfg.data.tokenizer = path
+    result = prepare_lib.prepare(cfg.data, str(tmp_path / "hf"))
+    assert sorted(os.listdir(result.path)) == ["manifest.json", "plan.json", "shards", "tokenizer.json"]
+    assert result.manifest["tokenizer"]["kind"] == "hf" and result.manifest["identity"]["tokenizer"] == {
+        "file": store_lib.TokenStore(result.path).tokenizer.fingerprint}
+    cfg.data.store, cfg.data.tokenizer = result.path, ""
+    ds = build_dataset(cfg, str(tmp_path / "w"), process_index=0)
+    val, train = _reference(cfg, ds.tokenizer, small["docs"])
+    np.testing.assert_array_equal(ds.val, val)
+    np.testing.assert_array_equal(np.asarray(ds.train), train)
+    assert os.path.isfile(tmp_path / "w" / "tokenizer.json")

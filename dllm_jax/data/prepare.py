@@ -192,11 +192,12 @@ def prepare_shard(job: ShardJob, index: int) -> dict:
     t1 = time.perf_counter()
     chunks = _encode_chunks(docs, job.tokenizer(), np.dtype(job.dtype), job.num_threads)
     chars = sum(map(len, docs))
-    record = store_lib.write_shard(job.root, index, chunks, shard, {"characters": chars})
-    record["read_seconds"] = round(t1 - t0, 3)
-    record["seconds"] = round(time.perf_counter() - t0, 3)
-    record["cpu_seconds"] = round(time.process_time() - c0, 3)  # this process's CPU time (all its threads)
-    return record
+
+    def stats():  # measured once the shard's data is written; kept in its done record
+        return {"characters": chars, "read_seconds": round(t1 - t0, 3), "seconds": round(time.perf_counter() - t0, 3),
+                "cpu_seconds": round(time.process_time() - c0, 3)}  # this process's CPU time (all its threads)
+
+    return store_lib.write_shard(job.root, index, chunks, shard, stats)
 
 
 # -- drivers ---------------------------------------------------------------------------

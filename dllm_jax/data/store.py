@@ -19,7 +19,7 @@ without documents gives an empty store shard, so indices align. The concatenatio
 shards' tokens is the corpus's document stream in source order, so a single int64 "store
 position" addresses any token, and a document is (position, length).
 
-Raw arrays (not .npy) keep local memory-mapping and ranged reads on object stores trivial.
+Raw arrays (not .npy) make random reads trivial: ``os.pread`` locally, ranged reads on object stores.
 Integrity: ``TokenStore(path)`` checks the manifest, the version and that every shard file
 exists with the size the manifest says (cheap: one stat per file). ``verify()`` re-hashes
 every shard (sha256); the trainer calls it once, when process 0 builds a run's index (see
@@ -116,13 +116,19 @@ def file_size(path) -> int | None:
 
 
 class ArrayFile:
-    """Random access to a raw little-endian array file: a read-only np.memmap for local paths,
-    ranged reads (seek + read) through etils.epath for any other filesystem. Picklable (the
-    handle is reopened lazily), so Grain worker processes can hold one."""
+    """Random access to a raw little-endian array file: positional reads (``os.pread``) for
+    local paths, ranged reads (seek + read) through etils.epath for any other filesystem.
+    Picklable (the handle is reopened lazily), so Grain worker processes can hold one.
+
+    Not np.memmap: measured (bench/data_scale.py), a memory map leaves every page it touched
+    (with the kernel's fault-around, 64 KiB per random read) mapped into the process, so a
+    training process's RSS grew towards the size of the store it samples from; ``pread`` copies
+    just the requested range (the OS page cache still caches the file, outside the RSS).
+    """
 
     def __init__(self, path, dtype, length: int):
         self.path, self.dtype, self.length = str(path), np.dtype(dtype), int(length)
-        self._mm = None
+        self._fd = None
 
     def __getstate__(self):
         return {"path": self.path, "dtype": self.dtype.str, "length": self.length}
@@ -131,17 +137,22 @@ class ArrayFile:
         self.__init__(state["path"], state["dtype"], state["length"])
 
     def read(self, start: int, count: int) -> np.ndarray:
-        """Elements [start, start + count) (a view of the memmap for local files)."""
-        if count <= 0 or self.length == 0:
+        """Elements [start, start + count) (fewer at the end of the file), read-only."""
+        start, count = int(start), min(int(count), self.length - int(start))
+        if count <= 0:
             return np.zeros(0, self.dtype)
-        if _is_local(self.path):
-            if self._mm is None:
-                self._mm = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.length,))
-            return self._mm[start:start + count]
         size = self.dtype.itemsize
+        if _is_local(self.path):
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            return np.frombuffer(os.pread(self._fd, count * size, start * size), dtype=self.dtype)
         with epath.Path(self.path).open("rb") as f:
             f.seek(int(start) * size)
             return np.frombuffer(f.read(int(count) * size), dtype=self.dtype)
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def read_all(self) -> np.ndarray:
         return np.array(self.read(0, self.length))
@@ -170,12 +181,13 @@ def sha256_file(path, chunk: int = 1 << 24) -> str:
 
 # -- writing one shard -----------------------------------------------------------------
 
-def write_shard(root, index: int, token_chunks, source: dict, extra: dict | None = None) -> dict:
+def write_shard(root, index: int, token_chunks, source: dict, extra=None) -> dict:
     """Writes shard ``index`` from an iterable of (tokens, lengths) chunks, then its done record.
 
     ``tokens`` are the chunk's ids (already in the store dtype, each document followed by EOS)
     and ``lengths`` its documents' lengths (int64, EOS included). Data files are written under
-    temporary names and renamed; the done record is written last. Returns the done record.
+    temporary names and renamed; the done record is written last, with ``extra`` (a dict, or a
+    function returning one, called once the data is written: e.g. timings). Returns the record.
     """
     paths = shard_paths(root, index)
     paths["tokens"].parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +215,7 @@ def write_shard(root, index: int, token_chunks, source: dict, extra: dict | None
         "shard": int(index), "name": shard_name(index), "source": source,
         "documents": num_docs, "tokens": num_tokens,
         "tokens_sha256": th.hexdigest(), "offsets_sha256": oh.hexdigest(),
-        **(extra or {}),
+        **((extra() if callable(extra) else extra) or {}),
     }
     write_json_atomic(paths["done"], record)
     return record

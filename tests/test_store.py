@@ -9,7 +9,6 @@ import pytest
 
 from dllm_jax.data import prepare as prepare_lib
 from dllm_jax.data import store as store_lib
-from dllm_jax.data.index import document_order
 from dllm_jax.data.pipeline import LOADER_READ_OPTIONS, build_dataset, train_loader
 from dllm_jax.data.sources import load_documents
 from dllm_jax.errors import DataError

@@ -37,7 +37,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -141,7 +141,7 @@ def resolve_tokenizer(data_cfg, given=None, reuse_from=None):
 
 # -- one shard -------------------------------------------------------------------------
 
-def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads) -> "Iterable":
+def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(tokens, lengths) chunks of ``documents``, each followed by EOS, ~8M characters each."""
     start = 0
     while start < len(documents):
@@ -236,8 +236,9 @@ def beam_options(pipeline_args: Sequence[str]):
     return PipelineOptions(args)
 
 
-def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = ()) -> dict:
-    """Prepares shards ``todo`` with an Apache Beam pipeline; returns the summed counts."""
+def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = ()) -> None:
+    """Prepares shards ``todo`` with an Apache Beam pipeline (the counts are summed and logged;
+    the driver then reads the shards' done records, which also cover shards done earlier)."""
     options = beam_options(pipeline_args)
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
 
@@ -250,7 +251,6 @@ def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = 
              | "prepare" >> beam.Map(job)
              | "count" >> beam.CombineGlobally(_sum_counts)
              | "log" >> beam.Map(lambda c: logger.info("beam prepared %s", c)))
-    return {}
 
 
 @dataclasses.dataclass
@@ -288,7 +288,7 @@ def cached_store_path(data_cfg, tokenizer=None) -> str:
     return os.path.join(resolve_cache_dir(data_cfg.cache_dir), f"store-{key}")
 
 
-def prepare(data_cfg, output, *, tokenizer=None, runner: Callable | str = "in_process",
+def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
             pipeline_args: Sequence[str] = (), stop_after: int | None = None) -> PrepareResult:
     """Prepares (or resumes, or confirms up to date) the token store at ``output``.
 

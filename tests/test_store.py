@@ -49,6 +49,8 @@ def test_store_holds_the_documents(small):
     starts, lengths = store.document_starts_and_lengths()
     for i in (0, 9, 10, 41, len(docs) - 1):  # across shard boundaries
         assert tok.decode(store.read(int(starts[i]), int(lengths[i]))) == docs[i]
+        np.testing.assert_array_equal(store.read_document(i), tok.encode(docs[i]) + [tok.eos_id])
+        np.testing.assert_array_equal(store.read_document(i, 3, 4), (tok.encode(docs[i]) + [tok.eos_id])[3:7])
     assert len(store.document_starts_and_lengths(max_docs=7)[0]) == 7
     store.verify()
 

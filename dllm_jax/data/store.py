@@ -321,6 +321,18 @@ class TokenStore:
             lengths[a:b] = np.diff(off)[:b - a]
         return starts, lengths
 
+    def read_document(self, doc: int, offset: int = 0, count: int | None = None) -> np.ndarray:
+        """Tokens [offset, offset + count) of document ``doc`` (count None = to its end, EOS included)."""
+        if not 0 <= doc < self.num_documents:
+            raise IndexError(f"document {doc} out of range [0, {self.num_documents})")
+        shard = int(np.searchsorted(self.shard_doc_start, doc, side="right")) - 1
+        local = int(doc) - int(self.shard_doc_start[shard])
+        offsets = ArrayFile(shard_paths(self.root, shard)["offsets"], OFFSET_DTYPE, int(self.shard_doc_start[shard + 1]
+                            - self.shard_doc_start[shard]) + 1).read(local, 2)
+        length = int(offsets[1] - offsets[0])
+        count = length - offset if count is None else min(count, length - offset)
+        return self.read(int(self.shard_token_start[shard] + offsets[0]) + offset, max(count, 0))
+
     def read(self, position: int, count: int) -> np.ndarray:
         """Tokens [position, position + count) of the store's document stream (store dtype)."""
         shard = int(np.searchsorted(self.shard_token_start, position, side="right")) - 1

@@ -263,7 +263,18 @@ def to_markdown(res: dict) -> str:
                       f"{d_cold / d_u:.4f} bytes per unique token while building it (target < 1; the old in-memory path: "
                       f"~6.4 warm, ~10 building). Index arrays: {(b['warm']['index_bytes'] - a['warm']['index_bytes']) / d_u:.4f} "
                       "bytes per unique token (16 bytes per training document, memory-mapped)."]
+        lines += ["", "Earlier run of the same script while shard reads used np.memmap (commit before \"positional reads\"): "
+                  "the same points had 1.8-2.0 GiB of file-backed RSS (every page a random read touched stayed mapped, with "
+                  "the kernel's 64 KiB fault-around), growing with the part of the store sampled, not with U. Reads are now "
+                  "os.pread into fresh buffers; the page cache still caches the store, outside the process's RSS."]
         lines.append("")
+    if "prepare" in res:
+        lines += ["## Reading the prepare numbers", "",
+                  "`CPU s in shards` is the CPU time the workers spent reading, tokenising and writing shards (`time.process_time` "
+                  "per shard): the same work in both runs, ~1.5M tokens per CPU second with one encoder thread per worker. "
+                  "On this shared machine (load average 9-17 on 2 cores while it ran) the workers got far less than a core "
+                  "each, so wall-clock scaling measures the other jobs as much as the pipeline; the remaining wall time is Beam's "
+                  "start-up (~20-40 s here) and waiting for CPU.", ""]
     return "\n".join(lines)
 
 

@@ -18,12 +18,13 @@ builds and the other processes memory-map them.
 """
 from __future__ import annotations
 
-import json
+import io
 import logging
 import os
 import time
 
 import numpy as np
+from etils import epath
 
 from dllm_jax.data import store as store_lib
 from dllm_jax.errors import DataError
@@ -115,32 +116,28 @@ def index_key(store: store_lib.TokenStore, **params) -> str:
 
 
 def _load(directory: str) -> tuple[dict[str, np.ndarray], dict] | None:
+    """The saved index (memory-mapped locally, read whole elsewhere), or None if incomplete."""
+    meta = store_lib.read_json(os.path.join(directory, "index.json"))  # written last: the completion marker
+    if meta is None or meta.get("version") != INDEX_VERSION:
+        return None
     try:
-        with open(os.path.join(directory, "index.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-        arrays = {k: np.load(os.path.join(directory, f"{k}.npy"), mmap_mode="r") for k in _ARRAYS}
+        if "://" in directory:
+            arrays = {k: np.load(io.BytesIO(epath.Path(directory, f"{k}.npy").read_bytes())) for k in _ARRAYS}
+        else:
+            arrays = {k: np.load(os.path.join(directory, f"{k}.npy"), mmap_mode="r") for k in _ARRAYS}
     except (OSError, ValueError):
         return None
     return arrays, meta["stats"]
 
 
 def _save(directory: str, arrays: dict, stats: dict, params: dict) -> None:
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{directory}.tmp-{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
+    """Each array atomically, then index.json (so a reader never sees a partial index; concurrent
+    builders write identical files)."""
     for k in _ARRAYS:
-        np.save(os.path.join(tmp, f"{k}.npy"), arrays[k])
-    with open(os.path.join(tmp, "index.json"), "w", encoding="utf-8") as f:
-        json.dump({"version": INDEX_VERSION, "params": params, "stats": stats}, f, indent=1)
-    try:
-        os.rename(tmp, directory)
-    except OSError:
-        if not os.path.isdir(directory):
-            raise
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)  # another builder won the race: same content
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(arrays[k]))
+        store_lib.write_bytes_atomic(os.path.join(directory, f"{k}.npy"), buf.getvalue())
+    store_lib.write_json_atomic(os.path.join(directory, "index.json"), {"version": INDEX_VERSION, "params": params, "stats": stats})
 
 
 def load_or_build_index(store: store_lib.TokenStore, workdir: str | None, *, process_index: int = 0, **params):

@@ -272,3 +272,20 @@ def test_store_with_a_hugging_face_tokenizer(small, tmp_path):
     np.testing.assert_array_equal(ds.val, val)
     np.testing.assert_array_equal(np.asarray(ds.train), train)
     assert os.path.isfile(tmp_path / "w" / "tokenizer.json")
+
+
+def test_ranged_reads_used_for_non_local_paths_give_the_same_tokens(small, monkeypatch):
+    """The non-local branch (epath seek + read, threaded stats/offsets/hashes), run on a local store."""
+    local = store_lib.TokenStore(small["store"])
+    expected = local.read(0, local.num_tokens)
+    starts, lengths = local.document_starts_and_lengths()
+    monkeypatch.setattr(store_lib, "_is_local", lambda path: False)
+    remote = store_lib.TokenStore(small["store"])
+    assert remote._tokens[0]._fd is None
+    np.testing.assert_array_equal(remote.read(0, remote.num_tokens), expected)
+    np.testing.assert_array_equal(remote.read(int(starts[37]) + 2, 9), expected[int(starts[37]) + 2:int(starts[37]) + 11])
+    r_starts, r_lengths = remote.document_starts_and_lengths()
+    np.testing.assert_array_equal(r_starts, starts)
+    np.testing.assert_array_equal(r_lengths, lengths)
+    remote.verify()
+    assert remote._tokens[0]._fd is None  # never opened a local file descriptor

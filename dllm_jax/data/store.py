@@ -14,6 +14,9 @@ Layout (format ``dllm_jax.token_store``, version 1)::
     STORE/manifest.json               written LAST: format + version, identity (source spec,
                                       tokenizer), token dtype, counts, per-shard records, stats
 
+Shard files are written under per-writer temporary names (``shard-NNNNN.tokens.tmp-<tag>``) and
+renamed; an interrupted writer leaves such a file behind, which readers ignore (delete at will).
+
 One store shard per source shard (``sources.source_shards``), in source order; a source shard
 without documents gives an empty store shard, so indices align. The concatenation of all
 shards' tokens is the corpus's document stream in source order, so a single int64 "store

@@ -33,6 +33,7 @@ setup(
         "tfds": ["tensorflow-datasets>=4.9.10"],
         "array_record": ["array_record>=0.8"],
         "eval": ["lm-eval>=0.4"],
+        "beam": ["apache-beam>=2.60"],  # `dllm-jax prepare`: corpus -> token store as a Beam pipeline
         "tpu": ["libtpu"],
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10"],  # gs:// paths (fsspec); TensorBoard on gs:// (tensorboardX)
         "test": ["pytest>=8", "pytest-xdist>=3"],

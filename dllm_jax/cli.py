@@ -24,6 +24,7 @@ VERBS = {
     "export": ("dllm_jax.hf.cli", "write a trained run as a Hugging Face (transformers) checkpoint"),
     "import": ("dllm_jax.hf.cli", "turn a Hugging Face checkpoint into a step-0 run (then sample, eval or train it)"),
     "compile": ("dllm_jax.aot", "compile the train step for a TPU topology ahead of time and report memory"),
+    "prepare": ("dllm_jax.cli_prepare", "tokenise a corpus once into a token store (an Apache Beam pipeline)"),
 }
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     parser = argparse.ArgumentParser(prog="dllm-jax", description="Pretrain, sample and evaluate AR and masked-diffusion LMs in JAX.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    available = {}
+    available, passthrough = {}, {}
     for verb, (module_name, help_text) in VERBS.items():
         try:
             module = importlib.import_module(module_name)
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(verb, help=help_text, description=help_text)
         getattr(module, f"add_{verb}_arguments", getattr(module, "add_arguments", lambda _: None))(p)
         available[verb] = getattr(module, f"run_{verb}", getattr(module, "run", None))
+        passthrough[verb] = getattr(module, "PASSES_UNKNOWN_ARGS", False)  # e.g. Beam pipeline options
     if not argv:
         parser.print_help()
         return 2
@@ -59,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides, rest = parse_overrides(argv)
-        args = parser.parse_args(rest)
+        args, unknown = parser.parse_known_args(rest)
         args.overrides = overrides
         if args.verb is None:
             parser.print_help()
             return 2
+        if unknown and not passthrough[args.verb]:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.unknown = unknown
         return int(available[args.verb](args) or 0)
     except DllmError as e:
         print(f"dllm-jax {argv[0]}: error: {e}", file=sys.stderr)

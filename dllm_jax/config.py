@@ -90,7 +90,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # path to a SentencePiece model; '' = train one into the workdir
     c.data.vocab_size = 1024  # pieces of a tokenizer trained here (>= 512 recommended)
     c.data.tokenizer_type = "unigram"  # 'unigram' or 'bpe' (SentencePiece)
-    c.data.cache_dir = ""  # token cache; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
+    c.data.store = ""  # a token store made by `dllm-jax prepare` to train from; '' = prepare the source into data.cache_dir
+    c.data.cache_dir = ""  # where sources are prepared into token stores; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
     c.data.max_docs = 0  # use only the first N documents of the source (0 = all)
     c.data.document_attention = False  # True: attention does not cross document boundaries (EOS)
 
@@ -221,7 +222,7 @@ RULES = {
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1), "data.val_tokens": _int(0),
     "data.tokenizer": STR, "data.vocab_size": _int(1), "data.tokenizer_type": _one_of("unigram", "bpe"),
-    "data.cache_dir": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
+    "data.cache_dir": STR, "data.store": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
     "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
     "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),
     "train.decay_fraction": _float(0.0, 1.0, lo_open=True), "train.b1": HALF_OPEN_UNIT, "train.b2": HALF_OPEN_UNIT,
@@ -241,7 +242,7 @@ RULES = {
 HOW_KEYS = ("model.remat", "model.loss_chunk", "model.attention_impl", "train.grad_accum",
             "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_last",
             "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
-            "data.cache_dir", "data.paths", "data.tfds_data_dir", "data.tokenizer", "eval.", "mesh.")
+            "data.cache_dir", "data.paths", "data.store", "data.tfds_data_dir", "data.tokenizer", "eval.", "mesh.")
 # Optimiser settings to change after a divergence ("lower train.lr or raise train.warmup_steps,
 # then rerun"): changeable on resume, where the remaining steps use the new values. They do
 # name a series in a sweep (an LR sweep varies them on purpose).
@@ -453,9 +454,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("model.shift_logits and mdm.anneal_steps adapt an AR model to masked diffusion: they need objective='mdm' "
                           f"(objective={cfg.objective!r}); drop them or set --config.objective=mdm")
     d = cfg.data
-    if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths:
+    if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths and not d.store:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")
-    if d.source == "tfds" and not d.tfds_name:
+    if d.source == "tfds" and not d.tfds_name and not d.store:
         raise ConfigError("data.source='tfds' needs data.tfds_name, e.g. --config.data.tfds_name=lm1b")
     t = cfg.train
     if t.batch_size % t.grad_accum:

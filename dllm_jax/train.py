@@ -97,7 +97,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
     `stop_after`: run at most this many steps in this call, then checkpoint and return (the
     schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests."""
-    from dllm_jax.data.pipeline import build_dataset, train_loader
+    from dllm_jax.data.pipeline import LOADER_READ_OPTIONS, build_dataset, train_loader
     from dllm_jax.data.pipeline import workdir_tokenizer_path
     from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes
 
@@ -155,7 +155,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
     shard_index, shard_count = distributed.data_shard(mesh, batch_size)
     loader = train_loader(dataset.train, global_batch=batch_size, epochs=config.data.epochs, seed=config.seed,
                           process_index=shard_index, process_count=shard_count)
-    data_iter = iter(loader.to_iter_dataset())
+    data_iter = iter(loader.to_iter_dataset(LOADER_READ_OPTIONS))  # prefetch threads read ahead from the store
 
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))

@@ -1,4 +1,4 @@
-"""Data pipeline: tokenizer, sources, token cache, unique-token budget, Grain loader."""
+"""Data pipeline: tokenizer, sources, token store cache, unique-token budget, Grain loader."""
 import collections
 import os
 
@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dllm_jax.data import pipeline, sources
+from dllm_jax.data import prepare, sources
 from dllm_jax.data.pipeline import build_dataset, num_train_steps, train_loader, val_batches
 from dllm_jax.data.sources import load_documents, write_array_record
 from dllm_jax.data.tokenizer import Tokenizer, train_tokenizer
@@ -208,10 +208,11 @@ def test_dataset_shapes_budget_and_no_overlap(built):
     assert s["num_steps"] == num_train_steps(len(ds.train), 4, 3) == 3 * s["steps_per_epoch"]
     assert not set(rows(ds.val)) & set(rows(ds.train))
     eos = ds.tokenizer.eos_id
-    assert (ds.train == eos).sum() > 0 and ds.train.max() < ds.tokenizer.vocab_size
+    train = np.asarray(ds.train)  # the store-backed rows, materialised
+    assert (train == eos).sum() > 0 and train.max() < ds.tokenizer.vocab_size
     # validation and training texts come from disjoint documents
     val_text = ds.tokenizer.decode(ds.val.reshape(-1))
-    train_text = ds.tokenizer.decode(ds.train.reshape(-1))
+    train_text = ds.tokenizer.decode(train.reshape(-1))
     for doc_no in {int(t.split(":")[0]) for t in val_text.split("Document ")[1:] if t.split(":")[0].isdigit()}:
         assert f"Document {doc_no}:" not in train_text
     batches = val_batches(ds.val, 3)
@@ -242,16 +243,16 @@ def test_cache_reuse(tmp_path, monkeypatch):
     cfg = make_config(paths=glob_, cache_dir=str(tmp_path / "cache"))
     first = build_dataset(cfg, str(tmp_path / "w1"))
     assert first.stats["cache_hit"] is False
-    assert sorted(os.listdir(first.stats["cache_path"])) == ["meta.json", "offsets.npy", "tokens.npy"]
+    assert sorted(os.listdir(first.stats["cache_path"])) == ["manifest.json", "plan.json", "shards", "tokenizer.model"]
 
     def boom(*args, **kwargs):
         raise AssertionError("re-tokenised or retrained despite the cache")
 
     with monkeypatch.context() as m:
         m.setattr(Tokenizer, "encode_batch", boom)
-        m.setattr(pipeline, "train_tokenizer", boom)
-        m.setattr(sources, "load_documents", boom)
-        # a fresh workdir: the tokenizer comes from the tokenizer cache, tokens from the token cache
+        m.setattr(prepare, "train_tokenizer", boom)
+        m.setattr(sources, "read_shard", boom)
+        # a fresh workdir: the tokenizer and the tokens come from the cached token store
         second = build_dataset(cfg, str(tmp_path / "w2"))
     assert second.stats["cache_hit"] is True
     assert second.tokenizer.fingerprint == first.tokenizer.fingerprint

@@ -95,7 +95,7 @@ def test_two_processes_match_one_and_resume_across_process_counts(tmp_path, corp
     # no validation set: nothing to evaluate, one compilation less per run
     cfg = tiny_config(paths, cache, "mdm", train__num_steps=8, train__log_every=1, train__checkpoint_every=4,
                       train__keep_last=2, train__eval_every=0, data__val_tokens=0, mesh__data=-1)
-    build_dataset(cfg, None)  # tokenizer and token cache built once, before the children read them
+    build_dataset(cfg, None)  # tokenizer and token store built once, before the children read them
     config_file = tmp_path / "mh_config.py"
     config_file.write_text(
         "from dllm_jax.config import complete\n"

@@ -1,10 +1,14 @@
 """From a config to packed training / validation sequences and a Grain loader.
 
-The data a run sees is fixed by (source, tokenizer, config.seed, data.val_tokens,
-data.unique_tokens, data.seq_len, train.batch_size), never by the objective, so AR and
-MDM runs with the same config train on exactly the same tokens:
+The data a run sees is fixed by (token store, config.seed, data.max_docs, data.val_tokens,
+data.unique_tokens, data.seq_len, train.batch_size), never by the objective, so AR and MDM
+runs with the same config train on exactly the same tokens:
 
-1. documents in source order -> a permutation seeded by ``config.seed``;
+0. the corpus is tokenised once into a token store (``data/store.py``): ``data.store`` names
+   one made by ``dllm-jax prepare``; otherwise the source (``data.paths`` / TFDS) is prepared
+   in-process into ``<data.cache_dir>/store-<key>/`` (``data/prepare.py``), keyed by the source
+   spec and the tokenizer, and reused by later runs;
+1. the first data.max_docs documents (0 = all) -> a permutation seeded by ``config.seed``;
 2. validation = whole documents from the start of that order until >= data.val_tokens
    tokens, concatenated (each ends with EOS) and cut into seq_len rows (remainder dropped);
 3. training stream = the remaining documents, concatenated in order; the training set is
@@ -12,6 +16,10 @@ MDM runs with the same config train on exactly the same tokens:
    train.batch_size * seq_len so each epoch is a whole number of global batches;
 4. ``train_loader`` shuffles the sequences anew each epoch, repeats data.epochs times and
    gives each process its rows of every global batch.
+
+Steps 1-3 are per-document index arrays (``data/index.py``), so host memory does not grow
+with U: training rows are read from the store on demand (``Dataset.train`` is a lazy
+``PackedSequences``); only the validation rows are materialised.
 """
 from __future__ import annotations
 
@@ -23,24 +31,34 @@ import time
 import grain
 import numpy as np
 
+<<<<<<< HEAD
 from dllm_jax import paths
 from dllm_jax.data import cache as cache_lib
 from dllm_jax.data import sources
 from dllm_jax.data.tokenizer import TRAINER_VERSION, HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
+=======
+from dllm_jax.data import index as index_lib
+from dllm_jax.data import prepare as prepare_lib
+from dllm_jax.data import store as store_lib
+from dllm_jax.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+>>>>>>> issue-13store
 from dllm_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger("dllm_jax")
 
 TOKENIZER_FILENAMES = (Tokenizer.filename, HFTokenizer.filename)  # a workdir holds one of them
-_GATHER_DOCS_PER_CHUNK = 1 << 16
+# Grain read options for the training iterator: element s is one process's rows of global batch s;
+# threads read the next steps' rows from the store while the accelerator runs this one.
+LOADER_READ_OPTIONS = grain.ReadOptions(num_threads=8, prefetch_buffer_size=16)
 
 
 @dataclasses.dataclass
 class Dataset:
     tokenizer: Tokenizer | HFTokenizer
-    train: np.ndarray  # [num_train_seqs, seq_len] int32, the unique training sequences
+    train: index_lib.PackedSequences  # [num_train_seqs, seq_len] int32, read from the store on demand
     val: np.ndarray    # [num_val_seqs, seq_len] int32
     stats: dict
+    store: store_lib.TokenStore | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -53,38 +71,6 @@ def _int_key(value, name: str, minimum: int) -> int:
     if v != value or v < minimum:
         raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}; fix it in the config.")
     return v
-
-
-def document_order(num_docs: int, seed: int) -> np.ndarray:
-    """The seeded permutation of document indices shared by every objective."""
-    return np.random.default_rng(int(seed)).permutation(num_docs)
-
-
-def gather_tokens(cache: cache_lib.TokenCache, doc_ids: np.ndarray, limit: int | None = None) -> np.ndarray:
-    """The documents ``doc_ids`` concatenated in that order (int32), cut to ``limit`` tokens."""
-    doc_ids = np.asarray(doc_ids, dtype=np.int64)
-    starts = cache.offsets[doc_ids]
-    lens = cache.offsets[doc_ids + 1] - starts
-    total = int(lens.sum()) if limit is None else min(int(limit), int(lens.sum()))
-    out = np.empty(total, dtype=np.int32)
-    pos = 0
-    for c in range(0, len(doc_ids), _GATHER_DOCS_PER_CHUNK):
-        if pos >= total:
-            break
-        s, l = starts[c:c + _GATHER_DOCS_PER_CHUNK], lens[c:c + _GATHER_DOCS_PER_CHUNK]
-        n = int(l.sum())
-        out_start = np.cumsum(l) - l  # where each document starts in this chunk's output
-        idx = np.repeat(s - out_start, l) + np.arange(n, dtype=np.int64)
-        take = min(n, total - pos)
-        out[pos:pos + take] = cache.tokens[idx[:take]]
-        pos += take
-    return out
-
-
-def pack(stream: np.ndarray, seq_len: int) -> np.ndarray:
-    """Cuts a token stream into [n, seq_len] rows, dropping the remainder."""
-    n = len(stream) // seq_len
-    return np.ascontiguousarray(stream[: n * seq_len].reshape(n, seq_len), dtype=np.int32)
 
 
 def num_train_steps(num_train_seqs: int, global_batch: int, epochs: int) -> int:
@@ -108,8 +94,16 @@ def workdir_tokenizer_path(workdir: str | None, tok=None) -> str | None:
     return paths.join(root, (tok.filename if tok is not None else Tokenizer.filename))
 
 
-def _get_tokenizer(data_cfg, workdir, spec, get_documents):
+def _check_same(tok, other, what: str, fix: str) -> None:
+    if other is not None and other.fingerprint != tok.fingerprint:
+        raise DataError(f"{what} (fingerprint {other.fingerprint}) differs from the tokenizer of the data "
+                        f"(fingerprint {tok.fingerprint}); {fix}")
+
+
+def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
+    """The run's token store and whether it already existed (prepared before this call)."""
     wpath = workdir_tokenizer_path(workdir)
+<<<<<<< HEAD
     if data_cfg.tokenizer:
         tok = load_tokenizer(data_cfg.tokenizer)
         logger.info("loaded tokenizer %s (%d pieces, fingerprint %s)", data_cfg.tokenizer, tok.vocab_size, tok.fingerprint)
@@ -140,37 +134,71 @@ def _get_tokenizer(data_cfg, workdir, spec, get_documents):
     if os.path.isfile(cpath):
         tok = Tokenizer.load(cpath)
         logger.info("tokenizer cache hit: %s (%d pieces)", cpath, tok.vocab_size)
+=======
+    given = load_tokenizer(d.tokenizer) if d.tokenizer else None
+    existing = load_tokenizer(wpath) if wpath and os.path.isfile(wpath) else None
+    store_dir = d.get("store", "")
+    if store_dir:
+        store = store_lib.TokenStore(store_dir)
+        tok = store.tokenizer
+        _check_same(tok, given, f"data.tokenizer={d.tokenizer!r}", f"the store {store_dir!r} was prepared with another "
+                    "tokenizer: drop data.tokenizer, or prepare a store with it.")
+        hit = True
+>>>>>>> issue-13store
     else:
-        t0 = time.perf_counter()
-        tok = train_tokenizer(get_documents(), vocab_size, None, data_cfg.tokenizer_type)
+        if given is not None and existing is not None and given.fingerprint != existing.fingerprint:
+            raise DataError(
+                f"workdir tokenizer {wpath!r} (fingerprint {existing.fingerprint}) differs from "
+                f"data.tokenizer={d.tokenizer!r} (fingerprint {given.fingerprint}); this "
+                "workdir was trained with the other one. Use a new workdir, or set "
+                f"data.tokenizer={wpath!r}."
+            )
+        tok_in = given if given is not None else existing  # a workdir keeps the tokenizer it started with
+        if existing is not None and given is None:
+            logger.info("reusing the workdir tokenizer %s (%d pieces, fingerprint %s)", wpath, existing.vocab_size, existing.fingerprint)
+        path = prepare_lib.cached_store_path(d, tok_in)
         try:
-            tok.save(cpath)
-        except OSError as e:  # the cache is an optimisation; the workdir copy is what matters
-            logger.warning("could not cache the tokenizer at %s: %s", cpath, e)
-        logger.info("tokenizer trained in %.1fs", time.perf_counter() - t0)
-    if wpath:
-        tok.save(wpath)
-        logger.info("saved the tokenizer to %s", wpath)
-    return tok
+            result = prepare_lib.prepare(d, path, tokenizer=tok_in)
+        except OSError as e:
+            raise DataError(f"cannot write the token store {path!r} ({e}); set data.cache_dir (or $DLLM_JAX_CACHE) "
+                            "to a writable directory.") from e
+        if not result.up_to_date:
+            logger.info("token store built: %s (%d documents, %d tokens in %d shards, %.0f tokens/s)", path,
+                        result.documents, result.tokens, result.shards, result.tokens_per_sec)
+        else:
+            logger.info("token store hit: %s (%d documents, %d tokens)", path, result.documents, result.tokens)
+        store, hit = store_lib.TokenStore(path), result.up_to_date
+        tok = store.tokenizer
+    _check_same(tok, existing, f"workdir tokenizer {wpath!r}", "this workdir was trained with the other one; use a new workdir.")
+    if wpath and existing is None:
+        tok.save(workdir_tokenizer_path(workdir, tok))
+        logger.info("saved the tokenizer to %s", workdir_tokenizer_path(workdir, tok))
+    return store, hit
 
 
 # -- dataset ---------------------------------------------------------------------------
 
-def build_dataset(config, workdir: str | None) -> Dataset:
-    """Loads (or builds) the cached tokens and cuts the validation and training sets."""
+def build_dataset(config, workdir: str | None, process_index: int | None = None) -> Dataset:
+    """Opens (or prepares) the token store and builds (or loads) the run's index; see the module doc.
+
+    ``process_index`` (default: ``jax.process_index()``) decides who builds the index in a
+    multi-process run: process 0 builds and saves it in the workdir, the others wait for it.
+    """
     t_start = time.perf_counter()
     d = config.data
     seq_len = _int_key(d.seq_len, "data.seq_len", 1)
     epochs = _int_key(d.epochs, "data.epochs", 1)
     unique_requested = _int_key(d.unique_tokens, "data.unique_tokens", 0)
     val_requested = _int_key(d.val_tokens, "data.val_tokens", 0)
-    _int_key(d.max_docs, "data.max_docs", 0)
+    max_docs = _int_key(d.max_docs, "data.max_docs", 0)
     global_batch = _int_key(config.train.batch_size, "train.batch_size", 1)
     seed = int(config.seed)
+    if process_index is None:
+        import jax  # pylint: disable=import-outside-toplevel
 
-    spec = sources.source_spec(d)
-    documents = []
+        process_index = jax.process_index()
 
+<<<<<<< HEAD
     def get_documents():
         if not documents:
             t0 = time.perf_counter()
@@ -200,71 +228,44 @@ def build_dataset(config, workdir: str | None) -> Dataset:
         num_val_docs = 0
     val_doc_tokens = int(cum[num_val_docs - 1]) if num_val_docs else 0
     val = pack(gather_tokens(cache, order[:num_val_docs]), seq_len)
+=======
+    store, hit = _open_store(d, workdir)
+    tok = store.tokenizer
+    arrays, stats, index_hit = index_lib.load_or_build_index(
+        store, workdir, process_index=process_index, seed=seed, max_docs=max_docs, val_tokens=val_requested,
+        unique_tokens=unique_requested, seq_len=seq_len, global_batch=global_batch)
+    val = index_lib.read_validation(store, arrays["val_start"], arrays["val_len"], seq_len)
+>>>>>>> issue-13store
     if val_requested > 0 and len(val) == 0:
         logger.warning(
             "the %d validation tokens make no full row of data.seq_len=%d; validation is empty "
-            "(raise data.val_tokens)", val_doc_tokens, seq_len,
+            "(raise data.val_tokens)", stats["val_tokens"], seq_len,
         )
-
-    # training: the first U tokens of the remaining documents
-    available = int(cum[-1]) - val_doc_tokens
-    if unique_requested > available:
-        raise DataError(
-            f"data.unique_tokens={unique_requested} but only {available} tokens are available "
-            f"(after {val_doc_tokens} validation tokens); use a smaller data.unique_tokens "
-            "(0 = all) or more data."
-        )
-    unique_target = unique_requested or available
-    tokens_per_batch = global_batch * seq_len
-    unique = (unique_target // tokens_per_batch) * tokens_per_batch
-    if unique == 0:
-        raise DataError(
-            f"{unique_target} training tokens are fewer than one global batch of "
-            f"train.batch_size * data.seq_len = {global_batch} * {seq_len} = {tokens_per_batch} tokens; "
-            "lower train.batch_size or data.seq_len, or use more data."
-        )
-    if unique != unique_target:
-        logger.info(
-            "unique tokens rounded down from %d to %d (a multiple of train.batch_size * data.seq_len = %d)",
-            unique_target, unique, tokens_per_batch,
-        )
-    train_ids = order[num_val_docs:]
-    num_train_docs = int(np.searchsorted(cum[num_val_docs:] - val_doc_tokens, unique, side="left")) + 1
-    train = pack(gather_tokens(cache, train_ids[:num_train_docs], unique), seq_len)
-    assert train.size == unique, (train.shape, unique)
-
+    train = index_lib.PackedSequences(store, arrays["train_start"], arrays["train_cum"], seq_len, stats["train_sequences"])
     steps_per_epoch = len(train) // global_batch
     stats = {
-        "documents": num_docs,
-        "corpus_tokens": int(cum[-1]),
-        "val_documents": num_val_docs,
-        "val_tokens_requested": val_requested,
-        "val_tokens": val_doc_tokens,
-        "val_sequences": len(val),
-        "available_tokens": available,
-        "unique_tokens_requested": unique_requested,
-        "unique_tokens": unique,
-        "train_documents": min(num_train_docs, len(train_ids)),
-        "train_sequences": len(train),
+        **stats,
         "seq_len": seq_len,
         "global_batch": global_batch,
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
         "num_steps": steps_per_epoch * epochs,
-        "total_train_tokens": unique * epochs,
+        "total_train_tokens": stats["unique_tokens"] * epochs,
         "vocab_size": tok.vocab_size,
         "tokenizer_fingerprint": tok.fingerprint,
-        "cache_hit": cache.hit,
-        "cache_path": cache.path,
+        "store": str(store.root),
+        "cache_hit": hit,
+        "cache_path": str(store.root),
+        "index_hit": index_hit,
         "build_seconds": round(time.perf_counter() - t_start, 3),
     }
     logger.info(
         "data: %d docs, %d val seqs (%d tokens), U=%d unique tokens = %d seqs of %d, %d epochs x %d steps "
         "= %d steps (built in %.1fs)",
-        num_docs, len(val), val_doc_tokens, unique, len(train), seq_len, epochs, steps_per_epoch,
-        stats["num_steps"], stats["build_seconds"],
+        stats["documents"], len(val), stats["val_tokens"], stats["unique_tokens"], len(train), seq_len, epochs,
+        steps_per_epoch, stats["num_steps"], stats["build_seconds"],
     )
-    return Dataset(tokenizer=tok, train=train, val=val, stats=stats)
+    return Dataset(tokenizer=tok, train=train, val=val, stats=stats, store=store)
 
 
 # -- loaders ---------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def build_dataset(config, workdir: str | None) -> Dataset:
 class _ProcessRowsOfStep:
     """Global step s -> this process's rows of global batch s (picklable for Grain workers)."""
 
-    def __init__(self, order: grain.MapDataset, train: np.ndarray, global_batch: int, first_row: int, rows: int):
+    def __init__(self, order: grain.MapDataset, train, global_batch: int, first_row: int, rows: int):
         self._order = order
         self._train = train
         self._global_batch = global_batch
@@ -286,9 +287,12 @@ class _ProcessRowsOfStep:
 
 
 def train_loader(
-    train: np.ndarray, *, global_batch: int, epochs: int, seed: int, process_index: int = 0, process_count: int = 1
+    train, *, global_batch: int, epochs: int, seed: int, process_index: int = 0, process_count: int = 1
 ) -> grain.MapDataset:
     """A MapDataset over global steps; element s = this process's rows of global batch s.
+
+    ``train``: the [n, seq_len] training sequences, an ndarray or a store-backed
+    ``PackedSequences`` (indexed with an int64 array of rows; only those rows are read).
 
     Sequence order: ``MapDataset.range(n).shuffle(seed).repeat(epochs)`` (a new shuffle each
     epoch, epochs kept apart); global batch s is items [s*B, (s+1)*B) of it, and process p

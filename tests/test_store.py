@@ -1,0 +1,291 @@
+"""Token store: prepare (in-process and Apache Beam), resume, integrity errors, and training
+from a store with exactly the semantics of packing the documents in memory."""
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+
+from dllm_jax.data import prepare as prepare_lib
+from dllm_jax.data import store as store_lib
+from dllm_jax.data.pipeline import LOADER_READ_OPTIONS, build_dataset, train_loader
+from dllm_jax.data.sources import load_documents
+from dllm_jax.errors import DataError
+
+from test_data import make_config, make_docs, rows, write_corpus
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 9-file corpus (one file without text), its config and a store prepared in-process."""
+    root = tmp_path_factory.mktemp("store")
+    docs = make_docs(80, seed=11)
+    glob_ = write_corpus(root / "text", docs)
+    (root / "text" / "part004.txt").write_text("\n \n")  # a source shard without documents
+    cfg = make_config(paths=glob_, text_split="paragraph", cache_dir=str(root / "cache"), val_tokens=150)
+    result = prepare_lib.prepare(cfg.data, str(root / "inproc"))
+    return {"root": root, "cfg": cfg, "docs": load_documents(cfg.data), "store": result.path, "result": result}
+
+
+def _files(root):
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = open(p, "rb").read()
+    return out
+
+
+def test_store_holds_the_documents(small):
+    store = store_lib.TokenStore(small["store"])
+    tok = store.tokenizer
+    docs = small["docs"]
+    assert small["result"].shards == 8 and store.num_shards == 8 and store.num_documents == len(docs)
+    assert store.manifest["shards"][4]["documents"] == 0  # empty source shard -> empty store shard, indices aligned
+    expected = np.concatenate([np.array(tok.encode(d) + [tok.eos_id]) for d in docs])
+    assert store.num_tokens == len(expected) and store.dtype == np.dtype("<u2")
+    np.testing.assert_array_equal(store.read(0, store.num_tokens), expected)
+    starts, lengths = store.document_starts_and_lengths()
+    for i in (0, 9, 10, 41, len(docs) - 1):  # across shard boundaries
+        assert tok.decode(store.read(int(starts[i]), int(lengths[i]))) == docs[i]
+        np.testing.assert_array_equal(store.read_document(i), tok.encode(docs[i]) + [tok.eos_id])
+        np.testing.assert_array_equal(store.read_document(i, 3, 4), (tok.encode(docs[i]) + [tok.eos_id])[3:7])
+    assert len(store.document_starts_and_lengths(max_docs=7)[0]) == 7
+    store.verify()
+
+
+def test_beam_direct_runner_equals_in_process_byte_for_byte(small, tmp_path):
+    pytest.importorskip("apache_beam")
+    out = str(tmp_path / "beam")
+    result = prepare_lib.prepare(small["cfg"].data, out, runner="beam", pipeline_args=["--direct_running_mode=in_memory"])
+    assert not result.up_to_date and result.shards_written == 8
+    a, b = _files(small["store"]), _files(out)
+    a.pop("manifest.json"), b.pop("manifest.json")
+    strip = lambda files: {k: v for k, v in files.items() if not k.endswith(".done.json")}  # noqa: E731 (timings)
+    assert sorted(a) == sorted(b) and strip(a) == strip(b)
+    ma = json.load(open(os.path.join(small["store"], "manifest.json")))
+    mb = json.load(open(os.path.join(out, "manifest.json")))
+    assert ma["shards"] == mb["shards"] and ma["identity"] == mb["identity"] and ma["tokenizer"] == mb["tokenizer"]
+
+
+def _reference(cfg, tok, docs):
+    """Today's in-memory semantics, brute force: seeded order, whole validation docs, first U tokens, packed."""
+    d, L, B = cfg.data, cfg.data.seq_len, cfg.train.batch_size
+    docs = docs[:d.max_docs] if d.max_docs else docs
+    enc = [tok.encode(x) + [tok.eos_id] for x in docs]
+    order = np.random.default_rng(cfg.seed).permutation(len(docs))
+    val, n = [], 0
+    k = 0
+    while d.val_tokens and n < d.val_tokens:
+        val += enc[order[k]]
+        n += len(enc[order[k]])
+        k += 1
+    stream = [t for i in order[k:] for t in enc[i]]
+    unique = ((d.unique_tokens or len(stream)) // (B * L)) * B * L
+    pack = lambda s: np.array(s[:len(s) // L * L], np.int32).reshape(-1, L)  # noqa: E731
+    return pack(val), pack(stream[:unique])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"unique_tokens": 500, "seed": 3}, {"max_docs": 50, "seq_len": 8, "val_tokens": 0}])
+def test_store_rows_equal_in_memory_reference(small, tmp_path, overrides):
+    cfg = make_config(**small["cfg"].data)
+    cfg.data.update({k: v for k, v in overrides.items() if k != "seed"})
+    cfg.seed = overrides.get("seed", 0)
+    cfg.data.store = small["store"]
+    ds = build_dataset(cfg, str(tmp_path / "work"), process_index=0)
+    val, train = _reference(cfg, ds.tokenizer, small["docs"])
+    np.testing.assert_array_equal(ds.val, val)
+    np.testing.assert_array_equal(np.asarray(ds.train), train)
+    assert ds.stats["index_hit"] is False and ds.stats["unique_tokens"] == train.size
+    again = build_dataset(cfg, str(tmp_path / "work"), process_index=0)  # the cached index, memory-mapped
+    assert again.stats["index_hit"] is True and isinstance(again.train.cum, np.memmap)
+    np.testing.assert_array_equal(np.asarray(again.train), train)
+    np.testing.assert_array_equal(again.val, val)
+
+
+def test_store_training_epochs_disjoint_val_two_processes_and_resume(small, tmp_path):
+    cfg = make_config(**small["cfg"].data)
+    cfg.data.store, cfg.data.epochs = small["store"], 3
+    ds = build_dataset(cfg, str(tmp_path / "w"), process_index=0)
+    B = 4
+    loader = train_loader(ds.train, global_batch=B, epochs=3, seed=5)
+    batches = [np.asarray(loader[s]) for s in range(len(loader))]
+    seen = collections.Counter(r for b in batches for r in rows(b))
+    unique = collections.Counter(rows(np.asarray(ds.train)))
+    assert seen == collections.Counter({k: 3 * v for k, v in unique.items()})  # each unique sequence exactly E times
+    assert not set(rows(ds.val)) & set(seen)
+    halves = [train_loader(ds.train, global_batch=B, epochs=3, seed=5, process_index=p, process_count=2) for p in range(2)]
+    for s in (0, 7, len(loader) - 1):
+        np.testing.assert_array_equal(np.concatenate([halves[0][s], halves[1][s]]), batches[s])
+    # exact resume through the prefetching iterator the trainer uses
+    it = iter(loader.to_iter_dataset(LOADER_READ_OPTIONS))
+    for _ in range(4):
+        next(it)
+    state = it.get_state()
+    rest = [next(it) for _ in range(3)]
+    resumed = iter(train_loader(ds.train, global_batch=B, epochs=3, seed=5).to_iter_dataset(LOADER_READ_OPTIONS))
+    resumed.set_state(state)
+    for a in rest:
+        np.testing.assert_array_equal(next(resumed), a)
+
+
+def test_interrupted_prepare_resumes_and_rerun_is_noop(small, tmp_path, monkeypatch):
+    cfg, out = small["cfg"], str(tmp_path / "st")
+    partial = prepare_lib.prepare(cfg.data, out, stop_after=3)
+    assert partial.shards_written == 3 and not os.path.exists(os.path.join(out, "manifest.json"))
+    with pytest.raises(DataError, match="did not finish"):
+        store_lib.TokenStore(out)
+    os.remove(os.path.join(out, "shards", "shard-00001.done.json"))  # as if killed before its done record
+    before = {i: os.stat(os.path.join(out, "shards", f"shard-0000{i}.tokens")).st_mtime_ns for i in (0, 2)}
+    done = []
+    real = prepare_lib.prepare_shard
+    monkeypatch.setattr(prepare_lib, "prepare_shard", lambda job, i: (done.append(i), real(job, i))[1])
+    monkeypatch.setattr(prepare_lib, "train_tokenizer", lambda *a, **k: pytest.fail("retrained the tokenizer"))
+    result = prepare_lib.prepare(cfg.data, out)
+    assert sorted(done) == [1, 3, 4, 5, 6, 7] and result.shards_written == 6
+    assert {i: os.stat(os.path.join(out, "shards", f"shard-0000{i}.tokens")).st_mtime_ns for i in (0, 2)} == before
+    assert _files(os.path.join(out, "shards")).keys() == _files(os.path.join(small["store"], "shards")).keys()
+    for k, v in _files(os.path.join(small["store"], "shards")).items():
+        if not k.endswith(".done.json"):
+            assert _files(os.path.join(out, "shards"))[k] == v, k
+    done.clear()
+    again = prepare_lib.prepare(cfg.data, out)
+    assert again.up_to_date and done == [] and again.tokens == small["result"].tokens
+
+
+def test_changed_input_is_refused_and_cache_keys_by_input(small, tmp_path):
+    root = tmp_path / "c"
+    glob_ = write_corpus(root, make_docs(20, seed=1))
+    cfg = make_config(paths=glob_, text_split="paragraph", cache_dir=str(tmp_path / "cache"))
+    out = str(tmp_path / "st")
+    prepare_lib.prepare(cfg.data, out)
+    first = prepare_lib.cached_store_path(cfg.data)
+    with open(root / "part000.txt", "a") as f:
+        f.write("\n\nOne more paragraph.\n")
+    with pytest.raises(DataError, match=r"--output .*st.* other inputs \(source"):
+        prepare_lib.prepare(cfg.data, out)
+    assert prepare_lib.cached_store_path(cfg.data) != first
+    cfg.data.vocab_size = 600  # another tokenizer recipe
+    with pytest.raises(DataError, match=r"other inputs \(source, tokenizer"):
+        prepare_lib.prepare(cfg.data, out)
+
+
+def test_missing_and_corrupt_shards_are_named(small, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(small["store"], bad)
+    tokens = bad / "shards" / "shard-00002.tokens"
+    data = bytearray(tokens.read_bytes())
+    data[5] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    store_lib.TokenStore(str(bad))  # same size: opening is cheap and does not hash
+    with pytest.raises(DataError, match=r"shard-00002 file shard-00002.tokens is corrupt.*shard-00002.done.json"):
+        store_lib.TokenStore(str(bad)).verify()
+    cfg = make_config(**small["cfg"].data)
+    cfg.data.store = str(bad)
+    with pytest.raises(DataError, match="shard-00002"):  # the first index build verifies the checksums
+        build_dataset(cfg, str(tmp_path / "w"), process_index=0)
+    (bad / "shards" / "shard-00006.offsets").unlink()
+    with pytest.raises(DataError, match=r"shard-00006 file shard-00006.offsets is missing"):
+        store_lib.TokenStore(str(bad))
+    with pytest.raises(DataError, match="not a token store"):
+        store_lib.TokenStore(str(tmp_path / "nothing"))
+
+
+def test_tokenizer_sample_is_bounded_and_whole_when_small(small):
+    cfg = small["cfg"]
+    assert prepare_lib.tokenizer_sample(cfg.data) == small["docs"]  # under the bound: the whole corpus, in order
+    part = prepare_lib.tokenizer_sample(cfg.data, max_chars=1500, seed=0)
+    assert 0 < sum(map(len, part)) < sum(map(len, small["docs"])) / 2
+    assert part == prepare_lib.tokenizer_sample(cfg.data, max_chars=1500, seed=0)  # seeded
+    assert part != prepare_lib.tokenizer_sample(cfg.data, max_chars=1500, seed=1)
+    assert set(part) <= set(small["docs"])
+    capped = make_config(**cfg.data)
+    capped.data.max_docs = 15
+    assert prepare_lib.tokenizer_sample(capped.data) == small["docs"][:15]
+
+
+def test_cli_prepare_then_train_from_the_store(tmp_path, corpus, capsys):
+    from dllm_jax.cli import main
+
+    paths, _ = corpus
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(
+        "from conftest import tiny_config\n"
+        f"def get_config():\n    return tiny_config({paths!r}, {str(tmp_path / 'cache')!r}, 'ar', train__num_steps=2, "
+        "train__eval_every=0, train__checkpoint_every=2, data__val_tokens=0)\n"
+    )
+    store = str(tmp_path / "store")
+    assert main(["prepare", "--config", str(config_file), "--output", store, "--in-process", "--verify"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["documents"] == 12 and out["shards"] == 12 and out["tokens"] > 0 and out["tokens_per_sec"] > 0
+    assert main(["prepare", "--config", str(config_file), "--output", store, "--in-process"]) == 0
+    assert json.loads(capsys.readouterr().out)["up_to_date"] is True
+    assert main(["prepare", "--config", str(config_file), "--output", store, "--no_such_option_of_anyone=1", "--in-process"]) == 0
+    capsys.readouterr()
+    work = str(tmp_path / "run")
+    assert main(["train", "--config", str(config_file), "--workdir", work, f"--config.data.store={store}",
+                 "--config.data.paths="]) == 0
+    final = json.loads(capsys.readouterr().out)
+    assert final["step"] == 2
+    stats = json.load(open(os.path.join(work, "data_stats.json")))
+    assert stats["store"] == store and os.path.isfile(os.path.join(work, "tokenizer.model"))
+    with pytest.raises(SystemExit):  # only `prepare` passes unknown arguments on (to Beam)
+        main(["train", "--config", str(config_file), "--workdir", str(tmp_path / "r2"), "--bogus"])
+
+
+def test_other_processes_wait_for_process_0s_index(small, tmp_path):
+    import threading
+
+    from dllm_jax.data.index import load_or_build_index
+
+    store = store_lib.TokenStore(small["store"])
+    params = dict(seed=2, max_docs=0, val_tokens=100, unique_tokens=0, seq_len=16, global_batch=4)
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(p1=load_or_build_index(store, str(tmp_path), process_index=1, **params)))
+    waiter.start()
+    arrays0, stats0, hit0 = load_or_build_index(store, str(tmp_path), process_index=0, **params)
+    waiter.join(timeout=60)
+    arrays1, stats1, hit1 = got["p1"]
+    assert (hit0, hit1) == (False, True) and stats0 == stats1
+    for k in arrays0:
+        np.testing.assert_array_equal(arrays1[k], arrays0[k])
+    assert os.listdir(tmp_path / "data_index")  # one cached index directory, reused by both
+
+
+def test_store_with_a_hugging_face_tokenizer(small, tmp_path):
+    pytest.importorskip("tokenizers")
+    from test_hf_tokenizer import make_hf_tokenizer
+
+    path = make_hf_tokenizer(tmp_path / "tokenizer.json", small["docs"][:30])
+    cfg = make_config(**small["cfg"].data)
+    cfg.data.tokenizer = path
+    result = prepare_lib.prepare(cfg.data, str(tmp_path / "hf"))
+    assert sorted(os.listdir(result.path)) == ["manifest.json", "plan.json", "shards", "tokenizer.json"]
+    assert result.manifest["tokenizer"]["kind"] == "hf" and result.manifest["identity"]["tokenizer"] == {
+        "file": store_lib.TokenStore(result.path).tokenizer.fingerprint}
+    cfg.data.store, cfg.data.tokenizer = result.path, ""
+    ds = build_dataset(cfg, str(tmp_path / "w"), process_index=0)
+    val, train = _reference(cfg, ds.tokenizer, small["docs"])
+    np.testing.assert_array_equal(ds.val, val)
+    np.testing.assert_array_equal(np.asarray(ds.train), train)
+    assert os.path.isfile(tmp_path / "w" / "tokenizer.json")
+
+
+def test_ranged_reads_used_for_non_local_paths_give_the_same_tokens(small, monkeypatch):
+    """The non-local branch (epath seek + read, threaded stats/offsets/hashes), run on a local store."""
+    local = store_lib.TokenStore(small["store"])
+    expected = local.read(0, local.num_tokens)
+    starts, lengths = local.document_starts_and_lengths()
+    monkeypatch.setattr(store_lib, "_is_local", lambda path: False)
+    remote = store_lib.TokenStore(small["store"])
+    assert remote._tokens[0]._fd is None
+    np.testing.assert_array_equal(remote.read(0, remote.num_tokens), expected)
+    np.testing.assert_array_equal(remote.read(int(starts[37]) + 2, 9), expected[int(starts[37]) + 2:int(starts[37]) + 11])
+    r_starts, r_lengths = remote.document_starts_and_lengths()
+    np.testing.assert_array_equal(r_starts, starts)
+    np.testing.assert_array_equal(r_lengths, lengths)
+    remote.verify()
+    assert remote._tokens[0]._fd is None  # never opened a local file descriptor

@@ -61,7 +61,9 @@ def build_index(store: store_lib.TokenStore, *, seed: int, max_docs: int, val_to
         if num_val_docs >= num_docs:
             raise DataError(
                 f"data.val_tokens={val_tokens} takes all {num_docs} documents ({int(cum[-1])} tokens), "
-                "leaving nothing to train on; lower data.val_tokens or add data."
+                "leaving nothing to train on; lower data.val_tokens, add data, or cut the text into more "
+                "documents with data.text_split='paragraph' (blank lines) or data.text_split='line' "
+                "(for data.source='text')."
             )
     else:
         num_val_docs = 0

@@ -31,17 +31,11 @@ import time
 import grain
 import numpy as np
 
-<<<<<<< HEAD
 from dllm_jax import paths
-from dllm_jax.data import cache as cache_lib
-from dllm_jax.data import sources
-from dllm_jax.data.tokenizer import TRAINER_VERSION, HFTokenizer, Tokenizer, load_tokenizer, train_tokenizer
-=======
 from dllm_jax.data import index as index_lib
 from dllm_jax.data import prepare as prepare_lib
 from dllm_jax.data import store as store_lib
 from dllm_jax.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
->>>>>>> issue-13store
 from dllm_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger("dllm_jax")
@@ -103,40 +97,8 @@ def _check_same(tok, other, what: str, fix: str) -> None:
 def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
     """The run's token store and whether it already existed (prepared before this call)."""
     wpath = workdir_tokenizer_path(workdir)
-<<<<<<< HEAD
-    if data_cfg.tokenizer:
-        tok = load_tokenizer(data_cfg.tokenizer)
-        logger.info("loaded tokenizer %s (%d pieces, fingerprint %s)", data_cfg.tokenizer, tok.vocab_size, tok.fingerprint)
-        if wpath:
-            wpath = workdir_tokenizer_path(workdir, tok)
-            if paths.isfile(wpath):
-                existing = load_tokenizer(wpath)
-                if existing.fingerprint != tok.fingerprint:
-                    raise DataError(
-                        f"workdir tokenizer {wpath!r} (fingerprint {existing.fingerprint}) differs from "
-                        f"data.tokenizer={data_cfg.tokenizer!r} (fingerprint {tok.fingerprint}); this "
-                        "workdir was trained with the other one. Use a new workdir, or set "
-                        f"data.tokenizer={wpath!r}."
-                    )
-            else:
-                tok.save(wpath)
-        return tok
-
-    if wpath and paths.isfile(wpath):
-        tok = load_tokenizer(wpath)
-        logger.info("reusing the workdir tokenizer %s (%d pieces, fingerprint %s)", wpath, tok.vocab_size, tok.fingerprint)
-        return tok
-
-    vocab_size = _int_key(data_cfg.vocab_size, "data.vocab_size", 1)
-    cpath = cache_lib.tokenizer_cache_path(
-        spec, vocab_size, data_cfg.tokenizer_type, TRAINER_VERSION, data_cfg.cache_dir
-    )
-    if os.path.isfile(cpath):
-        tok = Tokenizer.load(cpath)
-        logger.info("tokenizer cache hit: %s (%d pieces)", cpath, tok.vocab_size)
-=======
     given = load_tokenizer(d.tokenizer) if d.tokenizer else None
-    existing = load_tokenizer(wpath) if wpath and os.path.isfile(wpath) else None
+    existing = load_tokenizer(wpath) if wpath and paths.isfile(wpath) else None
     store_dir = d.get("store", "")
     if store_dir:
         store = store_lib.TokenStore(store_dir)
@@ -144,7 +106,6 @@ def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
         _check_same(tok, given, f"data.tokenizer={d.tokenizer!r}", f"the store {store_dir!r} was prepared with another "
                     "tokenizer: drop data.tokenizer, or prepare a store with it.")
         hit = True
->>>>>>> issue-13store
     else:
         if given is not None and existing is not None and given.fingerprint != existing.fingerprint:
             raise DataError(
@@ -198,44 +159,12 @@ def build_dataset(config, workdir: str | None, process_index: int | None = None)
 
         process_index = jax.process_index()
 
-<<<<<<< HEAD
-    def get_documents():
-        if not documents:
-            t0 = time.perf_counter()
-            documents.extend(sources.load_documents(d))
-            logger.info("read %d documents in %.1fs", len(documents), time.perf_counter() - t0)
-        return documents
-
-    tok = _get_tokenizer(d, workdir, spec, get_documents)
-    cache = cache_lib.load_or_build(spec, tok, get_documents, d.cache_dir)
-    documents.clear()
-
-    num_docs = cache.num_docs
-    order = document_order(num_docs, seed)
-    cum = np.cumsum(cache.doc_lengths()[order])
-
-    # validation: whole documents from the front of the order
-    if val_requested > 0:
-        num_val_docs = int(np.searchsorted(cum, val_requested, side="left")) + 1
-        if num_val_docs >= num_docs:
-            raise DataError(
-                f"data.val_tokens={val_requested} takes all {num_docs} documents ({int(cum[-1])} tokens), "
-                "leaving nothing to train on; lower data.val_tokens, add data, or cut the text into more "
-                f"documents with data.text_split='paragraph' (blank lines) or data.text_split='line' "
-                f"(now {getattr(d, 'text_split', 'file')!r}; applies to data.source='text')."
-            )
-    else:
-        num_val_docs = 0
-    val_doc_tokens = int(cum[num_val_docs - 1]) if num_val_docs else 0
-    val = pack(gather_tokens(cache, order[:num_val_docs]), seq_len)
-=======
     store, hit = _open_store(d, workdir)
     tok = store.tokenizer
     arrays, stats, index_hit = index_lib.load_or_build_index(
         store, workdir, process_index=process_index, seed=seed, max_docs=max_docs, val_tokens=val_requested,
         unique_tokens=unique_requested, seq_len=seq_len, global_batch=global_batch)
     val = index_lib.read_validation(store, arrays["val_start"], arrays["val_len"], seq_len)
->>>>>>> issue-13store
     if val_requested > 0 and len(val) == 0:
         logger.warning(
             "the %d validation tokens make no full row of data.seq_len=%d; validation is empty "

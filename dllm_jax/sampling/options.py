@@ -96,6 +96,20 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
         raise ConfigError(f"block_length={block_length} does not divide the generation length {max_new_tokens}; "
                           f"choose a divisor of {max_new_tokens} (e.g. {_divisor_near(max_new_tokens, block_length)})")
     num_blocks = max_new_tokens // block_length
+    steps, threshold = _steps_and_threshold(sampler, steps, threshold, max_new_tokens)
+    if steps % num_blocks:
+        raise ConfigError(f"steps={steps} must be a multiple of the number of blocks ({max_new_tokens} tokens / "
+                          f"block_length {block_length} = {num_blocks}); e.g. steps={num_blocks * max(1, round(steps / num_blocks))}")
+    if schedule not in ("linear", "cosine"):
+        raise ConfigError(f"schedule={schedule!r} must be 'linear' or 'cosine' (the run's mdm.schedule)")
+    return Options(objective, sampler, max_new_tokens, steps, block_length, float(threshold), float(cfg), float(temperature),
+                   top_k, float(top_p), int(seed), False, bool(prefix_cache), bool(eos_last), schedule)
+
+
+def _steps_and_threshold(sampler, steps, threshold, max_new_tokens) -> tuple[int, float]:
+    """(steps, threshold) of a diffusion sampler: 'threshold' takes no step count (0) and
+    tau (default 0.9, in (0, 1]); the fixed-step samplers take steps (default: one token per
+    step) and no threshold (0.0)."""
     if sampler == "threshold":
         if steps is not None:
             raise ConfigError(f"steps={steps} does not apply to sampler 'threshold' (it takes as many steps as the "
@@ -103,19 +117,10 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
         threshold = 0.9 if threshold is None else threshold
         if not 0.0 < threshold <= 1.0:
             raise ConfigError(f"threshold={threshold!r} must be in (0, 1]")
-        steps = 0
-    else:
-        if threshold is not None:
-            raise ConfigError(f"threshold={threshold!r} applies to sampler 'threshold' only, not {sampler!r}")
-        steps = max_new_tokens if steps is None else steps
-        if steps % num_blocks:
-            raise ConfigError(f"steps={steps} must be a multiple of the number of blocks ({max_new_tokens} tokens / "
-                              f"block_length {block_length} = {num_blocks}); e.g. steps={num_blocks * max(1, round(steps / num_blocks))}")
-        threshold = 0.0
-    if schedule not in ("linear", "cosine"):
-        raise ConfigError(f"schedule={schedule!r} must be 'linear' or 'cosine' (the run's mdm.schedule)")
-    return Options(objective, sampler, max_new_tokens, steps, block_length, float(threshold), float(cfg), float(temperature),
-                   top_k, float(top_p), int(seed), False, bool(prefix_cache), bool(eos_last), schedule)
+        return 0, float(threshold)
+    if threshold is not None:
+        raise ConfigError(f"threshold={threshold!r} applies to sampler 'threshold' only, not {sampler!r}")
+    return (max_new_tokens if steps is None else steps), 0.0
 
 
 def _resolve_block(objective, sampler, max_new_tokens, steps, block_length, threshold, cfg, temperature, top_k, top_p, seed, kv_cache,
@@ -131,18 +136,7 @@ def _resolve_block(objective, sampler, max_new_tokens, steps, block_length, thre
         raise ConfigError("prefix_cache is MDM's approximate cache; block diffusion always uses its exact KV cache (kv_cache)")
     if infill:
         raise ConfigError("infilling needs a masked-diffusion run (objective='mdm'); block diffusion generates left to right")
-    if sampler == "threshold":
-        if steps is not None:
-            raise ConfigError(f"steps={steps} does not apply to sampler 'threshold'; drop steps or pick a fixed-step sampler")
-        threshold = 0.9 if threshold is None else threshold
-        if not 0.0 < threshold <= 1.0:
-            raise ConfigError(f"threshold={threshold!r} must be in (0, 1]")
-        steps = 0
-    else:
-        if threshold is not None:
-            raise ConfigError(f"threshold={threshold!r} applies to sampler 'threshold' only, not {sampler!r}")
-        steps = max_new_tokens if steps is None else steps
-        threshold = 0.0
+    steps, threshold = _steps_and_threshold(sampler, steps, threshold, max_new_tokens)
     if schedule not in ("linear", "cosine"):
         raise ConfigError(f"schedule={schedule!r} must be 'linear' or 'cosine' (the run's mdm.schedule)")
     return Options(objective, sampler, max_new_tokens, steps, block_length, float(threshold), 0.0, float(temperature), top_k,

@@ -35,7 +35,7 @@ def run_train(args) -> int:
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)  # before any device use
     cfg = config_lib.load_config(args.config, args.overrides)
-    if not os.path.isdir(checkpoint_dir(args.workdir)):  # a new run: an override that contradicts init.* is an error
+    if not paths.isdir(checkpoint_dir(args.workdir)):  # a new run: an override that contradicts init.* is an error
         hf.resolve_init(cfg, explicit={key for key, _ in args.overrides})
     summary = train(cfg, args.workdir)
     if summary.get("interrupted"):

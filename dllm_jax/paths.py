@@ -228,8 +228,18 @@ def remove(path) -> None:
         os.unlink(path)
 
 
+def rename(src, dst) -> None:
+    """Moves a file or a directory tree (locally a rename; on an object store a recursive move)."""
+    src, dst = expand(src), expand(dst)
+    if is_url(src):
+        fs, p = _fs(src)
+        fs.mv(p, _fs(dst)[1], recursive=True)
+    else:
+        os.rename(src, dst)
+
+
 __all__ = [
     "is_url", "expand", "absolute", "join", "basename", "dirname", "epath_path", "exists", "isdir", "isfile",
     "makedirs", "listdir", "glob", "stat", "open_file", "read_bytes", "read_text", "write_bytes", "write_text",
-    "append_text", "remove",
+    "append_text", "remove", "rename",
 ]

@@ -311,7 +311,7 @@ def _unreadable(ckpt: Checkpointer, failed) -> CheckpointError:
         ckpt.close()
     except Exception:  # noqa: BLE001 - already failing; the message below is what matters
         pass
-    folders = " ".join(os.path.join(ckpt.directory, str(s)) for s, _ in failed)
+    folders = " ".join(paths.join(ckpt.directory, str(s)) for s, _ in failed)
     detail = "; ".join(f"step {s}: {_short(e)}" for s, e in failed)
     return CheckpointError(
         f"no checkpoint in {ckpt.directory} can be read ({detail}). Nothing was deleted. To start this run again from "
@@ -346,15 +346,15 @@ def _set_aside(ckpt: Checkpointer, steps) -> str:
     """Move unreadable checkpoint folders to <workdir>/checkpoints_unreadable/ (never delete
     them): out of the way of the keep_last rotation and of the run's later saves at the same
     step. Returns that folder."""
-    kept = os.path.join(os.path.dirname(ckpt.directory), "checkpoints_unreadable")
+    kept = paths.join(paths.dirname(ckpt.directory), "checkpoints_unreadable")
     if jax.process_index() == 0:
-        os.makedirs(kept, exist_ok=True)
+        paths.makedirs(kept)
         for step in steps:
-            target = os.path.join(kept, str(step))
+            target = paths.join(kept, str(step))
             n = 1
-            while os.path.exists(target):
-                target, n = os.path.join(kept, f"{step}.{n}"), n + 1
-            os.rename(os.path.join(ckpt.directory, str(step)), target)
+            while paths.exists(target):
+                target, n = paths.join(kept, f"{step}.{n}"), n + 1
+            paths.rename(paths.join(ckpt.directory, str(step)), target)
     if jax.process_count() > 1:  # the others wait for the move before re-listing the steps
         from jax.experimental import multihost_utils
 

@@ -34,13 +34,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import uuid
 from typing import Any
 
 import numpy as np
 from etils import epath
 
+from dllm_jax import paths
 from dllm_jax.errors import DataError
 
 logger = logging.getLogger("dllm_jax")
@@ -68,11 +68,9 @@ def shard_paths(root, index: int) -> dict[str, epath.Path]:
 
 
 def store_path(path) -> epath.Path:
-    """A user path (~ and $VARS expanded; any etils.epath scheme such as gs://) as an epath.Path."""
-    s = str(path)
-    if "://" not in s:
-        s = os.path.abspath(os.path.expandvars(os.path.expanduser(s)))
-    return epath.Path(s)
+    """A user path (~ and $VARS expanded; any etils.epath scheme such as gs://) as an epath.Path
+    (through the library's path layer, `dllm_jax.paths`)."""
+    return paths.epath_path(path)
 
 
 # -- file I/O: the only functions that touch store files ---------------------------------
@@ -82,21 +80,8 @@ def _is_local(path) -> bool:
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
-    """Writes ``data`` so that a reader sees either nothing or the whole file."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if _is_local(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, str(path))
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    else:  # object stores: a single-object write is atomic
-        path.write_bytes(data)
+    """Writes ``data`` so that a reader sees either nothing or the whole file (`paths.write_bytes`)."""
+    paths.write_bytes(str(path), data)
 
 
 def write_json_atomic(path, obj: dict) -> None:
@@ -192,11 +177,11 @@ def write_shard(root, index: int, token_chunks, source: dict, extra=None) -> dic
     temporary names and renamed; the done record is written last, with ``extra`` (a dict, or a
     function returning one, called once the data is written: e.g. timings). Returns the record.
     """
-    paths = shard_paths(root, index)
-    paths["tokens"].parent.mkdir(parents=True, exist_ok=True)
+    files = shard_paths(root, index)
+    files["tokens"].parent.mkdir(parents=True, exist_ok=True)
     th, oh = hashlib.sha256(), hashlib.sha256()
     tag = uuid.uuid4().hex[:12]  # two writers of the same shard (processes sharing a cache) never share a file
-    tmp = {k: epath.Path(f"{paths[k]}.tmp-{tag}") for k in ("tokens", "offsets")}
+    tmp = {k: epath.Path(f"{files[k]}.tmp-{tag}") for k in ("tokens", "offsets")}
     num_docs, num_tokens, dtype = 0, 0, None
     with tmp["tokens"].open("wb") as tf, tmp["offsets"].open("wb") as of:
         first = np.zeros(1, OFFSET_DTYPE).tobytes()
@@ -213,26 +198,26 @@ def write_shard(root, index: int, token_chunks, source: dict, extra=None) -> dic
             num_docs += len(lengths)
             num_tokens += int(np.sum(lengths))
     for k in ("tokens", "offsets"):
-        tmp[k].replace(paths[k])  # overwrites an interrupted attempt's file (same content from a concurrent writer)
+        tmp[k].replace(files[k])  # overwrites an interrupted attempt's file (same content from a concurrent writer)
     record = {
         "shard": int(index), "name": shard_name(index), "source": source,
         "documents": num_docs, "tokens": num_tokens,
         "tokens_sha256": th.hexdigest(), "offsets_sha256": oh.hexdigest(),
         **((extra() if callable(extra) else extra) or {}),
     }
-    write_json_atomic(paths["done"], record)
+    write_json_atomic(files["done"], record)
     return record
 
 
 def finished_shard(root, index: int, itemsize: int) -> dict | None:
     """The done record of shard ``index`` when it and both files (of the recorded sizes) exist."""
-    paths = shard_paths(root, index)
-    record = read_json(paths["done"])
+    files = shard_paths(root, index)
+    record = read_json(files["done"])
     if not record or record.get("shard") != index:
         return None
-    if file_size(paths["tokens"]) != record["tokens"] * itemsize:
+    if file_size(files["tokens"]) != record["tokens"] * itemsize:
         return None
-    if file_size(paths["offsets"]) != (record["documents"] + 1) * OFFSET_DTYPE.itemsize:
+    if file_size(files["offsets"]) != (record["documents"] + 1) * OFFSET_DTYPE.itemsize:
         return None
     return record
 

@@ -625,7 +625,7 @@ def test_token_chars_add_up_to_the_choice_text(loaded):
 def test_cloze_passages_are_not_the_document_order_permutation():
     # with as many validation rows as documents, a cloze drawn from default_rng(seed) would list
     # its passages in exactly the order that default_rng(seed) gave the documents
-    from dllm_jax.data.pipeline import document_order
+    from dllm_jax.data.index import document_order
 
     val = np.random.default_rng(5).integers(3, 50, size=(40, 16)).astype(np.int32)
     for seed in range(5):

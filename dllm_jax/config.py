@@ -71,6 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.block_diffusion = ml_collections.ConfigDict()  # objective='block_diffusion' (noise settings: the mdm group)
     c.block_diffusion.block_size = 16  # tokens per block; divides data.seq_len (= seq_len: MDM; 1: AR)
+    c.block_diffusion.grow_steps = 0  # > 0: AR-to-block-diffusion (NBDiff): block size doubles 1, 2, 4, ..., block_size in equal phases over this many steps; 0 = off
+    c.block_diffusion.ar_loss_weight = 0.0  # > 0: NBDiff's auxiliary next-token loss on the clean half (weight; `loss` stays the NELBO)
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
@@ -218,6 +220,7 @@ RULES = {
     "mdm.schedule": _one_of(*MASK_SCHEDULES), "mdm.eps": _float(0.0, 1.0, lo_open=True, hi_open=True),
     "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
     "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
+    "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1), "data.val_tokens": _int(0),

@@ -113,7 +113,7 @@ def _split_micro(x, accum: int):
 def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, mesh, shardings, lr_fn: Callable) -> Callable:
     """Jitted `(state, tokens[B, L]) -> (state, metrics)`."""
     objective = objectives.build(config)
-    prepare = objective.prepare_fn(ids, train=True)
+    prepare = objective.train_prepare_fn(ids)  # (tokens, rng, step) -> Prepared
     accum = config.train.grad_accum
     base_key = rng_lib.stream(config.seed, rng_lib.TRAIN)
     use_dropout = config.model.dropout > 0.0
@@ -138,7 +138,7 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
     def step(state: TrainState, tokens):
         rng = jax.random.fold_in(base_key, state.step)
         k_prep, k_drop = jax.random.split(rng)
-        prep = prepare(tokens, k_prep)
+        prep = prepare(tokens, k_prep, state.step)
         denom = prep.denom
         # an extra training-time attention restriction (MDM: causal -> bidirectional annealing), or None
         attn_mask = objective.train_attention_mask(rng_lib.stream(rng, rng_lib.TRAIN_ANNEAL), state.step, tokens.shape[1])

@@ -59,6 +59,12 @@ class Objective:
         training-only randomness (input masking, random lengths, realised weighting)."""
         raise NotImplementedError
 
+    def train_prepare_fn(self, ids):
+        """`prepare(tokens [B, L] int32, rng, step) -> Prepared` for the training step at `step`
+        (int32, traced); the default ignores the step: `prepare_fn(ids, train=True)`."""
+        prepare = self.prepare_fn(ids, train=True)
+        return lambda tokens, rng, step: prepare(tokens, rng)
+
     def forward(self, model, params, inputs, segment_ids, **apply_kwargs):
         """The network call with this objective's attention pattern: logits (or hidden states
         with return_hidden=True) for the positions the loss reads."""
@@ -66,7 +72,8 @@ class Objective:
 
     def train_attention_mask(self, rng, step, length: int):
         """An extra attention restriction for the training step at `step` (bool [1, 1, L, L],
-        ANDed with `forward`'s pattern), or None (the default: none)."""
+        ANDed with `forward`'s pattern; block diffusion: its whole pattern at the step's block
+        size, [1, 1, 2L, 2L]), or None (the default: none)."""
         return None
 
     def metrics_from_ce(self, ce, prep: Prepared) -> dict:

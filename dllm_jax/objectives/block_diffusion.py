@@ -34,9 +34,31 @@ over the Monte Carlo draws of a sequence; the conditional log-likelihood of an a
 over the blocks holding answer tokens, LLaDA's exact-l estimator within the block (l of the
 block's n answer tokens masked, value (n / l) * sum of their CE), all blocks in one pass.
 Sampling is block by block with an exact KV cache (dllm_jax.sampling.block).
+
+AR-to-block-diffusion adaptation (NBDiff, "From Next-Token to Next-Block", arXiv:2512.06776):
+start from an AR run (init.from_workdir / init.from_hf) and
+
+- `block_diffusion.grow_steps` = N > 0: the block size grows from 1 (= AR: every noisy
+  token sees only the clean tokens before it) to B' over the first N steps. The schedule
+  (`growth_stages`, `block_size_at`) doubles: stages 1, 2, 4, ... (the powers of two below
+  B' that divide data.seq_len), then B'; K stages, each held for N / K steps (stage
+  floor(s * K / N) at step s), B' from step (K - 1) * N / K on. At every step the attention is
+  BD3-LM's pattern at the current block size (causal over the finished blocks, bidirectional
+  in the active block) and the loss is the per-token NELBO of that block size: the step
+  picks the stage's `prepare_block_diffusion` with `lax.switch` and builds the mask from
+  the traced block size, so one compiled step serves the whole schedule.
+- `block_diffusion.ar_loss_weight` = w > 0: NBDiff's auxiliary AR loss, added to the
+  training objective (the logged `loss` stays the NELBO; `ar_loss` is logged beside it):
+  w * the mean next-token CE of the clean half's outputs. A clean query sees its whole
+  block (block-causal), so the output at i predicts x_{i+1} without seeing it only where
+  i + 1 starts a new block: the AR loss reads exactly those positions (every position at
+  block size 1, one per block at B'). The output at i predicting x_{i+1} is what the AR
+  run's head was trained for (no shifted head needed).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -47,19 +69,69 @@ from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_pr
 from dllm_jax.objectives.mdm import MaskedDiffusion
 
 
-def block_attention_mask(length: int, block_size: int, segment_ids=None):
-    """BD3-LM's mask for the [x_t ; x_0] input of 2 * `length` tokens: bool [B or 1, 1, 2L, 2L].
-    `segment_ids` [B, 2L] (0 = padding) further restricts attention to the same segment."""
+def block_pattern(length: int, block_size):
+    """BD3-LM's pattern for the [x_t ; x_0] input of 2 * `length` tokens: bool [2L, 2L].
+    `block_size` may be a traced int scalar (block id = position // block_size)."""
     idx = jnp.arange(2 * length)
     noisy = idx < length
     blk = (idx % length) // block_size
     qn, kn = noisy[:, None], noisy[None, :]
     qb, kb = blk[:, None], blk[None, :]
-    mask = (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+    return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+
+
+def _with_segments(mask, segment_ids):
+    """bool [2L, 2L] (or [1, 1, 2L, 2L]) pattern -> [B or 1, 1, 2L, 2L], restricted to the same
+    segment when `segment_ids` [B, 2L] (0 = padding) is given."""
+    mask = mask.reshape(mask.shape[-2:])
     if segment_ids is None:
         return mask[None, None]
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     return (mask[None] & same)[:, None]
+
+
+def block_attention_mask(length: int, block_size, segment_ids=None):
+    """BD3-LM's mask for the [x_t ; x_0] input of 2 * `length` tokens: bool [B or 1, 1, 2L, 2L].
+    `segment_ids` [B, 2L] (0 = padding) further restricts attention to the same segment."""
+    return _with_segments(block_pattern(length, block_size), segment_ids)
+
+
+def growth_stages(block_size: int, seq_len: int) -> tuple:
+    """NBDiff's block-size growth (arXiv:2512.06776), doubling: the powers of two below
+    `block_size` that divide `seq_len` (1 always does), then `block_size`."""
+    stages, d = [], 1
+    while d < block_size:
+        if seq_len % d == 0:
+            stages.append(d)
+        d *= 2
+    return tuple(stages) + (block_size,)
+
+
+def stage_index(step, grow_steps: int, num_stages: int):
+    """Stage of training step `step` (int or traced int32): floor(s * K / N), capped at K - 1."""
+    s = jnp.minimum(jnp.asarray(step, jnp.int32), grow_steps)
+    return jnp.minimum(s * num_stages // grow_steps, num_stages - 1)
+
+
+def block_size_at(step, block_size: int, seq_len: int, grow_steps: int):
+    """The block size at training step `step` (int32 scalar; traced when `step` is)."""
+    if grow_steps <= 0:
+        return jnp.asarray(block_size, jnp.int32)
+    stages = growth_stages(block_size, seq_len)
+    return jnp.asarray(stages, jnp.int32)[stage_index(step, grow_steps, len(stages))]
+
+
+def ar_aux_targets(tokens, ids: TokenIds, block_size: int, *, document_attention: bool = False):
+    """NBDiff's auxiliary AR loss on the clean half: (next tokens [B, L], positions read [B, L] float).
+    Position i predicts x_{i+1} where i + 1 starts a new block (the clean half sees its whole
+    block), both are real tokens and (with document attention) x_i is no EOS, as in `ar.prepare_ar`."""
+    length = tokens.shape[1]
+    nxt = jnp.concatenate([tokens[:, 1:], jnp.full_like(tokens[:, :1], ids.pad_id)], axis=1)
+    pos = jnp.arange(length)
+    keep = (((pos + 1) % block_size == 0) & (pos + 1 < length))[None] & (tokens != ids.pad_id) & (nxt != ids.pad_id)
+    if document_attention:
+        keep = keep & (tokens != ids.eos_id)
+    return nxt, keep.astype(jnp.float32)
 
 
 def block_causal_mask(length: int, block_size: int):
@@ -106,7 +178,7 @@ def prepare_block_diffusion(tokens, rng, ids: TokenIds, *, block_size: int, sche
 
 
 class BlockDiffusion(MaskedDiffusion):
-    ar_adaptation = False  # shifted prediction / annealing are MDM recipes; NBDiff's path is not built yet
+    ar_adaptation = False  # shifted prediction / annealing are MDM recipes; block diffusion adapts by NBDiff's growth
     name = "block_diffusion"
     description = "block diffusion (BD3-LM): masked diffusion within blocks, autoregressive over blocks"
     sampler_family = "block"
@@ -129,15 +201,99 @@ class BlockDiffusion(MaskedDiffusion):
         return lambda tokens, rng: prepare_block_diffusion(tokens, rng, ids, block_size=bs, schedule=m.schedule, eps=m.eps,
                                                            antithetic=m.antithetic, document_attention=doc)
 
-    def forward(self, model, params, inputs, segment_ids, **apply_kwargs):
-        """`inputs` [B, 2L] = [x_t ; x_0], `segment_ids` [B, 2L]: outputs of the noisy half [B, L, ...]."""
+    @property
+    def grow_steps(self) -> int:
+        return int(self.config.block_diffusion.get("grow_steps", 0))
+
+    @property
+    def ar_loss_weight(self) -> float:
+        return float(self.config.block_diffusion.get("ar_loss_weight", 0.0))
+
+    @property
+    def adapting(self) -> bool:
+        """NBDiff's adaptation is on (block-size growth or the auxiliary AR loss)."""
+        return self.grow_steps > 0 or self.ar_loss_weight > 0
+
+    @property
+    def train_metrics(self) -> tuple:
+        return MaskedDiffusion.train_metrics + (("ar_loss",) if self.ar_loss_weight > 0 else ())
+
+    def train_prepare_fn(self, ids):
+        """Adapting: the stage's `prepare_block_diffusion` (`lax.switch` on the step's stage;
+        `extras['t']` per token [B, L] when the block size grows, so all stages agree in shape),
+        plus the AR targets of the clean half when ar_loss_weight > 0 (targets [B, 2L])."""
+        if not self.adapting:
+            return super().train_prepare_fn(ids)
+        m, doc, w = self.config.mdm, bool(self.config.data.document_attention), self.ar_loss_weight
+        grow = self.grow_steps
+        stages = growth_stages(self.block_size, int(self.config.data.seq_len)) if grow else (self.block_size,)
+
+        def at(bs, tokens, rng):
+            prep = prepare_block_diffusion(tokens, rng, ids, block_size=bs, schedule=m.schedule, eps=m.eps,
+                                           antithetic=m.antithetic, document_attention=doc)
+            extras = dict(prep.extras)
+            if len(stages) > 1:
+                extras["t"] = jnp.repeat(prep.extras["t"], bs, axis=1)
+            if w > 0:
+                nxt, keep = ar_aux_targets(tokens, ids, bs, document_attention=doc)
+                # w * denom / count: loss_sum / denom = NELBO + w * (mean AR CE), summing exactly over micro-batches
+                extras["ar_mask"] = keep
+                extras["ar_weights"] = keep * (w * prep.denom / jnp.maximum(keep.sum(), 1.0))
+                prep = dataclasses.replace(prep, targets=jnp.concatenate([tokens, nxt], axis=1))
+            return dataclasses.replace(prep, extras=extras)
+
+        branches = [lambda tokens, rng, bs=bs: at(bs, tokens, rng) for bs in stages]
+
+        def prepare(tokens, rng, step):
+            if len(branches) == 1:
+                return branches[0](tokens, rng)
+            return jax.lax.switch(stage_index(step, grow, len(stages)), branches, tokens, rng)
+
+        return prepare
+
+    def forward(self, model, params, inputs, segment_ids, attention_mask=None, **apply_kwargs):
+        """`inputs` [B, 2L] = [x_t ; x_0], `segment_ids` [B, 2L]: outputs of the noisy half [B, L, ...].
+        `attention_mask` (training while adapting: `train_attention_mask`, the pattern at the
+        step's block size) replaces the pattern at block_diffusion.block_size; with it and
+        ar_loss_weight > 0 the outputs cover both halves [B, 2L, ...] (the clean half feeds the AR loss)."""
         b, length = inputs.shape[0], inputs.shape[1] // 2
-        mask = block_attention_mask(length, self.block_size, segment_ids)
+        if attention_mask is None:
+            mask, out_length = block_attention_mask(length, self.block_size, segment_ids), length
+        else:
+            mask = _with_segments(attention_mask, segment_ids)
+            out_length = 2 * length if self.ar_loss_weight > 0 else length
         return model.apply({"params": params}, inputs, causal=False, positions=vectorised_positions(b, length),
-                           attention_mask=mask, out_length=length, **apply_kwargs)
+                           attention_mask=mask, out_length=out_length, **apply_kwargs)
 
     def train_attention_mask(self, rng, step, length: int):
-        return None  # the block pattern is the whole story (mdm.anneal_steps is refused in validate)
+        """Adapting (NBDiff): the [x_t ; x_0] pattern at the step's block size, bool [1, 1, 2L, 2L]
+        (`forward` uses it in place of the fixed block size's); otherwise None (mdm.anneal_steps is refused)."""
+        if not self.adapting:
+            return None
+        bs = block_size_at(step, self.block_size, int(self.config.data.seq_len), self.grow_steps)
+        return block_pattern(length, bs)[None, None]
+
+    def metrics_from_ce(self, ce, prep: Prepared) -> dict:
+        """`ce` [B, L] (the noisy half) or, with the AR loss, [B, 2L]: the noisy half gives the
+        NELBO sums, the clean half the AR term (`loss_sum` is what the step differentiates,
+        `nelbo_sum` what `loss` reports)."""
+        length = prep.weights.shape[1]
+        if ce.shape[1] == length:
+            return super().metrics_from_ce(ce, prep)
+        ce_noisy, ce_clean = ce[:, :length], ce[:, length:]
+        out = super().metrics_from_ce(ce_noisy, prep)
+        out["nelbo_sum"] = out["loss_sum"]
+        out["loss_sum"] = out["loss_sum"] + jnp.sum(prep.extras["ar_weights"] * ce_clean)
+        out["ar_ce_sum"] = jnp.sum(prep.extras["ar_mask"] * ce_clean)
+        out["ar_count"] = jnp.sum(prep.extras["ar_mask"])
+        return out
+
+    def finalize(self, sums: dict) -> dict:
+        out = super().finalize(sums)
+        if "nelbo_sum" in sums:
+            out["loss"] = sums["nelbo_sum"] / sums["denom"]
+            out["ar_loss"] = sums["ar_ce_sum"] / jnp.maximum(sums["ar_count"], 1.0)
+        return out
 
     def network_length(self, seq_len: int) -> int:
         return 2 * seq_len

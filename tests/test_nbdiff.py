@@ -127,13 +127,13 @@ def test_ar_run_continued_as_block_diffusion_with_growth_resumes_exactly(tmp_pat
 
     paths, cache = corpus
     cfg = tiny_config(paths, cache, "block_diffusion", init__from_workdir=trained_runs["ar"], block_diffusion__block_size=8,
-                      block_diffusion__grow_steps=8, block_diffusion__ar_loss_weight=0.5, train__grad_accum=2,
+                      block_diffusion__grow_steps=8, block_diffusion__ar_loss_weight=0.5, train__grad_accum=2, data__epochs=1,
                       train__log_every=1, train__eval_every=0, train__checkpoint_every=100)
     full = str(tmp_path / "full")
     s = train(cfg, full)
     n = s["num_steps"]
     records = [r for r in read_metrics(full) if "loss" in r]
-    assert n == 16 and len(records) == n and all(np.isfinite(r["loss"]) and r["ar_loss"] > 0 for r in records)
+    assert n == 8 and len(records) == n and all(np.isfinite(r["loss"]) and r["ar_loss"] > 0 for r in records)
     parts = str(tmp_path / "parts")
     assert train(cfg, parts, stop_after=n // 2)["interrupted"]
     assert Checkpointer(parts, read_only=True).latest_step() == n // 2

@@ -455,7 +455,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if (m.shift_logits or cfg.mdm.anneal_steps) and not objectives.build(cfg).ar_adaptation:
         raise ConfigError("model.shift_logits and mdm.anneal_steps adapt an AR model to masked diffusion: they need objective='mdm' "
-                          f"(objective={cfg.objective!r}); drop them or set --config.objective=mdm")
+                          f"(objective={cfg.objective!r}); drop them or set --config.objective=mdm "
+                          "(block diffusion adapts with block_diffusion.grow_steps and block_diffusion.ar_loss_weight)")
     d = cfg.data
     if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths and not d.store:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")

@@ -62,12 +62,13 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 3.0 * forward_flops_per_token(cfg, seq_len)
 
 
-def block_diffusion_train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+def block_diffusion_train_flops_per_token(cfg: ModelConfig, seq_len: int, clean_head: bool = False) -> float:
     """Forward + backward FLOPs per training token of block diffusion: 2 * seq_len network
-    tokens per seq_len targets, each attending to 2 * seq_len keys, the head on seq_len."""
+    tokens per seq_len targets, each attending to 2 * seq_len keys, the head on seq_len
+    (on both halves with `clean_head`: NBDiff's auxiliary AR loss, block_diffusion.ar_loss_weight > 0)."""
     head = 2.0 * cfg.d_model * cfg.vocab_size
     body = 2.0 * matmul_params(cfg) - head
-    return 3.0 * (2.0 * body + head + 2.0 * attention_flops_per_query(cfg, 2 * seq_len))
+    return 3.0 * (2.0 * body + (2.0 if clean_head else 1.0) * head + 2.0 * attention_flops_per_query(cfg, 2 * seq_len))
 
 
 def block_diffusion_generate_flops(cfg: ModelConfig, gen_len: int, prompt_len: int = 1, *, block_length: int = 16,

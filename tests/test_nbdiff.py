@@ -118,6 +118,9 @@ def test_auxiliary_ar_loss_is_the_next_token_ce_of_the_clean_half_by_hand(tiny):
                         attention_mask=block_attention_mask(length, bs, prep.segment_ids))
     np.testing.assert_allclose(np.asarray(again[0, length + 1]), np.asarray(full[0, length + 1]), atol=1e-6)
     assert not np.allclose(np.asarray(again[0, length + 2]), np.asarray(full[0, length + 2]))
+    # FLOPs: the output head also runs on the clean half (forward + backward)
+    extra = bd.train_flops_per_token(model.cfg, length) - _bd(bs, length).train_flops_per_token(model.cfg, length)
+    assert extra == 3 * 2 * model.cfg.d_model * model.cfg.vocab_size
 
 
 def test_ar_run_continued_as_block_diffusion_with_growth_resumes_exactly(tmp_path, corpus, trained_runs):

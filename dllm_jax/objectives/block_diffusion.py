@@ -301,7 +301,7 @@ class BlockDiffusion(MaskedDiffusion):
     def train_flops_per_token(self, model_cfg, seq_len: int) -> float:
         from dllm_jax import flops
 
-        return flops.block_diffusion_train_flops_per_token(model_cfg, seq_len)
+        return flops.block_diffusion_train_flops_per_token(model_cfg, seq_len, clean_head=self.ar_loss_weight > 0)
 
     def sample_defaults(self, config) -> dict:
         return {"schedule": config.mdm.schedule, "block_length": int(config.block_diffusion.block_size)}

@@ -182,13 +182,12 @@ def write_shard(root, index: int, token_chunks, source: dict, extra=None) -> dic
     th, oh = hashlib.sha256(), hashlib.sha256()
     tag = uuid.uuid4().hex[:12]  # two writers of the same shard (processes sharing a cache) never share a file
     tmp = {k: epath.Path(f"{files[k]}.tmp-{tag}") for k in ("tokens", "offsets")}
-    num_docs, num_tokens, dtype = 0, 0, None
+    num_docs, num_tokens = 0, 0
     with tmp["tokens"].open("wb") as tf, tmp["offsets"].open("wb") as of:
         first = np.zeros(1, OFFSET_DTYPE).tobytes()
         of.write(first)
         oh.update(first)
         for tokens, lengths in token_chunks:
-            dtype = tokens.dtype
             b = np.ascontiguousarray(tokens).tobytes()
             tf.write(b)
             th.update(b)

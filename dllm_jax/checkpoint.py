@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 
 from dllm_jax import config as config_lib
 from dllm_jax import paths
-from dllm_jax.errors import CheckpointError
+from dllm_jax.errors import CheckpointError, DllmError
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -132,15 +132,27 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> LoadedRun:
         raise CheckpointError(f"{workdir!r} has no checkpoints/ folder; is it a dllm-jax run directory? Train with: dllm-jax train --config ... --workdir {workdir}")
     ckpt = Checkpointer(workdir, read_only=True)
     try:
-        step, cfg_dict, tok_bytes = ckpt.restore_meta(step)
-        config = config_lib.complete(cfg_dict)
-        tokenizer = tokenizer_from_bytes(tok_bytes)
-        if mesh is None:
-            mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-        model = train_step.build_model(config, tokenizer.vocab_size)
-        tx = optim.make_optimizer(config.train, max(config.train.num_steps, 1))
-        target = train_step.abstract_state(model, tx, mesh, config.data.seq_len)
-        state = ckpt.restore(step, target)
+        wanted = step
+        try:
+            step, cfg_dict, tok_bytes = ckpt.restore_meta(step)
+            config = config_lib.complete(cfg_dict)
+            tokenizer = tokenizer_from_bytes(tok_bytes)
+            if mesh is None:
+                mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+            model = train_step.build_model(config, tokenizer.vocab_size)
+            tx = optim.make_optimizer(config.train, max(config.train.num_steps, 1))
+            target = train_step.abstract_state(model, tx, mesh, config.data.seq_len)
+            state = ckpt.restore(step, target)
+        except DllmError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint (truncated array file, unreadable metadata)
+            shown = step if step is not None else wanted
+            others = [s for s in ckpt.all_steps() if s != shown]
+            raise CheckpointError(
+                f"checkpoint {shown} in {checkpoint_dir(workdir)} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                + (f"pass --step with another checkpoint ({', '.join(map(str, others))}), or " if others else "")
+                + f"rerun `dllm-jax train` on {workdir}, which sets unreadable checkpoints aside and resumes from the newest readable one"
+            ) from None
     finally:
         ckpt.close()
     return LoadedRun(config=config, tokenizer=tokenizer, model=model, params=state.params, step=step, mesh=mesh)

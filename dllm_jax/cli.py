@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     except DllmError as e:
         print(f"dllm-jax {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine refused a path: read-only, full, not a directory, permissions
+        what = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        print(f"dllm-jax {argv[0]}: error: cannot use{what}: {e.strerror or e}; check that the path exists, is writable "
+              "and has room (nothing already saved was removed)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

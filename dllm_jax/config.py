@@ -163,9 +163,10 @@ class Rule:
         if self.kind == "mesh":
             return "a positive integer or -1 (fill with the remaining devices)"
         what = "an integer" if self.kind == "int" else "a finite number"
+        num = (lambda v: f"{int(v):,}") if self.kind == "int" else (lambda v: f"{v:g}")
         if self.hi is None:
-            return f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{what} {'>' if self.lo_open else '>='} {num(self.lo)}"
+        return f"{what} in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
 
     def accepts(self, value) -> bool:
         if self.kind == "choice":
@@ -223,8 +224,8 @@ RULES = {
     "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
-    "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1), "data.val_tokens": _int(0),
-    "data.tokenizer": STR, "data.vocab_size": _int(1), "data.tokenizer_type": _one_of("unigram", "bpe"),
+    "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1, 10**6), "data.val_tokens": _int(0),
+    "data.tokenizer": STR, "data.vocab_size": _int(1, 1 << 20), "data.tokenizer_type": _one_of("unigram", "bpe"),
     "data.cache_dir": STR, "data.store": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
     "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
     "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),
@@ -416,7 +417,17 @@ def import_experiment(path: str, required: tuple[str, ...] = ("get_config",), wh
 
 def config_from_module(module, overrides: list[tuple[str, str]] | None = None) -> ml_collections.ConfigDict:
     """`module.get_config()` filled with the defaults, with the overrides applied, validated."""
-    cfg = complete(module.get_config())
+    path = getattr(module, "__file__", None) or getattr(module, "__name__", "the experiment")
+    try:
+        user = module.get_config()
+    except Exception as e:  # noqa: BLE001 - the experiment's own code failed
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(str(path))]
+        where = f"{path}:{frames[-1].lineno}" if frames else str(path)
+        raise ConfigError(f"config file {where}: get_config() raised {type(e).__name__}: {e}") from None
+    if not isinstance(user, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"config file {path}: get_config() returned a {type(user).__name__}, not a ConfigDict; "
+                          "return dllm_jax.config.default_config() with your changes")
+    cfg = complete(user)
     for key, value in overrides or []:
         set_key(cfg, key, value)
     validate(cfg)

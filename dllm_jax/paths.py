@@ -81,7 +81,9 @@ def _fs(path: str):
     except ImportError as e:  # e.g. gs:// without gcsfs
         scheme = path.split("://", 1)[0]
         hint = " (pip install 'dllm_jax[gcs]', i.e. gcsfs)" if scheme in ("gs", "gcs") else ""
-        raise ImportError(f"reading {path!r} needs the fsspec implementation of {scheme}://{hint}: {e}") from e
+        from dllm_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+
+        raise ConfigError(f"the path {path!r} needs the fsspec implementation of {scheme}://, which is not installed{hint}: {e}") from None
 
 
 def exists(path) -> bool:

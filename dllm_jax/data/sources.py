@@ -171,7 +171,7 @@ def open_tfds(data_cfg):
     name = data_cfg.tfds_name
     if not name:
         raise DataError("data.source='tfds' needs data.tfds_name, e.g. 'tiny_shakespeare' or 'lm1b'.")
-    kwargs = {"split": data_cfg.tfds_split}
+    kwargs = {"split": data_cfg.tfds_split, "download": False}  # never download or prepare behind the user's back
     if data_cfg.tfds_data_dir:
         kwargs["data_dir"] = paths_lib.expand(data_cfg.tfds_data_dir)
     try:
@@ -184,8 +184,8 @@ def open_tfds(data_cfg):
     except Exception as e:  # TFDS raises many kinds: missing split, not prepared, wrong format
         raise DataError(
             f"cannot open TFDS dataset {name!r} split {data_cfg.tfds_split!r} "
-            f"(data_dir={data_cfg.tfds_data_dir or 'default'!r}): {type(e).__name__}: {e}. Check "
-            "data.tfds_split, and prepare the data in a random-access format, e.g. "
+            f"(data_dir={data_cfg.tfds_data_dir or 'default'!r}): {type(e).__name__}: {e}. It must be prepared "
+            "there already (dllm_jax never downloads); check data.tfds_split, and prepare it in a random-access format, e.g. "
             f"`tfds build {name} --file_format=array_record`, then set data.tfds_data_dir."
         ) from e
 
@@ -263,11 +263,15 @@ def _read_array_record_shard(data_cfg, shard: dict, limit: int) -> list[str]:
     try:
         reader = arm.ArrayRecordReader(path)
     except Exception as e:  # the C++ reader raises RuntimeError/ValueError variants
-        raise DataError(f"{path!r} is not a readable ArrayRecord file ({e}); fix data.paths.") from e
+        raise DataError(f"{path!r} is not a readable ArrayRecord file ({str(e)[:200]}); fix data.paths, or set data.source "
+                        "to the files' format ('text', 'jsonl', 'parquet').") from None
     try:
         n = reader.num_records()
         n = min(n, limit) if limit else n
         records = reader.read(0, n) if n else []
+    except Exception as e:  # a damaged or truncated file, or not ArrayRecord at all (Riegeli raises RuntimeError)
+        raise DataError(f"{path!r} cannot be read as an ArrayRecord file ({type(e).__name__}: {str(e)[:200]}); it is damaged "
+                        "or in another format: fix data.paths, or set data.source to the files' format ('text', 'jsonl', 'parquet').") from None
     finally:
         reader.close()
     return [d for d in (_as_text(r, f"record {i} (counting from 0) of {path!r}") for i, r in enumerate(records)) if d.strip()]

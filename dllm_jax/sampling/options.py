@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling.diffusion import KINDS as MDM_SAMPLERS
@@ -61,14 +62,14 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
     if family != "ar" and sampler == "ar":
         raise ConfigError(f"sampler 'ar' needs an autoregressive run but this run is a diffusion run (objective={objective!r}); "
                           f"use one of: {', '.join(MDM_SAMPLERS)}")
-    if temperature is None or temperature < 0:
-        raise ConfigError(f"temperature={temperature!r} must be >= 0 (0 = greedy)")
+    if temperature is None or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
     if not isinstance(top_k, int) or top_k < 0:
         raise ConfigError(f"top_k={top_k!r} must be an integer >= 0 (0 = off)")
     if not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p={top_p!r} must be in (0, 1] (1 = off)")
-    if cfg is None or cfg < 0:
-        raise ConfigError(f"cfg={cfg!r} must be >= 0 (0 = no classifier-free guidance)")
+    if cfg is None or not math.isfinite(cfg) or cfg < 0:
+        raise ConfigError(f"cfg={cfg!r} must be a finite number >= 0 (0 = no classifier-free guidance)")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
         raise ConfigError(f"steps={steps!r} must be an integer >= 1")
     if block_length is not None and (not isinstance(block_length, int) or block_length < 1):

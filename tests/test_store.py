@@ -289,3 +289,14 @@ def test_ranged_reads_used_for_non_local_paths_give_the_same_tokens(small, monke
     np.testing.assert_array_equal(r_lengths, lengths)
     remote.verify()
     assert remote._tokens[0]._fd is None  # never opened a local file descriptor
+
+
+def test_url_cache_dir_is_refused(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"data.cache_dir='gs://b/cache' is a URL.*--output gs://b/cache"):
+        prepare_lib.resolve_cache_dir("gs://b/cache")
+    monkeypatch.setenv("DLLM_JAX_CACHE", "memory://c")
+    with pytest.raises(DataError, match=r"\$DLLM_JAX_CACHE='memory://c' is a URL"):
+        prepare_lib.resolve_cache_dir("")
+    assert not os.path.exists(tmp_path / "gs:") and os.listdir(tmp_path) == []
+    assert prepare_lib.resolve_cache_dir(str(tmp_path / "c")) == str(tmp_path / "c")

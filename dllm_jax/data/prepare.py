@@ -42,6 +42,7 @@ from typing import Iterator, Sequence
 import ml_collections
 import numpy as np
 
+from dllm_jax import paths
 from dllm_jax.data import sources
 from dllm_jax.data import store as store_lib
 from dllm_jax.data.tokenizer import TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, train_tokenizer
@@ -57,8 +58,18 @@ _ENCODE_CHUNK_CHARS = 8_000_000  # documents encoded (and held as Python lists) 
 
 
 def resolve_cache_dir(cache_dir: str = "") -> str:
-    """data.cache_dir, else $DLLM_JAX_CACHE, else ~/.cache/dllm_jax (~ and $VARS expanded)."""
+    """data.cache_dir, else $DLLM_JAX_CACHE, else ~/.cache/dllm_jax (~ and $VARS expanded).
+
+    The cache is a local directory: a URL (``gs://...``) is a DataError (a remote store is
+    made with ``dllm-jax prepare --output gs://...`` and trained from with ``data.store``).
+    """
     d = cache_dir or os.environ.get("DLLM_JAX_CACHE", "") or "~/.cache/dllm_jax"
+    if paths.is_url(d):
+        where = "data.cache_dir" if cache_dir else "$DLLM_JAX_CACHE"
+        raise DataError(
+            f"{where}={d!r} is a URL, but the data cache is a local directory; use a local path, or make "
+            f"a store there with `dllm-jax prepare --config CONFIG --output {d}` and train with data.store={d}."
+        )
     return os.path.abspath(os.path.expandvars(os.path.expanduser(d)))
 
 

@@ -300,3 +300,41 @@ def test_url_cache_dir_is_refused(monkeypatch, tmp_path):
         prepare_lib.resolve_cache_dir("")
     assert not os.path.exists(tmp_path / "gs:") and os.listdir(tmp_path) == []
     assert prepare_lib.resolve_cache_dir(str(tmp_path / "c")) == str(tmp_path / "c")
+
+
+def test_following_the_damage_message_repairs_the_store(small, tmp_path):
+    """Corrupt bytes + the done record deleted as the message says, or a deleted .tokens file:
+    rerunning prepare rewrites just those shards and the manifest, and the store trains."""
+    import shutil
+
+    cfg, bad = small["cfg"], tmp_path / "bad"
+    shutil.copytree(small["store"], bad)
+    good = _files(os.path.join(small["store"], "shards"))
+    tokens = bad / "shards" / "shard-00002.tokens"
+    data = bytearray(tokens.read_bytes())
+    data[5] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"Delete shard-00002.done.json and rerun"):
+        store_lib.TokenStore(str(bad)).verify()
+    (bad / "shards" / "shard-00002.done.json").unlink()
+    result = prepare_lib.prepare(cfg.data, str(bad))
+    assert not result.up_to_date and result.shards_written == 1 and result.tokens == small["result"].tokens
+    store_lib.TokenStore(str(bad)).verify()
+    assert tokens.read_bytes() == good["shard-00002.tokens"]
+    (bad / "shards" / "shard-00005.tokens").unlink()
+    with pytest.raises(DataError, match=r"shard-00005.tokens is missing"):
+        store_lib.TokenStore(str(bad))
+    result = prepare_lib.prepare(cfg.data, str(bad))
+    assert not result.up_to_date and result.shards_written == 1
+    store_lib.TokenStore(str(bad)).verify()
+    assert prepare_lib.prepare(cfg.data, str(bad)).up_to_date
+    assert {k: v for k, v in _files(os.path.join(bad, "shards")).items() if not k.endswith(".done.json")} == {
+        k: v for k, v in good.items() if not k.endswith(".done.json")}
+    tcfg = make_config(**cfg.data)
+    tcfg.data.store = str(bad)
+    ds = build_dataset(tcfg, str(tmp_path / "w"), process_index=0)
+    ref = make_config(**cfg.data)
+    ref.data.store = small["store"]
+    want = build_dataset(ref, str(tmp_path / "w2"), process_index=0)
+    np.testing.assert_array_equal(np.asarray(ds.train), np.asarray(want.train))
+    np.testing.assert_array_equal(ds.val, want.val)

@@ -16,7 +16,9 @@ Identity and re-runs. A store is identified by (format version, the source spec 
 ``max_docs``, the tokenizer recipe): ``{"file": fingerprint}`` for a given tokenizer, or the
 training settings of a SentencePiece model trained here. ``plan.json`` records it first;
 ``manifest.json`` is written last from the shards' done records. Re-running on the same inputs
-with a manifest present does nothing ("up to date"); without one it resumes, keeping every shard
+with a manifest present does nothing ("up to date") unless a shard lacks its done record or a
+file of the recorded size: those shards are prepared again and the manifest rewritten (how a
+damaged store is repaired). Without a manifest it resumes, keeping every shard
 whose done record and files are intact. An existing store (finished or not) of OTHER inputs or
 another tokenizer is never reused or overwritten: ``prepare`` refuses and names ``--output``.
 The trainer's cache keys the directory by the identity instead (``cached_store_path``), so a
@@ -328,9 +330,15 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
             f"--output {str(output)!r} already holds a token store of other inputs ({', '.join(what) or 'unknown'} "
             "differ); a store is never reused for other data. Choose another --output, or delete that directory."
         )
-    if manifest is not None:
-        store_lib.TokenStore(root)  # a finished store must still be complete
-        return _result(root, manifest, True, 0, 0, time.perf_counter() - t0)
+    if manifest is not None:  # up to date only if every shard still has its done record and files
+        itemsize = np.dtype(manifest["dtype"]).itemsize
+        broken = [i for i in range(len(manifest["shards"])) if store_lib.finished_shard(root, i, itemsize) is None]
+        if not broken:
+            store_lib.TokenStore(root)
+            return _result(root, manifest, True, 0, 0, time.perf_counter() - t0)
+        logger.warning("%s: shards %s lack their done record or a file of the recorded size; preparing them again",
+                       root, [store_lib.shard_name(i) for i in broken])
+        plan = store_lib.read_json(root / store_lib.PLAN) or manifest
 
     whole = _whole_source(data_cfg)
     tok, _ = resolve_tokenizer(data_cfg, given, reuse_from=root if plan else None)
@@ -342,7 +350,7 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         store_lib.write_bytes_atomic(root / tok.filename, tok.model_bytes)
         store_lib.write_json_atomic(root / store_lib.PLAN, {"identity": identity, "tokenizer": tok_info,
                                                             "dtype": dtype.str, "shards": shards})
-    elif plan.get("shards") != shards:  # same spec, so this means the shard split itself changed
+    elif plan is not manifest and plan.get("shards") != shards:  # same spec, so this means the shard split itself changed
         raise DataError(f"--output {str(output)!r} holds an unfinished store split into other shards; delete it and prepare again.")
 
     done = {i: store_lib.finished_shard(root, i, dtype.itemsize) for i in range(len(shards))}

@@ -338,3 +338,24 @@ def test_following_the_damage_message_repairs_the_store(small, tmp_path):
     want = build_dataset(ref, str(tmp_path / "w2"), process_index=0)
     np.testing.assert_array_equal(np.asarray(ds.train), np.asarray(want.train))
     np.testing.assert_array_equal(ds.val, want.val)
+
+
+def test_beam_worker_data_error_is_one_clean_data_error(small, tmp_path):
+    """A corrupt .gz fails inside a Beam worker; prepare raises our DataError with the same
+    message the in-process run gives (no wrapped RuntimeError / worker traceback)."""
+    pytest.importorskip("apache_beam")
+    d = tmp_path / "c"
+    write_corpus(d, make_docs(12, seed=5))
+    (d / "zz.txt.gz").write_bytes(b"not gzip at all")
+    cfg = make_config(paths=str(d / "*"), text_split="paragraph", cache_dir=str(tmp_path / "cache"))
+    tok = store_lib.TokenStore(small["store"]).tokenizer  # given, so the bad file is first read in a worker
+    with pytest.raises(DataError) as inproc:
+        prepare_lib.prepare(cfg.data, str(tmp_path / "a"), tokenizer=tok)
+    with pytest.raises(DataError) as beam:
+        prepare_lib.prepare(cfg.data, str(tmp_path / "b"), tokenizer=tok, runner="beam",
+                            pipeline_args=["--direct_running_mode=in_memory"])
+    assert "zz.txt.gz' is not a valid gzip file" in str(beam.value)
+    assert str(beam.value) == str(inproc.value) and "\n" not in str(beam.value) and "while running" not in str(beam.value)
+    wrapped = RuntimeError("Traceback ...\ndllm_jax.errors.DataError: 'x.gz' is bad; fix it. [while running 'prepare']")
+    assert isinstance(prepare_lib.worker_error(wrapped), DataError) and str(prepare_lib.worker_error(wrapped)) == "'x.gz' is bad; fix it."
+    assert prepare_lib.worker_error(RuntimeError("boom")) is None

@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from typing import Iterator, Sequence
 
@@ -48,7 +49,7 @@ from dllm_jax import paths
 from dllm_jax.data import sources
 from dllm_jax.data import store as store_lib
 from dllm_jax.data.tokenizer import TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, train_tokenizer
-from dllm_jax.errors import DataError
+from dllm_jax.errors import ConfigError, DataError, DllmError
 
 logger = logging.getLogger("dllm_jax")
 
@@ -257,13 +258,43 @@ def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = 
 
     logger.info("beam: %s", " ".join(f"--{k}={v}" for k, v in sorted(options.get_all_options(drop_default=True).items())))
     job = dataclasses.replace(job, num_threads=1)
-    with beam.Pipeline(options=options) as p:
-        _ = (p
-             | "shards" >> beam.Create(list(todo))
-             | "spread" >> beam.Reshuffle()
-             | "prepare" >> beam.Map(job)
-             | "count" >> beam.CombineGlobally(_sum_counts)
-             | "log" >> beam.Map(lambda c: logger.info("beam prepared %s", c)))
+    try:
+        with beam.Pipeline(options=options) as p:
+            _ = (p
+                 | "shards" >> beam.Create(list(todo))
+                 | "spread" >> beam.Reshuffle()
+                 | "prepare" >> beam.Map(job)
+                 | "count" >> beam.CombineGlobally(_sum_counts)
+                 | "log" >> beam.Map(lambda c: logger.info("beam prepared %s", c)))
+    except Exception as e:  # pylint: disable=broad-except
+        user = worker_error(e)
+        if user is None:
+            raise
+        raise user from None
+
+
+_WORKER_ERROR = re.compile(r"\b(DataError|ConfigError): (.*?)(?= \[while running|\n|$)")
+
+
+def worker_error(e: BaseException) -> DllmError | None:
+    """Our DataError / ConfigError raised in a Beam worker, recovered from the runner's exception.
+
+    Beam re-raises a worker's exception wrapped (often as text, with the worker's traceback and
+    " [while running 'step']" appended); this searches the exception chain for the original
+    object, else its text for ``DataError: message``. None when the failure is not ours.
+    """
+    seen, texts = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (DataError, ConfigError)):  # Beam re-raises it with " [while running 'step']" added
+            return type(e)(re.sub(r" \[while running '[^']*'\]$", "", str(e)))
+        texts.append(str(e))
+        e = e.__cause__ or e.__context__
+    for text in texts:
+        m = _WORKER_ERROR.search(text)
+        if m:
+            return (DataError if m.group(1) == "DataError" else ConfigError)(m.group(2).strip())
+    return None
 
 
 @dataclasses.dataclass

@@ -313,8 +313,12 @@ def test_resume_on_moved_data_is_accepted_and_on_other_data_refused(tmp_path, co
     paths, cache = corpus
     workdir = str(tmp_path / "run")
     train(tiny_config(paths, cache, "mdm", train__eval_every=0), workdir, stop_after=4)
+    json.load(open(os.path.join(workdir, "data_stats.json")))["data_fingerprint"]  # recorded by the run
     index_dirs = os.listdir(os.path.join(workdir, "data_index"))
     assert len(index_dirs) == 1
+    stores = sorted(os.listdir(cache))
+    train(tiny_config(paths, cache, "mdm", train__eval_every=0), workdir, stop_after=2)  # a plain resume
+    assert os.listdir(os.path.join(workdir, "data_index")) == index_dirs and sorted(os.listdir(cache)) == stores
     src = os.path.dirname(paths)
     other = tmp_path / "other"
     shutil.copytree(src, other)

@@ -117,6 +117,11 @@ def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
         if existing is not None and given is None:
             logger.info("reusing the workdir tokenizer %s (%d pieces, fingerprint %s)", wpath, existing.vocab_size, existing.fingerprint)
         path = prepare_lib.cached_store_path(d, tok_in)
+        if given is None and existing is not None:  # a resume: the store this run's tokenizer was trained for
+            trained = prepare_lib.cached_store_path(d, None)
+            manifest = store_lib.read_json(store_lib.store_path(trained) / store_lib.MANIFEST)
+            if manifest and manifest.get("tokenizer", {}).get("fingerprint") == existing.fingerprint:
+                path, tok_in = trained, None  # up to date: nothing is tokenised again
         try:
             result = prepare_lib.prepare(d, path, tokenizer=tok_in)
         except OSError as e:

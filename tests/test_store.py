@@ -328,6 +328,8 @@ def test_following_the_damage_message_repairs_the_store(small, tmp_path):
     assert not result.up_to_date and result.shards_written == 1
     store_lib.TokenStore(str(bad)).verify()
     assert prepare_lib.prepare(cfg.data, str(bad)).up_to_date
+    fp = store_lib.TokenStore(small["store"]).content_fingerprint
+    assert store_lib.TokenStore(str(bad)).content_fingerprint == fp  # same content at another path
     assert {k: v for k, v in _files(os.path.join(bad, "shards")).items() if not k.endswith(".done.json")} == {
         k: v for k, v in good.items() if not k.endswith(".done.json")}
     tcfg = make_config(**cfg.data)
@@ -338,6 +340,10 @@ def test_following_the_damage_message_repairs_the_store(small, tmp_path):
     want = build_dataset(ref, str(tmp_path / "w2"), process_index=0)
     np.testing.assert_array_equal(np.asarray(ds.train), np.asarray(want.train))
     np.testing.assert_array_equal(ds.val, want.val)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["shards"][3]["tokens_sha256"] = "0" * 64
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    assert store_lib.TokenStore(str(bad)).content_fingerprint != fp
 
 
 def test_beam_worker_data_error_is_one_clean_data_error(small, tmp_path):

@@ -28,6 +28,26 @@ log = logging.getLogger("dllm_jax")
 DONE_FILE = "DONE"
 
 
+def _data_location(config) -> str:
+    d = config["data"] if isinstance(config, dict) else config.data
+    return f"data.store={d['store']!r}" if d.get("store") else f"data.paths={d.get('paths')!r}"
+
+
+def _check_same_data(workdir: str, saved_config, config, fingerprint: str) -> None:
+    """data.paths / data.store may change on resume (the same data, moved) only if the content is
+    the same: ConfigError when the store's content fingerprint differs from the one the run
+    recorded in data_stats.json (runs without one are not checked)."""
+    path = paths.join(workdir, "data_stats.json")
+    old = json.loads(paths.read_text(path)).get("data_fingerprint") if paths.exists(path) else None
+    if old and old != fingerprint:
+        raise ConfigError(
+            f"resume with other data: {_data_location(config)} holds other content (fingerprint "
+            f"{fingerprint}) than this run was trained on ({_data_location(saved_config)}, fingerprint {old}); "
+            "data locations may change on resume only if the data is the same. Point them back at that data, "
+            "or use a new workdir to train on this data."
+        )
+
+
 def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_changeable) -> None:
     """ConfigError unless `config` differs from the `saved` one only in keys `changeable(key)`
     allows (default: what may change on resume, decided in the config schema). Keys added to
@@ -128,7 +148,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         hf.resolve_init(config)  # a new run from init.from_hf / init.from_workdir: architecture and tokenizer
     config_lib.validate(config)
 
-    dataset = build_dataset(config, workdir)
+    same_data = (lambda store: _check_same_data(workdir, saved_config, config, store.content_fingerprint)) if resume_step is not None else None
+    dataset = build_dataset(config, workdir, check_store=same_data)
     tokenizer = dataset.tokenizer
     if resume_step is not None and tokenizer.fingerprint != saved_tok.fingerprint:
         raise ConfigError(f"tokenizer mismatch: the data pipeline gave tokenizer {tokenizer.fingerprint} but the checkpoint has {saved_tok.fingerprint}")

@@ -80,6 +80,27 @@ def test_jsonl_errors_name_file_line_and_key(tmp_path):
         load_documents(make_config(source="jsonl", paths=str(tmp_path / "bad.jsonl.gz")).data)
 
 
+
+def test_truncated_zstd_is_an_error_not_an_empty_file(tmp_path):
+    """A .zst file cut short (anywhere, even its last bytes) is a DataError naming it; two
+    whole frames back to back read as their concatenation."""
+    from dllm_jax.data.formats import read_decompressed
+
+    text = "".join(f"line {i} of the corpus: {i * 7919 % 100003} {i ** 3 % 9973}\n" for i in range(3000)).encode()
+    good = zstandard.ZstdCompressor().compress(text)
+    assert len(good) > 3000
+    two = tmp_path / "two.txt.zst"
+    two.write_bytes(good + zstandard.ZstdCompressor().compress(b"tail\n"))
+    assert read_decompressed(str(two)) == text + b"tail\n"
+    for name, cut in [("head.txt.zst", good[:3000]), ("tail.jsonl.zst", good[:-50]), ("one.txt.zst", good[:-1])]:
+        (tmp_path / name).write_bytes(cut)
+        with pytest.raises(DataError, match=rf"{name.replace('.', '[.]')}' is not a valid Zstandard file .*damaged or truncated zstd file"):
+            read_decompressed(str(tmp_path / name))
+    (tmp_path / "t.txt.zst").write_bytes(good[:-50])
+    with pytest.raises(DataError, match=r"t\.txt\.zst' is not a valid Zstandard file"):
+        load_documents(make_config(paths=str(tmp_path / "t.txt.zst")).data)
+
+
 # -- Parquet ------------------------------------------------------------------------------
 
 def test_parquet_row_groups_and_errors(tmp_path):

@@ -289,3 +289,79 @@ def test_ranged_reads_used_for_non_local_paths_give_the_same_tokens(small, monke
     np.testing.assert_array_equal(r_lengths, lengths)
     remote.verify()
     assert remote._tokens[0]._fd is None  # never opened a local file descriptor
+
+
+def test_url_cache_dir_is_refused(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"data.cache_dir='gs://b/cache' is a URL.*--output gs://b/cache"):
+        prepare_lib.resolve_cache_dir("gs://b/cache")
+    monkeypatch.setenv("DLLM_JAX_CACHE", "memory://c")
+    with pytest.raises(DataError, match=r"\$DLLM_JAX_CACHE='memory://c' is a URL"):
+        prepare_lib.resolve_cache_dir("")
+    assert not os.path.exists(tmp_path / "gs:") and os.listdir(tmp_path) == []
+    assert prepare_lib.resolve_cache_dir(str(tmp_path / "c")) == str(tmp_path / "c")
+
+
+def test_following_the_damage_message_repairs_the_store(small, tmp_path):
+    """Corrupt bytes + the done record deleted as the message says, or a deleted .tokens file:
+    rerunning prepare rewrites just those shards and the manifest, and the store trains."""
+    import shutil
+
+    cfg, bad = small["cfg"], tmp_path / "bad"
+    shutil.copytree(small["store"], bad)
+    good = _files(os.path.join(small["store"], "shards"))
+    tokens = bad / "shards" / "shard-00002.tokens"
+    data = bytearray(tokens.read_bytes())
+    data[5] ^= 0xFF
+    tokens.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"Delete shard-00002.done.json and rerun"):
+        store_lib.TokenStore(str(bad)).verify()
+    (bad / "shards" / "shard-00002.done.json").unlink()
+    result = prepare_lib.prepare(cfg.data, str(bad))
+    assert not result.up_to_date and result.shards_written == 1 and result.tokens == small["result"].tokens
+    store_lib.TokenStore(str(bad)).verify()
+    assert tokens.read_bytes() == good["shard-00002.tokens"]
+    (bad / "shards" / "shard-00005.tokens").unlink()
+    with pytest.raises(DataError, match=r"shard-00005.tokens is missing"):
+        store_lib.TokenStore(str(bad))
+    result = prepare_lib.prepare(cfg.data, str(bad))
+    assert not result.up_to_date and result.shards_written == 1
+    store_lib.TokenStore(str(bad)).verify()
+    assert prepare_lib.prepare(cfg.data, str(bad)).up_to_date
+    fp = store_lib.TokenStore(small["store"]).content_fingerprint
+    assert store_lib.TokenStore(str(bad)).content_fingerprint == fp  # same content at another path
+    assert {k: v for k, v in _files(os.path.join(bad, "shards")).items() if not k.endswith(".done.json")} == {
+        k: v for k, v in good.items() if not k.endswith(".done.json")}
+    tcfg = make_config(**cfg.data)
+    tcfg.data.store = str(bad)
+    ds = build_dataset(tcfg, str(tmp_path / "w"), process_index=0)
+    ref = make_config(**cfg.data)
+    ref.data.store = small["store"]
+    want = build_dataset(ref, str(tmp_path / "w2"), process_index=0)
+    np.testing.assert_array_equal(np.asarray(ds.train), np.asarray(want.train))
+    np.testing.assert_array_equal(ds.val, want.val)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["shards"][3]["tokens_sha256"] = "0" * 64
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    assert store_lib.TokenStore(str(bad)).content_fingerprint != fp
+
+
+def test_beam_worker_data_error_is_one_clean_data_error(small, tmp_path):
+    """A corrupt .gz fails inside a Beam worker; prepare raises our DataError with the same
+    message the in-process run gives (no wrapped RuntimeError / worker traceback)."""
+    pytest.importorskip("apache_beam")
+    d = tmp_path / "c"
+    write_corpus(d, make_docs(12, seed=5))
+    (d / "zz.txt.gz").write_bytes(b"not gzip at all")
+    cfg = make_config(paths=str(d / "*"), text_split="paragraph", cache_dir=str(tmp_path / "cache"))
+    tok = store_lib.TokenStore(small["store"]).tokenizer  # given, so the bad file is first read in a worker
+    with pytest.raises(DataError) as inproc:
+        prepare_lib.prepare(cfg.data, str(tmp_path / "a"), tokenizer=tok)
+    with pytest.raises(DataError) as beam:
+        prepare_lib.prepare(cfg.data, str(tmp_path / "b"), tokenizer=tok, runner="beam",
+                            pipeline_args=["--direct_running_mode=in_memory"])
+    assert "zz.txt.gz' is not a valid gzip file" in str(beam.value)
+    assert str(beam.value) == str(inproc.value) and "\n" not in str(beam.value) and "while running" not in str(beam.value)
+    wrapped = RuntimeError("Traceback ...\ndllm_jax.errors.DataError: 'x.gz' is bad; fix it. [while running 'prepare']")
+    assert isinstance(prepare_lib.worker_error(wrapped), DataError) and str(prepare_lib.worker_error(wrapped)) == "'x.gz' is bad; fix it."
+    assert prepare_lib.worker_error(RuntimeError("boom")) is None

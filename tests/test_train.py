@@ -302,3 +302,34 @@ def test_disk_full_while_saving_ends_with_one_line_naming_the_last_good_checkpoi
     ckpt_dir = os.path.join(workdir, "checkpoints")
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"saving checkpoint 8 failed (OSError: [Errno {errno.ENOSPC}] No space left on device); the last good checkpoint is step 4 in {ckpt_dir}" in err
+
+
+def test_resume_on_moved_data_is_accepted_and_on_other_data_refused(tmp_path, corpus):
+    """data.paths may change on resume only to the same content: a copy of the corpus at
+    another path resumes (reusing the run's data index); another corpus is a ConfigError."""
+    import glob
+    import shutil
+
+    paths, cache = corpus
+    workdir = str(tmp_path / "run")
+    train(tiny_config(paths, cache, "mdm", train__eval_every=0), workdir, stop_after=4)
+    json.load(open(os.path.join(workdir, "data_stats.json")))["data_fingerprint"]  # recorded by the run
+    index_dirs = os.listdir(os.path.join(workdir, "data_index"))
+    assert len(index_dirs) == 1
+    stores = sorted(os.listdir(cache))
+    train(tiny_config(paths, cache, "mdm", train__eval_every=0), workdir, stop_after=2)  # a plain resume
+    assert os.listdir(os.path.join(workdir, "data_index")) == index_dirs and sorted(os.listdir(cache)) == stores
+    src = os.path.dirname(paths)
+    other = tmp_path / "other"
+    shutil.copytree(src, other)
+    victim = sorted(glob.glob(str(other / "*")))[0]
+    with open(victim, "a") as f:
+        f.write("\n\nA paragraph that corpus A does not have.\n")
+    with pytest.raises(ConfigError, match=r"resume with other data: data.paths='.*other.*' holds other content .*"
+                                          r"data.paths='.*'.*use a new workdir"):
+        train(tiny_config(str(other / os.path.basename(paths)), cache, "mdm", train__eval_every=0), workdir)
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved)
+    summary = train(tiny_config(str(moved / os.path.basename(paths)), cache, "mdm", train__eval_every=0), workdir)
+    assert os.listdir(os.path.join(workdir, "data_index")) == index_dirs  # same content -> same index key
+    assert summary["step"] == 16

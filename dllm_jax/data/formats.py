@@ -49,6 +49,44 @@ def _open_error(path: str, e: OSError) -> DataError:
     return DataError(f"cannot read {path!r}: {type(e).__name__}: {e}; fix the file or remove it from data.paths.")
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of every frame of a ``.zst`` stream, read in bounded chunks.
+
+    zstandard's ``stream_reader`` ends quietly (0 bytes, no error) when the file stops inside
+    a frame, so a truncated file would read as shorter or empty. Here each frame is decoded by
+    a ``decompressobj`` and the end of the file while a frame is unfinished (``not obj.eof``)
+    raises ``zstandard.ZstdError``. Memory: one compressed chunk and its output.
+    """
+
+    _CHUNK = 1 << 16
+
+    def __init__(self, raw: IO[bytes]):
+        import zstandard  # pylint: disable=import-outside-toplevel
+
+        super().__init__()
+        self._raw, self._dctx, self._error = raw, zstandard.ZstdDecompressor(), zstandard.ZstdError
+        self._obj, self._pending, self._out = None, b"", b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._out:
+            chunk, self._pending = self._pending or self._raw.read(self._CHUNK), b""
+            if not chunk:
+                if self._obj is not None and not self._obj.eof:
+                    raise self._error("damaged or truncated zstd file: it ends inside a frame")
+                return 0
+            if self._obj is None or self._obj.eof:
+                self._obj = self._dctx.decompressobj()
+            self._out = self._obj.decompress(chunk)
+            if self._obj.eof:
+                self._pending = self._obj.unused_data
+        n = min(len(b), len(self._out))
+        b[:n], self._out = self._out[:n], self._out[n:]
+        return n
+
+
 @contextlib.contextmanager
 def open_decompressed(path: str) -> Iterator[IO[bytes]]:
     """A binary stream of the file's (decompressed) bytes; OSError -> DataError."""
@@ -65,7 +103,7 @@ def open_decompressed(path: str) -> Iterator[IO[bytes]]:
             import zstandard  # pylint: disable=import-outside-toplevel
 
             errors += (zstandard.ZstdError,)
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
+            stream = io.BufferedReader(_ZstdFrames(raw))
         else:
             stream = raw
         yield stream

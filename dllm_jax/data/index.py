@@ -13,8 +13,13 @@ Nothing here holds tokens: the index is, per training document in stream order, 
 position and the stream's cumulative length (int64 each, 16 bytes per document), plus the
 validation documents' positions and lengths. Training row i is read on demand from the store
 (``PackedSequences``). Process 0 builds the index once (hashing the store's shards on the way:
-``TokenStore.verify``) and saves it as .npy files in ``<workdir>/data_index/<key>/``; later
-builds and the other processes memory-map them. Building holds ~40 bytes per corpus document
+``TokenStore.verify``) and saves it as .npy files in ``<workdir>/data_index/<key>/`` (key: the
+store's content fingerprint + the parameters); later builds and the other processes memory-map
+them. Checksum policy: shards are hashed only then; a resume checks only that every shard file
+exists with its recorded size (a stat each), so bytes damaged in place after the first build
+are not noticed on resume (hashing the whole corpus on every restart would cost minutes at
+the study's scale). ``TokenStore.verify()`` (``dllm-jax prepare`` on the store after deleting
+a suspect shard's done record repairs it) checks on demand. Building holds ~40 bytes per corpus document
 for a moment (positions, lengths, permutation, cumulative sums): ~4 GB at 100M documents,
 once, on process 0; nothing per token.
 """
@@ -116,7 +121,10 @@ def build_index(store: store_lib.TokenStore, *, seed: int, max_docs: int, val_to
 def index_key(store: store_lib.TokenStore, **params) -> str:
     from dllm_jax.data.prepare import hash_key
 
-    return hash_key("index", INDEX_VERSION, store.identity, store.manifest["tokens"], sorted(params.items()))
+    """The index directory's name: the store's CONTENT (``TokenStore.content_fingerprint``) and
+    the index parameters; never paths or mtimes, so a resume after the data moved (or a cache
+    store prepared again from moved files) reuses the run's index."""
+    return hash_key("index", INDEX_VERSION, store.content_fingerprint, sorted(params.items()))
 
 
 def _load(directory: str) -> tuple[dict[str, np.ndarray], dict] | None:

@@ -117,6 +117,11 @@ def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
         if existing is not None and given is None:
             logger.info("reusing the workdir tokenizer %s (%d pieces, fingerprint %s)", wpath, existing.vocab_size, existing.fingerprint)
         path = prepare_lib.cached_store_path(d, tok_in)
+        if given is None and existing is not None:  # a resume: the store this run's tokenizer was trained for
+            trained = prepare_lib.cached_store_path(d, None)
+            manifest = store_lib.read_json(store_lib.store_path(trained) / store_lib.MANIFEST)
+            if manifest and manifest.get("tokenizer", {}).get("fingerprint") == existing.fingerprint:
+                path, tok_in = trained, None  # up to date: nothing is tokenised again
         try:
             result = prepare_lib.prepare(d, path, tokenizer=tok_in)
         except OSError as e:
@@ -138,11 +143,13 @@ def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
 
 # -- dataset ---------------------------------------------------------------------------
 
-def build_dataset(config, workdir: str | None, process_index: int | None = None) -> Dataset:
+def build_dataset(config, workdir: str | None, process_index: int | None = None, check_store=None) -> Dataset:
     """Opens (or prepares) the token store and builds (or loads) the run's index; see the module doc.
 
     ``process_index`` (default: ``jax.process_index()``) decides who builds the index in a
     multi-process run: process 0 builds and saves it in the workdir, the others wait for it.
+    ``check_store`` (optional): called with the opened ``TokenStore`` before the index is built
+    or loaded (the trainer uses it to refuse other data on resume; it raises to refuse).
     """
     t_start = time.perf_counter()
     d = config.data
@@ -159,6 +166,8 @@ def build_dataset(config, workdir: str | None, process_index: int | None = None)
         process_index = jax.process_index()
 
     store, hit = _open_store(d, workdir)
+    if check_store is not None:  # e.g. the trainer refusing other data on resume, before an index is built
+        check_store(store)
     tok = store.tokenizer
     arrays, stats, index_hit = index_lib.load_or_build_index(
         store, workdir, process_index=process_index, seed=seed, max_docs=max_docs, val_tokens=val_requested,
@@ -181,6 +190,7 @@ def build_dataset(config, workdir: str | None, process_index: int | None = None)
         "total_train_tokens": stats["unique_tokens"] * epochs,
         "vocab_size": tok.vocab_size,
         "tokenizer_fingerprint": tok.fingerprint,
+        "data_fingerprint": store.content_fingerprint,
         "store": str(store.root),
         "cache_hit": hit,
         "cache_path": str(store.root),

@@ -16,7 +16,9 @@ Identity and re-runs. A store is identified by (format version, the source spec 
 ``max_docs``, the tokenizer recipe): ``{"file": fingerprint}`` for a given tokenizer, or the
 training settings of a SentencePiece model trained here. ``plan.json`` records it first;
 ``manifest.json`` is written last from the shards' done records. Re-running on the same inputs
-with a manifest present does nothing ("up to date"); without one it resumes, keeping every shard
+with a manifest present does nothing ("up to date") unless a shard lacks its done record or a
+file of the recorded size: those shards are prepared again and the manifest rewritten (how a
+damaged store is repaired). Without a manifest it resumes, keeping every shard
 whose done record and files are intact. An existing store (finished or not) of OTHER inputs or
 another tokenizer is never reused or overwritten: ``prepare`` refuses and names ``--output``.
 The trainer's cache keys the directory by the identity instead (``cached_store_path``), so a
@@ -36,16 +38,18 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from typing import Iterator, Sequence
 
 import ml_collections
 import numpy as np
 
+from dllm_jax import paths
 from dllm_jax.data import sources
 from dllm_jax.data import store as store_lib
 from dllm_jax.data.tokenizer import TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, train_tokenizer
-from dllm_jax.errors import DataError
+from dllm_jax.errors import ConfigError, DataError, DllmError
 
 logger = logging.getLogger("dllm_jax")
 
@@ -57,8 +61,18 @@ _ENCODE_CHUNK_CHARS = 8_000_000  # documents encoded (and held as Python lists) 
 
 
 def resolve_cache_dir(cache_dir: str = "") -> str:
-    """data.cache_dir, else $DLLM_JAX_CACHE, else ~/.cache/dllm_jax (~ and $VARS expanded)."""
+    """data.cache_dir, else $DLLM_JAX_CACHE, else ~/.cache/dllm_jax (~ and $VARS expanded).
+
+    The cache is a local directory: a URL (``gs://...``) is a DataError (a remote store is
+    made with ``dllm-jax prepare --output gs://...`` and trained from with ``data.store``).
+    """
     d = cache_dir or os.environ.get("DLLM_JAX_CACHE", "") or "~/.cache/dllm_jax"
+    if paths.is_url(d):
+        where = "data.cache_dir" if cache_dir else "$DLLM_JAX_CACHE"
+        raise DataError(
+            f"{where}={d!r} is a URL, but the data cache is a local directory; use a local path, or make "
+            f"a store there with `dllm-jax prepare --config CONFIG --output {d}` and train with data.store={d}."
+        )
     return os.path.abspath(os.path.expandvars(os.path.expanduser(d)))
 
 
@@ -244,13 +258,43 @@ def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = 
 
     logger.info("beam: %s", " ".join(f"--{k}={v}" for k, v in sorted(options.get_all_options(drop_default=True).items())))
     job = dataclasses.replace(job, num_threads=1)
-    with beam.Pipeline(options=options) as p:
-        _ = (p
-             | "shards" >> beam.Create(list(todo))
-             | "spread" >> beam.Reshuffle()
-             | "prepare" >> beam.Map(job)
-             | "count" >> beam.CombineGlobally(_sum_counts)
-             | "log" >> beam.Map(lambda c: logger.info("beam prepared %s", c)))
+    try:
+        with beam.Pipeline(options=options) as p:
+            _ = (p
+                 | "shards" >> beam.Create(list(todo))
+                 | "spread" >> beam.Reshuffle()
+                 | "prepare" >> beam.Map(job)
+                 | "count" >> beam.CombineGlobally(_sum_counts)
+                 | "log" >> beam.Map(lambda c: logger.info("beam prepared %s", c)))
+    except Exception as e:  # pylint: disable=broad-except
+        user = worker_error(e)
+        if user is None:
+            raise
+        raise user from None
+
+
+_WORKER_ERROR = re.compile(r"\b(DataError|ConfigError): (.*?)(?= \[while running|\n|$)")
+
+
+def worker_error(e: BaseException) -> DllmError | None:
+    """Our DataError / ConfigError raised in a Beam worker, recovered from the runner's exception.
+
+    Beam re-raises a worker's exception wrapped (often as text, with the worker's traceback and
+    " [while running 'step']" appended); this searches the exception chain for the original
+    object, else its text for ``DataError: message``. None when the failure is not ours.
+    """
+    seen, texts = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (DataError, ConfigError)):  # Beam re-raises it with " [while running 'step']" added
+            return type(e)(re.sub(r" \[while running '[^']*'\]$", "", str(e)))
+        texts.append(str(e))
+        e = e.__cause__ or e.__context__
+    for text in texts:
+        m = _WORKER_ERROR.search(text)
+        if m:
+            return (DataError if m.group(1) == "DataError" else ConfigError)(m.group(2).strip())
+    return None
 
 
 @dataclasses.dataclass
@@ -317,9 +361,15 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
             f"--output {str(output)!r} already holds a token store of other inputs ({', '.join(what) or 'unknown'} "
             "differ); a store is never reused for other data. Choose another --output, or delete that directory."
         )
-    if manifest is not None:
-        store_lib.TokenStore(root)  # a finished store must still be complete
-        return _result(root, manifest, True, 0, 0, time.perf_counter() - t0)
+    if manifest is not None:  # up to date only if every shard still has its done record and files
+        itemsize = np.dtype(manifest["dtype"]).itemsize
+        broken = [i for i in range(len(manifest["shards"])) if store_lib.finished_shard(root, i, itemsize) is None]
+        if not broken:
+            store_lib.TokenStore(root)
+            return _result(root, manifest, True, 0, 0, time.perf_counter() - t0)
+        logger.warning("%s: shards %s lack their done record or a file of the recorded size; preparing them again",
+                       root, [store_lib.shard_name(i) for i in broken])
+        plan = store_lib.read_json(root / store_lib.PLAN) or manifest
 
     whole = _whole_source(data_cfg)
     tok, _ = resolve_tokenizer(data_cfg, given, reuse_from=root if plan else None)
@@ -331,7 +381,7 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         store_lib.write_bytes_atomic(root / tok.filename, tok.model_bytes)
         store_lib.write_json_atomic(root / store_lib.PLAN, {"identity": identity, "tokenizer": tok_info,
                                                             "dtype": dtype.str, "shards": shards})
-    elif plan.get("shards") != shards:  # same spec, so this means the shard split itself changed
+    elif plan is not manifest and plan.get("shards") != shards:  # same spec, so this means the shard split itself changed
         raise DataError(f"--output {str(output)!r} holds an unfinished store split into other shards; delete it and prepare again.")
 
     done = {i: store_lib.finished_shard(root, i, dtype.itemsize) for i in range(len(shards))}

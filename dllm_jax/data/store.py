@@ -278,7 +278,18 @@ class TokenStore:
 
     @property
     def identity(self) -> dict:
+        """How the store was made (source spec with file paths and mtimes, tokenizer recipe)."""
         return self.manifest["identity"]
+
+    @property
+    def content_fingerprint(self) -> str:
+        """A hash of what the store holds, not where it came from: format version, tokenizer
+        fingerprint, token dtype, and per shard its document / token counts and the sha256 of
+        both files (from the manifest; nothing is read). Copies or moves of the same data, and
+        stores prepared again from moved files, have the same fingerprint."""
+        shards = [[s["documents"], s["tokens"], s["tokens_sha256"], s["offsets_sha256"]] for s in self.manifest["shards"]]
+        blob = json.dumps([FORMAT, VERSION, self.manifest["tokenizer"]["fingerprint"], self.manifest["dtype"], shards])
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
     @property
     def tokenizer(self):

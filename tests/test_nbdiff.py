@@ -10,25 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
-from flax import linen as nn
+from test_block_diffusion import IDS, _bd, tiny  # noqa: F401 - the same ids, objective helper and tiny-model fixture
 
-from dllm_jax import objectives, train_step
-from dllm_jax.models import ModelConfig, Transformer
+from dllm_jax import train_step
 from dllm_jax.objectives.block_diffusion import (block_attention_mask, block_size_at, growth_stages,
                                                  prepare_block_diffusion)
-
-IDS = objectives.TokenIds(pad_id=0, eos_id=2, mask_id=50)
-
-
-def _bd(block_size, seq_len=16, **overrides):
-    return objectives.by_name("block_diffusion", **{"block_diffusion.block_size": block_size, "data.seq_len": seq_len, **overrides})
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = Transformer(ModelConfig(vocab_size=56, d_model=32, n_layers=2, n_heads=4, d_ff=64))
-    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32), causal=False)["params"])
-    return model, params
 
 
 def test_block_size_schedule_doubles_in_equal_phases():

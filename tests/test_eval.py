@@ -631,3 +631,25 @@ def test_cloze_passages_are_not_the_document_order_permutation():
     for seed in range(5):
         items = cloze.build_cloze(val, n_examples=0, n_choices=2, length=4, seed=seed)
         assert [it.meta["passage"] for it in items] != document_order(40, seed).tolist()
+
+
+def test_choices_of_one_item_share_their_monte_carlo_draws():
+    # common random numbers (Scorer.loglikelihood's groups; score_items passes the item):
+    # identical choices get identical scores, each choice's estimate keeps its distribution
+    # (the mean over seeds is still the exact LLaDA expectation), and the difference between
+    # two choices, which decides the prediction, has much less Monte Carlo variance
+    ctx, a, b = [5, 3, 1], [4, 0, 2, 5], [4, 1, 2, 5]
+    scorer = Scorer(context_model, toy_spec(), batch_size=64)
+    same = scorer.loglikelihood(None, [(ctx, a), (ctx, a)], mc_samples=3, seed=1, groups=[0, 0])
+    assert same[0].logprob == same[1].logprob
+    apart = scorer.loglikelihood(None, [(ctx, a), (ctx, a)], mc_samples=3, seed=1)
+    assert apart[0].logprob != apart[1].logprob
+    shared, separate, first = [], [], []
+    for s in range(150):
+        x, y = scorer.loglikelihood(None, [(ctx, a), (ctx, b)], mc_samples=2, seed=s, groups=[7, 7])
+        shared.append(x.logprob - y.logprob)
+        first.append(-x.logprob)
+        x, y = scorer.loglikelihood(None, [(ctx, a), (ctx, b)], mc_samples=2, seed=s)
+        separate.append(x.logprob - y.logprob)
+    _mean_within_mc_error(first, exact_llada_expectation(context_model, ctx + a, 4))
+    assert np.var(shared) < 0.5 * np.var(separate), (np.var(shared), np.var(separate))

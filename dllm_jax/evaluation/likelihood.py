@@ -286,13 +286,24 @@ class Scorer:
         return np.asarray(full, np.int32), keep, truncated or keep < len(answer)
 
     def loglikelihood(self, params, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, mc_samples: int = 16,
-                      seed: int = 0, cfg_scale: float = 0.0, greedy: bool = False) -> list[PairScore]:
+                      seed: int = 0, cfg_scale: float = 0.0, greedy: bool = False,
+                      groups: Sequence[int] | None = None) -> list[PairScore]:
         """log p(answer | context) per (context ids, answer ids) pair: exact for AR, the LLaDA
         estimate with `mc_samples` draws for MDM (one draw for a one-token answer, where the
         estimator is exact). `greedy=True` (MDM) adds one pass with the whole answer masked to
-        report whether the answer is the argmax; AR always reports it."""
+        report whether the answer is the argmax; AR always reports it.
+
+        `groups` (one int per pair, e.g. the item of a multiple-choice question): pairs of one
+        group share their Monte Carlo draws (common random numbers: the same stratified l
+        values and the same mask uniforms, so answers of equal length at the same positions get
+        the same masked positions). Each pair's estimate has the same distribution as without
+        groups; what changes is that the difference between two choices, which decides a
+        multiple-choice prediction, loses most of its Monte Carlo variance (identical choices
+        get identical scores). Default: every pair its own group."""
         if not pairs:
             return []
+        if groups is not None and len(groups) != len(pairs):
+            raise ValueError(f"groups has {len(groups)} entries for {len(pairs)} pairs")
         fitted = []
         for k, (ctx, ans) in enumerate(pairs):
             if len(ans) == 0:
@@ -311,16 +322,19 @@ class Scorer:
         n = max(int(mc_samples), 1)
         rows, owner = [], []
         key = rng.stream(seed, rng.EVAL_LENGTH)
+        group_of = list(range(len(fitted))) if groups is None else [int(g) for g in groups]
         for k, (tokens, keep, _) in enumerate(fitted):
             ans = np.zeros(len(tokens), bool)
             ans[len(tokens) - keep:] = True
             draws = 1 if keep == 1 else n
+            g = group_of[k]
             # l stratified over the draws: u_j = (u + j/N) mod 1 -> l = 1 + floor(u_j * L)
-            u = np.asarray(objectives.sample_times(jax.random.fold_in(key, k), draws, 0.0, True), np.float64)
+            u = np.asarray(objectives.sample_times(jax.random.fold_in(key, g), draws, 0.0, True), np.float64)
             for j in range(draws):
                 l = min(1 + int(u[j] * keep), keep)
                 owner.append(k)
-                rows.append(_Row(tokens, ans, float(l) if kind == "llada" else float(u[j]), sample_id=len(rows)))
+                # the mask uniforms' key: (group, draw), so a group's pairs share it
+                rows.append(_Row(tokens, ans, float(l) if kind == "llada" else float(u[j]), sample_id=g * n + j))
         vals, _ = self._run(kind, params, rows, seed=seed, cfg_scale=cfg_scale)
         owner = np.asarray(owner)
         greedy_flags = np.zeros(len(fitted), bool)

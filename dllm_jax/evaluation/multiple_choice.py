@@ -3,7 +3,9 @@
 acc picks the choice with the highest log-likelihood; acc_norm the highest log-likelihood
 per character of the choice text (lm-evaluation-harness's acc_norm; HellaSwag is
 reported with it). Ties go to the lowest index. Standard errors are binomial,
-sqrt(p(1-p)/n).
+sqrt(p(1-p)/n). For an MDM the choices of one item share their Monte Carlo draws (common
+random numbers), so the comparison between choices is far less noisy than each choice's own
+estimate.
 
 A choice longer than the room the model's context leaves is scored on its last tokens only
 (`PairScore.truncated`); acc_norm then divides by the characters of the tokens actually
@@ -42,7 +44,8 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         for choice in it.choices:
             pairs.append((it.context, choice))
             owner.append(k)
-    scores = scorer.loglikelihood(params, pairs, mc_samples=mc_samples, seed=seed, cfg_scale=cfg_scale)
+    # an item's choices share their Monte Carlo draws (Scorer.loglikelihood's `groups`)
+    scores = scorer.loglikelihood(params, pairs, mc_samples=mc_samples, seed=seed, cfg_scale=cfg_scale, groups=owner)
     pos = 0
     hits, hits_norm, truncated, per_item = 0, 0, 0, []
     for it in items:

@@ -653,3 +653,25 @@ def test_choices_of_one_item_share_their_monte_carlo_draws():
         separate.append(x.logprob - y.logprob)
     _mean_within_mc_error(first, exact_llada_expectation(context_model, ctx + a, 4))
     assert np.var(shared) < 0.5 * np.var(separate), (np.var(shared), np.var(separate))
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_one_token_choices_are_read_from_one_pass_per_context(objective):
+    # every one-token answer after the same context comes from one distribution: one row per
+    # distinct context (not per choice), each value the exact log-prob computed by hand
+    contexts = [[5, 3, 1], [0, 2], [4, 4, 4, 1]]
+    pairs = [(c, [a]) for c in contexts for a in (0, 2, 3, 5)] + [([5, 3, 1], [2, 4])]
+    scorer = Scorer(context_model, toy_spec(objective), batch_size=8)
+    calls = []
+    run = scorer._run
+    scorer._run = lambda kind, params, rows, **kw: calls.append((kind, len(rows))) or run(kind, params, rows, **kw)
+    scores = scorer.loglikelihood(None, pairs, mc_samples=4, groups=[i // 4 for i in range(len(pairs))])
+    one_pass = "next_ar" if objective == "ar" else "next_llada"
+    rest = 1 if objective == "ar" else 4  # the 2-token pair: exact (AR) or 4 Monte Carlo draws (MDM)
+    assert sorted(calls) == sorted([(one_pass, 3), ("ar" if objective == "ar" else "llada", rest)])
+    for (ctx, ans), s in zip(pairs[:-1], scores[:-1]):
+        x = np.array([ctx + ([MASK] if objective == "mdm" else ans)])
+        lp = log_softmax_real(context_model(None, jnp.asarray(x), None)[0], V)
+        want = lp[-1, ans[0]] if objective == "mdm" else lp[-2, ans[0]]
+        assert s.logprob == pytest.approx(want, rel=1e-5) and s.stderr == 0.0 and s.tokens == 1
+        assert s.greedy == (int(np.argmax(lp[-1 if objective == "mdm" else -2])) == ans[0])

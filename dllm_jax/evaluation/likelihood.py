@@ -153,6 +153,20 @@ def llada_batch(logits_fn: LogitsFn, params, tokens, segment_ids, answer, n_mask
     return value, greedy
 
 
+def next_token_batch(logits_fn: LogitsFn, params, tokens, segment_ids, slot, spec: ScoreSpec, masked: bool):
+    """log p(token at the slot | the tokens before it) over the real vocabulary, [B, vocab_limit]
+    float32: the one distribution every one-token answer after the same context is read from.
+    `slot` [B] bool marks one position per row (the answer's). AR: the prediction made one
+    position earlier (exact). MDM (`masked`): the slot is replaced by [MASK] and predicted
+    there, which is the LLaDA estimate for a one-token answer, exact as well."""
+    pos = jnp.argmax(slot, axis=1)
+    inputs = jnp.where(slot, spec.mask_id, tokens) if masked else tokens
+    logits = logits_fn(params, inputs, segment_ids)
+    at = pos if masked else pos - 1
+    row = jnp.take_along_axis(logits, at[:, None, None], axis=1)[:, 0, :spec.vocab_limit]
+    return (jax.nn.log_softmax(row.astype(jnp.float32), axis=-1),)
+
+
 # ---------------------------------------------------------------- host-side orchestration
 @dataclasses.dataclass
 class _Row:
@@ -201,6 +215,8 @@ class Scorer:
             spec, lf = self.spec, self.logits_fn
             if kind == "ar":
                 fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit)
+            elif kind in ("next_ar", "next_llada"):
+                fn = lambda p, tok, seg, aux, sc, seed, ids: next_token_batch(lf, p, tok, seg, aux, spec, kind == "next_llada")
             elif kind == "elbo":
                 fn = lambda p, tok, seg, aux, sc, seed, ids: mdm_elbo_batch(lf, p, tok, seg, sc, seed, ids, spec)
             elif kind == "block_elbo":
@@ -239,7 +255,7 @@ class Scorer:
     def _run(self, kind: str, params, rows: list[_Row], seed: int = 0, cfg_scale: float = 0.0, doc_segments: bool = False):
         """Evaluate `rows` (any lengths) in bucketed fixed-size batches; outputs in row order."""
         fn = self._fn(kind, cfg_scale)
-        outs = None  # one float64 [len(rows)] array per output of the estimator
+        outs = None  # one float64 [len(rows), ...] array per output of the estimator
         by_bucket: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
             length = bucket_length(len(r.tokens), self.spec.max_len)
@@ -268,7 +284,7 @@ class Scorer:
                     seg = np.asarray(np.where(seg > 0, objectives.segment_ids_from_eos(jnp.asarray(tok), self.spec.eos_id), 0), np.int32)
                 res = [np.asarray(x, np.float64) for x in jax.device_get(self._call(fn, params, (tok, seg, aux, sc, np.int32(seed), ids)))]
                 if outs is None:
-                    outs = [np.zeros(len(rows), np.float64) for _ in res]
+                    outs = [np.zeros((len(rows),) + x.shape[1:], np.float64) for x in res]
                 for o, x in zip(outs, res):
                     o[chunk] = x[:len(chunk)]
         return tuple(outs)
@@ -309,21 +325,31 @@ class Scorer:
             if len(ans) == 0:
                 raise ValueError(f"pair {k}: the answer has no tokens; every choice must encode to at least one token")
             fitted.append(self._fit(ctx, ans))
+        out: list[PairScore | None] = [None] * len(fitted)
+        if self.objective.pair_estimator in ("ar", "llada") and not cfg_scale:
+            self._one_token_answers(params, fitted, out)
+        todo = [k for k in range(len(fitted)) if out[k] is None]
+        if not todo:
+            return out
         if self.objective.exact_likelihood:
             rows = []
-            for tokens, keep, _ in fitted:
+            for k in todo:
+                tokens, keep, _ = fitted[k]
                 w = np.zeros(len(tokens), np.float32)
                 w[len(tokens) - keep - 1:len(tokens) - 1] = 1.0  # predictions of the last `keep` tokens
                 rows.append(_Row(tokens, w))
             lp, gr = self._run("ar", params, rows)
-            return [PairScore(float(lp[i]), 0.0, bool(gr[i]), keep, trunc) for i, (_, keep, trunc) in enumerate(fitted)]
+            for i, k in enumerate(todo):
+                out[k] = PairScore(float(lp[i]), 0.0, bool(gr[i]), fitted[k][1], fitted[k][2])
+            return out
 
         kind = self.objective.pair_estimator  # 'llada', or 'block_llada' (takes the stratified u itself, not l)
         n = max(int(mc_samples), 1)
         rows, owner = [], []
         key = rng.stream(seed, rng.EVAL_LENGTH)
         group_of = list(range(len(fitted))) if groups is None else [int(g) for g in groups]
-        for k, (tokens, keep, _) in enumerate(fitted):
+        for k in todo:
+            tokens, keep, _ = fitted[k]
             ans = np.zeros(len(tokens), bool)
             ans[len(tokens) - keep:] = True
             draws = 1 if keep == 1 else n
@@ -340,18 +366,45 @@ class Scorer:
         greedy_flags = np.zeros(len(fitted), bool)
         if greedy:
             grows = []
-            for tokens, keep, _ in fitted:
+            for k in todo:
+                tokens, keep, _ = fitted[k]
                 ans = np.zeros(len(tokens), bool)
                 ans[len(tokens) - keep:] = True
                 grows.append(_Row(tokens, ans, float(keep) if kind == "llada" else 1.0))  # u = 1: everything masked
             _, g = self._run(kind, params, grows, seed=seed, cfg_scale=cfg_scale)
-            greedy_flags = g > 0.5
-        out = []
-        for k, (_, keep, trunc) in enumerate(fitted):
+            greedy_flags[todo] = g > 0.5
+        for k in todo:
+            _, keep, trunc = fitted[k]
             v = vals[owner == k]
             se = float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-            out.append(PairScore(-float(v.mean()), se, bool(greedy_flags[k]), keep, trunc))
+            out[k] = PairScore(-float(v.mean()), se, bool(greedy_flags[k]), keep, trunc)
         return out
+
+    def _one_token_answers(self, params, fitted, out) -> None:
+        """Score every pair whose (fitted) answer is one token from one forward pass per distinct
+        context, filling `out`: the answer token does not enter its own prediction (AR predicts
+        it from the position before, the MDM from [MASK] in its place), so all the one-token
+        choices of a multiple-choice item are read from one distribution. Same values as the
+        per-pair path (exact for both objectives), a fraction of its cost."""
+        by_context: dict[bytes, list[int]] = {}
+        for k, (tokens, keep, _) in enumerate(fitted):
+            if keep == 1:
+                by_context.setdefault(tokens[:-1].tobytes(), []).append(k)
+        if not by_context:
+            return
+        rows = []
+        for ks in by_context.values():
+            tokens = fitted[ks[0]][0]
+            slot = np.zeros(len(tokens), bool)
+            slot[-1] = True
+            rows.append(_Row(tokens, slot))
+        (logp,) = self._run("next_ar" if self.objective.exact_likelihood else "next_llada", params, rows)
+        for r, ks in enumerate(by_context.values()):
+            best = int(np.argmax(logp[r]))
+            for k in ks:
+                tokens, keep, trunc = fitted[k]
+                answer = int(tokens[-1])
+                out[k] = PairScore(float(logp[r, answer]), 0.0, best == answer, keep, trunc)
 
     def sequence_nll(self, params, sequences: np.ndarray, *, mc_samples: int = 16, seed: int = 0) -> dict:
         """Per-token NLL of fixed-length sequences [M, L] (e.g. validation rows): exact for AR

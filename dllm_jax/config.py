@@ -123,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()  # evaluation during training and defaults of `dllm-jax eval`
     c.eval.at_epoch_end = True  # also validate (and cloze, when on) at the end of every epoch
     c.eval.cloze_every = 0  # steps between cloze evaluations (validation-text multiple choice); 0 = off
+    # epochs (comma-separated, fractions allowed) at whose end the run validates, scores the cloze
+    # task and saves a checkpoint, e.g. '1,2,4,8': log-spaced points for crossover curves; '' = none
+    c.eval.at_epochs = ""
     c.eval.cloze_examples = 64  # cloze items (passages); 0 = every validation row
     c.eval.cloze_choices = 4  # choices per cloze item (1 true + distractors)
     c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4
@@ -233,7 +236,7 @@ RULES = {
     "train.weight_decay": _float(0.0), "train.clip_norm": POSITIVE, "train.log_every": _int(1), "train.eval_every": _int(0),
     "train.eval_batches": _int(0), "train.checkpoint_every": _int(1), "train.keep_last": _int(1), "train.keep_every": _int(0),
     "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL,
-    "eval.at_epoch_end": BOOL, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
+    "eval.at_epoch_end": BOOL, "eval.at_epochs": STR, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
     "eval.cloze_length": _int(0), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
     "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH, "mesh.expert": MESH,
 }
@@ -477,11 +480,29 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
     e = cfg.eval
+    parse_epochs(e.at_epochs)
     if e.cloze_length >= d.seq_len:
         raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
     if cfg.init.from_hf and cfg.init.from_workdir:
         raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     objectives.build(cfg).validate(cfg)
+
+
+def parse_epochs(text: str) -> list[float]:
+    """`eval.at_epochs` as sorted distinct floats; ConfigError for anything but positive finite numbers."""
+    out = set()
+    for part in str(text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"eval.at_epochs={text!r}: {part!r} is not a positive number of epochs; give e.g. '1,2,4,8' ('' = none)")
+        out.add(value)
+    return sorted(out)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

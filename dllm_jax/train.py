@@ -201,7 +201,10 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
 
         val_scorer = Scorer.for_model(model, config, tokenizer, batch_size=config.eval.batch_size, mesh=mesh)
         cloze = None
-        if config.eval.cloze_every:
+        # steps that end an epoch listed in eval.at_epochs: validation, cloze and a checkpoint
+        eval_steps = {max(1, round(e * steps_per_epoch)) for e in config_lib.parse_epochs(config.eval.at_epochs)}
+        eval_steps = {s for s in eval_steps if s <= num_steps}
+        if config.eval.cloze_every or eval_steps:
             from dllm_jax.evaluation.periodic import ClozeEvaluator
 
             cloze = ClozeEvaluator(model, config, tokenizer, dataset.val, mesh)
@@ -264,7 +267,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 if stop_after is not None and step - start >= stop_after and not stop.received:
                     stop.received = f"stop_after={stop_after}"
                 stopping = stop.received  # read once: a signal arriving later in this step is handled at the next
-                at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or bool(stopping)
+                scheduled = step in eval_steps
+                at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or bool(stopping) or scheduled
                 if (at_log or at_ckpt) and not bool(metrics["finite"]):
                     diverged(step, metrics)
                 if at_log:
@@ -276,7 +280,8 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                     bar.update(len(window), loss=rec["loss"], tok_s=int(rec["tokens_per_sec"]), epoch=f"{rec['epoch']:.2f}")
                     window, t_window = [], time.perf_counter()
                 epoch_end = config.eval.at_epoch_end and step % steps_per_epoch == 0
-                cloze_now = cloze is not None and step % config.eval.cloze_every == 0
+                cloze_now = cloze is not None and bool(config.eval.cloze_every) and step % config.eval.cloze_every == 0
+                cloze_now = cloze_now or scheduled
                 if (tcfg.eval_every and step % tcfg.eval_every == 0 or epoch_end or cloze_now) and step != num_steps:
                     last_val = do_eval(step, with_cloze=epoch_end or cloze_now)
                 if at_ckpt:

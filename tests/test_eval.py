@@ -675,3 +675,24 @@ def test_one_token_choices_are_read_from_one_pass_per_context(objective):
         want = lp[-1, ans[0]] if objective == "mdm" else lp[-2, ans[0]]
         assert s.logprob == pytest.approx(want, rel=1e-5) and s.stderr == 0.0 and s.tokens == 1
         assert s.greedy == (int(np.argmax(lp[-1 if objective == "mdm" else -2])) == ans[0])
+
+
+def test_eval_at_epochs_validates_scores_cloze_and_checkpoints_there(corpus, tmp_path):
+    from dllm_jax.checkpoint import Checkpointer
+    from dllm_jax.config import validate
+    from dllm_jax.metrics import read_metrics
+    from dllm_jax.train import train
+
+    paths, cache = corpus
+    # 4 steps per epoch, 3 epochs: epochs 0.5, 1.25 and 2 end at steps 2, 5 and 8; 9 (> 3 epochs) is dropped
+    cfg = tiny_config(paths, cache, "ar", data__unique_tokens=4 * 8 * 32, data__epochs=3, train__eval_every=0,
+                      eval__at_epoch_end=False, eval__at_epochs="2, 0.5,1.25,9", eval__cloze_examples=8,
+                      train__checkpoint_every=100, train__keep_last=10, train__eval_batches=1)
+    train(cfg, str(tmp_path))
+    val = [r for r in read_metrics(str(tmp_path)) if "val_loss" in r]
+    assert [r["step"] for r in val] == [2, 5, 8, 12]  # the listed epochs and the end
+    assert all("cloze_acc" in r for r in val)
+    assert Checkpointer(str(tmp_path), read_only=True).all_steps() == [2, 5, 8, 12]
+    for bad in ("1,x", "-1", "nan", "0"):
+        with pytest.raises(ConfigError, match="eval.at_epochs"):
+            validate(tiny_config(paths, cache, "ar", eval__at_epochs=bad))

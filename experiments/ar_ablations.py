@@ -4,11 +4,11 @@ The study asks whether AR's loss to the MDM under heavy repetition is just missi
 regularisation: it trains AR with a fraction of input tokens replaced by [MASK]
 (`ar.input_mask_rate`, targets unchanged) or with residual dropout (`model.dropout`), and
 finds a small gain around 10% that saturates far below the MDM. Points, on the CPU grid's
-smallest budget (U = 1e5 unique tokens, 48 epochs, experiments/cpu_grid.py's setup):
+smallest budget (U = 8k unique tokens, 122 epochs, experiments/cpu_grid.py's setup):
 
-    U1e5_ar, U1e5_mdm                      the baselines (identical to cpu_grid's points)
-    U1e5_ar_mask0.1 .. U1e5_ar_mask0.5     input masking rates
-    U1e5_ar_drop0.1 .. U1e5_ar_drop0.5     dropout rates
+    U8000_ar, U8000_mdm                      the baselines (identical to cpu_grid's points)
+    U8000_ar_mask0.1 .. U8000_ar_mask0.5     input masking rates
+    U8000_ar_drop0.1 .. U8000_ar_drop0.5     dropout rates
 
 Because the baselines are the same points as in cpu_grid, running this grid into the CPU
 grid's root reuses them (finished points are skipped) and one report shows everything:
@@ -16,7 +16,7 @@ grid's root reuses them (finished points are skipped) and one report shows every
     dllm-jax sweep --config experiments/ar_ablations.py --root runs/cpu_grid
     dllm-jax report --root runs/cpu_grid
 
-Grid parameters: `budget` (U), `tokens`, `mask_rates`, `dropouts`, `evals` (as cpu_grid).
+Grid parameters: `budget` (U), `tokens`, `mask_rates`, `dropouts`, `eval_ratio` (as cpu_grid).
 """
 
 import importlib.util
@@ -43,8 +43,8 @@ def _rates(text, what):
     return rates
 
 
-def get_grid(config, budget="1e5", tokens="4.8e6", mask_rates="0.1,0.3,0.5", dropouts="0.1,0.3,0.5", evals="24"):
-    base = cpu_grid.get_grid(config, budgets=budget, tokens=tokens, objectives="ar,mdm", evals=evals)
+def get_grid(config, budget="8e3", tokens="1e6", mask_rates="0.1,0.3,0.5", dropouts="0.1,0.3,0.5", eval_ratio="1.4142"):
+    base = cpu_grid.get_grid(config, budgets=budget, tokens=tokens, objectives="ar,mdm", eval_ratio=eval_ratio)
     (ar_name, ar), (mdm_name, mdm) = list(base.items())
     points = {ar_name: ar, mdm_name: mdm}
     for rate in _rates(mask_rates, "mask_rates"):

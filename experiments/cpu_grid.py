@@ -1,36 +1,44 @@
-"""The data-constrained study at CPU scale: AR vs MDM over unique tokens x epochs, one corpus.
+"""The data-constrained study at CPU scale: AR vs MDM over unique tokens U x epochs, one corpus.
 
-The structure of the paper grid (experiments/paper_grid.py) shrunk to a laptop: every run
+The structure of the paper grid (experiments/paper_grid.py) shrunk to 2 CPU cores: every run
 gets the same total budget B of training tokens; a run with U unique tokens repeats them
 E = B / U times; both objectives share the architecture, data order, validation set and
-cloze items. Defaults: B = 4.8M tokens, U in {1e5, 3e5, 1e6} -> 48, 16 and 5 epochs (U is
-rounded up to whole batches: 100,352 / 301,056 / 1,001,472), a 0.6M-parameter model
-(2 layers, d 128, vocab 1024, seq 128, batch 16), WSD schedule; validation loss and a
-4-way cloze accuracy (480 passages of held-out text, 8-token continuations) 24 times per
-run. 6 runs.
+downstream items. Defaults: B = 1.0M tokens, U in {8k, 16k, 32k, 64k, 128k} -> 125, 62, 31,
+15 and 8 epochs (U is rounded up to whole batches), 10 runs.
 
-    dllm-jax sweep --config experiments/cpu_grid.py --root runs/cpu_grid
+    dllm-jax sweep --config experiments/cpu_grid.py --root runs/cpu_grid --config.data.paths=CORPUS.txt
     dllm-jax report --root runs/cpu_grid
 
-The corpus defaults to the Python standard library's own *.py files (1.84M tokens with this
-tokenizer, split at blank lines); any text works, e.g. a natural-language file:
+Why these choices (see the README's study section for the measurements behind them):
+- Small U, many epochs. The study's crossover comes earlier the fewer unique tokens there
+  are (field notes: U = 0.5B -> ~30 epochs, 1.5B -> ~55). At 2 cores the only way to reach
+  the regime where AR has long overfitted is a tiny U: AR's validation loss bottoms out
+  after ~6-8 epochs at U = 16k here, the MDM's keeps falling for ~100.
+- A 2.3M-parameter model (4 layers, d 192, vocab 1024, seq 64, batch 32): the study and
+  Prabhudesai et al. find that the MDM's advantage under repetition grows with model size
+  while AR's best loss does not (pilot at U = 16k: AR's best validation NLL 4.74 with 0.7M
+  parameters, 4.77 with 2.3M); larger models do not fit the 90-minute budget.
+- The downstream task (`eval.cloze_*`): next-token multiple choice on held-out text (the
+  true next token of a held-out passage against the tokens at the same place in three other
+  passages), 2,500 items, so the binomial standard error is <= 0.01. One-token choices make
+  both objectives' scores exact (AR: the next-token distribution; MDM: the distribution at a
+  [MASK] in that place, LLaDA's exact single-token case), with no Monte Carlo noise to
+  handicap the MDM, and cost one forward pass per item for both (Scorer reads all choices
+  from one pass), so it can be computed at every checkpoint.
+- Evaluation at log-spaced epochs (`eval.at_epochs`: 1, 2, 4, ... x sqrt(2) up to E, and the
+  end), each with a checkpoint: AR peaks within a few epochs, the MDM much later, and a
+  constant interval would either miss AR's peak or spend the budget on the MDM's plateau.
+- WSD schedule (the study's): constant LR then a 10% decay, so a run's final loss is that of
+  a finished schedule at its own (U, E), the point the R* fit needs.
 
-    dllm-jax sweep --config experiments/cpu_grid.py --root runs/shakespeare \\
-        --config.data.paths=/path/to/tinyshakespeare.txt --grid budgets=3e4,1e5,2.5e5 --grid tokens=2.5e6
-
-Grid parameters (--grid NAME=VALUE): `budgets` (unique tokens, comma-separated), `tokens`
-(B), `objectives` (default ar,mdm; `--grid objectives=ar,mdm,block_diffusion` adds block
-diffusion with blocks of `block_diffusion.block_size` = 16 tokens), `evals` (validations
-per run). Run it without the 8-fake-device XLA
-flag the test suite uses: on 2 cores one device is fastest.
-
-Cost, measured on 2 uncontended cores (Intel Xeon, `taskset -c 0,1`, JAX 0.11): 0.20 s per
-training step (10.3k tokens/s) for either objective; one evaluation with 256 cloze
-passages took 12.5 s for the MDM (4 Monte Carlo samples per choice) and 3.1 s for AR, so
-about 23 s and 6 s with 480; about 20 s of start-up per run. A point is ~2,400 steps and
-25 evaluations: MDM ~18 min, AR ~11 min, the grid ~1.5 hours. On the 2-core AMD EPYC
-development machine, shared with other jobs (load average ~9), one point took 35 minutes.
+Grid parameters (--grid NAME=VALUE): `budgets` (U, comma-separated), `tokens` (B),
+`objectives` (default ar,mdm; `ar,mdm,block_diffusion` adds block diffusion with blocks of
+`block_diffusion.block_size` = 16), `eval_ratio` (spacing of the log-spaced evaluations).
+Run it without the 8-fake-device XLA flag the test suite uses: on 2 cores one device is
+fastest.
 """
+
+import math
 
 from dllm_jax.config import default_config
 from dllm_jax.data.sources import stdlib_corpus
@@ -41,55 +49,66 @@ def get_config():
     c = default_config()
     c.objective = "mdm"
     c.seed = 0
-    c.model.d_model = 128
-    c.model.n_layers = 2
+    c.model.d_model = 192
+    c.model.n_layers = 4
     c.model.n_heads = 4
-    c.model.d_ff = 384
+    c.model.d_ff = 576
     c.model.vocab_multiple = 8
     c.data.source = "text"
-    c.data.paths = stdlib_corpus()
+    c.data.paths = stdlib_corpus()  # a corpus that is always there; give a natural-language file with data.paths
     c.data.text_split = "paragraph"  # works for one big text file as well as many files
-    c.data.seq_len = 128
+    c.data.seq_len = 64
     c.block_diffusion.block_size = 16  # only read by objective=block_diffusion points
     c.data.vocab_size = 1024
-    c.data.unique_tokens = 100_352  # the grid's smallest budget (49 batches) ...
-    c.data.epochs = 48  # ... for its 4.8M-token total
-    c.data.val_tokens = 32_768  # 256 validation rows: the cloze passages
-    c.train.batch_size = 16
+    c.data.unique_tokens = 8192  # the grid's smallest budget ...
+    c.data.epochs = 125  # ... for its 1.0M-token total
+    c.data.val_tokens = 163_840  # 2,560 held-out rows of 64 tokens: the downstream items
+    c.train.batch_size = 32
     c.train.lr = 3e-3
     c.train.min_lr_ratio = 0.1
-    c.train.warmup_steps = 100
+    c.train.warmup_steps = 50
     c.train.schedule = "wsd"
     c.train.decay_fraction = 0.1
-    c.train.log_every = 16
-    c.train.eval_every = 98
-    c.train.eval_batches = 16  # validation loss on all 256 rows
-    c.train.checkpoint_every = 500
+    c.train.log_every = 20
+    c.train.eval_every = 0  # evaluations at eval.at_epochs (set per point by get_grid) and at the end
+    c.train.eval_batches = 8  # validation loss on 256 held-out rows
+    c.train.checkpoint_every = 100_000  # checkpoints at the evaluations
+    c.train.keep_last = 100  # keep them all (2.3M parameters: ~28 MB each)
     c.train.progress = False
-    c.eval.at_epoch_end = False  # a fixed number of evaluations per run (`evals`)
-    c.eval.cloze_every = 98
-    c.eval.cloze_examples = 480  # passages from the validation rows (fewer if there are fewer rows)
+    c.eval.at_epoch_end = False
+    c.eval.cloze_examples = 2500  # binomial standard error <= 0.01
     c.eval.cloze_choices = 4
-    # 8-token continuations: with the default 32 (seq_len // 4) the score of a choice is mostly
-    # how predictable its own text is, and both objectives stayed within a few points of chance
-    # (U = 1e5 trial runs, 256 passages: AR 0.31 after 10 epochs, MDM 0.30 after 31); scoring the
-    # same checkpoints with 8-token continuations gave 0.48 and 0.41: the context decides
-    c.eval.cloze_length = 8
-    c.eval.mc_samples = 4
+    c.eval.cloze_length = 1  # next-token multiple choice: exact scores for both objectives
+    c.eval.batch_size = 256
     return c
 
 
-def get_grid(config, budgets="1e5,3e5,1e6", tokens="4.8e6", objectives="ar,mdm", evals="24"):
+def eval_epochs(epochs: float, ratio: float = math.sqrt(2)) -> str:
+    """'1,1.41,2,...' up to (not including) `epochs`: log-spaced evaluation points."""
+    out, k = [], 0
+    while float(f"{ratio ** k:.3g}") < epochs:
+        out.append(f"{ratio ** k:.3g}")
+        k += 1
+    return ",".join(out)
+
+
+def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objectives="ar,mdm", eval_ratio="1.4142"):
     per_step = config.train.batch_size * config.data.seq_len
     total = parse_numbers(tokens, "tokens")[0]
-    n_evals = parse_numbers(evals, "evals")[0]
+    try:
+        ratio = float(eval_ratio)
+    except ValueError:
+        ratio = 0.0
+    if not 1.0 < ratio < 100.0:
+        from dllm_jax.errors import ConfigError
+
+        raise ConfigError(f"--grid eval_ratio={eval_ratio!r} must be a number in (1, 100), e.g. 1.4142 (evaluations at 1, 1.41, 2, ... epochs)")
     points = {}
     for requested in parse_numbers(budgets, "budgets"):
         unique, epochs = budget_epochs(requested, total, per_step)
-        every = max(1, (unique // per_step) * epochs // n_evals)
         for objective in [o.strip() for o in objectives.split(",") if o.strip()]:
             points[f"U{short_number(requested)}_{objective}"] = {
                 "objective": objective, "data.unique_tokens": unique, "data.epochs": epochs,
-                "train.eval_every": every, "eval.cloze_every": every,
+                "eval.at_epochs": eval_epochs(epochs, ratio),
             }
     return points

@@ -324,25 +324,33 @@ def test_cpu_grid_shape(tmp_path):
     for p in g.points:
         c = p.config
         by_budget.setdefault(c.data.unique_tokens, set()).add(c.objective)
-        assert 1e5 <= c.data.unique_tokens <= 1e7
-        assert c.data.unique_tokens % (c.train.batch_size * c.data.seq_len) == 0
+        assert 8e3 <= c.data.unique_tokens <= 1.3e5
+        steps_per_epoch = c.data.unique_tokens // (c.train.batch_size * c.data.seq_len)
+        assert c.data.unique_tokens == steps_per_epoch * c.train.batch_size * c.data.seq_len  # whole batches
         total = c.data.unique_tokens * c.data.epochs
-        assert abs(total / 4.8e6 - 1) < 0.05  # one token budget for every point
-        assert c.eval.cloze_every == c.train.eval_every > 0
-    assert all(objs == {"ar", "mdm"} for objs in by_budget.values()) and len(by_budget) == 3
+        assert abs(total / 1e6 - 1) < 0.05  # one token budget for every point
+        # log-spaced evaluations (each with a checkpoint), ratio sqrt(2), from epoch 1 to before the end
+        at = config_lib.parse_epochs(c.eval.at_epochs)
+        assert at[0] == 1 and at[-1] < c.data.epochs and all(abs(b / a - 2 ** 0.5) < 0.01 for a, b in zip(at, at[1:]))
+        assert c.eval.cloze_length == 1 and c.eval.cloze_examples >= 2500  # binomial stderr <= 0.01
+        assert c.data.val_tokens >= c.eval.cloze_examples * c.data.seq_len  # one held-out row per item
+    # five budgets per objective: enough separate runs for the four-parameter R* fit
+    assert all(objs == {"ar", "mdm"} for objs in by_budget.values()) and len(by_budget) == 5
     epochs = sorted(p.config.data.epochs for p in g.points)
-    assert epochs[0] == 5 and epochs[-1] == 48
-    # a fair comparison: points differ only in objective, budget and evaluation interval
-    varying = {"objective", "data.unique_tokens", "data.epochs", "train.eval_every", "eval.cloze_every"}
+    assert epochs[0] == 8 and epochs[-1] == 122
+    # a fair comparison: points differ only in objective, budget and evaluation epochs
+    varying = {"objective", "data.unique_tokens", "data.epochs", "eval.at_epochs"}
     flats = [_flat(p.config) for p in g.points]
     assert {k for f in flats for k in f if f[k] != flats[0][k]} <= varying
+    with pytest.raises(ConfigError, match="eval_ratio"):
+        grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params={"eval_ratio": "x"})
 
 
 def test_ar_ablation_grid_shares_its_baselines_with_the_cpu_grid(tmp_path):
     cpu = {p.name: p for p in grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path)).points}
     abl = grid_lib.load_grid(os.path.join(EXPERIMENTS, "ar_ablations.py"), str(tmp_path)).points
     names = [p.name for p in abl]
-    assert names[:2] == ["U1e5_ar", "U1e5_mdm"] and len(names) == 8
+    assert names[:2] == ["U8000_ar", "U8000_mdm"] and len(names) == 8
     for p in abl[:2]:
         assert p.config.to_dict() == cpu[p.name].config.to_dict()  # same workdir, same run: reused
     masks = [p.config.ar.input_mask_rate for p in abl if "mask" in p.name]
@@ -387,7 +395,7 @@ def test_cpu_grid_takes_block_diffusion_as_a_third_objective(tmp_path):
     by_budget = {}
     for p in g.points:
         by_budget.setdefault(p.config.data.unique_tokens, set()).add(p.config.objective)
-    assert all(objs == {"ar", "mdm", "block_diffusion"} for objs in by_budget.values()) and len(by_budget) == 3
+    assert all(objs == {"ar", "mdm", "block_diffusion"} for objs in by_budget.values()) and len(by_budget) == 5
     bd = [p for p in g.points if p.config.objective == "block_diffusion"][0]
     assert bd.config.data.seq_len % bd.config.block_diffusion.block_size == 0
 

@@ -138,9 +138,10 @@ class ArrayFile:
             f.seek(int(start) * size)
             return np.frombuffer(f.read(int(count) * size), dtype=self.dtype)
 
-    def __del__(self):
+    def __del__(self, _close=os.close):  # bound now: at interpreter exit the module `os` may be gone
         if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+            _close(self._fd)
+            self._fd = None
 
     def read_all(self) -> np.ndarray:
         return np.array(self.read(0, self.length))

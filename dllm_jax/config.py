@@ -123,9 +123,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()  # evaluation during training and defaults of `dllm-jax eval`
     c.eval.at_epoch_end = True  # also validate (and cloze, when on) at the end of every epoch
     c.eval.cloze_every = 0  # steps between cloze evaluations (validation-text multiple choice); 0 = off
-    # epochs (comma-separated, fractions allowed) at whose end the run validates, scores the cloze
-    # task and saves a checkpoint, e.g. '1,2,4,8': log-spaced points for crossover curves; '' = none
-    c.eval.at_epochs = ""
+    c.eval.at_epochs = ""  # e.g. '1,2,4,8': at the end of these epochs validate, score the cloze task and checkpoint ('' = none)
     c.eval.cloze_examples = 64  # cloze items (passages); 0 = every validation row
     c.eval.cloze_choices = 4  # choices per cloze item (1 true + distractors)
     c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4

@@ -365,3 +365,12 @@ def test_beam_worker_data_error_is_one_clean_data_error(small, tmp_path):
     wrapped = RuntimeError("Traceback ...\ndllm_jax.errors.DataError: 'x.gz' is bad; fix it. [while running 'prepare']")
     assert isinstance(prepare_lib.worker_error(wrapped), DataError) and str(prepare_lib.worker_error(wrapped)) == "'x.gz' is bad; fix it."
     assert prepare_lib.worker_error(RuntimeError("boom")) is None
+
+
+def test_beam_options_reject_what_beam_does_not_know():
+    pytest.importorskip("apache_beam")
+    opts = prepare_lib.beam_options(["--direct_num_workers=3"]).get_all_options()
+    assert opts["direct_num_workers"] == 3 and opts["runner"] == "DirectRunner"
+    # Beam alone logs "Discarding unparseable args" and runs with its defaults
+    with pytest.raises(DataError, match="--direct_num_wrkers=3.*check the spelling"):
+        prepare_lib.beam_options(["--direct_num_wrkers=3"])

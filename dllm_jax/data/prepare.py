@@ -247,7 +247,36 @@ def beam_options(pipeline_args: Sequence[str]):
         args.append("--direct_running_mode=multi_processing")
     if direct and not has("--direct_num_workers"):
         args.append(f"--direct_num_workers={os.cpu_count() or 1}")
-    return PipelineOptions(args)
+    options = PipelineOptions(args)
+    unknown = _unparsed_beam_args(options)
+    if unknown:
+        raise DataError(f"unknown option(s) for `dllm-jax prepare`: {' '.join(unknown)}; the options other than --config, "
+                        "--output, --in-process and --verify go to Apache Beam, which does not know these: check the "
+                        "spelling (e.g. --direct_num_workers=4, --runner=DataflowRunner)")
+    return options
+
+
+def _unparsed_beam_args(options) -> list:
+    """The arguments Beam's option parser does not recognise (Beam itself only logs and drops them)."""
+    import logging  # pylint: disable=import-outside-toplevel
+
+    found = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record):
+            if str(record.msg).startswith("Discarding unparseable args") and record.args:
+                found.extend(record.args[0] if isinstance(record.args, tuple) else record.args)
+
+    logger = logging.getLogger("apache_beam.options.pipeline_options")
+    handler, propagate = _Catch(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        options.get_all_options()
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    return [str(a) for a in found]
 
 
 def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = ()) -> None:

@@ -64,6 +64,96 @@ def test_crossover_states_and_interpolation():
     assert crossover.best([1, 2, 3], [2.0, 1.0, 1.0], higher=False) == (1.0, 2.0)
 
 
+def test_crossover_bracket_covers_the_planted_crossover_and_narrows_with_the_noise():
+    """AR = min(0.3 + e/50, 0.5), MDM = 0.25 + e/80: the crossover is at epoch 20. With SE s on
+    every evaluation the lead e/80 - 0.25 (e >= 10) has SE sqrt(2) s: AR is ahead by > 2 SE up
+    to e < 20 - 160 sqrt(2) s, the MDM from e > 20 + 160 sqrt(2) s (hand-computed brackets)."""
+    e = np.arange(1, 41, dtype=float)
+    ar, mdm = np.minimum(0.3 + e / 50, 0.5), 0.25 + e / 80
+    brackets = {}
+    for se, expected in ((0.02, (15.0, 25.0)), (0.005, (18.0, 22.0))):
+        c = crossover.find_crossover(e, ar, e, mdm, True, ar_stderr=[se] * 40, mdm_stderr=[se] * 40)
+        assert c.epoch == pytest.approx(20.0) and (c.low, c.high) == expected and c.significant
+        brackets[se] = c
+    assert brackets[0.005].describe_interval() == "20.0 [18.0..22.0]"
+    # the bracket holds the crossover and narrows as the standard errors shrink
+    assert brackets[0.02].low < brackets[0.005].low < 20 < brackets[0.005].high < brackets[0.02].high
+    # values interpolated between evaluations carry the interpolation weights' variance: MDM evaluated at
+    # odd epochs only, its midpoints have SE s / sqrt(2), so the lead's SE at even epochs is sqrt(1.5) s:
+    # with s = 0.0095 the lead +-0.025 at epochs 18 and 22 is past 2 sqrt(1.5) s = 0.0233 (not 2 sqrt(2) s = 0.0269)
+    odd = e[::2]
+    c = crossover.find_crossover(e, ar, odd, 0.25 + odd / 80, True, ar_stderr=[0.0095] * 40, mdm_stderr=[0.0095] * 20)
+    assert c.epoch == pytest.approx(20.0) and (c.low, c.high) == (18.0, 22.0)
+    c = crossover.find_crossover(e, ar, e, mdm, True, ar_stderr=[0.0095] * 40, mdm_stderr=[0.0095] * 40)
+    assert (c.low, c.high) == (17.0, 23.0)
+    # noise too large for the MDM ever to be ahead by 2 SE: the bracket is open at the top
+    c = crossover.find_crossover(e, ar, e, mdm, True, ar_stderr=[0.1] * 40, mdm_stderr=[0.1] * 40)
+    assert (c.low, c.high) == (-np.inf, np.inf) and not c.significant
+    assert c.describe_interval() == "20.0 [<1..>40] not significant"
+    # without standard errors: the point estimate alone
+    c = crossover.find_crossover(e, ar, e, mdm, True)
+    assert c.low is None and c.describe_interval() == "20.0"
+    # no crossover: how far apart the curves end
+    c = crossover.find_crossover(e, ar, e, np.full(40, 0.45), True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "ar ahead at the end (by > 2 SE)"
+    # AR ahead by 0.05 > 2 sqrt(2) 0.01 up to epoch 20, by 0.01 after it
+    c = crossover.find_crossover(e, ar, e, np.repeat([0.45, 0.49], 20), True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "ar ahead at the end (within 2 SE after epoch 20.0)"
+    c = crossover.find_crossover(e, ar, e, np.full(40, 0.49), True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "ar ahead at the end (within 2 SE throughout)"
+    c = crossover.find_crossover(e, ar, e, ar + 0.03, True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "mdm ahead throughout (by > 2 SE from epoch 1.0)"
+
+
+def test_mdm_passes_ar_best_by_two_standard_errors():
+    e = np.arange(1, 21, dtype=float)
+    ar = np.concatenate([0.4 + e[:10] / 50, 0.6 - (e[10:] - 10) / 100])  # best 0.6 at epoch 10, then declining
+    se = [0.01] * 20
+    # the MDM overtakes the declining AR (a crossover) but never AR's best by 2 SE (0.6 + 2 sqrt(2) 0.01 = 0.628)
+    mdm = 0.3 + e * 0.016  # 0.62 at the end
+    assert crossover.find_crossover(e, ar, e, mdm, True).state == "crossover"
+    p = crossover.passes_best(e, ar, se, e, mdm, se, True)
+    assert (p.ar_best, p.ar_best_epoch, p.passes) == (pytest.approx(0.6), 10.0, False)
+    assert p.max_margin == pytest.approx(0.02 / (0.01 * np.sqrt(2)), rel=1e-6) and p.describe() == "no (at most +1.4 SE)"
+    # above 0.628 at epochs 11 and 12, not 13, then from 14 on
+    mdm = np.array([0.4] * 10 + [0.63, 0.65, 0.62, 0.65, 0.66, 0.66, 0.67, 0.68, 0.69, 0.70])
+    p = crossover.passes_best(e, ar, se, e, mdm, se, True)
+    assert (p.passes, p.first_epoch, p.from_epoch) == (True, 11.0, 14.0)
+    assert p.describe() == "yes, from epoch 14.0 (first at 11.0)"
+    p = crossover.passes_best(e, ar, se, e, np.concatenate([mdm[:-1], [0.6]]), se, True)
+    assert (p.first_epoch, p.from_epoch) == (11.0, None) and p.describe() == "yes at epoch 11.0, not at the end"
+    assert crossover.passes_best(e, ar, None, e, mdm, se, True).describe() == "-"  # no standard errors: untested
+    # lower is better (a loss): the sign flips
+    p = crossover.passes_best(e, -ar, se, e, -mdm, se, False)
+    assert (p.ar_best, p.passes, p.from_epoch) == (pytest.approx(-0.6), True, 14.0)
+
+
+def test_data_ratio_interpolates_in_log_unique_tokens():
+    # AR_best = 0.4, 0.6 at U = 1e4, 1e5; MDM_best(1e4) = 0.5: AR needs 10^4.5 unique tokens -> 3.16x
+    assert crossover.unique_needed([1e4, 1e5], [0.4, 0.6], 0.5) == (pytest.approx(10 ** 4.5), "=")
+    assert crossover.unique_needed([1e4, 1e5], [0.4, 0.6], 0.4) == (1e4, "<=")
+    assert crossover.unique_needed([1e4, 1e5], [0.4, 0.6], 0.61) == (1e5, ">")
+    # not monotone in U: the first budget interval that reaches the target
+    assert crossover.unique_needed([1e3, 1e4, 1e5], [0.3, 0.7, 0.5], 0.5) == (pytest.approx(10 ** 3.5), "=")
+    ar = {1e4: (0.4, 3.0, 0.0), 1e5: (0.6, 5.0, 0.0)}
+    mdm = {1e4: (0.5, 30.0, 0.0), 1e5: (0.7, 9.0, 0.0)}
+    low, high = crossover.data_ratios(ar, mdm)
+    assert (low.ratio, low.bound, low.ar_needed) == (pytest.approx(10 ** 0.5), "=", pytest.approx(10 ** 4.5))
+    assert (high.ratio, high.bound) == (1.0, ">")  # the MDM's 0.7 beats AR at every budget: AR needs > 1e5
+    # converse: the MDM reaches AR_best(1e5) = 0.6 at 10^4.5 (1e5 / 10^4.5 = 3.16x); AR_best(1e4) already at 1e4
+    assert (high.converse, high.converse_bound) == (pytest.approx(10 ** 0.5), "=")
+    assert (low.converse, low.converse_bound) == (1.0, ">=")
+    assert low.describe() == "3.16x (3.16..3.16)" and high.describe() == "> 1x (>1..>1)"  # zero SE: a point
+    # the bootstrap interval holds the ratio and narrows with the standard errors as the delta method says:
+    # log10 ratio = (m - a1) / (a2 - a1) has gradient (5, -2.5, -2.5), so SD = se sqrt(37.5) and the 95%
+    # interval spans a factor 10^(2 x 1.96 x SD)
+    for se in (0.01, 0.002):
+        r = crossover.data_ratios({u: (v, e, se) for u, (v, e, _) in ar.items()}, {u: (v, e, se) for u, (v, e, _) in mdm.items()})[0]
+        assert r.low < 10 ** 0.5 < r.high
+        assert r.high / r.low == pytest.approx(10 ** (2 * 1.96 * se * 37.5 ** 0.5), rel=0.1)
+    assert crossover.data_ratios({u: (v, e, None) for u, (v, e, _) in ar.items()}, mdm)[0].low is None
+
+
 def _planted_runs(r_star, budgets, epochs, rng, noise=1e-3):
     """One (U, tokens, final loss) point per run of a (U x epochs) grid, loss from the law with
     E=1.7, B=250, beta=0.3 and relative noise."""

@@ -263,12 +263,69 @@ def test_report_finds_the_planted_crossover_and_rstar(synthetic_root, tmp_path):
     for name in ("crossover_cloze_acc_epochs.png", "crossover_cloze_acc_tokens.png", "crossover_val_loss_epochs.png", "scaling_fit.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000, name
     md = open(os.path.join(out, "report.md")).read()
-    assert "| 0.12M params | 6,400 | 64 | ar | mdm | 0.5000 (ep 10.0) | 0.9000 (ep 52.0) | 20.0 |" in md
+    # no logged standard errors: binomial ones from eval.cloze_examples (64 items), sqrt(.5 x .5 / 64) = 0.0625;
+    # the MDM passes 0.5 + 2 sqrt(SE_mdm^2 + 0.0625^2) first at epoch 34 (0.675 > 0.6713; 0.6625 < 0.6721 at 33)
+    assert ("| 0.12M params | 6,400 | 64 | ar | mdm | 0.5000 +-0.0625 (ep 10.0) | 0.9000 +-0.0375 (ep 52.0) | 20.0 [<0.25..34.0] "
+            "| yes, from epoch 34.0 |") in md
+    ratios = {r["unique_tokens"]: r for r in summary["data_ratios"]["cloze_acc"]}
+    assert ratios[6400]["bound"] == ">" and ratios[6400]["data_ratio"].startswith("> 10x")  # 0.9 beats AR's best at every U
     assert "not** a fair" in md and "paper_1b" in md and "mdm_steps_eq_len" in md
     # the FLOPs rows come from dllm_jax.flops for the 1B paper model (vocab rows 50,304)
     big = [r for r in summary["flops"]["train"] if r["model"] == "paper_1b"][0]
     assert big["ar"] == big["mdm"] == pytest.approx(flops.train_flops_per_token(
         ModelConfig(vocab_size=50304, d_model=1536, n_layers=28, n_heads=12, d_ff=4608), 2048))
+
+
+def test_report_states_the_crossover_bracket_and_the_data_ratio(tmp_path):
+    """Two budgets whose cloze records carry their standard errors (0.005). U = 6400: AR =
+    min(0.3 + e/50, 0.5), MDM = 0.25 + e/80: crossover at 20, bracket [18..22], past AR's best by
+    2 SE from 22. U = 64000: AR best 0.7, MDM best 0.5. Data ratio at 6400: AR's best reaches the
+    MDM's 0.65 at log U = log 6400 + (0.65 - 0.5) / (0.7 - 0.5) decades: 10^0.75 = 5.62x."""
+    from dllm_jax.cli import main
+
+    root = str(tmp_path / "runs")
+    for unique, epochs, accs in ((6400, 32, {"ar": lambda e: min(0.3 + e / 50, 0.5), "mdm": lambda e: 0.25 + e / 80}),
+                                 (64000, 4, {"ar": lambda e: 0.4 + e * 0.075, "mdm": lambda e: 0.3 + e * 0.05})):
+        for objective, acc in accs.items():
+            val = [{"epoch": float(e), "val_loss": 3.0, "cloze_acc": acc(e), "cloze_acc_stderr": 0.005, "cloze_n": 10_000}
+                   for e in range(1, epochs + 1)]
+            _fake_run(root, f"U{unique}_{objective}", objective, unique, epochs, val)
+    out = str(tmp_path / "report")
+    assert main(["report", "--root", root, "--out", out]) == 0
+    summary = json.load(open(os.path.join(out, "report.json")))
+    row = [r for r in summary["crossovers"]["cloze_acc"] if r["unique_tokens"] == 6400][0]
+    assert row["crossover_epoch"] == pytest.approx(20.0) and (row["crossover_low"], row["crossover_high"]) == (18.0, 22.0)
+    assert row["crossover_significant"] and row["passes"]["from_epoch"] == 22.0
+    ratio = {r["unique_tokens"]: r for r in summary["data_ratios"]["cloze_acc"]}
+    assert ratio[6400]["ratio"] == pytest.approx(10 ** 0.75) and ratio[6400]["low"] < 10 ** 0.75 < ratio[6400]["high"]
+    assert (ratio[64000]["bound"], ratio[64000]["ratio"]) == ("<=", 0.1)  # AR's 0.5 at U = 6400 already matches
+    assert (ratio[6400]["converse_bound"], ratio[64000]["converse_bound"]) == (">=", "<")
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| 6,400 | 32 | ar | mdm | 0.5000 +-0.0050 (ep 10.0) | 0.6500 +-0.0050 (ep 32.0) | 20.0 [18.0..22.0] | yes, from epoch 22.0 |" in md
+    assert (f"| 0.12M params | ar | mdm | 6,400 | 0.5000 +-0.0050 (ep 10.0) | 0.6500 +-0.0050 (ep 32.0) | {6400 * 10 ** 0.75:,.0f} | "
+            f"5.62x ({ratio[6400]['low']:.2f}..{ratio[6400]['high']:.2f}) | >= 1x") in md
+    assert "| 64,000 | 0.7000 +-0.0050 (ep 4.0) | 0.5000 +-0.0050 (ep 4.0) | <= 6,400 | <= 0.1x" in md
+    for name in ("data_ratio_cloze_acc.png", "crossover_cloze_acc_epochs.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 10_000, name
+
+
+def test_cloze_standard_errors_of_runs_logged_without_them(tmp_path):
+    """Logged standard errors are read as they are; older records get sqrt(p(1-p)/n) with n the
+    record's cloze_n, else eval.cloze_examples capped by the validation rows; unknown n: None."""
+    from dllm_jax.study.runs import load_run
+
+    val = [{"epoch": 1.0, "val_loss": 3.0, "cloze_acc": 0.5, "cloze_acc_stderr": 0.01},
+           {"epoch": 2.0, "val_loss": 3.0, "cloze_acc": 0.5, "cloze_n": 100},
+           {"epoch": 3.0, "val_loss": 3.0, "cloze_acc": 0.2}]
+    _fake_run(str(tmp_path), "r", "ar", 6400, 4, val)
+    run = load_run(str(tmp_path / "r"))
+    assert run.curve_stderr("cloze_acc") == [0.01, 0.05, pytest.approx((0.2 * 0.8 / 64) ** 0.5)]  # eval.cloze_examples = 64
+    assert run.curve_stderr("val_loss") == [None] * 3
+    run.info["val_sequences"] = 16  # fewer validation rows than cloze_examples: build_cloze uses 16 items
+    assert run.curve_stderr("cloze_acc")[2] == pytest.approx(0.1)
+    run.info.pop("val_sequences")
+    run.config["eval.cloze_examples"] = 0  # every validation row, and their count unknown
+    assert run.curve_stderr("cloze_acc")[2] is None
 
 
 # -- grid files and the sweep ------------------------------------------------------------

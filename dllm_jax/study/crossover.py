@@ -271,22 +271,24 @@ class DataRatio:
 
     def describe(self) -> str:
         """e.g. '3.16x (1.80..>10)': the ratio, then its 95% interval."""
-        return _describe_ratio(self.ratio, self.bound, self.low, self.high, self.ar_budgets[0] / self.unique_tokens,
-                               self.ar_budgets[1] / self.unique_tokens)
+        return _describe_ratio(self.ratio, self.bound, self.low, self.high, f"<={self.ar_budgets[0] / self.unique_tokens:.3g}",
+                               f">{self.ar_budgets[1] / self.unique_tokens:.3g}")
 
     def describe_converse(self) -> str:
         if self.converse is None:
             return "-"
         return _describe_ratio(self.converse, self.converse_bound, self.converse_low, self.converse_high,
-                               self.unique_tokens / self.mdm_budgets[1], self.unique_tokens / self.mdm_budgets[0])
+                               f"<{self.unique_tokens / self.mdm_budgets[1]:.3g}", f">={self.unique_tokens / self.mdm_budgets[0]:.3g}")
 
 
-def _describe_ratio(value, bound, low, high, floor, ceiling) -> str:
+def _describe_ratio(value, bound, low, high, below: str, above: str) -> str:
+    """below / above: how an interval end at -inf / +inf (beyond the budgets) reads."""
     text = f"{value:.2f}x" if bound == "=" else f"{bound} {value:.3g}x"
-    if low is None:
+    if low is None or (low == high and not math.isfinite(low)):  # no interval, or every resample beyond the same edge
         return text
+
     def end(x):
-        return f"<={floor:.3g}" if x == -np.inf else f">{ceiling:.3g}" if x == np.inf else f"{x:.2f}"
+        return below if x == -np.inf else above if x == np.inf else f"{x:.2f}"
 
     return f"{text} ({end(low)}..{end(high)})"
 

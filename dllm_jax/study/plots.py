@@ -159,7 +159,7 @@ def plot_data_ratio(groups: list, metric: str, path: str) -> bool:
         ax.set_xlabel("unique tokens U", fontsize=8)
         ax.set_ylabel(f"best {metric}", fontsize=8)
         ax.set_title(f"{model_label(params)}: unique data AR needs to match the MDM\n(arrow: U -> AR's U; label: data ratio)", fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

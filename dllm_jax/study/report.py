@@ -117,7 +117,7 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
                              "crossover_low": _json_float(cross.low), "crossover_high": _json_float(cross.high),
                              "crossover_significant": cross.significant,
                              "crossover_interval": cross.describe_interval(), "passes_ar_best": passes.describe(),
-                             "passes": dataclasses.asdict(passes)})
+                             "passes": {k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(passes).items()}})
     return rows, marks
 
 

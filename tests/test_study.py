@@ -105,6 +105,23 @@ def test_crossover_bracket_covers_the_planted_crossover_and_narrows_with_the_noi
     assert c.describe_interval() == "mdm ahead throughout (by > 2 SE from epoch 1.0)"
 
 
+def test_crossover_bracket_covers_a_planted_crossover_under_noise():
+    """24 evaluations with binomial-size noise (SE 0.01) around planted curves that cross at epoch
+    (0.44 - 0.30) / 0.0022 = 63.6: the bracket holds the true crossover in >= 95% of trials (its
+    ends are one-sided 2-SE statements), and the MDM is significantly ahead at the end in most."""
+    e = np.linspace(3.4, 81, 24)
+    ar = np.where(e > 10, 0.43 - (e - 10) * 0.001, 0.2 + e * 0.023)
+    mdm = 0.30 + e * 0.0012
+    truth, se, rng = 0.14 / 0.0022, [0.01] * 24, np.random.default_rng(0)
+    covered = significant = 0
+    for _ in range(200):
+        c = crossover.find_crossover(e, ar + 0.01 * rng.standard_normal(24), e, mdm + 0.01 * rng.standard_normal(24), True,
+                                     ar_stderr=se, mdm_stderr=se)
+        covered += c.low <= truth <= c.high
+        significant += c.significant
+    assert covered / 200 >= 0.95 and significant / 200 > 0.5, (covered, significant)
+
+
 def test_mdm_passes_ar_best_by_two_standard_errors():
     e = np.arange(1, 21, dtype=float)
     ar = np.concatenate([0.4 + e[:10] / 50, 0.6 - (e[10:] - 10) / 100])  # best 0.6 at epoch 10, then declining

@@ -29,7 +29,8 @@ the many evaluations. Why not a parametric bootstrap of the crossover epoch (red
 evaluation from N(value, SE^2), recompute, take percentiles): "ahead for good" is a
 last-crossing statistic, which redrawn noise moves later, so its percentile interval leans
 late; in a simulation (24 evaluations, a planted crossover at epoch 63.6, SE 0.01-0.02) it
-covered the truth in only 84% / 71% of trials, the bracket in 97%. Notes: the standard errors
+covered the truth in only 84% / 71% of trials, the bracket in 97% (its coverage is a test in
+tests/test_study.py). Notes: the standard errors
 are the cloze task's binomial ones (item sampling; the MDM's Monte Carlo likelihood noise is
 not in them); AR and MDM runs on the same data are scored on the same items, so their errors
 are positively correlated and treating them as independent overstates the noise of the

@@ -25,7 +25,7 @@ class ClozeEvaluator:
 
     def __call__(self, params) -> dict:
         r = score_items(self.scorer, params, self.items, mc_samples=self.mc_samples, seed=self.seed)
-        # binomial standard errors and the item count: the report's crossover intervals need them
+        # binomial standard errors and the item count: the report's crossover bracket and 2-SE test need them
         return {"cloze_acc": r["acc"], "cloze_acc_norm": r["acc_norm"], "cloze_acc_stderr": r["acc_stderr"],
                 "cloze_acc_norm_stderr": r["acc_norm_stderr"], "cloze_n": r["n"]}
 

@@ -372,6 +372,8 @@ def test_training_logs_cloze_every_k_steps_and_each_epoch(corpus, tmp_path):
     # final checkpoint (the same items, seed and Monte Carlo samples)
     cz = _eval(str(tmp_path), "--task", "cloze")
     assert cz["n"] == 8 and (val[-1]["cloze_acc"], val[-1]["cloze_acc_norm"]) == (cz["acc"], cz["acc_norm"])
+    # with their binomial standard errors and item count (the report's crossover bracket needs them)
+    assert (val[-1]["cloze_acc_stderr"], val[-1]["cloze_acc_norm_stderr"], val[-1]["cloze_n"]) == (cz["acc_stderr"], cz["acc_norm_stderr"], 8)
     with pytest.raises(ConfigError, match="eval.cloze_choices"):
         from dllm_jax.config import validate
 

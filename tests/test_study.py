@@ -64,6 +64,113 @@ def test_crossover_states_and_interpolation():
     assert crossover.best([1, 2, 3], [2.0, 1.0, 1.0], higher=False) == (1.0, 2.0)
 
 
+def test_crossover_bracket_covers_the_planted_crossover_and_narrows_with_the_noise():
+    """AR = min(0.3 + e/50, 0.5), MDM = 0.25 + e/80: the crossover is at epoch 20. With SE s on
+    every evaluation the lead e/80 - 0.25 (e >= 10) has SE sqrt(2) s: AR is ahead by > 2 SE up
+    to e < 20 - 160 sqrt(2) s, the MDM from e > 20 + 160 sqrt(2) s (hand-computed brackets)."""
+    e = np.arange(1, 41, dtype=float)
+    ar, mdm = np.minimum(0.3 + e / 50, 0.5), 0.25 + e / 80
+    brackets = {}
+    for se, expected in ((0.02, (15.0, 25.0)), (0.005, (18.0, 22.0))):
+        c = crossover.find_crossover(e, ar, e, mdm, True, ar_stderr=[se] * 40, mdm_stderr=[se] * 40)
+        assert c.epoch == pytest.approx(20.0) and (c.low, c.high) == expected and c.significant
+        brackets[se] = c
+    assert brackets[0.005].describe_interval() == "20.0 [18.0..22.0]"
+    # the bracket holds the crossover and narrows as the standard errors shrink
+    assert brackets[0.02].low < brackets[0.005].low < 20 < brackets[0.005].high < brackets[0.02].high
+    # values interpolated between evaluations carry the interpolation weights' variance: MDM evaluated at
+    # odd epochs only, its midpoints have SE s / sqrt(2), so the lead's SE at even epochs is sqrt(1.5) s:
+    # with s = 0.0095 the lead +-0.025 at epochs 18 and 22 is past 2 sqrt(1.5) s = 0.0233 (not 2 sqrt(2) s = 0.0269)
+    odd = e[::2]
+    c = crossover.find_crossover(e, ar, odd, 0.25 + odd / 80, True, ar_stderr=[0.0095] * 40, mdm_stderr=[0.0095] * 20)
+    assert c.epoch == pytest.approx(20.0) and (c.low, c.high) == (18.0, 22.0)
+    c = crossover.find_crossover(e, ar, e, mdm, True, ar_stderr=[0.0095] * 40, mdm_stderr=[0.0095] * 40)
+    assert (c.low, c.high) == (17.0, 23.0)
+    # noise too large for the MDM ever to be ahead by 2 SE: the bracket is open at the top
+    c = crossover.find_crossover(e, ar, e, mdm, True, ar_stderr=[0.1] * 40, mdm_stderr=[0.1] * 40)
+    assert (c.low, c.high) == (-np.inf, np.inf) and not c.significant
+    assert c.describe_interval() == "20.0 [<1..>40] not significant"
+    # without standard errors: the point estimate alone
+    c = crossover.find_crossover(e, ar, e, mdm, True)
+    assert c.low is None and c.describe_interval() == "20.0"
+    # no crossover: how far apart the curves end
+    c = crossover.find_crossover(e, ar, e, np.full(40, 0.45), True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "ar ahead at the end (by > 2 SE)"
+    # AR ahead by 0.05 > 2 sqrt(2) 0.01 up to epoch 20, by 0.01 after it
+    c = crossover.find_crossover(e, ar, e, np.repeat([0.45, 0.49], 20), True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "ar ahead at the end (within 2 SE after epoch 20.0)"
+    c = crossover.find_crossover(e, ar, e, np.full(40, 0.49), True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "ar ahead at the end (within 2 SE throughout)"
+    c = crossover.find_crossover(e, ar, e, ar + 0.03, True, ar_stderr=[0.01] * 40, mdm_stderr=[0.01] * 40)
+    assert c.describe_interval() == "mdm ahead throughout (by > 2 SE from epoch 1.0)"
+
+
+def test_crossover_bracket_covers_a_planted_crossover_under_noise():
+    """24 evaluations with binomial-size noise (SE 0.01) around planted curves that cross at epoch
+    (0.44 - 0.30) / 0.0022 = 63.6: the bracket holds the true crossover in >= 95% of trials (its
+    ends are one-sided 2-SE statements), and the MDM is significantly ahead at the end in most."""
+    e = np.linspace(3.4, 81, 24)
+    ar = np.where(e > 10, 0.43 - (e - 10) * 0.001, 0.2 + e * 0.023)
+    mdm = 0.30 + e * 0.0012
+    truth, se, rng = 0.14 / 0.0022, [0.01] * 24, np.random.default_rng(0)
+    covered = significant = 0
+    for _ in range(200):
+        c = crossover.find_crossover(e, ar + 0.01 * rng.standard_normal(24), e, mdm + 0.01 * rng.standard_normal(24), True,
+                                     ar_stderr=se, mdm_stderr=se)
+        covered += c.low <= truth <= c.high
+        significant += c.significant
+    assert covered / 200 >= 0.95 and significant / 200 > 0.5, (covered, significant)
+
+
+def test_mdm_passes_ar_best_by_two_standard_errors():
+    e = np.arange(1, 21, dtype=float)
+    ar = np.concatenate([0.4 + e[:10] / 50, 0.6 - (e[10:] - 10) / 100])  # best 0.6 at epoch 10, then declining
+    se = [0.01] * 20
+    # the MDM overtakes the declining AR (a crossover) but never AR's best by 2 SE (0.6 + 2 sqrt(2) 0.01 = 0.628)
+    mdm = 0.3 + e * 0.016  # 0.62 at the end
+    assert crossover.find_crossover(e, ar, e, mdm, True).state == "crossover"
+    p = crossover.passes_best(e, ar, se, e, mdm, se, True)
+    assert (p.ar_best, p.ar_best_epoch, p.passes) == (pytest.approx(0.6), 10.0, False)
+    assert p.max_margin == pytest.approx(0.02 / (0.01 * np.sqrt(2)), rel=1e-6) and p.describe() == "no (at most +1.4 SE)"
+    # above 0.628 at epochs 11 and 12, not 13, then from 14 on
+    mdm = np.array([0.4] * 10 + [0.63, 0.65, 0.62, 0.65, 0.66, 0.66, 0.67, 0.68, 0.69, 0.70])
+    p = crossover.passes_best(e, ar, se, e, mdm, se, True)
+    assert (p.passes, p.first_epoch, p.from_epoch) == (True, 11.0, 14.0)
+    assert p.describe() == "yes, from epoch 14.0 (first at 11.0)"
+    p = crossover.passes_best(e, ar, se, e, np.concatenate([mdm[:-1], [0.6]]), se, True)
+    assert (p.first_epoch, p.from_epoch) == (11.0, None) and p.describe() == "yes at epoch 11.0, not at the end"
+    assert crossover.passes_best(e, ar, None, e, mdm, se, True).describe() == "-"  # no standard errors: untested
+    # lower is better (a loss): the sign flips
+    p = crossover.passes_best(e, -ar, se, e, -mdm, se, False)
+    assert (p.ar_best, p.passes, p.from_epoch) == (pytest.approx(-0.6), True, 14.0)
+
+
+def test_data_ratio_interpolates_in_log_unique_tokens():
+    # AR_best = 0.4, 0.6 at U = 1e4, 1e5; MDM_best(1e4) = 0.5: AR needs 10^4.5 unique tokens -> 3.16x
+    assert crossover.unique_needed([1e4, 1e5], [0.4, 0.6], 0.5) == (pytest.approx(10 ** 4.5), "=")
+    assert crossover.unique_needed([1e4, 1e5], [0.4, 0.6], 0.4) == (1e4, "<=")
+    assert crossover.unique_needed([1e4, 1e5], [0.4, 0.6], 0.61) == (1e5, ">")
+    # not monotone in U: the first budget interval that reaches the target
+    assert crossover.unique_needed([1e3, 1e4, 1e5], [0.3, 0.7, 0.5], 0.5) == (pytest.approx(10 ** 3.5), "=")
+    ar = {1e4: (0.4, 3.0, 0.0), 1e5: (0.6, 5.0, 0.0)}
+    mdm = {1e4: (0.5, 30.0, 0.0), 1e5: (0.7, 9.0, 0.0)}
+    low, high = crossover.data_ratios(ar, mdm)
+    assert (low.ratio, low.bound, low.ar_needed) == (pytest.approx(10 ** 0.5), "=", pytest.approx(10 ** 4.5))
+    assert (high.ratio, high.bound) == (1.0, ">")  # the MDM's 0.7 beats AR at every budget: AR needs > 1e5
+    # converse: the MDM reaches AR_best(1e5) = 0.6 at 10^4.5 (1e5 / 10^4.5 = 3.16x); AR_best(1e4) already at 1e4
+    assert (high.converse, high.converse_bound) == (pytest.approx(10 ** 0.5), "=")
+    assert (low.converse, low.converse_bound) == (1.0, ">=")
+    assert low.describe() == "3.16x (3.16..3.16)" and high.describe() == "> 1x"  # zero SE: a point; every resample beyond U_max
+    # the bootstrap interval holds the ratio and narrows with the standard errors as the delta method says:
+    # log10 ratio = (m - a1) / (a2 - a1) has gradient (5, -2.5, -2.5), so SD = se sqrt(37.5) and the 95%
+    # interval spans a factor 10^(2 x 1.96 x SD)
+    for se in (0.01, 0.002):
+        r = crossover.data_ratios({u: (v, e, se) for u, (v, e, _) in ar.items()}, {u: (v, e, se) for u, (v, e, _) in mdm.items()})[0]
+        assert r.low < 10 ** 0.5 < r.high
+        assert r.high / r.low == pytest.approx(10 ** (2 * 1.96 * se * 37.5 ** 0.5), rel=0.1)
+    assert crossover.data_ratios({u: (v, e, None) for u, (v, e, _) in ar.items()}, mdm)[0].low is None
+
+
 def _planted_runs(r_star, budgets, epochs, rng, noise=1e-3):
     """One (U, tokens, final loss) point per run of a (U x epochs) grid, loss from the law with
     E=1.7, B=250, beta=0.3 and relative noise."""
@@ -173,12 +280,69 @@ def test_report_finds_the_planted_crossover_and_rstar(synthetic_root, tmp_path):
     for name in ("crossover_cloze_acc_epochs.png", "crossover_cloze_acc_tokens.png", "crossover_val_loss_epochs.png", "scaling_fit.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000, name
     md = open(os.path.join(out, "report.md")).read()
-    assert "| 0.12M params | 6,400 | 64 | ar | mdm | 0.5000 (ep 10.0) | 0.9000 (ep 52.0) | 20.0 |" in md
+    # no logged standard errors: binomial ones from eval.cloze_examples (64 items), sqrt(.5 x .5 / 64) = 0.0625;
+    # the MDM passes 0.5 + 2 sqrt(SE_mdm^2 + 0.0625^2) first at epoch 34 (0.675 > 0.6713; 0.6625 < 0.6721 at 33)
+    assert ("| 0.12M params | 6,400 | 64 | ar | mdm | 0.5000 +-0.0625 (ep 10.0) | 0.9000 +-0.0375 (ep 52.0) | 20.0 [<0.25..34.0] "
+            "| yes, from epoch 34.0 |") in md
+    ratios = {r["unique_tokens"]: r for r in summary["data_ratios"]["cloze_acc"]}
+    assert ratios[6400]["bound"] == ">" and ratios[6400]["data_ratio"].startswith("> 10x")  # 0.9 beats AR's best at every U
     assert "not** a fair" in md and "paper_1b" in md and "mdm_steps_eq_len" in md
     # the FLOPs rows come from dllm_jax.flops for the 1B paper model (vocab rows 50,304)
     big = [r for r in summary["flops"]["train"] if r["model"] == "paper_1b"][0]
     assert big["ar"] == big["mdm"] == pytest.approx(flops.train_flops_per_token(
         ModelConfig(vocab_size=50304, d_model=1536, n_layers=28, n_heads=12, d_ff=4608), 2048))
+
+
+def test_report_states_the_crossover_bracket_and_the_data_ratio(tmp_path):
+    """Two budgets whose cloze records carry their standard errors (0.005). U = 6400: AR =
+    min(0.3 + e/50, 0.5), MDM = 0.25 + e/80: crossover at 20, bracket [18..22], past AR's best by
+    2 SE from 22. U = 64000: AR best 0.7, MDM best 0.5. Data ratio at 6400: AR's best reaches the
+    MDM's 0.65 at log U = log 6400 + (0.65 - 0.5) / (0.7 - 0.5) decades: 10^0.75 = 5.62x."""
+    from dllm_jax.cli import main
+
+    root = str(tmp_path / "runs")
+    for unique, epochs, accs in ((6400, 32, {"ar": lambda e: min(0.3 + e / 50, 0.5), "mdm": lambda e: 0.25 + e / 80}),
+                                 (64000, 4, {"ar": lambda e: 0.4 + e * 0.075, "mdm": lambda e: 0.3 + e * 0.05})):
+        for objective, acc in accs.items():
+            val = [{"epoch": float(e), "val_loss": 3.0, "cloze_acc": acc(e), "cloze_acc_stderr": 0.005, "cloze_n": 10_000}
+                   for e in range(1, epochs + 1)]
+            _fake_run(root, f"U{unique}_{objective}", objective, unique, epochs, val)
+    out = str(tmp_path / "report")
+    assert main(["report", "--root", root, "--out", out]) == 0
+    summary = json.load(open(os.path.join(out, "report.json")))
+    row = [r for r in summary["crossovers"]["cloze_acc"] if r["unique_tokens"] == 6400][0]
+    assert row["crossover_epoch"] == pytest.approx(20.0) and (row["crossover_low"], row["crossover_high"]) == (18.0, 22.0)
+    assert row["crossover_significant"] and row["passes"]["from_epoch"] == 22.0
+    ratio = {r["unique_tokens"]: r for r in summary["data_ratios"]["cloze_acc"]}
+    assert ratio[6400]["ratio"] == pytest.approx(10 ** 0.75) and ratio[6400]["low"] < 10 ** 0.75 < ratio[6400]["high"]
+    assert (ratio[64000]["bound"], ratio[64000]["ratio"]) == ("<=", 0.1)  # AR's 0.5 at U = 6400 already matches
+    assert (ratio[6400]["converse_bound"], ratio[64000]["converse_bound"]) == (">=", "<")
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| 6,400 | 32 | ar | mdm | 0.5000 +-0.0050 (ep 10.0) | 0.6500 +-0.0050 (ep 32.0) | 20.0 [18.0..22.0] | yes, from epoch 22.0 |" in md
+    assert (f"| 0.12M params | ar | mdm | 6,400 | 0.5000 +-0.0050 (ep 10.0) | 0.6500 +-0.0050 (ep 32.0) | {6400 * 10 ** 0.75:,.0f} | "
+            f"5.62x ({ratio[6400]['low']:.2f}..{ratio[6400]['high']:.2f}) | >= 1x") in md
+    assert "| 64,000 | 0.7000 +-0.0050 (ep 4.0) | 0.5000 +-0.0050 (ep 4.0) | <= 6,400 | <= 0.1x" in md
+    for name in ("data_ratio_cloze_acc.png", "crossover_cloze_acc_epochs.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 10_000, name
+
+
+def test_cloze_standard_errors_of_runs_logged_without_them(tmp_path):
+    """Logged standard errors are read as they are; older records get sqrt(p(1-p)/n) with n the
+    record's cloze_n, else eval.cloze_examples capped by the validation rows; unknown n: None."""
+    from dllm_jax.study.runs import load_run
+
+    val = [{"epoch": 1.0, "val_loss": 3.0, "cloze_acc": 0.5, "cloze_acc_stderr": 0.01},
+           {"epoch": 2.0, "val_loss": 3.0, "cloze_acc": 0.5, "cloze_n": 100},
+           {"epoch": 3.0, "val_loss": 3.0, "cloze_acc": 0.2}]
+    _fake_run(str(tmp_path), "r", "ar", 6400, 4, val)
+    run = load_run(str(tmp_path / "r"))
+    assert run.curve_stderr("cloze_acc") == [0.01, 0.05, pytest.approx((0.2 * 0.8 / 64) ** 0.5)]  # eval.cloze_examples = 64
+    assert run.curve_stderr("val_loss") == [None] * 3
+    run.info["val_sequences"] = 16  # fewer validation rows than cloze_examples: build_cloze uses 16 items
+    assert run.curve_stderr("cloze_acc")[2] == pytest.approx(0.1)
+    run.info.pop("val_sequences")
+    run.config["eval.cloze_examples"] = 0  # every validation row, and their count unknown
+    assert run.curve_stderr("cloze_acc")[2] is None
 
 
 # -- grid files and the sweep ------------------------------------------------------------

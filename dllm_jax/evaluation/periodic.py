@@ -2,7 +2,9 @@
 
 Built once at the start of a run (the items and the Monte Carlo seed are fixed, so values
 are comparable across steps and between AR and MDM runs on the same data); called with
-the current parameters wherever the loop validates.
+the current parameters wherever the loop validates. Each record carries cloze_acc and
+cloze_acc_norm, their binomial standard errors (`cloze_acc_stderr`, `cloze_acc_norm_stderr`,
+sqrt(p(1-p)/n)) and the item count `cloze_n`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ class ClozeEvaluator:
 
     def __call__(self, params) -> dict:
         r = score_items(self.scorer, params, self.items, mc_samples=self.mc_samples, seed=self.seed)
-        return {"cloze_acc": r["acc"], "cloze_acc_norm": r["acc_norm"]}
+        # binomial standard errors and the item count: the report's crossover bracket and 2-SE test need them
+        return {"cloze_acc": r["acc"], "cloze_acc_norm": r["acc_norm"], "cloze_acc_stderr": r["acc_stderr"],
+                "cloze_acc_norm_stderr": r["acc_norm_stderr"], "cloze_n": r["n"]}
 
 
 __all__ = ["ClozeEvaluator"]

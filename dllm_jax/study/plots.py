@@ -1,8 +1,13 @@
 """The report's figures (matplotlib, Agg backend, PNG).
 
 - `plot_crossover`: one panel per unique-token budget (one row per model size), a metric
-  against epochs or tokens seen, every series of the panel (AR solid, MDM dashed), and the
-  crossover (where the MDM goes ahead for good) marked with a star and a dotted line.
+  against epochs or tokens seen, every series of the panel (AR solid, MDM dashed) with a
+  shaded +-2 standard-error band where the runs logged standard errors, and the crossover
+  (where the MDM goes ahead for good) marked with a star and a dotted line, its 2-SE
+  bracket shaded grey.
+- `plot_data_ratio`: each objective's best downstream score against the unique-token budget
+  U (log x) with +-2 SE bars, and for each MDM point an arrow to the U at which AR's best
+  reaches it, labelled with the data ratio.
 - `plot_fits`: validation loss against tokens seen for every budget of a series, with the
   fitted Muennighoff curve through them.
 """
@@ -52,10 +57,20 @@ def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossove
             for series, run in sorted(runs.items(), key=lambda kv: series_order.index(kv[0])):
                 epochs, tokens, values = run.curve(metric)
                 if values:
-                    ax.plot(epochs if xaxis == "epochs" else tokens, values, **_style(series, run.objective, series_order.index(series)))
+                    style = _style(series, run.objective, series_order.index(series))
+                    x = epochs if xaxis == "epochs" else tokens
+                    ax.plot(x, values, **style)
+                    stderr = run.curve_stderr(metric)
+                    if all(se is not None for se in stderr):
+                        v, se = np.asarray(values), np.asarray(stderr)
+                        ax.fill_between(x, v - 2 * se, v + 2 * se, color=style["color"], alpha=0.15, linewidth=0)
             for (p, u, _, _), cross in crossovers.items():
+                scale = 1 if xaxis == "epochs" else unique
+                if (p, u) == (params, unique) and cross.epoch is not None and cross.low is not None:
+                    lo, hi = max(cross.low, cross.first_epoch), min(cross.high, cross.last_epoch)
+                    ax.axvspan(lo * scale, hi * scale, color="gray", alpha=0.15, linewidth=0)
                 if (p, u) == (params, unique) and cross.epoch is not None:
-                    x = cross.epoch if xaxis == "epochs" else cross.epoch * unique
+                    x = cross.epoch * scale
                     ax.axvline(x, color="gray", linestyle=":", linewidth=1)
                     ax.plot([x], [cross.value], marker="*", color="black", markersize=11, linestyle="none")
             ax.set_title(f"U = {_fmt_tokens(unique)} unique tokens" + (f"\n{model_label(params)}" if len(models) > 1 else ""), fontsize=9)
@@ -73,7 +88,7 @@ def plot_crossover(panel_map: dict, metric: str, xaxis: str, path: str, crossove
                 handles[lab] = h
                 labels.append(lab)
     fig.legend([handles[lab] for lab in labels] + [plt.Line2D([], [], marker="*", color="black", linestyle="none")],
-               labels + ["crossover (MDM ahead for good)"], loc="lower center", ncol=min(len(labels) + 1, 5), fontsize=8)
+               labels + ["crossover (MDM ahead for good; grey: its 2-SE bracket)"], loc="lower center", ncol=min(len(labels) + 1, 5), fontsize=8)
     fig.suptitle(f"{METRIC_TITLES.get(metric, metric)}, AR vs MDM, against {'epochs' if xaxis == 'epochs' else 'tokens seen'}", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) > 4), 1, 0.93))
     with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
@@ -112,6 +127,39 @@ def plot_fits(groups: list, path: str) -> bool:
         ax.set_xlabel("tokens seen", fontsize=8)
         ax.set_ylabel("validation loss", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_data_ratio(groups: list, metric: str, path: str) -> bool:
+    """groups: [(params, ar_series, mdm_series, ar_bests, mdm_bests, [DataRatio])] with bests =
+    {U: (value, epoch, stderr)} (`report.ratio_groups`): one panel per group."""
+    groups = [g for g in groups if g[5]]
+    if not groups:
+        return False
+    fig, axes = plt.subplots(1, len(groups), figsize=(max(4.6 * len(groups), 5.2), 3.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (params, a_name, m_name, ar_bests, mdm_bests, ratios) in zip(axes[0], groups):
+        for k, (name, bests, style) in enumerate(((a_name, ar_bests, "-"), (m_name, mdm_bests, "--"))):
+            u = sorted(bests)
+            v = [bests[x][0] for x in u]
+            err = [2 * bests[x][2] if bests[x][2] is not None else 0.0 for x in u]
+            ax.errorbar(u, v, yerr=err, color=colors[k], linestyle=style, marker="o", markersize=4, capsize=3, label=f"{name}: best (+-2 SE)")
+        for r in ratios:
+            ax.annotate("", xy=(r.ar_needed, r.mdm_best), xytext=(r.unique_tokens, r.mdm_best),
+                        arrowprops={"arrowstyle": "->", "color": "gray", "linestyle": ":"})
+            text = f"{r.ratio:.2g}x" if r.bound == "=" else f"{r.bound}{r.ratio:.2g}x"
+            ax.annotate(text, xy=(r.unique_tokens, r.mdm_best), xytext=(4, 4), textcoords="offset points", fontsize=7, color="gray")
+        ax.set_xscale("log")
+        ax.set_xlabel("unique tokens U", fontsize=8)
+        ax.set_ylabel(f"best {metric}", fontsize=8)
+        ax.set_title(f"{model_label(params)}: unique data AR needs to match the MDM\n(arrow: U -> AR's U; label: data ratio)", fontsize=9)
+        ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

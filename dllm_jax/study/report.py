@@ -4,9 +4,15 @@ Reads every run under DIR (see `dllm_jax.study.runs`) and writes, in DIR (or --o
 
 - `crossover_<metric>_epochs.png`, `crossover_<metric>_tokens.png`: each metric the runs
   logged (cloze_acc, cloze_acc_norm, val_loss) against epochs and tokens seen, AR vs MDM,
-  one panel per unique-token budget, the crossover marked;
+  one panel per unique-token budget, +-2 standard-error bands where logged, the crossover
+  and its 2-SE bracket marked;
+- `data_ratio_<metric>.png`: each objective's best downstream score against U (log x) with
+  +-2 SE bars, and the unique data AR needs to match each MDM point (the data ratio);
 - `report.md`: the runs, a crossover table per metric (per budget: best AR and best MDM
-  score, the epoch of each, the crossover epoch), the R* fits with their quality, training
+  score, the epoch of each, the crossover epoch with its 2-SE bracket, and whether
+  the MDM passes AR's best by more than 2 standard errors), the data-ratio table per
+  downstream metric (the study's "> 3x"; definitions in `dllm_jax.study.crossover`), the R*
+  fits with their quality, training
   FLOPs per token and inference FLOPs for generating 16..4096 tokens (`dllm_jax.flops`,
   the module the train loop uses for MFU), and the machine the report was made on;
 - `scaling_fit.png`: each series' validation loss with its fitted Muennighoff curve;
@@ -18,8 +24,10 @@ reflects the learning-rate ramp, not the data.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import math
 import os
 
 from dllm_jax import paths
@@ -46,7 +54,8 @@ def run(args) -> int:
     out = args.out or args.root
     print(f"report: {paths.join(out, 'report.md')} ({len(summary['runs'])} runs, figures: {', '.join(summary['figures']) or 'none'})")
     for row in summary["crossovers"].get(summary["headline_metric"], []):
-        print(f"  U={row['unique_tokens']:,} {row['ar_series']} vs {row['mdm_series']}: crossover {row['crossover']}")
+        print(f"  U={row['unique_tokens']:,} {row['ar_series']} vs {row['mdm_series']}: crossover {row['crossover']}"
+              + (f", 2-SE bracket {row['crossover_interval']}; passes AR's best by > 2 SE: {row['passes_ar_best']}" if row["crossover_low"] is not None else ""))
     return 0
 
 
@@ -65,32 +74,102 @@ def machine() -> dict:
     return info
 
 
-def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
-    """One row per (model, budget, AR series, diffusion series); also {(params, U, ar, mdm): Crossover}.
-    AR = an exact-likelihood objective; the diffusion side is every other objective (MDM and
-    block diffusion: 'mdm_series' names it and 'diffusion_objective' says which)."""
+def _split(series: dict) -> tuple[dict, dict]:
+    """{series: run} -> (AR series, diffusion series): AR = an exact-likelihood objective; the
+    diffusion side is every other known objective (MDM and block diffusion)."""
     from dllm_jax import objectives
 
-    from dllm_jax.study.crossover import HIGHER_IS_BETTER, best, find_crossover
+    known = {s: r for s, r in series.items() if r.objective in objectives.REGISTRY}
+    ars = {s: r for s, r in known.items() if objectives.get(r.objective).exact_likelihood}
+    return ars, {s: r for s, r in known.items() if s not in ars}
+
+
+def _json_float(x):
+    """A float for report.json: +-inf (an open interval end) as the strings 'inf' / '-inf'."""
+    return x if x is None or math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
+    """One row per (model, budget, AR series, diffusion series); also {(params, U, ar, mdm): Crossover}.
+    'mdm_series' names the diffusion side and 'diffusion_objective' says which objective it is.
+    With standard errors (cloze): the crossover's 2-SE bracket and the 2-SE test
+    against AR's best (`dllm_jax.study.crossover`)."""
+    from dllm_jax.study.crossover import HIGHER_IS_BETTER, best, best_point, find_crossover, passes_best
 
     higher = HIGHER_IS_BETTER[metric]
     rows, marks = [], {}
     for (params, unique), series in panel_map.items():
-        known = {s: r for s, r in series.items() if r.objective in objectives.REGISTRY}
-        ars = {s: r for s, r in known.items() if objectives.get(r.objective).exact_likelihood}
-        mdms = {s: r for s, r in known.items() if s not in ars}
+        ars, mdms = _split(series)
         for a_name, a in ars.items():
             for m_name, m in mdms.items():
                 ae, _, av = a.curve(metric)
                 me, _, mv = m.curve(metric)
                 if not av or not mv:
                     continue
-                cross = find_crossover(ae, av, me, mv, higher)
+                a_se, m_se = a.curve_stderr(metric), m.curve_stderr(metric)
+                cross = find_crossover(ae, av, me, mv, higher, ar_stderr=a_se, mdm_stderr=m_se)
+                passes = passes_best(ae, av, a_se, me, mv, m_se, higher)
                 marks[(params, unique, a_name, m_name)] = cross
                 rows.append({"params": params, "unique_tokens": unique, "epochs": max(a.epochs, m.epochs),
                              "ar_series": a_name, "mdm_series": m_name, "diffusion_objective": m.objective, "ar_best": best(ae, av, higher), "mdm_best": best(me, mv, higher),
-                             "crossover_epoch": cross.epoch, "crossover": cross.describe(), "ar_final": av[-1], "mdm_final": mv[-1]})
+                             "ar_best_stderr": best_point(ae, av, a_se, higher)[2], "mdm_best_stderr": best_point(me, mv, m_se, higher)[2],
+                             "crossover_epoch": cross.epoch, "crossover": cross.describe(), "ar_final": av[-1], "mdm_final": mv[-1],
+                             "crossover_low": _json_float(cross.low), "crossover_high": _json_float(cross.high),
+                             "crossover_significant": cross.significant,
+                             "crossover_interval": cross.describe_interval(), "passes_ar_best": passes.describe(),
+                             "passes": {k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(passes).items()}})
     return rows, marks
+
+
+def ratio_groups(panel_map, metric: str, n_boot: int | None = None) -> list:
+    """The data ratio (`dllm_jax.study.crossover.data_ratios`) of every (model, AR series,
+    diffusion series) across budgets: [(params, ar_series, mdm_series, ar_bests, mdm_bests,
+    [DataRatio])], bests = {U: (value, epoch, stderr)}."""
+    from dllm_jax.study.crossover import HIGHER_IS_BETTER, N_BOOT, best_per_budget, data_ratios
+
+    higher, n_boot = HIGHER_IS_BETTER[metric], n_boot or N_BOOT
+    curves = {}  # (params, 'ar' | 'mdm', series) -> {U: (epochs, values, stderr)}
+    for (params, unique), series in panel_map.items():
+        for side, runs in zip(("ar", "mdm"), _split(series)):
+            for name, r in runs.items():
+                e, _, v = r.curve(metric)
+                if v:
+                    curves.setdefault((params, side, name), {})[unique] = (e, v, r.curve_stderr(metric))
+    out = []
+    for (params, side, a_name), a_curves in sorted(curves.items()):
+        if side != "ar":
+            continue
+        for (p, m_side, m_name), m_curves in sorted(curves.items()):
+            if p == params and m_side == "mdm":
+                ar_bests, mdm_bests = best_per_budget(a_curves, higher), best_per_budget(m_curves, higher)
+                out.append((params, a_name, m_name, ar_bests, mdm_bests, data_ratios(ar_bests, mdm_bests, higher, n_boot=n_boot)))
+    return out
+
+
+def ratio_section(groups: list, metric: str, n_boot: int) -> tuple[list, list]:
+    """Markdown lines and JSON rows of the data-ratio table of one downstream metric."""
+    from dllm_jax.study.crossover import METRIC_TITLES
+    from dllm_jax.study.runs import model_label
+
+    lines = [f"### Data ratio: {METRIC_TITLES[metric]}", "",
+             "The study's \"> 3x data potential\" (a DLM on 0.5B unique tokens matches an AR on 1.5B). At each budget U: the "
+             "unique tokens AR needs for its best score to reach the MDM's best at U (AR's best per budget, linear in log U "
+             "between its budgets), divided by U; a bound (> or <=) when that lies outside AR's budgets. Converse: U divided by "
+             f"the unique tokens the MDM needs to reach AR's best at U. 95% intervals: a parametric bootstrap ({n_boot} "
+             "resamples; each run's best redrawn from N(best, SE^2), the ratios recomputed). See `dllm_jax.study.crossover`.", "",
+             "| model | AR series | MDM series | U | best AR at U (+-SE) | best MDM at U (+-SE) | AR's unique tokens to match the MDM | data ratio (95%) | converse ratio (95%) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for params, a_name, m_name, ar_bests, mdm_bests, ratios in groups:
+        for r in ratios:
+            ab, mb = ar_bests.get(r.unique_tokens), mdm_bests[r.unique_tokens]
+            needed = f"{r.ar_needed:,.0f}" if r.bound == "=" else f"{r.bound} {r.ar_needed:,.0f}"
+            lines.append(f"| {model_label(params)} | {a_name} | {m_name} | {r.unique_tokens:,} | {_fmt_se(ab)} | {_fmt_se(mb)} | {needed} | "
+                         f"{r.describe()} | {r.describe_converse()} |")
+            rows.append({"params": params, "ar_series": a_name, "mdm_series": m_name, "data_ratio": r.describe(),
+                         "converse_ratio": r.describe_converse(),
+                         **{k: _json_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(r).items()}})
+    return lines + [""], rows
 
 
 FIT_LOSSES = ("final", "best")
@@ -184,15 +263,22 @@ def flops_section(models: list, prompt_len: int) -> tuple[list, dict]:
 
 # -- the report ------------------------------------------------------------------------
 
-def _fmt_best(b, metric):
+def _fmt_best(b, metric, stderr=None):
     if b is None:
         return "-"
-    return f"{b[0]:.4f} (ep {b[1]:.1f})"
+    return f"{b[0]:.4f}" + (f" +-{stderr:.4f}" if stderr is not None else "") + f" (ep {b[1]:.1f})"
 
 
-def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_len: int = 1, fit_loss: str = "final") -> dict:
+def _fmt_se(point):
+    """(value, epoch, stderr) -> '0.4264 +-0.0226 (ep 10.0)'."""
+    return "-" if point is None else _fmt_best(point[:2], None, point[2])
+
+
+def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_len: int = 1, fit_loss: str = "final",
+                 n_boot: int | None = None) -> dict:
+    """Write the report (module docstring); n_boot: bootstrap resamples (default crossover.N_BOOT)."""
     from dllm_jax.study import plots
-    from dllm_jax.study.crossover import HIGHER_IS_BETTER, METRIC_TITLES
+    from dllm_jax.study.crossover import HIGHER_IS_BETTER, METRIC_TITLES, N_BOOT
     from dllm_jax.study.runs import load_runs, model_label, panels
 
     runs = sorted(load_runs(root), key=lambda r: (r.params, r.unique_tokens, r.series))
@@ -201,6 +287,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     out = paths.expand(out or root)
     paths.makedirs(out)
     panel_map = panels(runs)
+    n_boot = n_boot or N_BOOT
     metrics = [m for m in METRICS if any(r.curve(m)[2] for r in runs)]
     headline = next((m for m in metrics if m in DOWNSTREAM), "val_loss")
     mach = machine()
@@ -235,26 +322,45 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
            "see `dllm_jax.study.crossover`). The study's crossover metric is a downstream accuracy (here the cloze task "
            "made from held-out text). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
            "MDM an ELBO (an upper bound on its NLL), and AR validation loss can rise with repetition while its downstream "
-           "accuracy still improves. Its table is given for completeness.", ""]
+           "accuracy still improves. Its table is given for completeness.", "",
+           "Uncertainty (downstream metrics, from each evaluation's binomial standard error SE): the crossover's 2-SE "
+           "bracket [a..b]: a = the last epoch at which AR is ahead by more than 2 SE of the difference "
+           "(sqrt(SE_ar^2 + SE_mdm^2)), b = the epoch from which the MDM is ahead by more than 2 SE at every later "
+           "evaluation; '<first' / '>last' = open (never); a crossover whose bracket is open at the top is \"not "
+           "significant\". \"MDM > AR's best + 2 SE\": the MDM's score at an evaluation exceeds the best AR evaluation "
+           "of the whole AR run by more than 2 sqrt(SE_mdm^2 + SE_ar^2); 'from epoch X': at every evaluation from X on. "
+           "Why these and their caveats: `dllm_jax.study.crossover`.", ""]
     if headline == "val_loss":
         md += ["No run logged a downstream metric (cloze_acc): the crossover below is on validation loss only. Enable "
                "periodic cloze evaluation (the `eval` config group) for the study's metric.", ""]
-    crossovers, figures = {}, []
+    crossovers, ratios, figures = {}, {}, []
     for metric in metrics:
         rows, marks = crossover_rows(panel_map, metric)
         crossovers[metric] = rows
         arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
-        md += [f"### {METRIC_TITLES[metric]} ({arrow})", "", "| model | U | epochs | AR series | MDM / block-diffusion series | best AR (epoch) | best diffusion (epoch) | crossover epoch |",
-               "|---|---|---|---|---|---|---|---|"]
+        md += [f"### {METRIC_TITLES[metric]} ({arrow})", "",
+               "| model | U | epochs | AR series | MDM / block-diffusion series | best AR +-SE (epoch) | best diffusion +-SE (epoch) "
+               "| crossover epoch [2-SE bracket] | MDM > AR's best + 2 SE |",
+               "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {row['epochs']:.3g} | {row['ar_series']} | {row['mdm_series']} | "
-                      f"{_fmt_best(row['ar_best'], metric)} | {_fmt_best(row['mdm_best'], metric)} | {row['crossover']} |")
+                      f"{_fmt_best(row['ar_best'], metric, row['ar_best_stderr'])} | {_fmt_best(row['mdm_best'], metric, row['mdm_best_stderr'])} | "
+                      f"{row['crossover_interval']} | {row['passes_ar_best']} |")
         md.append("")
         for xaxis in ("epochs", "tokens"):
             name = f"crossover_{metric}_{xaxis}.png"
             if plots.plot_crossover(panel_map, metric, xaxis, paths.join(out, name), marks):
                 figures.append(name)
                 md += [f"![{metric} vs {xaxis}]({name})", ""]
+        if metric in DOWNSTREAM:
+            groups = ratio_groups(panel_map, metric, n_boot)
+            if any(g[5] for g in groups):
+                lines, ratios[metric] = ratio_section(groups, metric, n_boot)
+                md += lines
+                name = f"data_ratio_{metric}.png"
+                if plots.plot_data_ratio(groups, metric, paths.join(out, name)):
+                    figures.append(name)
+                    md += [f"![best {metric} vs unique tokens]({name})", ""]
 
     groups = fit_groups(runs, fit_loss)
     md += ["## Data-reuse constant R* (Muennighoff et al. form)", "",
@@ -283,7 +389,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     md += [""] + flops_lines
 
     summary = {"root": paths.absolute(root), "machine": mach, "runs": run_rows, "headline_metric": headline,
-               "crossovers": crossovers, "fits": fits, "flops": flops_json, "figures": figures}
+               "crossovers": crossovers, "data_ratios": ratios, "fits": fits, "flops": flops_json, "figures": figures}
     paths.write_text(paths.join(out, "report.md"), "\n".join(md) + "\n")
     paths.write_text(paths.join(out, "report.json"), json.dumps(summary, indent=1, default=str))
     return summary

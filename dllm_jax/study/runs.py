@@ -5,6 +5,12 @@ data stats: unique_tokens, epochs, steps_per_epoch, ...) and `metrics.jsonl`. It
 its validation records (those with `val_loss`), one per step (a resumed run's later record
 for a step wins), with `cloze_acc` / `cloze_acc_norm` where periodic cloze evaluation ran.
 
+Standard errors (`Run.curve_stderr`): a cloze record carries its binomial standard errors
+(`cloze_acc_stderr`, `cloze_acc_norm_stderr`) and item count `cloze_n`; for runs logged before
+those keys the error is sqrt(p(1-p)/n) with n = min(eval.cloze_examples, validation rows)
+(`Run.cloze_items`), and unknown (None) when n is (eval.cloze_examples = 0 and no row count
+in run.json). val_loss has no standard error here.
+
 Grouping (decided here): a run's *model* is its parameter count; its *budget* is its unique
 tokens U; its *series* is the objective plus every setting that differs from the defaults
 among the keys that vary across the sweep, other than the model shape, U, epochs and
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 
 from dllm_jax import paths
@@ -26,6 +33,7 @@ from dllm_jax.metrics import read_metrics
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
+STDERR_KEYS = {"cloze_acc": "cloze_acc_stderr", "cloze_acc_norm": "cloze_acc_norm_stderr"}
 TIMES_FILE = "sweep_times.jsonl"  # one record per `dllm-jax sweep` attempt at the point (wall seconds, machine)
 # keys that never name a series: the panel and model axes; besides these, the keys that do not
 # change what a run learns (`dllm_jax.config.how_key`) never name one either
@@ -69,6 +77,31 @@ class Run:
         """(epochs, tokens_seen, values) of the validation records that have `metric`."""
         recs = [r for r in self.val if isinstance(r.get(metric), (int, float))]
         return [r["epoch"] for r in recs], [r["tokens_seen"] for r in recs], [float(r[metric]) for r in recs]
+
+    @property
+    def cloze_items(self) -> int | None:
+        """Cloze items per evaluation for records without `cloze_n`: eval.cloze_examples, capped by the
+        validation rows (run.json's val_sequences) as `build_cloze` caps it; None when unknown."""
+        asked, rows = int(self.config.get("eval.cloze_examples") or 0), self.info.get("val_sequences")
+        if asked and rows:
+            return min(asked, int(rows))
+        return asked or (int(rows) if rows else None)
+
+    def curve_stderr(self, metric: str) -> list:
+        """The standard error of each value of `curve(metric)` (same order), None where unknown."""
+        key = STDERR_KEYS.get(metric)
+        out = []
+        for r in self.val:
+            if not isinstance(r.get(metric), (int, float)):
+                continue
+            if key is None:
+                out.append(None)
+            elif isinstance(r.get(key), (int, float)):
+                out.append(float(r[key]))
+            else:
+                n, p = r.get("cloze_n") or self.cloze_items, float(r[metric])
+                out.append(math.sqrt(p * (1 - p) / n) if n else None)
+        return out
 
     def wall_seconds(self) -> float | None:
         """Wall time of the sweep's attempts at this run (training, evaluation, compilation), if recorded."""

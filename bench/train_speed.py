@@ -17,6 +17,16 @@ through the network for each row, and its FLOPs per token (objective.train_flops
 count that.
 
 Writes bench/results/train_speed_<platform>.json and .md.
+
+Against a peer (AR only): the same config through MaxText, interleaved with ours in
+--rounds rounds (MaxText first, then ours, each --warmup untimed + --steps timed steps),
+medians over all timed steps, the ratio = MaxText step time / ours (> 1: ours faster):
+
+    python bench/train_speed.py --peer maxtext --peer-python /work/mtvenv/bin/python \
+        --also model.qk_norm=false --peer-remat minimal_with_context,full
+
+Writes bench/results/train_speed_<platform>_vs_maxtext.json and .md (see bench/peer_maxtext.py
+for the config mapping and how to install MaxText).
 """
 
 from __future__ import annotations
@@ -284,7 +294,11 @@ def run_peer(args, platform_name: str, dtype: str) -> int:
         lines.append(f"| {row['name']} | {params} | {row['vocab_rows']} | {row['step_seconds']:.3f} | {row['tokens_per_sec']:.0f} | {row['ratio']:.2f}x |")
     lines += ["", "Per round (median step s): " + "; ".join(
         ", ".join(f"{k} {v:.2f}" for k, v in x.items() if isinstance(v, float)) for x in rounds),
-        "", f"MaxText overrides: `{' '.join(mt_args[remats[0]])}`.", "", "Differences that remain: " + "; ".join(peer_maxtext.KNOWN_DIFFERENCES) + "."]
+        "", f"MaxText overrides: `{' '.join(mt_args[remats[0]])}`.", "",
+        "Differences that remain: " + "; ".join(peer_maxtext.KNOWN_DIFFERENCES) + "; ours by default has QK-norm "
+        "(MaxText's llama2 block has none: see the model.qk_norm=false row if timed) and a [MASK] row in the "
+        "embedding and head, padded to model.vocab_multiple (the vocab rows column; the extra logits are excluded "
+        "from the softmax)."]
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -246,6 +246,52 @@ def run_peer(args, platform_name: str, dtype: str) -> int:
     print(f"machine: {machine()}; load average {_loadavg()}\npeer: MaxText {version} ({python})", flush=True)
     timers = [(name, StepTimer("ar", args.size, dtype, args.remat, v, total_steps=1000)) for name, v in variants]
     peer_times, rounds, peer = {remat: [] for remat in remats}, [], {}
+
+    def write_results():  # after every round, so an interrupted run keeps what it measured
+        d, layers, heads, ff, vocab, seq, batch = SIZES[args.size]
+        tokens = batch * seq
+        mt_step = float(np.median(peer_times[remats[0]]))  # the ratio's reference: the first --peer-remat
+        rows = []
+        for remat in remats:
+            step_s = float(np.median(peer_times[remat]))
+            rows.append({"name": peer_name[remat], "step_seconds": step_s, "tokens_per_sec": tokens / step_s, "ratio": mt_step / step_s,
+                         "params": peer[remat]["params"], "vocab_rows": vocab, "loss": peer[remat]["loss"],
+                         "step_seconds_all": peer_times[remat]})
+        for name, timer in timers:
+            res = timer.result()
+            rows.append({"name": name, "step_seconds": res["step_seconds"], "tokens_per_sec": res["tokens_per_sec"],
+                         "ratio": mt_step / res["step_seconds"], "params": res["params"], "vocab_rows": res["vocab_rows"],
+                         "loss": res["loss"], "step_seconds_all": res["step_seconds_all"], "compile_seconds": res["compile_seconds"]})
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
+        result = {"machine": machine(), "platform": platform_name, "dtype": dtype, "size": args.size,
+                  "config": dict(zip(("d_model", "n_layers", "n_heads", "d_ff", "vocab", "seq_len", "batch"), SIZES[args.size])),
+                  "command": command, "peer": f"maxtext {version}", "peer_commands": {remat: " ".join(peer[remat]["command"][1:]) for remat in remats},
+                  "peer_args": mt_args, "known_differences": list(peer_maxtext.KNOWN_DIFFERENCES), "steps_per_round": args.steps,
+                  "warmup_per_round": args.warmup, "rounds": rounds, "rows": rows, "jax": jax.__version__, "commit": commit}
+        os.makedirs(args.out, exist_ok=True)
+        stem = os.path.join(args.out, f"train_speed_{platform_name}_vs_maxtext")
+        with open(stem + ".json", "w") as f:
+            json.dump(result, f, indent=2)
+        lines = [f"Machine: {result['machine']}; JAX {jax.__version__}; AR, {args.size} (d_model {d}, {layers} layers, {heads} heads, "
+                 f"d_ff {ff}, vocab {vocab}, seq {seq}, batch {batch}), {dtype}; commit {commit}.",
+                 f"Command: `{command}`. {len(rounds)} (of {args.rounds}) interleaved rounds (MaxText, then ours) of {args.warmup} warm-up + "
+                 f"{args.steps} timed steps each; step time = median of all timed steps. Load average per round (1/5/15 min): "
+                 + "; ".join(f"{x['load_before']} -> {x['load_after']}" for x in rounds) + ".", "",
+                 f"| run | params | vocab rows | step (s) | tokens/s | speed vs {peer_name[remats[0]]} |", "|---|---|---|---|---|---|"]
+        for row in rows:
+            params = f"{row['params'] / 1e6:.1f}M" if row["name"].startswith("ours") else f"{row['params'] / 1e9:.3f}B (its log)"
+            lines.append(f"| {row['name']} | {params} | {row['vocab_rows']} | {row['step_seconds']:.3f} | {row['tokens_per_sec']:.0f} | {row['ratio']:.2f}x |")
+        lines += ["", "Per round (median step s): " + "; ".join(
+            ", ".join(f"{k} {v:.2f}" for k, v in x.items() if isinstance(v, float)) for x in rounds),
+            "", f"MaxText overrides: `{' '.join(mt_args[remats[0]])}`.", "",
+            "Differences that remain: " + "; ".join(peer_maxtext.KNOWN_DIFFERENCES) + "; ours by default has QK-norm "
+            "(MaxText's llama2 block has none: see the model.qk_norm=false row if timed) and a [MASK] row in the "
+            "embedding and head, padded to model.vocab_multiple (the vocab rows column; the extra logits are excluded "
+            "from the softmax)."]
+        with open(stem + ".md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
     for r in range(args.rounds):
         record = {"round": r, "load_before": _loadavg()}
         for remat in remats:
@@ -258,50 +304,7 @@ def run_peer(args, platform_name: str, dtype: str) -> int:
         rounds.append(record)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.3f} s" for k, v in record.items() if isinstance(v, float))
               + f" (load {record['load_before']} -> {record['load_after']})", flush=True)
-    d, layers, heads, ff, vocab, seq, batch = SIZES[args.size]
-    tokens = batch * seq
-    mt_step = float(np.median(peer_times[remats[0]]))  # the ratio's reference: the first --peer-remat
-    rows = []
-    for remat in remats:
-        step_s = float(np.median(peer_times[remat]))
-        rows.append({"name": peer_name[remat], "step_seconds": step_s, "tokens_per_sec": tokens / step_s, "ratio": mt_step / step_s,
-                     "params": peer[remat]["params"], "vocab_rows": vocab, "loss": peer[remat]["loss"],
-                     "step_seconds_all": peer_times[remat]})
-    for name, timer in timers:
-        res = timer.result()
-        rows.append({"name": name, "step_seconds": res["step_seconds"], "tokens_per_sec": res["tokens_per_sec"],
-                     "ratio": mt_step / res["step_seconds"], "params": res["params"], "vocab_rows": res["vocab_rows"],
-                     "loss": res["loss"], "step_seconds_all": res["step_seconds_all"], "compile_seconds": res["compile_seconds"]})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    command = "python bench/train_speed.py " + " ".join(sys.argv[1:])
-    result = {"machine": machine(), "platform": platform_name, "dtype": dtype, "size": args.size,
-              "config": dict(zip(("d_model", "n_layers", "n_heads", "d_ff", "vocab", "seq_len", "batch"), SIZES[args.size])),
-              "command": command, "peer": f"maxtext {version}", "peer_commands": {remat: " ".join(peer[remat]["command"][1:]) for remat in remats},
-              "peer_args": mt_args, "known_differences": list(peer_maxtext.KNOWN_DIFFERENCES), "steps_per_round": args.steps,
-              "warmup_per_round": args.warmup, "rounds": rounds, "rows": rows, "jax": jax.__version__, "commit": commit}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"train_speed_{platform_name}_vs_maxtext")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    lines = [f"Machine: {result['machine']}; JAX {jax.__version__}; AR, {args.size} (d_model {d}, {layers} layers, {heads} heads, "
-             f"d_ff {ff}, vocab {vocab}, seq {seq}, batch {batch}), {dtype}; commit {commit}.",
-             f"Command: `{command}`. {args.rounds} interleaved rounds (MaxText, then ours) of {args.warmup} warm-up + "
-             f"{args.steps} timed steps each; step time = median of all timed steps. Load average per round (1/5/15 min): "
-             + "; ".join(f"{x['load_before']} -> {x['load_after']}" for x in rounds) + ".", "",
-             f"| run | params | vocab rows | step (s) | tokens/s | speed vs {peer_name[remats[0]]} |", "|---|---|---|---|---|---|"]
-    for row in rows:
-        params = f"{row['params'] / 1e6:.1f}M" if row["name"].startswith("ours") else f"{row['params'] / 1e9:.3f}B (its log)"
-        lines.append(f"| {row['name']} | {params} | {row['vocab_rows']} | {row['step_seconds']:.3f} | {row['tokens_per_sec']:.0f} | {row['ratio']:.2f}x |")
-    lines += ["", "Per round (median step s): " + "; ".join(
-        ", ".join(f"{k} {v:.2f}" for k, v in x.items() if isinstance(v, float)) for x in rounds),
-        "", f"MaxText overrides: `{' '.join(mt_args[remats[0]])}`.", "",
-        "Differences that remain: " + "; ".join(peer_maxtext.KNOWN_DIFFERENCES) + "; ours by default has QK-norm "
-        "(MaxText's llama2 block has none: see the model.qk_norm=false row if timed) and a [MASK] row in the "
-        "embedding and head, padded to model.vocab_multiple (the vocab rows column; the extra logits are excluded "
-        "from the softmax)."]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write_results()
     return 0
 
 

@@ -79,6 +79,32 @@ def test_remat_does_not_change_values_or_gradients(model_and_params):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+@pytest.mark.parametrize("equation,x_shape,w_shape", [
+    ("bld,dhk->blhk", (2, 6, 8), (8, 2, 3)),  # q/k/v projection: x and dy the same size (x is the dot's lhs)
+    ("blhk,hkd->bld", (2, 6, 2, 3), (2, 3, 8)),  # attention output projection
+    ("bld,df->blf", (2, 6, 4), (4, 12)),  # SwiGLU gate/up: dy larger than x
+    ("blf,fd->bld", (2, 6, 12), (12, 4)),  # down projection: dy smaller than x (dy is the dot's lhs)
+])
+def test_project_has_the_value_and_gradients_of_einsum(equation, x_shape, w_shape):
+    """models.transformer.project only reorders the weight-gradient dot (a CPU speed fix);
+    value and both gradients are the einsum's, in the inputs' dtypes."""
+    from dllm_jax.models.transformer import project
+
+    kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+    x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+    y, vjp = jax.vjp(lambda a, b: project(equation, a, b), x, w)
+    y_ref, vjp_ref = jax.vjp(lambda a, b: jnp.einsum(equation, a, b), x, w)
+    dy = jax.random.normal(kg, y.shape)
+    np.testing.assert_array_equal(y, y_ref)
+    for got, want in zip(vjp(dy), vjp_ref(dy)):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # mixed precision as the model uses it: bfloat16 activations, a bfloat16 cast of a float32 weight
+    gx, gw = jax.grad(lambda a, b: jnp.sum(project(equation, a, b.astype(jnp.bfloat16)).astype(jnp.float32) ** 2), (0, 1))(
+        x.astype(jnp.bfloat16), w)
+    assert gx.dtype == jnp.bfloat16 and gw.dtype == jnp.float32
+
+
 def test_every_parameter_has_logical_axis_names():
     model = Transformer(CFG)
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32), causal=True))["params"]

@@ -28,6 +28,7 @@ as an explicit boolean `attention_mask` [B or 1, 1, Lq, Lk] with explicit `posit
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -99,6 +100,45 @@ def _constrain(x, axes):
     return nn.with_logical_constraint(x, axes)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def project(equation: str, x, w):
+    """`jnp.einsum(equation, x, w)` for an activation x and a weight w (e.g. "bld,df->blf"),
+    with the same value and gradients, but the weight gradient contracts the batch and
+    length axes with the smaller of (x, dy) as the dot's first operand.
+
+    Why: JAX's own transpose rule always computes dW as dot(dy, x), and XLA's CPU dot
+    (YNNPACK) wants the first operand's contracted axes minor, so the [tokens, d_ff]
+    gradient of the SwiGLU gate/up projections (and the [tokens, vocab] logits gradient of
+    the output head) was copied into a transposed layout every layer: ~30% of an AR train
+    step of the 34M model on 2 CPU cores (bench/train_speed.py --peer maxtext; README
+    "Speed"). dot(x, dy) lays out x ([tokens, d_model], 3x smaller there) instead; for the
+    down projection, where dy is the smaller, dot(dy, x) and a transpose of the result."""
+    return jnp.einsum(equation, x, w)
+
+
+def _project_fwd(equation, x, w):
+    return jnp.einsum(equation, x, w), (x, w)
+
+
+def _project_bwd(equation, res, dy):
+    x, w = res
+    inputs, out = equation.split("->")
+    xs, ws = inputs.split(",")
+    dx = jnp.einsum(f"{out},{ws}->{xs}", dy, w)
+    if x.size <= dy.size:  # dot(x, dy): x's token axes are the ones laid out again
+        dw = jnp.einsum(f"{xs},{out}->{ws}", x, dy)
+    else:  # dot(dy, x) in its natural output order, then the (weight-sized) transpose; the barrier
+        # keeps XLA from folding that transpose into the dot by swapping its operands (which would
+        # transpose the larger x again)
+        natural = "".join(c for c in out if c in ws) + "".join(c for c in xs if c in ws)
+        dw = jax.lax.optimization_barrier(jnp.einsum(f"{out},{xs}->{natural}", dy, x))
+        dw = jnp.einsum(f"{natural}->{ws}", dw)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: Any
@@ -148,9 +188,9 @@ class Attention(nn.Module):
         wk = _param(self, "wk", (cfg.d_model, k, d), ("embed", "kv_heads", "head_dim"), std)
         wv = _param(self, "wv", (cfg.d_model, k, d), ("embed", "kv_heads", "head_dim"), std)
         wo = _param(self, "wo", (h, d, cfg.d_model), ("q_heads", "head_dim", "embed"), std / (2 * cfg.n_layers) ** 0.5)
-        q = jnp.einsum("bld,dhk->blhk", x, wq.astype(dt))
-        key = jnp.einsum("bld,dhk->blhk", x, wk.astype(dt))
-        value = jnp.einsum("bld,dhk->blhk", x, wv.astype(dt))
+        q = project("bld,dhk->blhk", x, wq.astype(dt))
+        key = project("bld,dhk->blhk", x, wk.astype(dt))
+        value = project("bld,dhk->blhk", x, wv.astype(dt))
         if cfg.attention_bias:
             zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("q_heads", "head_dim"))
             kv_zeros = nn.with_logical_partitioning(nn.initializers.zeros, ("kv_heads", "head_dim"))
@@ -175,7 +215,7 @@ class Attention(nn.Module):
             impl = None if cfg.attention_impl in ("xla", "auto") else cfg.attention_impl
             out = jax.nn.dot_product_attention(q, key, value, mask=mask, is_causal=is_causal, implementation=impl)
         out = _constrain(out, ("activation_batch", "activation_length", "activation_heads", None))
-        y = jnp.einsum("blhk,hkd->bld", out, wo.astype(dt))
+        y = project("blhk,hkd->bld", out, wo.astype(dt))
         return y, new_cache
 
 
@@ -189,10 +229,10 @@ class MLP(nn.Module):
         w_gate = _param(self, "w_gate", (cfg.d_model, f), ("embed", "mlp"), cfg.init_std)
         w_up = _param(self, "w_up", (cfg.d_model, f), ("embed", "mlp"), cfg.init_std)
         w_down = _param(self, "w_down", (f, cfg.d_model), ("mlp", "embed"), cfg.init_std / (2 * cfg.n_layers) ** 0.5)
-        gate = jnp.einsum("bld,df->blf", x, w_gate.astype(dt))
-        up = jnp.einsum("bld,df->blf", x, w_up.astype(dt))
+        gate = project("bld,df->blf", x, w_gate.astype(dt))
+        up = project("bld,df->blf", x, w_up.astype(dt))
         hidden = _constrain(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-        return jnp.einsum("blf,fd->bld", hidden, w_down.astype(dt))
+        return project("blf,fd->bld", hidden, w_down.astype(dt))
 
 
 class Block(nn.Module):
@@ -355,7 +395,7 @@ class Transformer(nn.Module):
         head = embedding.T if cfg.tie_embeddings else _param(self, "lm_head", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std)
         if return_hidden:
             return (x, layer_caches) if cache is not None else x
-        logits = jnp.einsum("bld,dv->blv", x, head.astype(dt)).astype(jnp.float32)
+        logits = project("bld,dv->blv", x, head.astype(dt)).astype(jnp.float32)
         logits = _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
         if cache is not None:
             return logits, layer_caches

@@ -100,8 +100,17 @@ def _constrain(x, axes):
     return nn.with_logical_constraint(x, axes)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def project(equation: str, x, w):
+    """`jnp.einsum(equation, x, w)` for an activation x and a weight w (e.g. "bld,df->blf").
+    On a CPU target its weight gradient is laid out for XLA's CPU dot (`_cpu_project`); on TPU
+    and GPU, where XLA chooses layouts itself, it is the plain einsum and JAX's own gradient."""
+    if splash.target_platform() == "cpu":
+        return _cpu_project(equation, x, w)
+    return jnp.einsum(equation, x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _cpu_project(equation: str, x, w):
     """`jnp.einsum(equation, x, w)` for an activation x and a weight w (e.g. "bld,df->blf"),
     with the same value and gradients, but the weight gradient contracts the batch and
     length axes with the smaller of (x, dy) as the dot's first operand.
@@ -136,7 +145,7 @@ def _project_bwd(equation, res, dy):
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-project.defvjp(_project_fwd, _project_bwd)
+_cpu_project.defvjp(_project_fwd, _project_bwd)
 
 
 class RMSNorm(nn.Module):

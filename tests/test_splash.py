@@ -227,6 +227,9 @@ def test_auto_picks_the_kernel_per_platform(monkeypatch):
     assert resolve_attention_impl(cfg, 256, decoding=False) == "xla"  # cuDNN needs bf16/fp16
     explicit = ModelConfig(vocab_size=64, d_model=64, n_heads=4, attention_impl="xla")
     assert resolve_attention_impl(explicit, 256, decoding=False) == "xla"
+    asked = ModelConfig(vocab_size=64, d_model=64, n_heads=4, attention_impl="splash")
+    assert resolve_attention_impl(asked, 256, decoding=False) == "splash"
+    assert resolve_attention_impl(asked, 32, decoding=False) == "xla"  # an evaluation bucket that does not tile
 
 
 def test_lengths_that_do_not_tile_are_a_clear_error():

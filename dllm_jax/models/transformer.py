@@ -241,14 +241,16 @@ def resolve_attention_impl(cfg: ModelConfig, length: int, decoding: bool) -> str
     blocks) when the length tiles into blocks of 128; GPU -> 'cudnn' (cuDNN flash attention)
     when the compute dtype is bfloat16/float16 and head_dim <= 128 is a multiple of 8 (what
     cuDNN accepts); otherwise, and on CPU, 'xla'. Decoding with a KV cache (queries shorter than
-    the cache, a dynamic validity mask) always uses 'xla' for 'auto' and 'splash'."""
+    the cache, a dynamic validity mask) always uses 'xla' for 'auto' and 'splash', and so does a
+    length that does not tile (training lengths are checked by config.validate; these are evaluation
+    buckets and sampling canvases)."""
     impl = cfg.attention_impl
     if impl in ("xla", "cudnn"):
         return impl
     if decoding:
         return "xla"
     if impl == "splash":
-        return impl
+        return impl if length % splash.LANES == 0 else "xla"
     platform = splash.target_platform()
     if platform == "tpu" and length % splash.LANES == 0:
         return "splash"

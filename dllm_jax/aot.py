@@ -220,10 +220,14 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     peak = peak_chip / per_chip if peak_chip else None
 
     compiled, abstract, model, mesh, compile_s = _compile(config, devices, topology)
+    from dllm_jax import flops, objectives
     from dllm_jax.models.transformer import resolve_attention_impl
 
-    with jax.set_mesh(mesh):  # the kernel 'auto' resolved to for these devices
-        attention = resolve_attention_impl(model.cfg, config.data.seq_len, decoding=False)
+    objective = objectives.build(config)
+    with jax.set_mesh(mesh):  # the kernel 'auto' resolved to for these devices (block diffusion: over 2L tokens)
+        attention = resolve_attention_impl(model.cfg, objective.network_length(config.data.seq_len), decoding=False)
+    if attention == "splash" and "tpu_custom_call" not in compiled.as_text():
+        attention = "xla"  # the step's mask is not static (NBDiff's growing blocks, MDM annealing): the model fell back
     mem = compiled.memory_analysis()
     cost = _cost(compiled)
     xla_flops, seconds = cost.get("flops"), cost.get("optimal_seconds")
@@ -254,11 +258,6 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     batch, seq_len = config.train.batch_size, config.data.seq_len
     total = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes
     n_params = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
-    from dllm_jax import objectives
-
-    from dllm_jax import flops
-
-    objective = objectives.build(config)
     model_flops = objective.train_flops_per_token(model.cfg, seq_len) * batch * seq_len / n_dev
     # the Pallas kernel's work, which XLA's cost analysis does not see (a custom call): the model count's attention term
     kernel_flops = 0.0

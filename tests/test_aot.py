@@ -47,10 +47,15 @@ def test_report_memory_flops_and_fit(report):
     assert "FITS" in text and "optimizer state" in text and "estimated MFU" in text
 
 
-def test_remat_shows_in_compiled_memory(report):
-    full = aot.compile_report(_config(model__remat="full"), TOPOLOGY, cost_probe=False)
+def test_remat_shows_in_compiled_memory_and_a_traced_mask_reports_xla_attention(report):
+    """(One compile for two checks.) remat=full saves activation memory. With DiffuLLaMA's
+    annealing the step's mask is random per step, so 'auto' cannot use the splash kernel on TPU:
+    the model falls back to XLA attention, and the report says so and adds no kernel FLOPs."""
+    full = aot.compile_report(_config(model__remat="full", model__attention_impl="auto", mdm__anneal_steps=4), TOPOLOGY,
+                              cost_probe=False)
     assert full["bytes"]["temp"] < report["bytes"]["temp"]  # recomputing saves activation memory
     assert full["xla_flops"] is None  # no probe: one layer's count is not reported as a step's
+    assert full["attention_impl"] == "xla" and full["kernel_attention_flops"] == 0
 
 
 def test_auto_attention_compiles_the_splash_kernel_for_tpu_and_counts_its_flops(report):

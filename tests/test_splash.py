@@ -162,7 +162,7 @@ def test_sharded_2x2x2_splash_step_equals_single_device_xla_step(objective):
 def _bd_loss_and_grads(impl, params, tokens, document_attention, ar_loss_weight=0.0):
     """Block diffusion's train loss (the NELBO, plus NBDiff's AR term when weighted) and its
     gradient through `Objective.forward` (the static [x_t ; x_0] pattern) with `impl` attention."""
-    cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, attention_impl=impl)
+    cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64, attention_impl=impl)
     bd = objectives.by_name("block_diffusion", **{"block_diffusion.block_size": 32, "data.seq_len": 128,
                                                    "data.document_attention": document_attention,
                                                    "block_diffusion.ar_loss_weight": ar_loss_weight})
@@ -186,7 +186,7 @@ def test_block_diffusion_loss_and_gradients_equal_xla(document_attention, ar_los
     outputs are read too. Loss and gradients equal XLA attention's."""
     tokens = np.random.RandomState(0).randint(3, 100, (2, 128)).astype(np.int32)
     tokens[0, 50], tokens[1, 20], tokens[1, 100:] = IDS.eos_id, IDS.eos_id, IDS.pad_id
-    cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
+    cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64)
     params = nn.meta.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32), causal=False)["params"])
     (l_s, g_s), jaxpr_s = _bd_loss_and_grads("splash", params, jnp.asarray(tokens), document_attention, ar_loss_weight)
     (l_x, g_x), jaxpr_x = _bd_loss_and_grads("xla", params, jnp.asarray(tokens), document_attention, ar_loss_weight)

@@ -12,8 +12,8 @@ Masks (all static except the segment ids):
 - `segment_ids` [B, L] int: tokens attend only within their segment (document attention;
   `data.document_attention`), combined with the above;
 - `mask`: any static numpy boolean [Lq, Lk] (True = attend; or a `StaticMask` holding one),
-  e.g. the block-diffusion objective's 2L x 2L pattern (`block_diffusion.block_pattern`, which
-  the Transformer passes here); combined with `causal` if that is also set, and with the
+  e.g. the block-diffusion objective's 2L x 2L pattern (`block_diffusion.BlockPattern`, which
+  the Transformer evaluates with numpy and passes here); combined with `causal` if that is also set, and with the
   segment ids. Every query row must attend to something (the kernel's softmax is undefined on
   an empty row). The kernel gets it as a `NumpyMask`: at trace time it is cut into tiles, all-False
   tiles are skipped, all-True tiles computed unmasked, and only the partial tiles are stored

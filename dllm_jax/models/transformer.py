@@ -21,10 +21,12 @@ int array [B]: one write position per row); the call writes the new keys/values 
 positions < cache_index + L (and, if causal, only to positions <= their own).
 
 Other attention patterns (block diffusion's, see dllm_jax.objectives.block_diffusion) come
-as an explicit boolean `attention_mask` with explicit `positions`: a numpy array [Lq, Lk] (or
-[1, 1, Lq, Lk]) is a static pattern, the same for every example, which the splash kernel
-takes as its block-sparse mask (XLA attention as a constant); a jax array [B or 1, 1, Lq, Lk]
-(per example, or traced) needs XLA attention. `out_length=n` computes the output head for
+as an explicit `attention_mask` with explicit `positions`. A static pattern, the same for
+every example, is a function `pattern(q_idx, k_idx) -> bool` of query / key indices (numpy or
+jax arrays, broadcast; e.g. `block_diffusion.BlockPattern`) or a numpy bool [Lq, Lk]: the
+splash kernel takes it as its block-sparse mask, XLA attention evaluates it on iotas (a numpy
+array: as a constant). A jax bool array [B or 1, 1, Lq, Lk] (per example, or traced) needs
+XLA attention. `out_length=n` computes the output head for
 the first n positions only.
 """
 
@@ -288,8 +290,8 @@ class Transformer(nn.Module):
         """`return_hidden=True` returns the final-norm hidden states [B, L, d_model] instead of
         logits, for a loss that applies `output_head(params, cfg)` itself (dllm_jax.losses).
         `attention_mask` (bool, True = may attend): an extra mask ANDed with the pattern `causal` /
-        `segment_ids` / the cache give. A numpy [L, L] (or [1, 1, L, L]) is static (block diffusion's
-        [x_t ; x_0] pattern with causal=False): with splash attention the kernel applies it block-sparsely.
+        `segment_ids` / the cache give. A function of (query, key) indices or a numpy [L, L] is static
+        (block diffusion's [x_t ; x_0] pattern with causal=False): splash applies it block-sparsely.
         A jax array [B or 1, 1, L, L or T] (per example or traced: NBDiff's growing blocks, the random
         causal-to-bidirectional annealing of AR-to-MDM adaptation) makes 'splash' fall back to XLA attention.
         `out_length` > 0: logits / hidden of the first `out_length` positions only."""
@@ -301,12 +303,16 @@ class Transformer(nn.Module):
         is_causal = False
         impl = resolve_attention_impl(cfg, length, decoding=cache is not None)
         static_mask = None
-        if isinstance(attention_mask, np.ndarray):  # a static pattern (block diffusion's [x_t ; x_0] mask)
-            pattern = np.asarray(attention_mask, np.bool_).reshape(attention_mask.shape[-2:])
-            if impl == "splash":
-                static_mask, attention_mask = splash.StaticMask(pattern), None  # the kernel's block-sparse mask
+        if callable(attention_mask) or isinstance(attention_mask, np.ndarray):  # static (block diffusion's [x_t ; x_0])
+            k_len = length if cache is None else cache["k"].shape[2]
+            if impl == "splash":  # the kernel's block-sparse mask, built with numpy at trace time
+                pattern = (attention_mask(np.arange(length)[:, None], np.arange(k_len)[None, :]) if callable(attention_mask)
+                           else attention_mask.reshape(attention_mask.shape[-2:]))
+                static_mask, attention_mask = splash.StaticMask(pattern), None
+            elif callable(attention_mask):  # from iotas: no [L, L] constant in the program
+                attention_mask = attention_mask(jnp.arange(length)[:, None], jnp.arange(k_len)[None, :])[None, None]
             else:
-                attention_mask = jnp.asarray(pattern)[None, None]
+                attention_mask = jnp.asarray(attention_mask).reshape((1, 1) + attention_mask.shape[-2:])
         elif attention_mask is not None and impl == "splash":
             # a traced or per-example mask (NBDiff's growing block size, DiffuLLaMA's random annealing
             # mask): the splash kernel's mask is static by construction, so XLA attention

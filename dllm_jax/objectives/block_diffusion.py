@@ -70,19 +70,36 @@ from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_pr
 from dllm_jax.objectives.mdm import MaskedDiffusion
 
 
+def _pattern(q, k, length: int, block_size):
+    """BD3-LM's rule for query / key indices q, k of [x_t ; x_0] (numpy or jax, broadcast)."""
+    qn, kn = q < length, k < length
+    qb, kb = (q % length) // block_size, (k % length) // block_size
+    return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class BlockPattern:
+    """BD3-LM's static pattern for the [x_t ; x_0] input of 2 * `length` tokens as a function of
+    query and key indices, `pattern(q, k) -> bool` (numpy or jax index arrays, broadcast). The
+    model evaluates it with numpy for the splash kernel's block-sparse mask
+    (dllm_jax.models.splash), with jax iotas for XLA attention (no [2L, 2L] constant in the
+    program). A static pytree node: it passes through jit / grad / eval_shape unchanged."""
+
+    length: int
+    block_size: int
+
+    def __call__(self, q, k):
+        return _pattern(q, k, self.length, self.block_size)
+
+
 def block_pattern(length: int, block_size):
     """BD3-LM's pattern for the [x_t ; x_0] input of 2 * `length` tokens: bool [2L, 2L]
-    (block id = position // block_size). A Python int `block_size` gives a numpy array: a
-    static pattern, which the model hands to the splash kernel as its block-sparse mask
-    (dllm_jax.models.splash) or to XLA attention as a constant; a traced int scalar (NBDiff's
-    growing block size) gives a jax array, which only XLA attention takes."""
+    (block id = position // block_size): numpy for a Python int `block_size`, a jax array for a
+    traced one (NBDiff's growing block size; only XLA attention takes it)."""
     xp = np if isinstance(block_size, (int, np.integer)) else jnp
     idx = xp.arange(2 * length)
-    noisy = idx < length
-    blk = (idx % length) // block_size
-    qn, kn = noisy[:, None], noisy[None, :]
-    qb, kb = blk[:, None], blk[None, :]
-    return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+    return _pattern(idx[:, None], idx[None, :], length, block_size)
 
 
 def _with_segments(mask, segment_ids):
@@ -263,7 +280,7 @@ class BlockDiffusion(MaskedDiffusion):
         ar_loss_weight > 0 the outputs cover both halves [B, 2L, ...] (the clean half feeds the AR loss)."""
         b, length = inputs.shape[0], inputs.shape[1] // 2
         if attention_mask is None:
-            mask, out_length = block_pattern(length, self.block_size), length  # static numpy [2L, 2L]
+            mask, out_length = BlockPattern(length, self.block_size), length  # static
         else:
             mask = attention_mask
             out_length = 2 * length if self.ar_loss_weight > 0 else length
@@ -272,14 +289,14 @@ class BlockDiffusion(MaskedDiffusion):
                            segment_ids=segment_ids, attention_mask=mask, out_length=out_length, **apply_kwargs)
 
     def train_attention_mask(self, rng, step, length: int):
-        """Adapting (NBDiff): the [x_t ; x_0] pattern at the step's block size, bool [1, 1, 2L, 2L]
-        (`forward` uses it in place of the fixed block size's); otherwise None (mdm.anneal_steps is refused).
-        Without growth (only the AR loss) it is the static numpy pattern, so splash attention applies;
-        a growing block size is traced, so that step uses XLA attention."""
+        """Adapting (NBDiff): the [x_t ; x_0] pattern at the step's block size (`forward` uses it in
+        place of the fixed block size's); otherwise None (mdm.anneal_steps is refused). Without
+        growth (only the AR loss) it is the static `BlockPattern`, so splash attention applies; a
+        growing block size is traced: bool [1, 1, 2L, 2L], and that step uses XLA attention."""
         if not self.adapting:
             return None
         if self.grow_steps <= 0:
-            return block_pattern(length, self.block_size)[None, None]
+            return BlockPattern(length, self.block_size)
         bs = block_size_at(step, self.block_size, int(self.config.data.seq_len), self.grow_steps)
         return block_pattern(length, bs)[None, None]
 

@@ -68,7 +68,17 @@ def block_diffusion_train_flops_per_token(cfg: ModelConfig, seq_len: int, clean_
     (on both halves with `clean_head`: NBDiff's auxiliary AR loss, block_diffusion.ar_loss_weight > 0)."""
     head = 2.0 * cfg.d_model * cfg.vocab_size
     body = 2.0 * matmul_params(cfg) - head
-    return 3.0 * (2.0 * body + (2.0 if clean_head else 1.0) * head + 2.0 * attention_flops_per_query(cfg, 2 * seq_len))
+    return 3.0 * (2.0 * body + (2.0 if clean_head else 1.0) * head) + train_attention_flops_per_token(cfg, seq_len, 2 * seq_len)
+
+
+def train_attention_flops_per_token(cfg: ModelConfig, seq_len: int, network_len: int | None = None) -> float:
+    """The attention part of the training FLOPs per token (forward + backward = 3x forward):
+    `network_len / seq_len` network tokens per training token (`Objective.network_length`:
+    seq_len for AR/MDM, 2 * seq_len for block diffusion), each attending to all `network_len`
+    keys (full [L, L] scores; masked blocks are not subtracted). This is the work a fused
+    attention kernel (Pallas splash) does outside XLA's cost analysis (dllm_jax.aot)."""
+    n = network_len or seq_len
+    return 3.0 * (n / seq_len) * attention_flops_per_query(cfg, n)
 
 
 def block_diffusion_generate_flops(cfg: ModelConfig, gen_len: int, prompt_len: int = 1, *, block_length: int = 16,

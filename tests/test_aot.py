@@ -47,17 +47,36 @@ def test_report_memory_flops_and_fit(report):
     assert "FITS" in text and "optimizer state" in text and "estimated MFU" in text
 
 
-def test_remat_shows_in_compiled_memory(report):
-    full = aot.compile_report(_config(model__remat="full"), TOPOLOGY, cost_probe=False)
+def test_remat_shows_in_compiled_memory_and_a_traced_mask_reports_xla_attention(report):
+    """(One compile for two checks.) remat=full saves activation memory. With DiffuLLaMA's
+    annealing the step's mask is random per step, so 'auto' cannot use the splash kernel on TPU:
+    the model falls back to XLA attention, and the report says so and adds no kernel FLOPs."""
+    full = aot.compile_report(_config(model__remat="full", model__attention_impl="auto", mdm__anneal_steps=4), TOPOLOGY,
+                              cost_probe=False)
     assert full["bytes"]["temp"] < report["bytes"]["temp"]  # recomputing saves activation memory
     assert full["xla_flops"] is None  # no probe: one layer's count is not reported as a step's
+    assert full["attention_impl"] == "xla" and full["kernel_attention_flops"] == 0
 
 
-def test_auto_attention_compiles_the_splash_kernel_for_tpu(report):
-    """On a CPU host, 'auto' still resolves to splash for TPU devices, and XLA:TPU compiles it."""
-    splash = aot.compile_report(_config(model__attention_impl="auto"), TOPOLOGY, cost_probe=False)
+def test_auto_attention_compiles_the_splash_kernel_for_tpu_and_counts_its_flops(report):
+    """On a CPU host, 'auto' still resolves to splash for TPU devices, and XLA:TPU compiles it.
+    XLA's cost analysis sees no FLOPs inside the Pallas kernel, so the report adds the model
+    count's attention term, exactly, and only with splash: then XLA's count is close to the
+    XLA-attention program's again (without the term it falls short by about the attention work)."""
+    cfg = _config(model__attention_impl="auto")
+    splash = aot.compile_report(cfg, TOPOLOGY)
     assert report["attention_impl"] == "xla" and splash["attention_impl"] == "splash"
     assert splash["fits"] is True and "attention=splash" in aot.format_report(splash)
+    model = build_model(cfg, cfg.data.vocab_size)
+    attention = flops.train_attention_flops_per_token(model.cfg, 128) * cfg.train.batch_size * 128 / 4
+    assert attention == 3 * 4 * 3 * 4 * 16 * 128 * cfg.train.batch_size * 128 / 4  # 3 x 4 L n_layers heads head_dim per token
+    assert report["kernel_attention_flops"] == 0 and splash["kernel_attention_flops"] == attention
+    assert splash["xla_flops"] == pytest.approx(report["xla_flops"], rel=0.1)
+    assert splash["xla_flops"] - attention < 0.85 * report["xla_flops"]
+    assert splash["mfu"] == pytest.approx(splash["model_flops"] / (splash["xla_seconds"] * splash["peak_flops"]))
+    text = aot.format_report(splash)
+    assert "attention in the Pallas kernel, counted analytically" in text and "+ the kernel's attention FLOPs at peak" in text
+    assert "counted analytically" not in aot.format_report(report)
 
 
 def test_impossible_sharding_and_unknown_topology_are_clear_errors():
@@ -88,13 +107,17 @@ def test_cli_exit_codes_and_json(report, tmp_path, monkeypatch, capsys):
 
 
 def test_block_diffusion_step_compiles_with_its_own_flops():
-    """The 2L-token block-diffusion step compiles for the topology; its model FLOPs are the
-    objective's (2 halves through the network), and XLA's count agrees."""
-    cfg = _config(block_diffusion__block_size=16)
+    """The 2L-token block-diffusion step compiles for the topology with 'auto' attention, i.e.
+    the splash kernel with BD3-LM's static 2L x 2L block mask (forward and backward Mosaic
+    kernels); its model FLOPs are the objective's (2 halves through the network), and XLA's
+    count plus the kernel's analytic attention (2L queries per L tokens over 2L keys) agrees."""
+    cfg = _config(block_diffusion__block_size=16, model__attention_impl="auto")
     cfg.objective = "block_diffusion"
     bd = aot.compile_report(cfg, TOPOLOGY)
     model = build_model(cfg, cfg.data.vocab_size)
     tokens_per_chip = cfg.train.batch_size * cfg.data.seq_len / 4
-    assert bd["objective"] == "block_diffusion" and bd["fits"] is True
+    assert bd["objective"] == "block_diffusion" and bd["fits"] is True and bd["attention_impl"] == "splash"
     assert bd["model_flops"] == pytest.approx(flops.block_diffusion_train_flops_per_token(model.cfg, 128) * tokens_per_chip)
+    assert bd["kernel_attention_flops"] == flops.train_attention_flops_per_token(model.cfg, 128, 256) * tokens_per_chip
     assert 0.9 < bd["xla_flops"] / bd["model_flops"] < 1.6
+    assert (bd["xla_flops"] - bd["kernel_attention_flops"]) / bd["model_flops"] < 0.8  # what XLA alone sees

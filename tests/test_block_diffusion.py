@@ -128,6 +128,9 @@ def test_flops_count_two_halves():
     assert _bd(4).train_flops_per_token(cfg, 5) == flops.block_diffusion_train_flops_per_token(cfg, 5)
     ratio = flops.block_diffusion_train_flops_per_token(cfg, 5) / flops.train_flops_per_token(cfg, 5)
     assert 1.5 < ratio < 2.5
+    # the attention term alone (what a splash kernel does outside XLA's count): 2 queries per token over 10 keys
+    assert flops.train_attention_flops_per_token(cfg, 5, 10) == 3 * 2 * 16 * 10
+    assert flops.train_attention_flops_per_token(cfg, 5) == 3 * 16 * 5 == flops.train_flops_per_token(cfg, 5) - 6 * mp
     # generation with the exact cache: prompt of 2 (causal-like prefill), blocks of 2 over 3 tokens, one token per step
     dense, attn = 2 * mp, 16  # attention FLOPs per (query, key)
     prefill = 2 * dense + attn * (1 + 2)

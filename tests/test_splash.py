@@ -146,15 +146,72 @@ def _train(impl, mesh_sizes, objective):
     return np.array(losses), jax.tree.map(np.asarray, state.params)
 
 
-def test_sharded_2x2x2_splash_step_equals_single_device_xla_step():
+@pytest.mark.parametrize("objective", ["ar", "block_diffusion"])
+def test_sharded_2x2x2_splash_step_equals_single_device_xla_step(objective):
     """Data x fsdp x tensor = 2 x 2 x 2: splash runs per shard (batch and heads split) in
-    shard_map; two AR steps with document attention equal the unsharded XLA-attention steps."""
-    l1, p1 = _train("xla", (1, 1, 1), "ar")
-    l8, p8 = _train("splash", (2, 2, 2), "ar")
+    shard_map; two steps with document attention (AR: causal; block diffusion: BD3-LM's static
+    2L x 2L pattern with segment ids) equal the unsharded XLA-attention steps."""
+    l1, p1 = _train("xla", (1, 1, 1), objective)
+    l8, p8 = _train("splash", (2, 2, 2), objective)
     np.testing.assert_allclose(l8, l1, rtol=1e-5)
     for x, y in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
         np.testing.assert_allclose(x, y, atol=3e-3)
         assert np.abs(x - y).mean() < 1e-6
+
+
+def _bd_loss_and_grads(impl, params, tokens, document_attention, ar_loss_weight=0.0):
+    """Block diffusion's train loss (the NELBO, plus NBDiff's AR term when weighted) and its
+    gradient through `Objective.forward` (the static [x_t ; x_0] pattern) with `impl` attention."""
+    cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64, attention_impl=impl)
+    bd = objectives.by_name("block_diffusion", **{"block_diffusion.block_size": 32, "data.seq_len": 128,
+                                                   "data.document_attention": document_attention,
+                                                   "block_diffusion.ar_loss_weight": ar_loss_weight})
+    model = Transformer(cfg)
+    prep = bd.train_prepare_fn(IDS)(tokens, jax.random.key(4), jnp.int32(0))
+    mask = bd.train_attention_mask(None, jnp.int32(0), 128)  # None, or the static pattern when adapting
+
+    def loss(p):
+        ce, _ = train_step.forward_ce(model, p, prep, objective=bd, vocab_limit=IDS.mask_id,
+                                      **({} if mask is None else {"attention_mask": mask}))
+        return bd.metrics_from_ce(ce, prep)["loss_sum"] / prep.denom
+
+    return jax.jit(jax.value_and_grad(loss))(params), jax.make_jaxpr(loss)(params)
+
+
+@pytest.mark.parametrize("document_attention,ar_loss_weight", [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_block_diffusion_loss_and_gradients_equal_xla(document_attention, ar_loss_weight):
+    """BD3-LM's 2L x 2L pattern (L = 128, blocks of 32 inside tiles of 128) runs through the
+    splash kernel, ANDed with the documents' segment ids (padding at the end of a row) and with
+    GQA; with NBDiff's AR loss the pattern comes from `train_attention_mask` and the clean half's
+    outputs are read too. Loss and gradients equal XLA attention's."""
+    tokens = np.random.RandomState(0).randint(3, 100, (2, 128)).astype(np.int32)
+    tokens[0, 50], tokens[1, 20], tokens[1, 100:] = IDS.eos_id, IDS.eos_id, IDS.pad_id
+    cfg = ModelConfig(vocab_size=104, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64)
+    params = nn.meta.unbox(Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32), causal=False)["params"])
+    (l_s, g_s), jaxpr_s = _bd_loss_and_grads("splash", params, jnp.asarray(tokens), document_attention, ar_loss_weight)
+    (l_x, g_x), jaxpr_x = _bd_loss_and_grads("xla", params, jnp.asarray(tokens), document_attention, ar_loss_weight)
+    assert "pallas_call" in str(jaxpr_s) and "pallas_call" not in str(jaxpr_x)  # splash did not fall back
+    np.testing.assert_allclose(float(l_s), float(l_x), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_x)):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-4)
+
+
+def test_traced_masks_fall_back_to_xla_attention():
+    """A mask that is not static (NBDiff's growing block size, DiffuLLaMA's random annealing
+    mask) cannot be the kernel's block mask: 'splash' then runs XLA attention, same values."""
+    cfg = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, attention_impl="splash")
+    tokens = jax.random.randint(jax.random.key(1), (1, 128), 0, 64)
+    params = Transformer(cfg).init(jax.random.key(0), tokens, causal=False)["params"]
+    anneal = objectives.by_name("mdm", **{"mdm.anneal_steps": 10})
+
+    def run(impl, step):
+        m = Transformer(ModelConfig(**{**cfg.__dict__, "attention_impl": impl}))
+        mask = anneal.train_attention_mask(jax.random.key(2), step, 128)
+        return m.apply({"params": params}, tokens, causal=False, attention_mask=mask)
+
+    assert "pallas_call" not in str(jax.make_jaxpr(run, static_argnums=0)("splash", jnp.int32(3)))
+    np.testing.assert_array_equal(jax.jit(run, static_argnums=0)("splash", jnp.int32(3)),
+                                  jax.jit(run, static_argnums=0)("xla", jnp.int32(3)))
 
 
 def test_auto_picks_the_kernel_per_platform(monkeypatch):
@@ -170,6 +227,9 @@ def test_auto_picks_the_kernel_per_platform(monkeypatch):
     assert resolve_attention_impl(cfg, 256, decoding=False) == "xla"  # cuDNN needs bf16/fp16
     explicit = ModelConfig(vocab_size=64, d_model=64, n_heads=4, attention_impl="xla")
     assert resolve_attention_impl(explicit, 256, decoding=False) == "xla"
+    asked = ModelConfig(vocab_size=64, d_model=64, n_heads=4, attention_impl="splash")
+    assert resolve_attention_impl(asked, 256, decoding=False) == "splash"
+    assert resolve_attention_impl(asked, 32, decoding=False) == "xla"  # an evaluation bucket that does not tile
 
 
 def test_lengths_that_do_not_tile_are_a_clear_error():

@@ -11,9 +11,13 @@ Masks (all static except the segment ids):
 - `causal=True`: key index <= query index (AR); `causal=False`: full (MDM);
 - `segment_ids` [B, L] int: tokens attend only within their segment (document attention;
   `data.document_attention`), combined with the above;
-- `mask`: any static numpy boolean [Lq, Lk] (True = attend), e.g. the block-diffusion
-  objective's 2L x 2L mask; combined with `causal` if that is also set. Every query row
-  must attend to something (the kernel's softmax is undefined on an empty row).
+- `mask`: any static numpy boolean [Lq, Lk] (True = attend; or a `StaticMask` holding one),
+  e.g. the block-diffusion objective's 2L x 2L pattern (`block_diffusion.BlockPattern`, which
+  the Transformer evaluates with numpy and passes here); combined with `causal` if that is also set, and with the
+  segment ids. Every query row must attend to something (the kernel's softmax is undefined on
+  an empty row). The kernel gets it as a `NumpyMask`: at trace time it is cut into tiles, all-False
+  tiles are skipped, all-True tiles computed unmasked, and only the partial tiles are stored
+  (int8 [n_partial, block_q, block_kv]) and loaded by the kernel.
 
 Grouped-query attention: k/v may have fewer heads than q (the kernel maps query head h to
 key head h // (q_heads / kv_heads), as `jax.nn.dot_product_attention` does).
@@ -73,8 +77,8 @@ def target_platform() -> str:
     return device.platform if device is not None else jax.default_backend()
 
 
-class _StaticMask:
-    """A hashable wrapper of a static numpy [Lq, Lk] bool mask (a cache key)."""
+class StaticMask:
+    """A hashable wrapper of a static numpy [Lq, Lk] bool mask (a cache key; a Flax module attribute)."""
 
     def __init__(self, mask: np.ndarray):
         self.array = np.asarray(mask, dtype=np.bool_)
@@ -84,11 +88,11 @@ class _StaticMask:
         return hash(self._key)
 
     def __eq__(self, other):
-        return isinstance(other, _StaticMask) and self._key == other._key and np.array_equal(self.array, other.array)
+        return isinstance(other, StaticMask) and self._key == other._key and np.array_equal(self.array, other.array)
 
 
 @functools.lru_cache(maxsize=64)
-def _multi_head_mask(heads: int, q_len: int, kv_len: int, causal: bool, static: _StaticMask | None):
+def _multi_head_mask(heads: int, q_len: int, kv_len: int, causal: bool, static: StaticMask | None):
     """The kernel's mask for `heads` query heads. The same object for the same arguments, so
     that the kernel's own cache of processed masks (numpy work at trace time) hits."""
     shape = (q_len, kv_len)
@@ -135,27 +139,26 @@ def _entry(axes):
     return None if not axes else (axes[0] if len(axes) == 1 else axes)
 
 
-def splash_attention(q, k, v, *, causal: bool, segment_ids=None, mask: np.ndarray | None = None):
+def splash_attention(q, k, v, *, causal: bool, segment_ids=None, mask: np.ndarray | StaticMask | None = None):
     """Attention with softmax scale 1/sqrt(D).
 
     q [B, Lq, H, D], k/v [B, Lk, K, D] (K divides H), segment_ids [B, L] int or None (needs
-    Lq == Lk), mask a static numpy bool [Lq, Lk] or None. Returns [B, Lq, H, D] in q.dtype.
+    Lq == Lk), mask a static numpy bool [Lq, Lk] (or a StaticMask) or None. Returns [B, Lq, H, D] in q.dtype.
     Lq and Lk must be multiples of 128 (ConfigError otherwise)."""
     b, q_len, heads, d = q.shape
     kv_len, kv_heads = k.shape[1], k.shape[2]
     block_size(q_len), block_size(kv_len)  # a clear error before the kernel's own
     static = None
     if mask is not None:
-        mask = np.asarray(mask, np.bool_)
-        if mask.shape != (q_len, kv_len):
-            raise ValueError(f"splash mask has shape {mask.shape}, expected [Lq, Lk] = {(q_len, kv_len)}")
+        static = mask if isinstance(mask, StaticMask) else StaticMask(mask)
+        if static.array.shape != (q_len, kv_len):
+            raise ValueError(f"splash mask has shape {static.array.shape}, expected [Lq, Lk] = {(q_len, kv_len)}")
         if causal:
-            mask = mask & np.tril(np.ones(mask.shape, np.bool_))
-        empty = np.flatnonzero(~mask.any(axis=1))
+            static = StaticMask(static.array & np.tril(np.ones(static.array.shape, np.bool_)))
+        empty = np.flatnonzero(~static.array.any(axis=1))
         if empty.size:
             raise ValueError(f"splash mask: query rows {empty[:8].tolist()} attend to no key (softmax undefined); "
                              "every row needs at least one True")
-        static = _StaticMask(mask)
     q = (q * (1.0 / d**0.5)).astype(q.dtype)  # the kernel does not scale the logits
     interpret = target_platform() != "tpu"
     fn = functools.partial(_local_attention, causal=causal, static=static, interpret=interpret)
@@ -175,4 +178,4 @@ def splash_attention(q, k, v, *, causal: bool, segment_ids=None, mask: np.ndarra
                          check_vma=False)(q, k, v, segment_ids)
 
 
-__all__ = ["splash_attention", "block_size", "block_sizes", "target_platform"]
+__all__ = ["splash_attention", "StaticMask", "block_size", "block_sizes", "target_platform"]

@@ -21,8 +21,13 @@ int array [B]: one write position per row); the call writes the new keys/values 
 positions < cache_index + L (and, if causal, only to positions <= their own).
 
 Other attention patterns (block diffusion's, see dllm_jax.objectives.block_diffusion) come
-as an explicit boolean `attention_mask` [B or 1, 1, Lq, Lk] with explicit `positions`;
-`out_length=n` computes the output head for the first n positions only.
+as an explicit `attention_mask` with explicit `positions`. A static pattern, the same for
+every example, is a function `pattern(q_idx, k_idx) -> bool` of query / key indices (numpy or
+jax arrays, broadcast; e.g. `block_diffusion.BlockPattern`) or a numpy bool [Lq, Lk]: the
+splash kernel takes it as its block-sparse mask, XLA attention evaluates it on iotas (a numpy
+array: as a constant). A jax bool array [B or 1, 1, Lq, Lk] (per example, or traced) needs
+XLA attention. `out_length=n` computes the output head for
+the first n positions only.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from dllm_jax.models import splash
@@ -187,6 +193,7 @@ def _write_cache(cache, new, index):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    static_mask: Any = None  # splash.StaticMask [Lq, Lk]: a static pattern the splash kernel applies (Transformer)
 
     @nn.compact
     def __call__(self, x, positions, mask, is_causal, layer_cache, cache_index):
@@ -219,7 +226,7 @@ class Attention(nn.Module):
             new_cache = {"k": key, "v": value}
             key, value = key.astype(dt), value.astype(dt)
         if cfg.attention_impl == "splash":  # `mask` is then the segment ids [B, L] or None (Transformer)
-            out = splash.splash_attention(q, key, value, causal=is_causal, segment_ids=mask)
+            out = splash.splash_attention(q, key, value, causal=is_causal, segment_ids=mask, mask=self.static_mask)
         else:
             impl = None if cfg.attention_impl in ("xla", "auto") else cfg.attention_impl
             out = jax.nn.dot_product_attention(q, key, value, mask=mask, is_causal=is_causal, implementation=impl)
@@ -250,11 +257,12 @@ class Block(nn.Module):
     cfg: ModelConfig
     deterministic: bool = True
     is_causal: bool = False  # True only for the fast unmasked causal path (no explicit mask)
+    static_mask: Any = None  # splash only: the static pattern (splash.StaticMask), ANDed with `mask`'s segment ids
 
     @nn.compact
     def __call__(self, x, layer_cache, positions, mask, cache_index):
         cfg, dt = self.cfg, self.cfg.compute_dtype
-        y, new_cache = Attention(cfg, name="attn")(RMSNorm(cfg.norm_eps, dt, name="attn_norm")(x), positions, mask, self.is_causal, layer_cache, cache_index)
+        y, new_cache = Attention(cfg, self.static_mask, name="attn")(RMSNorm(cfg.norm_eps, dt, name="attn_norm")(x), positions, mask, self.is_causal, layer_cache, cache_index)
         if cfg.dropout:
             y = nn.Dropout(cfg.dropout)(y, deterministic=self.deterministic)
         x = x + y
@@ -284,14 +292,16 @@ def resolve_attention_impl(cfg: ModelConfig, length: int, decoding: bool) -> str
     blocks) when the length tiles into blocks of 128; GPU -> 'cudnn' (cuDNN flash attention)
     when the compute dtype is bfloat16/float16 and head_dim <= 128 is a multiple of 8 (what
     cuDNN accepts); otherwise, and on CPU, 'xla'. Decoding with a KV cache (queries shorter than
-    the cache, a dynamic validity mask) always uses 'xla' for 'auto' and 'splash'."""
+    the cache, a dynamic validity mask) always uses 'xla' for 'auto' and 'splash', and so does a
+    length that does not tile (training lengths are checked by config.validate; these are evaluation
+    buckets and sampling canvases)."""
     impl = cfg.attention_impl
     if impl in ("xla", "cudnn"):
         return impl
     if decoding:
         return "xla"
     if impl == "splash":
-        return impl
+        return impl if length % splash.LANES == 0 else "xla"
     platform = splash.target_platform()
     if platform == "tpu" and length % splash.LANES == 0:
         return "splash"
@@ -328,9 +338,11 @@ class Transformer(nn.Module):
                  return_hidden: bool = False, attention_mask=None, out_length: int = 0):
         """`return_hidden=True` returns the final-norm hidden states [B, L, d_model] instead of
         logits, for a loss that applies `output_head(params, cfg)` itself (dllm_jax.losses).
-        `attention_mask` (bool [B or 1, 1, L, L or T], True = may attend): an extra mask ANDed
-        with the pattern `causal` / `segment_ids` / the cache give (block diffusion's [x_t ; x_0]
-        pattern with causal=False; the causal-to-bidirectional annealing of AR-to-MDM adaptation).
+        `attention_mask` (bool, True = may attend): an extra mask ANDed with the pattern `causal` /
+        `segment_ids` / the cache give. A function of (query, key) indices or a numpy [L, L] is static
+        (block diffusion's [x_t ; x_0] pattern with causal=False): splash applies it block-sparsely.
+        A jax array [B or 1, 1, L, L or T] (per example or traced: NBDiff's growing blocks, the random
+        causal-to-bidirectional annealing of AR-to-MDM adaptation) makes 'splash' fall back to XLA attention.
         `out_length` > 0: logits / hidden of the first `out_length` positions only."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         b, length = tokens.shape
@@ -339,9 +351,20 @@ class Transformer(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) + row_index, (b, length))
         is_causal = False
         impl = resolve_attention_impl(cfg, length, decoding=cache is not None)
-        if attention_mask is not None and impl == "splash":
-            # a dense per-example pattern (block diffusion's [x_t ; x_0] mask): XLA attention. The splash
-            # kernel takes static block masks (models/splash.py) but is not wired to this path yet.
+        static_mask = None
+        if callable(attention_mask) or isinstance(attention_mask, np.ndarray):  # static (block diffusion's [x_t ; x_0])
+            k_len = length if cache is None else cache["k"].shape[2]
+            if impl == "splash":  # the kernel's block-sparse mask, built with numpy at trace time
+                pattern = (attention_mask(np.arange(length)[:, None], np.arange(k_len)[None, :]) if callable(attention_mask)
+                           else attention_mask.reshape(attention_mask.shape[-2:]))
+                static_mask, attention_mask = splash.StaticMask(pattern), None
+            elif callable(attention_mask):  # from iotas: no [L, L] constant in the program
+                attention_mask = attention_mask(jnp.arange(length)[:, None], jnp.arange(k_len)[None, :])[None, None]
+            else:
+                attention_mask = jnp.asarray(attention_mask).reshape((1, 1) + attention_mask.shape[-2:])
+        elif attention_mask is not None and impl == "splash":
+            # a traced or per-example mask (NBDiff's growing block size, DiffuLLaMA's random annealing
+            # mask): the splash kernel's mask is static by construction, so XLA attention
             impl = "xla"
         cfg = dataclasses.replace(cfg, attention_impl=impl)  # the blocks see the resolved kernel
         if cache is not None:
@@ -381,12 +404,12 @@ class Transformer(nn.Module):
                 length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, layer_caches = scanned(cfg, deterministic, is_causal, name="layers")(x, cache, positions, mask, cache_index)
+            x, layer_caches = scanned(cfg, deterministic, is_causal, static_mask, name="layers")(x, cache, positions, mask, cache_index)
         else:
             outs = []
             for i in range(cfg.n_layers):
                 layer_cache = None if cache is None else jax.tree.map(lambda c: c[i], cache)
-                x, new_layer_cache = block(cfg, deterministic, is_causal, name=f"layer_{i}")(x, layer_cache, positions, mask, cache_index)
+                x, new_layer_cache = block(cfg, deterministic, is_causal, static_mask, name=f"layer_{i}")(x, layer_cache, positions, mask, cache_index)
                 outs.append(new_layer_cache)
             if cache is not None:
                 layer_caches = jax.tree.map(lambda *c: jnp.stack(c), *outs)

@@ -62,6 +62,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, sample_times, segment_ids_from_eos,
@@ -69,15 +70,36 @@ from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_pr
 from dllm_jax.objectives.mdm import MaskedDiffusion
 
 
-def block_pattern(length: int, block_size):
-    """BD3-LM's pattern for the [x_t ; x_0] input of 2 * `length` tokens: bool [2L, 2L].
-    `block_size` may be a traced int scalar (block id = position // block_size)."""
-    idx = jnp.arange(2 * length)
-    noisy = idx < length
-    blk = (idx % length) // block_size
-    qn, kn = noisy[:, None], noisy[None, :]
-    qb, kb = blk[:, None], blk[None, :]
+def _pattern(q, k, length: int, block_size):
+    """BD3-LM's rule for query / key indices q, k of [x_t ; x_0] (numpy or jax, broadcast)."""
+    qn, kn = q < length, k < length
+    qb, kb = (q % length) // block_size, (k % length) // block_size
     return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class BlockPattern:
+    """BD3-LM's static pattern for the [x_t ; x_0] input of 2 * `length` tokens as a function of
+    query and key indices, `pattern(q, k) -> bool` (numpy or jax index arrays, broadcast). The
+    model evaluates it with numpy for the splash kernel's block-sparse mask
+    (dllm_jax.models.splash), with jax iotas for XLA attention (no [2L, 2L] constant in the
+    program). A static pytree node: it passes through jit / grad / eval_shape unchanged."""
+
+    length: int
+    block_size: int
+
+    def __call__(self, q, k):
+        return _pattern(q, k, self.length, self.block_size)
+
+
+def block_pattern(length: int, block_size):
+    """BD3-LM's pattern for the [x_t ; x_0] input of 2 * `length` tokens: bool [2L, 2L]
+    (block id = position // block_size): numpy for a Python int `block_size`, a jax array for a
+    traced one (NBDiff's growing block size; only XLA attention takes it)."""
+    xp = np if isinstance(block_size, (int, np.integer)) else jnp
+    idx = xp.arange(2 * length)
+    return _pattern(idx[:, None], idx[None, :], length, block_size)
 
 
 def _with_segments(mask, segment_ids):
@@ -258,18 +280,23 @@ class BlockDiffusion(MaskedDiffusion):
         ar_loss_weight > 0 the outputs cover both halves [B, 2L, ...] (the clean half feeds the AR loss)."""
         b, length = inputs.shape[0], inputs.shape[1] // 2
         if attention_mask is None:
-            mask, out_length = block_attention_mask(length, self.block_size, segment_ids), length
+            mask, out_length = BlockPattern(length, self.block_size), length  # static
         else:
-            mask = _with_segments(attention_mask, segment_ids)
+            mask = attention_mask
             out_length = 2 * length if self.ar_loss_weight > 0 else length
+        # the model ANDs the pattern with "same segment" (splash: segment ids; XLA: a dense mask)
         return model.apply({"params": params}, inputs, causal=False, positions=vectorised_positions(b, length),
-                           attention_mask=mask, out_length=out_length, **apply_kwargs)
+                           segment_ids=segment_ids, attention_mask=mask, out_length=out_length, **apply_kwargs)
 
     def train_attention_mask(self, rng, step, length: int):
-        """Adapting (NBDiff): the [x_t ; x_0] pattern at the step's block size, bool [1, 1, 2L, 2L]
-        (`forward` uses it in place of the fixed block size's); otherwise None (mdm.anneal_steps is refused)."""
+        """Adapting (NBDiff): the [x_t ; x_0] pattern at the step's block size (`forward` uses it in
+        place of the fixed block size's); otherwise None (mdm.anneal_steps is refused). Without
+        growth (only the AR loss) it is the static `BlockPattern`, so splash attention applies; a
+        growing block size is traced: bool [1, 1, 2L, 2L], and that step uses XLA attention."""
         if not self.adapting:
             return None
+        if self.grow_steps <= 0:
+            return BlockPattern(length, self.block_size)
         bs = block_size_at(step, self.block_size, int(self.config.data.seq_len), self.grow_steps)
         return block_pattern(length, bs)[None, None]
 

@@ -44,6 +44,12 @@ KNOWN_DIFFERENCES = (
 )
 
 
+def _usage_error(message: str) -> SystemExit:
+    """Print `message` (one `error: ...` line) and exit with status 2, the library's bad-input status."""
+    print(message, file=sys.stderr)
+    return SystemExit(2)
+
+
 def find(peer_python: str | None) -> tuple[str, str, str]:
     """(python, maxtext package directory, maxtext version) for `peer_python` (None: this
     interpreter); SystemExit with the install hint when MaxText does not import there."""
@@ -53,10 +59,10 @@ def find(peer_python: str | None) -> tuple[str, str, str]:
     try:
         r = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300)
     except OSError as e:
-        raise SystemExit(f"error: --peer-python {python!r} cannot run ({e}); {INSTALL_HINT}")
+        raise _usage_error(f"error: --peer-python {python!r} cannot run ({e}); {INSTALL_HINT}")
     if r.returncode != 0:
         where = "this interpreter" if peer_python is None else f"--peer-python {python!r}"
-        raise SystemExit(f"error: MaxText does not import in {where} ({r.stderr.strip().splitlines()[-1:]}); {INSTALL_HINT}")
+        raise _usage_error(f"error: MaxText does not import in {where} ({r.stderr.strip().splitlines()[-1:]}); {INSTALL_HINT}")
     package_dir, version = r.stdout.strip().splitlines()[-2:]
     return python, package_dir, version
 
@@ -95,7 +101,7 @@ def run(python: str, package_dir: str, args: list[str], steps: int, warmup: int,
     wanted = list(range(warmup, warmup + steps))
     if r.returncode != 0 or any(s not in steps_seen for s in wanted):
         tail = "\n".join(log.strip().splitlines()[-15:])
-        raise SystemExit(f"error: MaxText run failed (exit {r.returncode}); command: {' '.join(cmd)}\n{tail}")
+        raise _usage_error(f"error: MaxText run failed (exit {r.returncode}); command: {' '.join(cmd)}\n{tail}")
     params = re.search(r"number parameters: ([0-9.]+) billion", log)
     return {"times": [steps_seen[s][0] for s in wanted], "loss": float(steps_seen[wanted[-1]][1]),
             "params": float(params.group(1)) * 1e9 if params else None, "command": cmd}

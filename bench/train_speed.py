@@ -56,6 +56,12 @@ SIZES = {
 }
 
 
+def _usage_error(message: str) -> SystemExit:
+    """Print `message` (one `error: ...` line) and exit with status 2, the library's bad-input status."""
+    print(message, file=sys.stderr)
+    return SystemExit(2)
+
+
 def matmul_peak(n: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
     """Best-of-`repeats` FLOP/s of a jitted n^3 matmul on the default device."""
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -235,7 +241,7 @@ def run_peer(args, platform_name: str, dtype: str) -> int:
 
     objective_list = [o.strip() for o in args.objectives.split(",") if o.strip()]
     if args.objectives != ",".join(objectives.names()) and objective_list != ["ar"]:
-        raise SystemExit("error: --peer compares the AR train step only; drop --objectives or pass --objectives ar")
+        raise _usage_error("error: --peer compares the AR train step only; drop --objectives or pass --objectives ar")
     python, package_dir, version = peer_maxtext.find(args.peer_python)
     sets = [kv.split("=", 1) for kv in args.set]
     variants = [("ours", sets)] + [

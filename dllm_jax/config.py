@@ -123,7 +123,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()  # evaluation during training and defaults of `dllm-jax eval`
     c.eval.at_epoch_end = True  # also validate (and cloze, when on) at the end of every epoch
     c.eval.cloze_every = 0  # steps between cloze evaluations (validation-text multiple choice); 0 = off
-    c.eval.at_epochs = ""  # e.g. '1,2,4,8': at the end of these epochs validate, score the cloze task and checkpoint ('' = none)
+    c.eval.at_epochs = ""  # e.g. '1,2,4,8': at the first step at or after these epochs validate, score the cloze task and checkpoint (kept subject to train.keep_last; '' = none)
     c.eval.cloze_examples = 64  # cloze items (passages); 0 = every validation row
     c.eval.cloze_choices = 4  # choices per cloze item (1 true + distractors)
     c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4
@@ -394,7 +394,7 @@ def import_experiment(path: str, required: tuple[str, ...] = ("get_config",), wh
     """Import an experiment (or grid) file as a module; ConfigError if it is missing or lacks
     one of the `required` functions."""
     if not os.path.isfile(path):
-        raise ConfigError(f"{what} {path!r} does not exist; check the --config path (e.g. experiments/tiny.py)")
+        raise ConfigError(f"{what} {path!r} does not exist; check the path given (--config, --flops-config; e.g. experiments/tiny.py)")
     spec = importlib.util.spec_from_file_location(f"dllm_experiment_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -8,6 +8,7 @@ checkpoint resumes from the latest one and continues exactly as if never interru
 from __future__ import annotations
 
 import json
+import math
 import logging
 import signal
 import time
@@ -202,7 +203,13 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         val_scorer = Scorer.for_model(model, config, tokenizer, batch_size=config.eval.batch_size, mesh=mesh)
         cloze = None
         # steps that end an epoch listed in eval.at_epochs: validation, cloze and a checkpoint
-        eval_steps = {max(1, round(e * steps_per_epoch)) for e in config_lib.parse_epochs(config.eval.at_epochs)}
+        # (the first step at or after the epoch asked for: never earlier)
+        at_epochs = config_lib.parse_epochs(config.eval.at_epochs)
+        eval_steps = {max(1, math.ceil(e * steps_per_epoch - 1e-9)) for e in at_epochs}
+        past = [e for e in at_epochs if math.ceil(e * steps_per_epoch - 1e-9) > num_steps]
+        if past:
+            log.warning("eval.at_epochs: %s lie past the end of this run (%d steps = %.4g epochs); ignored",
+                        ", ".join(f"{e:g}" for e in past), num_steps, num_steps / steps_per_epoch)
         eval_steps = {s for s in eval_steps if s <= num_steps}
         if config.eval.cloze_every or eval_steps:
             from dllm_jax.evaluation.periodic import ClozeEvaluator

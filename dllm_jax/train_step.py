@@ -18,6 +18,7 @@ import optax
 from flax import linen as nn
 from flax import struct
 
+from dllm_jax.errors import ConfigError
 from dllm_jax import losses, objectives, sharding
 from dllm_jax import rng as rng_lib
 from dllm_jax.models import ModelConfig, Transformer
@@ -37,6 +38,12 @@ def model_vocab_rows(tokenizer_vocab: int, multiple: int) -> int:
 
 
 def build_model(config, tokenizer_vocab: int) -> Transformer:
+    """The run's Transformer. ConfigError for model.attention_impl='cudnn' without a GPU (cuDNN
+    would fail deep inside the first step with a RuntimeError)."""
+    if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ConfigError(f"model.attention_impl='cudnn' needs a GPU, and this machine's JAX backend is "
+                          f"{jax.default_backend()!r}: use 'auto' (cuDNN on GPUs, splash on TPUs, XLA elsewhere) or 'xla' "
+                          "(a run trained with cuDNN can be evaluated here with --config.model.attention_impl=xla)")
     return Transformer(ModelConfig.from_config(config.model, model_vocab_rows(tokenizer_vocab, config.model.vocab_multiple)))
 
 

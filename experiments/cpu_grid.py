@@ -3,7 +3,7 @@
 The structure of the paper grid (experiments/paper_grid.py) shrunk to 2 CPU cores: every run
 gets the same total budget B of training tokens; a run with U unique tokens repeats them
 E = B / U times; both objectives share the architecture, data order, validation set and
-downstream items. Defaults: B = 1.0M tokens, U in {8k, 16k, 32k, 64k, 128k} -> 125, 62, 31,
+downstream items. Defaults: B = 1.0M tokens, U in {8k, 16k, 32k, 64k, 128k} -> 122, 61, 31,
 15 and 8 epochs (U is rounded up to whole batches), 10 runs.
 
     dllm-jax sweep --config experiments/cpu_grid.py --root runs/cpu_grid --config.data.paths=CORPUS.txt
@@ -41,6 +41,7 @@ fastest.
 import math
 
 from dllm_jax.config import default_config
+from dllm_jax.errors import ConfigError
 from dllm_jax.data.sources import stdlib_corpus
 from dllm_jax.study.grid import budget_epochs, parse_numbers, short_number
 
@@ -94,19 +95,30 @@ def eval_epochs(epochs: float, ratio: float = math.sqrt(2)) -> str:
 
 def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objectives="ar,mdm", eval_ratio="1.4142"):
     per_step = config.train.batch_size * config.data.seq_len
-    total = parse_numbers(tokens, "tokens")[0]
+    totals = parse_numbers(tokens, "tokens")
+    if len(totals) != 1:
+        raise ConfigError(f"--grid tokens={tokens!r} must be one number (the training tokens of every run), e.g. tokens=1e6")
+    total = totals[0]
     try:
         ratio = float(eval_ratio)
     except ValueError:
         ratio = 0.0
     if not 1.0 < ratio < 100.0:
-        from dllm_jax.errors import ConfigError
-
         raise ConfigError(f"--grid eval_ratio={eval_ratio!r} must be a number in (1, 100), e.g. 1.4142 (evaluations at 1, 1.41, 2, ... epochs)")
-    points = {}
+    names = [o.strip() for o in objectives.split(",") if o.strip()]
+    if not names:
+        raise ConfigError(f"--grid objectives={objectives!r} names no objective; e.g. objectives=ar,mdm")
+    points, seen = {}, {}
     for requested in parse_numbers(budgets, "budgets"):
         unique, epochs = budget_epochs(requested, total, per_step)
-        for objective in [o.strip() for o in objectives.split(",") if o.strip()]:
+        if unique >= total:
+            raise ConfigError(f"--grid budgets: U={requested:g} is not below tokens={total:g}: every run trains on `tokens` "
+                              "tokens, so U must be smaller to be repeated; lower the budget or raise --grid tokens")
+        if unique in seen:
+            raise ConfigError(f"--grid budgets: {seen[unique]:g} and {requested:g} both round up to U={unique} "
+                              f"(whole batches of {per_step} tokens): the same run twice; drop one")
+        seen[unique] = requested
+        for objective in names:
             points[f"U{short_number(requested)}_{objective}"] = {
                 "objective": objective, "data.unique_tokens": unique, "data.epochs": epochs,
                 "eval.at_epochs": eval_epochs(epochs, ratio),

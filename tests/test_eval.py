@@ -16,7 +16,7 @@ import pytest
 
 from conftest import tiny_config
 from dllm_jax.errors import ConfigError, DataError
-from dllm_jax.evaluation import cloze, genppl, likelihood, tasks
+from dllm_jax.evaluation import cloze, genppl, likelihood, multiple_choice, tasks
 from dllm_jax.evaluation.likelihood import Scorer, ScoreSpec
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -686,9 +686,10 @@ def test_eval_at_epochs_validates_scores_cloze_and_checkpoints_there(corpus, tmp
     from dllm_jax.train import train
 
     paths, cache = corpus
-    # 4 steps per epoch, 3 epochs: epochs 0.5, 1.25 and 2 end at steps 2, 5 and 8; 9 (> 3 epochs) is dropped
+    # 4 steps per epoch, 3 epochs: epochs 0.5, 1.25 and 2 end at steps 2, 5 and 8; 0.3 (step 1.2) waits
+    # for step 2, never earlier; 9 (> 3 epochs) is dropped
     cfg = tiny_config(paths, cache, "ar", data__unique_tokens=4 * 8 * 32, data__epochs=3, train__eval_every=0,
-                      eval__at_epoch_end=False, eval__at_epochs="2, 0.5,1.25,9", eval__cloze_examples=8,
+                      eval__at_epoch_end=False, eval__at_epochs="2, 0.5,1.25,9,0.3", eval__cloze_examples=8,
                       train__checkpoint_every=100, train__keep_last=10, train__eval_batches=1)
     train(cfg, str(tmp_path))
     val = [r for r in read_metrics(str(tmp_path)) if "val_loss" in r]
@@ -698,3 +699,15 @@ def test_eval_at_epochs_validates_scores_cloze_and_checkpoints_there(corpus, tmp
     for bad in ("1,x", "-1", "nan", "0"):
         with pytest.raises(ConfigError, match="eval.at_epochs"):
             validate(tiny_config(paths, cache, "ar", eval__at_epochs=bad))
+
+
+def test_one_token_mdm_items_report_the_exact_estimator():
+    from dllm_jax.evaluation.tasks import TokenItem
+
+    scorer = Scorer(context_model, toy_spec("mdm"), batch_size=8)
+    one = [TokenItem(context=[5, 3, 1], choices=[[0], [2], [4]], label=1, choice_chars=[1, 1, 1])]
+    r = multiple_choice.score_items(scorer, None, one, mc_samples=4)
+    assert r["estimator"] == "exact" and "mc_samples" not in r
+    two = [TokenItem(context=[5, 3, 1], choices=[[0, 1], [2, 2]], label=0, choice_chars=[2, 2])]
+    r = multiple_choice.score_items(scorer, None, two, mc_samples=4)
+    assert r["estimator"] == "llada_mc" and r["mc_samples"] == 4

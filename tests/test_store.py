@@ -374,3 +374,15 @@ def test_beam_options_reject_what_beam_does_not_know():
     # Beam alone logs "Discarding unparseable args" and runs with its defaults
     with pytest.raises(DataError, match="--direct_num_wrkers=3.*check the spelling"):
         prepare_lib.beam_options(["--direct_num_wrkers=3"])
+
+
+def test_misspelled_beam_option_fails_before_anything_is_written(tmp_path, corpus):
+    pytest.importorskip("apache_beam")
+    from dllm_jax.config import default_config
+
+    cfg = default_config()
+    cfg.data.paths = corpus[0]
+    out = tmp_path / "store"
+    with pytest.raises(DataError, match="direct_num_wrkers"):
+        prepare_lib.prepare(cfg.data, str(out), runner="beam", pipeline_args=["--direct_num_wrkers=2"])
+    assert not out.exists()

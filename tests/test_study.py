@@ -506,8 +506,11 @@ def test_cpu_grid_shape(tmp_path):
     varying = {"objective", "data.unique_tokens", "data.epochs", "eval.at_epochs"}
     flats = [_flat(p.config) for p in g.points]
     assert {k for f in flats for k in f if f[k] != flats[0][k]} <= varying
-    with pytest.raises(ConfigError, match="eval_ratio"):
-        grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params={"eval_ratio": "x"})
+    for params, message in (({"eval_ratio": "x"}, "eval_ratio"), ({"budgets": "1e400"}, "budgets"), ({"tokens": "1e5,2e5"}, "one number"),
+                            ({"budgets": "2e6"}, "not below tokens"), ({"budgets": "8000,8100"}, "the same run twice"),
+                            ({"objectives": ","}, "names no objective")):
+        with pytest.raises(ConfigError, match=message):
+            grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params=params)
 
 
 def test_ar_ablation_grid_shares_its_baselines_with_the_cpu_grid(tmp_path):

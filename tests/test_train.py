@@ -333,3 +333,18 @@ def test_resume_on_moved_data_is_accepted_and_on_other_data_refused(tmp_path, co
     summary = train(tiny_config(str(moved / os.path.basename(paths)), cache, "mdm", train__eval_every=0), workdir)
     assert os.listdir(os.path.join(workdir, "data_index")) == index_dirs  # same content -> same index key
     assert summary["step"] == 16
+
+
+def test_cudnn_attention_without_a_gpu_is_a_clear_error():
+    import jax
+
+    from dllm_jax.config import default_config
+    from dllm_jax.errors import ConfigError
+    from dllm_jax.train_step import build_model
+
+    c = default_config()
+    c.model.attention_impl = "cudnn"
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present: cuDNN is allowed")
+    with pytest.raises(ConfigError, match="attention_impl='cudnn' needs a GPU.*'xla'"):
+        build_model(c, 100)

@@ -378,6 +378,8 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         the source has no documents; a shard cannot be read.
     """
     t0 = time.perf_counter()
+    if runner == "beam":  # a misspelled Beam option fails before anything is read or written
+        beam_options(pipeline_args)
     root = store_lib.store_path(output)
     manifest = store_lib.read_json(root / store_lib.MANIFEST)
     plan = manifest or store_lib.read_json(root / store_lib.PLAN)

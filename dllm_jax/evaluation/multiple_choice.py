@@ -72,7 +72,9 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         "truncated_items": truncated,
         "estimator": {"ar": "exact", "llada": "llada_mc", "block_llada": "block_llada_mc"}[scorer.objective.pair_estimator],
     }
-    if not scorer.objective.exact_likelihood:
+    if scorer.objective.pair_estimator == "llada" and not cfg_scale and all(x.tokens == 1 for x in scores):
+        out["estimator"] = "exact"  # one-token answers: the LLaDA estimate is the exact log-prob (one pass, no draws)
+    elif not scorer.objective.exact_likelihood:
         out["mc_samples"] = int(mc_samples)
         out["cfg_scale"] = float(cfg_scale)
     if keep_items:

@@ -154,7 +154,7 @@ def parse_numbers(text: str, what: str) -> list:
     """'1e5,3e5' -> [100000, 300000] (ints); errors name the parameter."""
     try:
         values = [int(float(x)) for x in str(text).split(",") if x.strip()]
-    except ValueError:
+    except (ValueError, OverflowError):  # 'abc', 'nan'; 'inf', '1e400
         raise ConfigError(f"--grid {what}={text!r} must be comma-separated numbers, e.g. {what}=1e5,3e5") from None
     if not values or min(values) <= 0:
         raise ConfigError(f"--grid {what}={text!r} must list positive numbers")

@@ -636,22 +636,25 @@ def test_cloze_passages_are_not_the_document_order_permutation():
 
 
 def test_choices_of_one_item_share_their_monte_carlo_draws():
-    # common random numbers (Scorer.loglikelihood's groups; score_items passes the item):
+    # common random numbers (Scorer.loglikelihood's groups; by default the pairs of one context):
     # identical choices get identical scores, each choice's estimate keeps its distribution
     # (the mean over seeds is still the exact LLaDA expectation), and the difference between
     # two choices, which decides the prediction, has much less Monte Carlo variance
     ctx, a, b = [5, 3, 1], [4, 0, 2, 5], [4, 1, 2, 5]
     scorer = Scorer(context_model, toy_spec(), batch_size=64)
-    same = scorer.loglikelihood(None, [(ctx, a), (ctx, a)], mc_samples=3, seed=1, groups=[0, 0])
+    same = scorer.loglikelihood(None, [(ctx, a), (ctx, a)], mc_samples=3, seed=1)  # one context: one group by default
     assert same[0].logprob == same[1].logprob
-    apart = scorer.loglikelihood(None, [(ctx, a), (ctx, a)], mc_samples=3, seed=1)
+    apart = scorer.loglikelihood(None, [(ctx, a), (ctx, a)], mc_samples=3, seed=1, groups=[0, 1])
     assert apart[0].logprob != apart[1].logprob
+    # the default groups do not depend on how the pairs are batched: a pair alone, or after another context
+    alone = scorer.loglikelihood(None, [(ctx, b)], mc_samples=3, seed=1)[0].logprob
+    assert scorer.loglikelihood(None, [(ctx, b), ([0, 2], a)], mc_samples=3, seed=1)[0].logprob == alone
     shared, separate, first = [], [], []
     for s in range(150):
-        x, y = scorer.loglikelihood(None, [(ctx, a), (ctx, b)], mc_samples=2, seed=s, groups=[7, 7])
+        x, y = scorer.loglikelihood(None, [(ctx, a), (ctx, b)], mc_samples=2, seed=s)
         shared.append(x.logprob - y.logprob)
         first.append(-x.logprob)
-        x, y = scorer.loglikelihood(None, [(ctx, a), (ctx, b)], mc_samples=2, seed=s)
+        x, y = scorer.loglikelihood(None, [(ctx, a), (ctx, b)], mc_samples=2, seed=s, groups=[0, 1])
         separate.append(x.logprob - y.logprob)
     _mean_within_mc_error(first, exact_llada_expectation(context_model, ctx + a, 4))
     assert np.var(shared) < 0.5 * np.var(separate), (np.var(shared), np.var(separate))
@@ -667,7 +670,7 @@ def test_one_token_choices_are_read_from_one_pass_per_context(objective):
     calls = []
     run = scorer._run
     scorer._run = lambda kind, params, rows, **kw: calls.append((kind, len(rows))) or run(kind, params, rows, **kw)
-    scores = scorer.loglikelihood(None, pairs, mc_samples=4, groups=[i // 4 for i in range(len(pairs))])
+    scores = scorer.loglikelihood(None, pairs, mc_samples=4)
     one_pass = "next_ar" if objective == "ar" else "next_llada"
     rest = 1 if objective == "ar" else 4  # the 2-token pair: exact (AR) or 4 Monte Carlo draws (MDM)
     assert sorted(calls) == sorted([(one_pass, 3), ("ar" if objective == "ar" else "llada", rest)])

@@ -309,13 +309,14 @@ class Scorer:
         estimator is exact). `greedy=True` (MDM) adds one pass with the whole answer masked to
         report whether the answer is the argmax; AR always reports it.
 
-        `groups` (one int per pair, e.g. the item of a multiple-choice question): pairs of one
-        group share their Monte Carlo draws (common random numbers: the same stratified l
-        values and the same mask uniforms, so answers of equal length at the same positions get
-        the same masked positions). Each pair's estimate has the same distribution as without
-        groups; what changes is that the difference between two choices, which decides a
-        multiple-choice prediction, loses most of its Monte Carlo variance (identical choices
-        get identical scores). Default: every pair its own group."""
+        `groups` (one int per pair): pairs of one group share their Monte Carlo draws (common
+        random numbers: the same stratified l values and the same mask uniforms, so answers of
+        equal length at the same positions get the same masked positions). Default: the pairs
+        with the same context form a group, i.e. the choices of a multiple-choice item, however
+        the caller batches them (`dllm-jax eval` and the lm-eval adapter give the same values).
+        Each pair's estimate has the same distribution either way; what sharing changes is that
+        the difference between two choices, which decides a multiple-choice prediction, loses
+        most of its Monte Carlo variance (identical choices get identical scores)."""
         if not pairs:
             return []
         if groups is not None and len(groups) != len(pairs):
@@ -347,7 +348,11 @@ class Scorer:
         n = max(int(mc_samples), 1)
         rows, owner = [], []
         key = rng.stream(seed, rng.EVAL_LENGTH)
-        group_of = list(range(len(fitted))) if groups is None else [int(g) for g in groups]
+        if groups is None:  # one group per distinct context, numbered in order of appearance
+            first: dict[bytes, int] = {}
+            group_of = [first.setdefault(t[:len(t) - keep].tobytes(), len(first)) for t, keep, _ in fitted]
+        else:
+            group_of = [int(g) for g in groups]
         for k in todo:
             tokens, keep, _ = fitted[k]
             ans = np.zeros(len(tokens), bool)

@@ -44,8 +44,8 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         for choice in it.choices:
             pairs.append((it.context, choice))
             owner.append(k)
-    # an item's choices share their Monte Carlo draws (Scorer.loglikelihood's `groups`)
-    scores = scorer.loglikelihood(params, pairs, mc_samples=mc_samples, seed=seed, cfg_scale=cfg_scale, groups=owner)
+    # an item's choices (one context) share their Monte Carlo draws: Scorer.loglikelihood's default groups
+    scores = scorer.loglikelihood(params, pairs, mc_samples=mc_samples, seed=seed, cfg_scale=cfg_scale)
     pos = 0
     hits, hits_norm, truncated, per_item = 0, 0, 0, []
     for it in items:

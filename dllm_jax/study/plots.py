@@ -25,6 +25,13 @@ from dllm_jax.study.crossover import METRIC_TITLES  # noqa: E402
 from dllm_jax.study.runs import model_label  # noqa: E402
 
 
+
+def _save_png(fig, path: str) -> None:
+    fig.tight_layout()
+    with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
 def _fmt_tokens(n: float) -> str:
     return f"{n / 1e9:.3g}B" if n >= 1e9 else f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}k"
 
@@ -129,10 +136,7 @@ def plot_fits(groups: list, path: str) -> bool:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
     return True
 
 
@@ -162,8 +166,5 @@ def plot_data_ratio(groups: list, metric: str, path: str) -> bool:
         ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    with paths.open_file(path, "wb") as f:  # local or a URL (gs://...)
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    _save_png(fig, path)
     return True

@@ -629,3 +629,15 @@ def test_a_finished_point_with_another_lr_is_not_skipped(tmp_path):
                 sweep.check_finished_config(point)
         else:
             sweep.check_finished_config(point)
+
+
+def test_report_names_a_run_workdir_and_an_empty_root(tmp_path):
+    from dllm_jax.study.report import build_report
+
+    run = tmp_path / "sweep" / "U8000_ar"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="one run's workdir.*its parent.*sweep"):
+        build_report(str(run))
+    with pytest.raises(ConfigError, match="--root is empty"):
+        build_report("")

@@ -281,8 +281,13 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     from dllm_jax.study.crossover import HIGHER_IS_BETTER, METRIC_TITLES, N_BOOT
     from dllm_jax.study.runs import load_runs, model_label, panels
 
+    if not str(root).strip():
+        raise ConfigError("--root is empty: give the sweep directory (the --root of `dllm-jax sweep`)")
     runs = sorted(load_runs(root), key=lambda r: (r.params, r.unique_tokens, r.series))
     if not runs:
+        if paths.exists(paths.join(root, "config.json")):
+            raise ConfigError(f"{root!r} is one run's workdir; --root takes the sweep directory that holds the runs "
+                              f"(here its parent, {paths.dirname(paths.absolute(root))!r})")
         raise ConfigError(f"no runs under {root!r} (a run is a directory with config.json); run `dllm-jax sweep` first")
     out = paths.expand(out or root)
     paths.makedirs(out)

@@ -204,13 +204,12 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         cloze = None
         # steps that end an epoch listed in eval.at_epochs: validation, cloze and a checkpoint
         # (the first step at or after the epoch asked for: never earlier)
-        at_epochs = config_lib.parse_epochs(config.eval.at_epochs)
-        eval_steps = {max(1, math.ceil(e * steps_per_epoch - 1e-9)) for e in at_epochs}
-        past = [e for e in at_epochs if math.ceil(e * steps_per_epoch - 1e-9) > num_steps]
+        at_step = {e: max(1, math.ceil(e * steps_per_epoch - 1e-9)) for e in config_lib.parse_epochs(config.eval.at_epochs)}
+        past = [e for e, s in at_step.items() if s > num_steps]
         if past:
             log.warning("eval.at_epochs: %s lie past the end of this run (%d steps = %.4g epochs); ignored",
                         ", ".join(f"{e:g}" for e in past), num_steps, num_steps / steps_per_epoch)
-        eval_steps = {s for s in eval_steps if s <= num_steps}
+        eval_steps = {s for s in at_step.values() if s <= num_steps}
         if config.eval.cloze_every or eval_steps:
             from dllm_jax.evaluation.periodic import ClozeEvaluator
 

@@ -279,10 +279,10 @@ def _unparsed_beam_args(options) -> list:
     return [str(a) for a in found]
 
 
-def run_beam(job: ShardJob, todo: Sequence[int], pipeline_args: Sequence[str] = ()) -> None:
-    """Prepares shards ``todo`` with an Apache Beam pipeline (the counts are summed and logged;
-    the driver then reads the shards' done records, which also cover shards done earlier)."""
-    options = beam_options(pipeline_args)
+def run_beam(job: ShardJob, todo: Sequence[int], options) -> None:
+    """Prepares shards ``todo`` with an Apache Beam pipeline run with ``options`` (`beam_options`;
+    the counts are summed and logged; the driver then reads the shards' done records, which
+    also cover shards done earlier)."""
     import apache_beam as beam  # pylint: disable=import-outside-toplevel
 
     logger.info("beam: %s", " ".join(f"--{k}={v}" for k, v in sorted(options.get_all_options(drop_default=True).items())))
@@ -378,8 +378,8 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         the source has no documents; a shard cannot be read.
     """
     t0 = time.perf_counter()
-    if runner == "beam":  # a misspelled Beam option fails before anything is read or written
-        beam_options(pipeline_args)
+    # a misspelled Beam option fails before anything is read or written
+    options = beam_options(pipeline_args) if runner == "beam" else None
     root = store_lib.store_path(output)
     manifest = store_lib.read_json(root / store_lib.MANIFEST)
     plan = manifest or store_lib.read_json(root / store_lib.PLAN)
@@ -423,7 +423,7 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         logger.info("resuming %s: %d of %d shards already prepared", root, len(shards) - len(todo), len(shards))
     job = ShardJob(data_cfg=whole.to_dict(), root=str(root), shards=tuple(shards), tokenizer_bytes=tok.model_bytes, dtype=dtype.str)
     if runner == "beam":
-        run_beam(job, todo, pipeline_args)
+        run_beam(job, todo, options)
     elif runner == "in_process":
         run_in_process(job, todo)
     else:

@@ -82,11 +82,7 @@ METRIC_TITLES = {
 
 def best(epochs, values, higher: bool) -> tuple[float, float] | None:
     """(best value, epoch at it); the first best if tied."""
-    if not values:
-        return None
-    values = np.asarray(values, dtype=float)
-    i = int(np.argmax(values) if higher else np.argmin(values))
-    return float(values[i]), float(epochs[i])
+    return best_point(epochs, values, None, higher)[:2] if len(values) else None
 
 
 @dataclasses.dataclass
@@ -214,11 +210,11 @@ def passes_best(ar_epochs, ar_values, ar_stderr, mdm_epochs, mdm_values, mdm_std
     if len(ar_v) == 0 or len(md_v) == 0:
         return None
     sign = 1.0 if higher else -1.0
-    k = int(np.argmax(sign * ar_v))
-    out = PassesBest(float(ar_v[k]), float(ar_e[k]), None if ar_s is None else float(ar_s[k]), None)
-    if ar_s is None or md_s is None:
+    b, b_epoch, b_se = best_point(ar_epochs, ar_values, ar_stderr, higher)
+    out = PassesBest(b, b_epoch, b_se, None)
+    if b_se is None or md_s is None:
         return out
-    margin, se = sign * (md_v - ar_v[k]), np.sqrt(md_s ** 2 + ar_s[k] ** 2)
+    margin, se = sign * (md_v - b), np.sqrt(md_s ** 2 + b_se ** 2)
     ok = margin > z * se
     with np.errstate(divide="ignore", invalid="ignore"):
         out.max_margin = float(np.max(np.where(se > 0, margin / se, np.sign(margin) * np.inf)))

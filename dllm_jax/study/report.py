@@ -94,7 +94,7 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
     'mdm_series' names the diffusion side and 'diffusion_objective' says which objective it is.
     With standard errors (cloze): the crossover's 2-SE bracket and the 2-SE test
     against AR's best (`dllm_jax.study.crossover`)."""
-    from dllm_jax.study.crossover import HIGHER_IS_BETTER, best, best_point, find_crossover, passes_best
+    from dllm_jax.study.crossover import HIGHER_IS_BETTER, best_point, find_crossover, passes_best
 
     higher = HIGHER_IS_BETTER[metric]
     rows, marks = [], {}
@@ -110,9 +110,10 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
                 cross = find_crossover(ae, av, me, mv, higher, ar_stderr=a_se, mdm_stderr=m_se)
                 passes = passes_best(ae, av, a_se, me, mv, m_se, higher)
                 marks[(params, unique, a_name, m_name)] = cross
+                a_best, m_best = best_point(ae, av, a_se, higher), best_point(me, mv, m_se, higher)
                 rows.append({"params": params, "unique_tokens": unique, "epochs": max(a.epochs, m.epochs),
-                             "ar_series": a_name, "mdm_series": m_name, "diffusion_objective": m.objective, "ar_best": best(ae, av, higher), "mdm_best": best(me, mv, higher),
-                             "ar_best_stderr": best_point(ae, av, a_se, higher)[2], "mdm_best_stderr": best_point(me, mv, m_se, higher)[2],
+                             "ar_series": a_name, "mdm_series": m_name, "diffusion_objective": m.objective,
+                             "ar_best": a_best[:2], "mdm_best": m_best[:2], "ar_best_stderr": a_best[2], "mdm_best_stderr": m_best[2],
                              "crossover_epoch": cross.epoch, "crossover": cross.describe(), "ar_final": av[-1], "mdm_final": mv[-1],
                              "crossover_low": _json_float(cross.low), "crossover_high": _json_float(cross.high),
                              "crossover_significant": cross.significant,

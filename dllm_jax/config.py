@@ -127,6 +127,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.cloze_examples = 64  # cloze items (passages); 0 = every validation row
     c.eval.cloze_choices = 4  # choices per cloze item (1 true + distractors)
     c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4
+    c.eval.cloze_context = "left"  # 'left': the choice ends the passage; 'both': a one-token blank inside it, text on both sides (needs cloze_length=1; AR and MDM)
     c.eval.mc_samples = 16  # MDM Monte Carlo samples per choice (LLaDA estimator) or per sequence (ELBO)
     c.eval.batch_size = 64  # rows per scoring batch
     c.eval.val_draws = 4  # MDM: (t, mask) draws per validation row in training-time validation (Monte Carlo ELBO)
@@ -235,7 +236,7 @@ RULES = {
     "train.eval_batches": _int(0), "train.checkpoint_every": _int(1), "train.keep_last": _int(1), "train.keep_every": _int(0),
     "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL,
     "eval.at_epoch_end": BOOL, "eval.at_epochs": STR, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
-    "eval.cloze_length": _int(0), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
+    "eval.cloze_length": _int(0), "eval.cloze_context": _one_of("left", "both"), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
     "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH, "mesh.expert": MESH,
 }
 
@@ -481,6 +482,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     parse_epochs(e.at_epochs)
     if e.cloze_length >= d.seq_len:
         raise ConfigError(f"eval.cloze_length={e.cloze_length} must be < data.seq_len={d.seq_len} (0 = seq_len // 4)")
+    if e.cloze_context == "both" and e.cloze_length != 1:
+        raise ConfigError(f"eval.cloze_context='both' scores a one-token blank: set eval.cloze_length=1 (got {e.cloze_length})")
+    if e.cloze_context == "both" and objectives.build(cfg).pair_estimator not in ("ar", "llada"):
+        raise ConfigError(f"eval.cloze_context='both' scores AR and MDM runs, not objective={cfg.objective!r}; use "
+                          "eval.cloze_context='left'")
     if cfg.init.from_hf and cfg.init.from_workdir:
         raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     objectives.build(cfg).validate(cfg)

@@ -253,6 +253,65 @@ def test_cloze_distractors_come_from_other_passages():
         cloze.build_cloze(val, n_choices=4, length=16)
 
 
+def test_two_sided_cloze_blanks_one_token_inside_the_passage():
+    rng = np.random.default_rng(0)
+    val = rng.integers(3, 40, size=(30, 16)).astype(np.int32)
+    items = cloze.build_cloze(val, n_examples=0, n_choices=4, length=1, seed=3, context="both")
+    positions = set()
+    for it in items:
+        p, at, sources = it.meta["passage"], it.meta["position"], it.meta["sources"]
+        assert 4 <= at < 12  # the middle half: a quarter of the passage at least on each side
+        positions.add(at)
+        assert it.context == val[p, :at].tolist() and it.suffix == val[p, at + 1:].tolist()
+        assert it.choices == [[int(val[s, at])] for s in sources] and sources[it.label] == p
+        assert len({c[0] for c in it.choices}) == 4 and p not in sources[:it.label] + sources[it.label + 1:]
+    assert len(positions) > 3
+    again = cloze.build_cloze(val, n_examples=0, n_choices=4, length=1, seed=3, context="both")
+    assert [(a.meta, a.label) for a in again] == [(a.meta, a.label) for a in items]
+    left = cloze.build_cloze(val, n_examples=0, n_choices=4, length=1, seed=3)
+    assert all(not it.suffix and len(it.context) == 15 for it in left)
+    with pytest.raises(ConfigError, match="cloze_length=1"):
+        cloze.build_cloze(val, n_choices=4, length=2, context="both")
+    with pytest.raises(ConfigError, match="cloze_context"):
+        cloze.build_cloze(val, n_choices=4, length=1, context="right")
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_blank_logprobs_are_the_conditional_given_both_sides(objective):
+    # brute force: AR, log p(x with c) by the chain rule over the whole row; MDM, the log-prob at a
+    # [MASK] in the blank; then each renormalised over the item's choices
+    passages = [[5, 3, 1, 0, 4, 2], [0, 2, 2, 5, 1, 3, 3, 4], [4, 4, 1, 3]]
+    blanks, choices = [2, 5, 1], [[1, 0, 4], [3, 5, 2], [4, 0, 1]]
+    scorer = Scorer(context_model, toy_spec(objective), batch_size=4)
+    got = scorer.blank_logprobs(None, passages, blanks, choices)
+    for i, (x, b, cs) in enumerate(zip(passages, blanks, choices)):
+        raw = []
+        for c in cs:
+            if objective == "ar":
+                y = list(x)
+                y[b] = c
+                lp = log_softmax_real(context_model(None, jnp.asarray([y]), None)[0], V)
+                raw.append(sum(lp[j - 1, y[j]] for j in range(1, len(y))))
+            else:
+                y = list(x)
+                y[b] = MASK
+                raw.append(log_softmax_real(context_model(None, jnp.asarray([y]), None)[0], V)[b, c])
+        raw = np.array(raw)
+        want = raw - np.log(np.exp(raw).sum())
+        np.testing.assert_allclose(got[i], want, rtol=1e-5)
+    items = [tasks.TokenItem(context=x[:b], choices=[[c] for c in cs], label=0, choice_chars=[1] * 3, suffix=x[b + 1:])
+             for x, b, cs in zip(passages, blanks, choices)]
+    r = multiple_choice.score_items(scorer, None, items, keep_items=True)
+    assert r["estimator"] == "exact" and [it["logprobs"] for it in r["items"]] == [[round(float(v), 4) for v in row] for row in got]
+    assert r["acc"] == np.mean(np.argmax(got, axis=1) == 0)
+    with pytest.raises(ValueError, match="mixing"):
+        multiple_choice.score_items(scorer, None, items + [tasks.TokenItem([1], [[2], [3]], 0, [1, 1])])
+    with pytest.raises(ValueError, match="blank 0"):
+        scorer.blank_logprobs(None, [[1, 2, 3]], [0], [[1, 2]])
+    with pytest.raises(ValueError, match="real token ids"):
+        scorer.blank_logprobs(None, [[1, 2, 3]], [1], [[1, MASK]])
+
+
 # ---------------------------------------------------------------- task files
 def test_task_readers_parse_the_sample_files():
     items = tasks.read_jsonl(os.path.join(DATA, "mc_toy.jsonl"))
@@ -346,8 +405,19 @@ def test_cli_multiple_choice_and_cloze(trained_runs, tmp_path):
         assert res["acc"] == np.mean([it["pred"] == it["label"] for it in res["items"]])
         assert res["acc_norm"] == np.mean([it["pred_norm"] == it["label"] for it in res["items"]])
         assert all(len(it["stderr"]) == len(it["logprobs"]) for it in res["items"])
+    from dllm_jax.cli import main
+
     cz = _eval(trained_runs["mdm"], "--task", "cloze", "--limit", "8", "--mc-samples", "4")
-    assert cz["n"] == 8 and cz["chance"] == 0.25 and cz["cloze"] == {"choices": 4, "length": 8}
+    assert cz["n"] == 8 and cz["chance"] == 0.25 and cz["cloze"] == {"choices": 4, "length": 8, "context": "left"}
+    for objective in ("ar", "mdm"):  # two-sided: a one-token blank, exact for both, its own file name
+        out = os.path.join(trained_runs[objective], "eval")
+        assert main(["eval", "--workdir", trained_runs[objective], "--task", "cloze", "--limit", "8",
+                     "--config.eval.cloze_context=both", "--config.eval.cloze_length=1"]) == 0
+        (name,) = [n for n in os.listdir(out) if n.startswith("cloze-len1-both_step")]
+        with open(os.path.join(out, name)) as f:
+            both = json.load(f)
+        assert both["n"] == 8 and both["estimator"] == "exact" and both["cloze"]["context"] == "both"
+    assert main(["eval", "--workdir", trained_runs["ar"], "--task", "cloze", "--config.eval.cloze_context=both"]) == 2  # length 0
     from dllm_jax.cli import main
 
     assert main(["eval", "--workdir", trained_runs["ar"], "--task", "hellaswag"]) == 2  # needs --data

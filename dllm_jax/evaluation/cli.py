@@ -9,7 +9,7 @@ Tasks:
   genppl     samples from the run scored by an AR reference run (--reference-workdir)
 
 Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json
-(the step in the name keeps evaluations of several checkpoints apart; cloze: cloze-len<K>_step<step>.json). Defaults of
+(the step in the name keeps evaluations of several checkpoints apart; cloze: cloze-len<K>[-both]_step<step>.json). Defaults of
 --mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
 `--config.KEY=VALUE` may change the keys that do not change what the run learnt
 (`dllm_jax.config.HOW_KEYS`: where the data is, the eval.* keys, how the model is computed);
@@ -127,9 +127,12 @@ def evaluate_run(args) -> tuple[dict, str]:
             rows = val[: args.limit] if args.limit else val
             return {**head, **scorer.sequence_nll(run.params, rows, mc_samples=mc, seed=args.seed)}, name
         token_items = cloze.build_cloze(val, run.tokenizer, n_examples=args.limit or e.cloze_examples,
-                                        n_choices=e.cloze_choices, length=e.cloze_length, seed=config.seed)
-        head["cloze"] = {"choices": e.cloze_choices, "length": cloze.continuation_length(config.data.seq_len, e.cloze_length)}
-        name = f"cloze-len{head['cloze']['length']}"  # evaluations with other choice lengths are kept apart
+                                        n_choices=e.cloze_choices, length=e.cloze_length, seed=config.seed,
+                                        context=e.cloze_context)
+        head["cloze"] = {"choices": e.cloze_choices, "length": cloze.continuation_length(config.data.seq_len, e.cloze_length),
+                         "context": e.cloze_context}
+        # evaluations with other choice lengths or contexts are kept apart
+        name = f"cloze-len{head['cloze']['length']}" + ("-both" if e.cloze_context == "both" else "")
     else:
         if args.limit:
             items = items[: args.limit]

@@ -14,6 +14,17 @@ This gives tiny models trained on any corpus a downstream-style accuracy, the wa
 HellaSwag works for large ones: a model can tell the true continuation only through the
 gap between right and wrong answers' likelihoods, the quantity the study shows can keep
 improving while AR validation loss rises.
+
+`context='both'` (config `eval.cloze_context`) makes a two-sided cloze instead, the
+Winogrande / fill-in-the-blank form: a one-token blank at a position drawn uniformly from
+[L/4, 3L/4) of the passage, the passage's other tokens on both sides
+(`TokenItem.context` before it, `TokenItem.suffix` after it), and as choices the true token
+and the tokens at the same position of other passages (distinct from it and each other).
+Both objectives score a choice by log p(choice | every other token of the passage), exactly
+(`Scorer.blank_logprobs`: the AR through the chain rule over the whole passage, the MDM from
+one [MASK] in the blank). Left-only continuation is the AR's own factorisation; a blank with
+text on both sides asks what the study's downstream tasks ask of a model, to use all the
+context it is given, without favouring either factorisation.
 """
 
 from __future__ import annotations
@@ -34,9 +45,15 @@ def continuation_length(seq_len: int, length: int = 0) -> int:
     return k
 
 
-def build_cloze(val: np.ndarray, tokenizer=None, *, n_examples: int = 64, n_choices: int = 4, length: int = 0, seed: int = 0) -> list[TokenItem]:
-    """Items from validation rows `val` [M, L]. `n_examples` = 0 uses every row as a passage.
-    `tokenizer` (optional) gives choice lengths in characters for acc_norm (else tokens)."""
+CONTEXTS = ("left", "both")
+
+
+def build_cloze(val: np.ndarray, tokenizer=None, *, n_examples: int = 64, n_choices: int = 4, length: int = 0, seed: int = 0,
+                context: str = "left") -> list[TokenItem]:
+    """Items from validation rows `val` [M, L] (int token ids). `n_examples` = 0 uses every row
+    as a passage. `tokenizer` (optional) gives choice lengths in characters for acc_norm (else
+    tokens). `context`: 'left' (the choice ends the passage) or 'both' (a one-token blank inside
+    it, `length` must be 1). Raises ConfigError for a bad setting, DataError for too little text."""
     val = np.asarray(val)
     if val.ndim != 2:
         raise DataError(f"cloze needs validation rows [M, L], got shape {val.shape}")
@@ -49,15 +66,21 @@ def build_cloze(val: np.ndarray, tokenizer=None, *, n_examples: int = 64, n_choi
             "another passage); raise data.val_tokens or lower eval.cloze_choices"
         )
     k = continuation_length(seq_len, length)
+    if context not in CONTEXTS:
+        raise ConfigError(f"eval.cloze_context={context!r} must be one of {CONTEXTS}")
+    if context == "both" and k != 1:
+        raise ConfigError(f"eval.cloze_context='both' scores a one-token blank: set eval.cloze_length=1 (got {length})")
     # its own stream: `default_rng(seed)` alone also draws the document order (data/pipeline.py),
     # which would make the passage order that same permutation whenever rows == documents
     rng = np.random.default_rng([int(seed), CLOZE_STREAM])
     count = m if not n_examples else min(int(n_examples), m)
     passages = rng.permutation(m)[:count]
-    tails = val[:, seq_len - k:]
     items = []
     for p in passages:
         p = int(p)
+        # the answer's first position: the passage's last k tokens, or a blank in its middle half
+        at = seq_len - k if context == "left" else int(rng.integers(seq_len // 4, seq_len - seq_len // 4))
+        tails = val[:, at:at + k]
         true = tails[p]
         sources: list[int] = []
         for c in rng.permutation(m):
@@ -69,16 +92,17 @@ def build_cloze(val: np.ndarray, tokenizer=None, *, n_examples: int = 64, n_choi
                 break
         if len(sources) < n_choices - 1:
             raise DataError(
-                f"validation passage {p} has only {len(sources)} other passages with a different last {k} tokens; "
+                f"validation passage {p} has only {len(sources)} other passages with different tokens at {at}..{at + k - 1}; "
                 f"{n_choices}-way cloze needs {n_choices - 1}: lower eval.cloze_choices or use more validation text"
             )
         label = int(rng.integers(n_choices))
         sources.insert(label, p)
         choices = [tails[s].astype(np.int32).tolist() for s in sources]
         chars = [len(tokenizer.decode(c)) for c in choices] if tokenizer is not None else [k] * n_choices
-        items.append(TokenItem(context=val[p, :seq_len - k].astype(np.int32).tolist(), choices=choices, label=label,
-                               choice_chars=chars, meta={"passage": p, "sources": sources}))
+        items.append(TokenItem(context=val[p, :at].astype(np.int32).tolist(), choices=choices, label=label,
+                               choice_chars=chars, meta={"passage": p, "sources": sources, "position": at},
+                               suffix=val[p, at + k:].astype(np.int32).tolist()))
     return items
 
 
-__all__ = ["build_cloze", "continuation_length"]
+__all__ = ["CONTEXTS", "build_cloze", "continuation_length"]

@@ -411,6 +411,56 @@ class Scorer:
                 answer = int(tokens[-1])
                 out[k] = PairScore(float(logp[r, answer]), 0.0, best == answer, keep, trunc)
 
+    def blank_logprobs(self, params, passages: Sequence[Sequence[int]], blanks: Sequence[int],
+                       choices: Sequence[Sequence[int]]) -> np.ndarray:
+        """Two-sided cloze scores: log p(choice | every other token of the passage) for a one-token
+        blank, renormalised over each item's choices, float64 [N, C] (nats; each row's exp sums to 1).
+
+        `passages[i]` (token ids, at most the run's `data.seq_len`) has its blank at index
+        `blanks[i]`, whose own token is ignored; `choices[i]` are C candidate token ids. Exact for
+        both objectives: AR through the chain rule, log p(x with c) = const + sum over positions
+        j >= blank of log p(x_j | x_<j) (one pass per choice; the prefix term is the same for every
+        choice and cancels in the renormalisation); MDM from one pass with [MASK] in the blank
+        (the model's p(x_blank | x_rest), LLaDA's exact one-token case). Renormalising over the
+        choices gives both the same quantity, p(c | rest, c in choices). Raises ValueError for
+        block diffusion (its [x_t ; x_0] layout has no single-[MASK] conditional here), a passage
+        longer than `max_len`, a blank at index 0 or outside the passage, or a choice that is not a
+        real token id."""
+        if not (len(passages) == len(blanks) == len(choices)):
+            raise ValueError(f"{len(passages)} passages, {len(blanks)} blanks and {len(choices)} choice lists: one of each per item")
+        if self.objective.pair_estimator not in ("ar", "llada"):
+            raise ValueError(f"two-sided cloze scores AR and MDM runs, not objective={self.spec.objective!r}")
+        rows, lengths = [], {len(c) for c in choices}
+        if len(lengths) != 1:
+            raise ValueError(f"every item needs the same number of choices, got {sorted(lengths)}")
+        n_choices = lengths.pop()
+        for i, (tokens, b) in enumerate(zip(passages, blanks)):
+            tokens = np.asarray(tokens, np.int32)
+            if len(tokens) > self.spec.max_len or not 1 <= int(b) < len(tokens):
+                raise ValueError(f"item {i}: blank {b} of a {len(tokens)}-token passage (at most {self.spec.max_len} tokens; "
+                                 "the blank after the first token, which has no prediction of its own for AR)")
+            if not all(0 <= int(c) < self.spec.vocab_limit for c in choices[i]):
+                raise ValueError(f"item {i}: choices {list(choices[i])} must be real token ids in [0, {self.spec.vocab_limit})")
+            if self.objective.exact_likelihood:
+                w = np.zeros(len(tokens), np.float32)
+                w[max(int(b) - 1, 0):len(tokens) - 1] = 1.0  # predictions of tokens blank..end
+                for c in choices[i]:
+                    x = tokens.copy()
+                    x[int(b)] = int(c)
+                    rows.append(_Row(x, w))
+            else:
+                slot = np.zeros(len(tokens), bool)
+                slot[int(b)] = True
+                rows.append(_Row(tokens, slot))
+        if self.objective.exact_likelihood:
+            lp, _ = self._run("ar", params, rows)
+            lp = lp.reshape(len(passages), n_choices)
+        else:
+            (logp,) = self._run("next_llada", params, rows)
+            lp = np.take_along_axis(logp, np.asarray(choices, np.int64), axis=1)
+        top = lp.max(axis=1, keepdims=True)
+        return lp - top - np.log(np.exp(lp - top).sum(axis=1, keepdims=True))
+
     def sequence_nll(self, params, sequences: np.ndarray, *, mc_samples: int = 16, seed: int = 0) -> dict:
         """Per-token NLL of fixed-length sequences [M, L] (e.g. validation rows): exact for AR
         (tokens 1..L-1 given their prefix, as training counts them), the continuous-time ELBO

@@ -12,6 +12,10 @@ A choice longer than the room the model's context leaves is scored on its last t
 scored (`TokenItem.choice_token_chars`; proportionally to the tokens when those are not
 known), not by the whole choice, so that a cut choice is not favoured for its dropped part.
 `truncated_items` counts the items with such a choice.
+
+Items with a `suffix` (two-sided cloze: a one-token blank with text on both sides) are
+scored by `Scorer.blank_logprobs`, log p(choice | context and suffix) renormalised over the
+choices, exact for AR and MDM; all items of one call must then have a suffix.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 
 import numpy as np
 
-from dllm_jax.evaluation.likelihood import Scorer
+from dllm_jax.evaluation.likelihood import PairScore, Scorer
 from dllm_jax.evaluation.tasks import TokenItem
 
 
@@ -39,13 +43,15 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
                 cfg_scale: float = 0.0, keep_items: bool = False) -> dict:
     if not items:
         raise ValueError("no items to score")
-    pairs, owner = [], []
-    for k, it in enumerate(items):
-        for choice in it.choices:
-            pairs.append((it.context, choice))
-            owner.append(k)
-    # an item's choices (one context) share their Monte Carlo draws: Scorer.loglikelihood's default groups
-    scores = scorer.loglikelihood(params, pairs, mc_samples=mc_samples, seed=seed, cfg_scale=cfg_scale)
+    two_sided = [bool(it.suffix) for it in items]
+    if any(two_sided):
+        if not all(two_sided):
+            raise ValueError("mixing two-sided (suffix) and continuation items in one call; score them separately")
+        scores = _blank_scores(scorer, params, items)
+    else:
+        pairs = [(it.context, choice) for it in items for choice in it.choices]
+        # an item's choices (one context) share their Monte Carlo draws: Scorer.loglikelihood's default groups
+        scores = scorer.loglikelihood(params, pairs, mc_samples=mc_samples, seed=seed, cfg_scale=cfg_scale)
     pos = 0
     hits, hits_norm, truncated, per_item = 0, 0, 0, []
     for it in items:
@@ -72,13 +78,27 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         "truncated_items": truncated,
         "estimator": {"ar": "exact", "llada": "llada_mc", "block_llada": "block_llada_mc"}[scorer.objective.pair_estimator],
     }
-    if scorer.objective.pair_estimator == "llada" and not cfg_scale and all(x.tokens == 1 for x in scores):
+    if any(two_sided) or scorer.objective.pair_estimator == "llada" and not cfg_scale and all(x.tokens == 1 for x in scores):
         out["estimator"] = "exact"  # one-token answers: the LLaDA estimate is the exact log-prob (one pass, no draws)
     elif not scorer.objective.exact_likelihood:
         out["mc_samples"] = int(mc_samples)
         out["cfg_scale"] = float(cfg_scale)
     if keep_items:
         out["items"] = per_item
+    return out
+
+
+def _blank_scores(scorer: Scorer, params, items: list[TokenItem]) -> list[PairScore]:
+    """PairScores (one per choice, in item order) of two-sided items from Scorer.blank_logprobs."""
+    for k, it in enumerate(items):
+        if any(len(c) != 1 for c in it.choices):
+            raise ValueError(f"item {k}: a two-sided (suffix) item needs one-token choices, got lengths {[len(c) for c in it.choices]}")
+    lp = scorer.blank_logprobs(params, [it.context + [0] + it.suffix for it in items], [len(it.context) for it in items],
+                               [[c[0] for c in it.choices] for it in items])
+    out = []
+    for it, row in zip(items, lp):
+        best = int(np.argmax(row))
+        out += [PairScore(float(v), 0.0, i == best, 1, False) for i, v in enumerate(row)]
     return out
 
 

@@ -18,7 +18,8 @@ class ClozeEvaluator:
     def __init__(self, model, config, tokenizer, val, mesh=None):
         e = config.eval
         self.items = build_cloze(val, tokenizer, n_examples=e.cloze_examples, n_choices=e.cloze_choices,
-                                 length=e.cloze_length, seed=config.seed)
+                                 length=e.cloze_length, seed=config.seed,
+                                 context=e.cloze_context)
         self.scorer = Scorer.for_model(model, config, tokenizer, batch_size=e.batch_size, mesh=mesh)
         self.mc_samples = e.mc_samples
         self.seed = config.seed

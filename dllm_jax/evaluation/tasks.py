@@ -64,6 +64,9 @@ class TokenItem:
     # characters of each token of each choice (its SentencePiece piece, '▁' = a space), so that
     # acc_norm can divide a choice cut to fit the context by the characters actually scored
     choice_token_chars: list[list[int]] = dataclasses.field(default_factory=list)
+    # tokens after the choice (a two-sided cloze's right-hand text); empty for a continuation.
+    # Items with a suffix are scored by log p(choice | context and suffix) (Scorer.blank_logprobs)
+    suffix: list[int] = dataclasses.field(default_factory=list)
 
 
 # ---------------------------------------------------------------- helpers

@@ -39,6 +39,17 @@ DOWNSTREAM = ("cloze_acc", "cloze_acc_norm")
 METRICS = DOWNSTREAM + ("val_loss",)
 
 
+def cloze_task(runs) -> str:
+    """The cloze task the runs logged, in words, from their `eval.cloze_*` config (the first run's)."""
+    c = runs[0].config
+    k, n_choices = int(c.get("eval.cloze_length") or 0), c.get("eval.cloze_choices", 4)
+    if c.get("eval.cloze_context") == "both":
+        return (f"{n_choices}-way two-sided cloze, a one-token blank inside a held-out passage with text on both sides, "
+                "scored by log p(choice | the rest of the passage), exact for both objectives")
+    what = "the next token" if k == 1 else (f"the last {k} tokens" if k else "the last quarter")
+    return f"{n_choices}-way choice of {what} of a held-out passage given the text before it"
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--root", required=True, help="the --root of a sweep (one workdir per run)")
     parser.add_argument("--out", default=None, help="where to write the report (default: --root)")
@@ -326,7 +337,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     md += ["", "## Crossover", "",
            "The MDM's crossover epoch is where it goes ahead of AR for good (linear interpolation between evaluations; "
            "see `dllm_jax.study.crossover`). The study's crossover metric is a downstream accuracy (here the cloze task "
-           "made from held-out text). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
+           f"made from held-out text: {cloze_task(runs)}). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
            "MDM an ELBO (an upper bound on its NLL), and AR validation loss can rise with repetition while its downstream "
            "accuracy still improves. Its table is given for completeness.", "",
            "Uncertainty (downstream metrics, from each evaluation's binomial standard error SE): the crossover's 2-SE "

@@ -418,6 +418,25 @@ def test_cli_multiple_choice_and_cloze(trained_runs, tmp_path):
             both = json.load(f)
         assert both["n"] == 8 and both["estimator"] == "exact" and both["cloze"]["context"] == "both"
     assert main(["eval", "--workdir", trained_runs["ar"], "--task", "cloze", "--config.eval.cloze_context=both"]) == 2  # length 0
+
+
+def test_cli_step_all_scores_every_saved_checkpoint(trained_runs, tmp_path):
+    from dllm_jax.checkpoint import Checkpointer
+    from dllm_jax.cli import main
+
+    wd = trained_runs["mdm"]
+    steps = sorted(Checkpointer(wd, read_only=True).all_steps())
+    assert len(steps) >= 2
+    argv = ["eval", "--workdir", wd, "--task", "cloze", "--limit", "8", "--config.eval.cloze_length=3"]
+    assert main(argv + ["--step", "all"]) == 0
+    for step in steps:
+        with open(os.path.join(wd, "eval", f"cloze-len3_step{step}.json")) as f:
+            got = json.load(f)
+        one = _eval(wd, "--task", "cloze", "--limit", "8", "--config.eval.cloze_length=3", "--step", str(step))
+        assert got["step"] == step and got["acc"] == one["acc"] and got["n"] == 8
+    assert main(argv + ["--step", "all", "--output", str(tmp_path / "x.json")]) == 2  # one file cannot hold them all
+    assert main(argv + ["--step", "last"]) == 2
+    assert main(["eval", "--workdir", str(tmp_path), "--task", "cloze", "--step", "all"]) == 2  # no checkpoints
     from dllm_jax.cli import main
 
     assert main(["eval", "--workdir", trained_runs["ar"], "--task", "hellaswag"]) == 2  # needs --data

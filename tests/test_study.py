@@ -324,6 +324,20 @@ def test_report_states_the_crossover_bracket_and_the_data_ratio(tmp_path):
     assert "| 64,000 | 0.7000 +-0.0050 (ep 4.0) | 0.5000 +-0.0050 (ep 4.0) | <= 6,400 | <= 0.1x" in md
     for name in ("data_ratio_cloze_acc.png", "crossover_cloze_acc_epochs.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000, name
+    assert "(here the cloze task made from held-out text: 4-way choice of the last quarter of a held-out passage" in md
+
+
+def test_report_names_the_cloze_task_the_runs_logged():
+    from types import SimpleNamespace
+
+    from dllm_jax.study.report import cloze_task
+
+    def run(**c):
+        return [SimpleNamespace(config={"eval.cloze_choices": 4, **c})]
+
+    assert cloze_task(run(**{"eval.cloze_length": 1})) == "4-way choice of the next token of a held-out passage given the text before it"
+    assert cloze_task(run(**{"eval.cloze_length": 8})).startswith("4-way choice of the last 8 tokens")
+    assert cloze_task(run(**{"eval.cloze_length": 1, "eval.cloze_context": "both"})).startswith("4-way two-sided cloze, a one-token blank")
 
 
 def test_cloze_standard_errors_of_runs_logged_without_them(tmp_path):

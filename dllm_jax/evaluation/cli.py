@@ -8,7 +8,9 @@ Tasks:
   mmlu       MMLU CSV / JSONL / a directory of CSVs (--data PATH)
   genppl     samples from the run scored by an AR reference run (--reference-workdir)
 
-Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json
+Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json;
+`--step all` evaluates every saved checkpoint in turn (e.g. a new task on all the checkpoints
+a study run kept at its `eval.at_epochs`), one file each
 (the step in the name keeps evaluations of several checkpoints apart; cloze: cloze-len<K>[-both]_step<step>.json). Defaults of
 --mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
 `--config.KEY=VALUE` may change the keys that do not change what the run learnt
@@ -34,7 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="a trained run directory")
     parser.add_argument("--task", required=True, choices=TASKS, help="what to evaluate")
     parser.add_argument("--data", default=None, help="task file (jsonl, hellaswag) or file/folder (mmlu)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--step", default=None,
+                        help="checkpoint step (default: latest), or 'all': every saved checkpoint in step order, one JSON each")
     parser.add_argument("--mc-samples", type=int, default=None, help="MDM Monte Carlo samples per choice or sequence (default: eval.mc_samples)")
     parser.add_argument("--cfg", type=float, default=0.0, help="MDM multiple choice: classifier-free guidance weight w (0 = off)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first K items / validation rows / cloze passages")
@@ -144,16 +147,38 @@ def evaluate_run(args) -> tuple[dict, str]:
     return {**head, **res}, name
 
 
+def _steps(args) -> list:
+    """The checkpoint steps `--step` asks for: [None] (latest), [N], or every saved one ('all')."""
+    if args.step is None:
+        return [None]
+    text = str(args.step).strip()
+    if text == "all":
+        from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
+
+        if args.output:
+            raise ConfigError("--output names one file; with --step all each checkpoint's result goes to "
+                              "<workdir>/eval/<task>_step<N>.json: drop --output")
+        steps = sorted(Checkpointer(args.workdir, read_only=True).all_steps()) if paths.isdir(checkpoint_dir(args.workdir)) else []
+        if not steps:
+            raise ConfigError(f"--step all: {args.workdir!r} has no saved checkpoints")
+        return steps
+    if not text.isdigit():
+        raise ConfigError(f"--step={args.step!r} must be a checkpoint step (an integer >= 0) or 'all'")
+    return [int(text)]
+
+
 def run(args) -> int:
-    t0 = time.perf_counter()
-    results, name = evaluate_run(args)
-    results["seconds"] = round(time.perf_counter() - t0, 2)
-    path = args.output or paths.join(paths.expand(args.workdir), "eval", f"{name}_step{results['step']}.json")
-    paths.makedirs(paths.dirname(paths.absolute(path)))
-    paths.write_text(path, json.dumps(results, indent=2))
-    shown = {k: v for k, v in results.items() if k != "items"}
-    print(json.dumps(shown, indent=2))
-    print(f"saved {path}")
+    for step in _steps(args):
+        t0 = time.perf_counter()
+        args.step = step
+        results, name = evaluate_run(args)
+        results["seconds"] = round(time.perf_counter() - t0, 2)
+        path = args.output or paths.join(paths.expand(args.workdir), "eval", f"{name}_step{results['step']}.json")
+        paths.makedirs(paths.dirname(paths.absolute(path)))
+        paths.write_text(path, json.dumps(results, indent=2))
+        shown = {k: v for k, v in results.items() if k != "items"}
+        print(json.dumps(shown, indent=2))
+        print(f"saved {path}")
     return 0
 
 

@@ -495,10 +495,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 def parse_epochs(text: str) -> list[float]:
     """`eval.at_epochs` as sorted distinct floats; ConfigError for anything but positive finite numbers."""
     out = set()
-    for part in str(text or "").split(","):
+    if not str(text or "").strip():
+        return []
+    for part in str(text).split(","):
         part = part.strip()
         if not part:
-            continue
+            raise ConfigError(f"eval.at_epochs={text!r} has an empty entry (two commas, or one at an end); give e.g. '1,2,4,8' ('' = none)")
         try:
             value = float(part)
         except ValueError:

@@ -117,6 +117,9 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
         if unique in seen:
             raise ConfigError(f"--grid budgets: {seen[unique]:g} and {requested:g} both round up to U={unique} "
                               f"(whole batches of {per_step} tokens): the same run twice; drop one")
+        if epochs > 10**6:
+            raise ConfigError(f"--grid tokens={tokens}: U={unique} would be repeated {epochs:.3g} times (at most 1e6 epochs); "
+                              "lower tokens or raise the budgets")
         seen[unique] = requested
         for objective in names:
             points[f"U{short_number(requested)}_{objective}"] = {

@@ -788,7 +788,7 @@ def test_eval_at_epochs_validates_scores_cloze_and_checkpoints_there(corpus, tmp
     assert [r["step"] for r in val] == [2, 5, 8, 12]  # the listed epochs and the end
     assert all("cloze_acc" in r for r in val)
     assert Checkpointer(str(tmp_path), read_only=True).all_steps() == [2, 5, 8, 12]
-    for bad in ("1,x", "-1", "nan", "0"):
+    for bad in ("1,x", "-1", "nan", "0", "1,,2", "1,2,"):
         with pytest.raises(ConfigError, match="eval.at_epochs"):
             validate(tiny_config(paths, cache, "ar", eval__at_epochs=bad))
 

@@ -419,6 +419,17 @@ def test_grid_errors_name_the_problem(grid_file, tmp_path):
         grid_lib.parse_params(["budgets"])
 
 
+def test_sweep_checks_the_corpus_once_before_any_point(grid_file, tmp_path, capsys):
+    from dllm_jax.cli import main
+
+    root = tmp_path / "r"
+    missing = str(tmp_path / "no_such_corpus.txt")
+    assert main(["sweep", "--config", grid_file, "--root", str(root), f"--config.data.paths={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("matches no file") == 1 and "no_such_corpus.txt" in err
+    assert not root.exists() or not any(root.iterdir())  # no point was started
+
+
 @pytest.fixture
 def shared_compilation_cache(tmp_path):
     """Points of one objective compile the same programs; a persistent compilation cache,
@@ -522,7 +533,8 @@ def test_cpu_grid_shape(tmp_path):
     assert {k for f in flats for k in f if f[k] != flats[0][k]} <= varying
     for params, message in (({"eval_ratio": "x"}, "eval_ratio"), ({"budgets": "1e400"}, "budgets"), ({"tokens": "1e5,2e5"}, "one number"),
                             ({"budgets": "2e6"}, "not below tokens"), ({"budgets": "8000,8100"}, "the same run twice"),
-                            ({"objectives": ","}, "names no objective")):
+                            ({"objectives": ","}, "names no objective"),
+                            ({"tokens": "1e30"}, "--grid tokens=1e30: U=8192 would be repeated")):
         with pytest.raises(ConfigError, match=message):
             grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params=params)
 

@@ -146,15 +146,17 @@ def _text_key(data_cfg) -> str:
     return key
 
 
-def _effective_text_split(data_cfg, num_files: int) -> str:
+def _effective_text_split(data_cfg, num_files: int, log: bool = True) -> str:
     """data.text_split, except that ONE file under 'file' is split into paragraphs: a
-    single document leaves nothing to hold out for validation."""
+    single document leaves nothing to hold out for validation. `log`: say so (once per run:
+    the corpus fingerprint asks first, the shard listing again on a store miss)."""
     mode = _check_text_split(data_cfg.text_split)
-    if mode == "file" and num_files == 1:
+    if mode != "file" or num_files != 1:
+        return mode
+    if log:
         logger.info("data.paths matches one file: splitting it into documents at blank lines "
                     "(data.text_split='file' applies to several files; set 'line' to split at every line)")
-        return "paragraph"
-    return mode
+    return "paragraph"
 
 
 def _import_tfds():
@@ -300,7 +302,7 @@ def source_shards(data_cfg) -> list[dict]:
         _text_key(data_cfg)
     files = resolve_files(data_cfg.paths)
     if source == "text":
-        mode = _effective_text_split(data_cfg, len(files))
+        mode = _effective_text_split(data_cfg, len(files), log=False)
         if mode != data_cfg.text_split:
             return [{"path": p, "text_split": mode} for p in files]
     return [{"path": p} for p in files]

@@ -59,6 +59,20 @@ def point_status(workdir: str) -> str:
     return "new"
 
 
+def check_corpus_paths(points) -> None:
+    """Resolve each distinct `data.paths` of the points still to run once, before any is started:
+    a missing or unreadable corpus is one DataError here, not the same error from every point's
+    child process (and an empty workdir per point)."""
+    from dllm_jax.data.sources import resolve_files
+
+    seen = set()
+    for p in points:
+        d = p.config.data
+        if d.source in ("text", "jsonl", "parquet", "array_record") and d.paths and not d.store and d.paths not in seen:
+            seen.add(d.paths)
+            resolve_files(d.paths)
+
+
 def check_finished_config(point) -> None:
     """A finished workdir must hold this point's config, or the sweep would skip a point it never ran."""
     from dllm_jax.train import check_resume_compatible
@@ -185,6 +199,7 @@ def run(args) -> int:
     if args.list:
         _print_list(grid)
         return 0
+    check_corpus_paths([p for p in points if point_status(p.workdir) != "done"])
     results = run_points(grid, points, in_process=args.in_process or args.index is not None)
     print("[sweep] summary:")
     for r in results:

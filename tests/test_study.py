@@ -211,7 +211,7 @@ def test_rstar_fit_says_when_it_cannot_tell():
 
 # -- synthetic sweep -> report -----------------------------------------------------------
 
-def _fake_run(root, name, objective, unique, epochs, val):
+def _fake_run(root, name, objective, unique, epochs, val, done=True):
     cfg = config_lib.default_config()
     cfg.objective = objective
     cfg.data.unique_tokens = unique
@@ -234,7 +234,8 @@ def _fake_run(root, name, objective, unique, epochs, val):
             step = round(rec["epoch"] * steps_per_epoch)
             f.write(json.dumps({"step": step, "loss": 9.0, "tokens_per_sec": 1000.0, "epoch": rec["epoch"], "tokens_seen": step * per_step}) + "\n")
             f.write(json.dumps({"step": step, "tokens_seen": step * per_step, **rec}) + "\n")
-    open(os.path.join(wd, "DONE"), "w").close()
+    if done:
+        open(os.path.join(wd, "DONE"), "w").close()
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +288,9 @@ def test_report_finds_the_planted_crossover_and_rstar(synthetic_root, tmp_path):
     ratios = {r["unique_tokens"]: r for r in summary["data_ratios"]["cloze_acc"]}
     assert ratios[6400]["bound"] == ">" and ratios[6400]["data_ratio"].startswith("> 10x")  # 0.9 beats AR's best at every U
     assert "not** a fair" in md and "paper_1b" in md and "mdm_steps_eq_len" in md
+    bad_out = tmp_path / "bad"
+    assert main(["report", "--root", synthetic_root, "--out", str(bad_out), "--flops-config", str(tmp_path / "nope.py")]) == 2
+    assert not bad_out.exists() or not any(bad_out.iterdir())  # nothing written before the bad path is found
     # the FLOPs rows come from dllm_jax.flops for the 1B paper model (vocab rows 50,304)
     big = [r for r in summary["flops"]["train"] if r["model"] == "paper_1b"][0]
     assert big["ar"] == big["mdm"] == pytest.approx(flops.train_flops_per_token(
@@ -325,6 +329,27 @@ def test_report_states_the_crossover_bracket_and_the_data_ratio(tmp_path):
     for name in ("data_ratio_cloze_acc.png", "crossover_cloze_acc_epochs.png"):
         assert os.path.getsize(os.path.join(out, name)) > 10_000, name
     assert "(here the cloze task made from held-out text: 4-way choice of the last quarter of a held-out passage" in md
+
+
+def test_report_marks_a_crossover_row_whose_run_is_unfinished(tmp_path):
+    from dllm_jax.study.report import build_report
+
+    root = str(tmp_path / "runs")
+    for objective, last, done in (("ar", 8, True), ("mdm", 5, False)):  # the MDM run stopped after epoch 5 of 8
+        val = [{"epoch": float(e), "val_loss": 3.0, "cloze_acc": 0.3 + 0.01 * e, "cloze_acc_stderr": 0.01, "cloze_n": 2500}
+               for e in range(1, last + 1)]
+        _fake_run(root, f"U6400_{objective}", objective, 6400, 8, val, done=done)
+    summary = build_report(root, str(tmp_path / "out"))
+    (row,) = summary["crossovers"]["cloze_acc"]
+    assert row["unfinished"] == ["mdm at epoch 5"]
+    assert "| 6,400 | 8 (unfinished: mdm at epoch 5) | ar | mdm |" in open(tmp_path / "out" / "report.md").read()
+    _fake_run(root, "U12800_mdm", "mdm", 12800, 4, [], done=True)  # finished, but no record (metrics lost)
+    build_report(root, str(tmp_path / "out2"))
+    assert "Not compared (no cloze_acc record): U12800_mdm." in open(tmp_path / "out2" / "report.md").read()
+    bare = str(tmp_path / "bare")
+    _fake_run(bare, "U6400_ar", "ar", 6400, 8, [], done=False)  # killed before its first evaluation
+    build_report(bare, str(tmp_path / "out3"))
+    assert "No run has an evaluation record yet" in open(tmp_path / "out3" / "report.md").read()
 
 
 def test_report_names_the_cloze_task_the_runs_logged():

@@ -122,7 +122,9 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
                 passes = passes_best(ae, av, a_se, me, mv, m_se, higher)
                 marks[(params, unique, a_name, m_name)] = cross
                 a_best, m_best = best_point(ae, av, a_se, higher), best_point(me, mv, m_se, higher)
-                rows.append({"params": params, "unique_tokens": unique, "epochs": max(a.epochs, m.epochs),
+                # a run still training (or stopped) is compared up to its last evaluation: say so
+                unfinished = [f"{r.series} at epoch {e[-1]:.3g}" for r, e in ((a, ae), (m, me)) if not r.done]
+                rows.append({"params": params, "unique_tokens": unique, "epochs": max(a.epochs, m.epochs), "unfinished": unfinished,
                              "ar_series": a_name, "mdm_series": m_name, "diffusion_objective": m.objective,
                              "ar_best": a_best[:2], "mdm_best": m_best[:2], "ar_best_stderr": a_best[2], "mdm_best_stderr": m_best[2],
                              "crossover_epoch": cross.epoch, "crossover": cross.describe(), "ar_final": av[-1], "mdm_final": mv[-1],
@@ -301,6 +303,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
             raise ConfigError(f"{root!r} is one run's workdir; --root takes the sweep directory that holds the runs "
                               f"(here its parent, {paths.dirname(paths.absolute(root))!r})")
         raise ConfigError(f"no runs under {root!r} (a run is a directory with config.json); run `dllm-jax sweep` first")
+    extra_models = [config_model(path) for path in flops_configs]  # a bad --flops-config fails before anything is written
     out = paths.expand(out or root)
     paths.makedirs(out)
     panel_map = panels(runs)
@@ -347,7 +350,10 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
            "significant\". \"MDM > AR's best + 2 SE\": the MDM's score at an evaluation exceeds the best AR evaluation "
            "of the whole AR run by more than 2 sqrt(SE_mdm^2 + SE_ar^2); 'from epoch X': at every evaluation from X on. "
            "Why these and their caveats: `dllm_jax.study.crossover`.", ""]
-    if headline == "val_loss":
+    if not any(r.val for r in runs):
+        md += ["No run has an evaluation record yet (stopped before its first evaluation, or still before it): "
+               "nothing to compare. Rerun the sweep command to continue them.", ""]
+    elif headline == "val_loss":
         md += ["No run logged a downstream metric (cloze_acc): the crossover below is on validation loss only. Enable "
                "periodic cloze evaluation (the `eval` config group) for the study's metric.", ""]
     crossovers, ratios, figures = {}, {}, []
@@ -360,9 +366,13 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
                "| crossover epoch [2-SE bracket] | MDM > AR's best + 2 SE |",
                "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
-            md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {row['epochs']:.3g} | {row['ar_series']} | {row['mdm_series']} | "
+            epochs = f"{row['epochs']:.3g}" + (f" (unfinished: {', '.join(row['unfinished'])})" if row["unfinished"] else "")
+            md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {epochs} | {row['ar_series']} | {row['mdm_series']} | "
                       f"{_fmt_best(row['ar_best'], metric, row['ar_best_stderr'])} | {_fmt_best(row['mdm_best'], metric, row['mdm_best_stderr'])} | "
                       f"{row['crossover_interval']} | {row['passes_ar_best']} |")
+        missing = [r.name for r in runs if not r.curve(metric)[2]]
+        if missing:
+            md.append(f"Not compared (no {metric} record): {', '.join(missing)}.")
         md.append("")
         for xaxis in ("epochs", "tokens"):
             name = f"crossover_{metric}_{xaxis}.png"
@@ -400,8 +410,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
         if r.params not in seen and r.info.get("vocab_size"):
             seen.add(r.params)
             models.append((model_label(r.params), run_model_config(r), int(r.info.get("seq_len") or r.config.get("data.seq_len"))))
-    for path in flops_configs:
-        models.append(config_model(path))
+    models += extra_models
     flops_lines, flops_json = flops_section(models, prompt_len)
     md += [""] + flops_lines
 

@@ -178,7 +178,7 @@ def _bd_loss_and_grads(impl, params, tokens, document_attention, ar_loss_weight=
     return jax.jit(jax.value_and_grad(loss))(params), jax.make_jaxpr(loss)(params)
 
 
-@pytest.mark.parametrize("document_attention,ar_loss_weight", [(False, 0.0), (True, 0.0), (True, 0.5)])
+@pytest.mark.parametrize("document_attention,ar_loss_weight", [(False, 0.0), (True, 0.5)])  # documents alone: within (True, 0.5)
 def test_block_diffusion_loss_and_gradients_equal_xla(document_attention, ar_loss_weight):
     """BD3-LM's 2L x 2L pattern (L = 128, blocks of 32 inside tiles of 128) runs through the
     splash kernel, ANDed with the documents' segment ids (padding at the end of a row) and with

@@ -25,6 +25,10 @@ Why these choices (see the README's study section for the measurements behind th
   [MASK] in that place, LLaDA's exact single-token case), with no Monte Carlo noise to
   handicap the MDM, and cost one forward pass per item for both (Scorer reads all choices
   from one pass), so it can be computed at every checkpoint.
+  `--config.eval.cloze_context=both` swaps in the two-sided
+  form (a one-token blank with text on both sides, also exact for both; the AR then needs one
+  pass per choice, so its evaluations cost ~4x); `dllm-jax eval --task cloze --step all` with
+  the same flag scores it on the checkpoints of a finished grid.
 - Evaluation at log-spaced epochs (`eval.at_epochs`: 1, 2, 4, ... x sqrt(2) up to E, and the
   end), each with a checkpoint: AR peaks within a few epochs, the MDM much later, and a
   constant interval would either miss AR's peak or spend the budget on the MDM's plateau.

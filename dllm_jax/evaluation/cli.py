@@ -79,8 +79,10 @@ def _positive(name, value):
         raise ConfigError(f"{name}={value} must be >= 1")
 
 
-def evaluate_run(args) -> tuple[dict, str]:
-    """(results, default output name) for parsed `args`."""
+def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
+    """(results, default output name) for parsed `args`. `reuse`: a dict kept across calls for
+    several checkpoints of one run (`--step all`): the Scorer (its compiled functions) is reused
+    while the config is the same, so each further checkpoint costs its restore and scoring only."""
     from dllm_jax.checkpoint import load_run
     from dllm_jax.evaluation import cloze, likelihood, multiple_choice, tasks
 
@@ -115,7 +117,13 @@ def evaluate_run(args) -> tuple[dict, str]:
                                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=batch)
         return {**head, "reference_workdir": paths.absolute(args.reference_workdir), **res}, name
 
-    scorer = likelihood.Scorer.for_model(run.model, config, run.tokenizer, batch_size=batch, mesh=run.mesh)
+    key = (config_lib.to_json(config), batch)
+    if reuse is not None and reuse.get("key") == key:
+        scorer = reuse["scorer"]
+    else:
+        scorer = likelihood.Scorer.for_model(run.model, config, run.tokenizer, batch_size=batch, mesh=run.mesh)
+        if reuse is not None:
+            reuse.update(key=key, scorer=scorer)
     if args.task in ("val", "cloze"):
         from dllm_jax.data.pipeline import build_dataset
 
@@ -168,10 +176,11 @@ def _steps(args) -> list:
 
 
 def run(args) -> int:
+    reuse: dict = {}
     for step in _steps(args):
         t0 = time.perf_counter()
         args.step = step
-        results, name = evaluate_run(args)
+        results, name = evaluate_run(args, reuse)
         results["seconds"] = round(time.perf_counter() - t0, 2)
         path = args.output or paths.join(paths.expand(args.workdir), "eval", f"{name}_step{results['step']}.json")
         paths.makedirs(paths.dirname(paths.absolute(path)))

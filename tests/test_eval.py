@@ -331,12 +331,12 @@ def test_task_readers_parse_the_sample_files():
 
 
 @pytest.mark.parametrize("fmt,lines,message", [
-    ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 0}', "", '{"context": "a", "choices": [" b"'], ":3: not valid JSON"),
+    ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 0}', "", '{"context": "a", "choices": [" b"'], "' line 3 is not valid JSON"),
     ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 0}', '{"context": "a", "choices": [" b", " c"]}'], ":2: missing field(s) ['label']"),
     ("jsonl", ['{"context": "a", "choices": [" b", " c"], "label": 2}'], ":1: 'label' is 2 but there are 2 choices"),
     ("jsonl", ['{"context": "a", "choices": " b", "label": 0}'], ":1: 'choices' must be a list of strings"),
     ("jsonl", ['{"context": "a", "choices": [" b", "  "], "label": 0}'], ":1: choice 1 is empty"),
-    ("jsonl", ['[1, 2]'], ":1: expected a JSON object"),
+    ("jsonl", ['[1, 2]'], "' line 1 is a JSON list, not an object"),
     ("hellaswag", ['{"ctx_a": "x", "ctx_b": "y", "label": 0}'], ":1: missing HellaSwag field(s) ['endings']"),
     ("hellaswag", ['{"ctx_a": "x", "ctx_b": "y", "endings": ["a", "b"], "label": ""}'], ":1: 'label' is empty"),
     ("mmlu", ["q,a,b,c,d,A", "q,a,b,c,d"], ":2: expected 6 CSV columns"),

@@ -190,6 +190,20 @@ def _record_text(value, path: str, where: str, key: str) -> str:
     raise DataError(f"{path!r} {where}: the field data.text_key={key!r} is {got}, not text; set data.text_key to the text field or fix the record.")
 
 
+def json_object(line: str, path: str, lineno: int) -> dict:
+    """One line of a JSON-lines file (a corpus or a task file) as a dict; DataError naming the
+    file and line when it is not valid JSON or not a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path!r} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); "
+                        "every line of a JSONL file must be one JSON object.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path!r} line {lineno} is a JSON {type(record).__name__}, not an object; "
+                        "every line of a JSONL file must be one JSON object.")
+    return record
+
+
 def iter_jsonl_texts(path: str, key: str, limit: int = 0) -> Iterator[str]:
     """The non-blank ``record[key]`` strings of a JSON-lines file, in order.
 
@@ -214,12 +228,7 @@ def iter_jsonl_texts(path: str, key: str, limit: int = 0) -> Iterator[str]:
             offset += len(line)
             if not s.strip():
                 continue
-            try:
-                record = json.loads(s)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path!r} line {lineno} is not valid JSON ({e.msg} at column {e.colno}); every line of a JSONL file must be one JSON object.") from e
-            if not isinstance(record, dict):
-                raise DataError(f"{path!r} line {lineno} is a JSON {type(record).__name__}, not an object with a {key!r} field; every line must be a JSON object.")
+            record = json_object(s, path, lineno)
             if key not in record:
                 raise DataError(
                     f"{path!r} line {lineno} has no field data.text_key={key!r} (fields: {sorted(record)[:10]}); "

@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import os
 import re
 
@@ -84,16 +83,11 @@ def _lines(path: str) -> list[str]:
 
 def _json_lines(path: str):
     """(line number, object) for every non-blank line; bad JSON is an error naming the line."""
+    from dllm_jax.data.formats import json_object
+
     for n, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        yield n, obj
+        if line.strip():
+            yield n, json_object(line, path, n)
 
 
 def _label(value, n_choices: int, where: str, field: str = "label") -> int:

@@ -3,6 +3,7 @@ lm-evaluation-harness adapter and generative perplexity."""
 
 import bz2
 import codecs
+import dataclasses
 import gzip
 import itertools
 import json
@@ -251,6 +252,37 @@ def test_cloze_distractors_come_from_other_passages():
         cloze.build_cloze(val[:3], n_choices=4, length=4)
     with pytest.raises(ConfigError, match="cloze_length"):
         cloze.build_cloze(val, n_choices=4, length=16)
+
+
+def segment_model(params, tokens, segment_ids):
+    """Predictions that depend on the segment id (the document) of each position and on the
+    token to the left: scoring with the wrong segment ids gives other values."""
+    prev = jnp.concatenate([jnp.full((tokens.shape[0], 1), MASK), tokens[:, :-1]], axis=1)
+    logits = jnp.asarray(LOG_PI, jnp.float32) + 1.3 * jax.nn.one_hot(segment_ids % V, V)
+    logits = logits + 0.8 * jax.nn.one_hot(jnp.clip(prev, 0, V - 1), V) * (prev < V)[..., None]
+    return jnp.concatenate([logits, jnp.full(tokens.shape + (2,), 5.0)], axis=-1)
+
+
+@pytest.mark.parametrize("objective", ["ar", "mdm"])
+def test_runs_with_document_attention_are_scored_within_documents(objective):
+    from dllm_jax.objectives import segment_ids_from_eos
+
+    spec = dataclasses.replace(toy_spec(objective), document_attention=True)  # eos_id = 2
+    scorer = Scorer(segment_model, spec, batch_size=4)
+    passage, blank, choices = [5, 2, 4, 1, 0, 2, 3, 1], 3, [1, 0, 4]
+    raw = []
+    for c in choices:
+        y = list(passage)
+        y[blank] = c if objective == "ar" else MASK
+        seg = segment_ids_from_eos(jnp.asarray([y]), 2)
+        lp = log_softmax_real(segment_model(None, jnp.asarray([y]), seg)[0], V)
+        raw.append(sum(lp[j - 1, y[j]] for j in range(1, len(y))) if objective == "ar" else lp[blank, c])
+    raw = np.array(raw)
+    np.testing.assert_allclose(scorer.blank_logprobs(None, [passage], [blank], [choices])[0], raw - np.log(np.exp(raw).sum()), rtol=1e-5)
+    (one,) = scorer.loglikelihood(None, [(passage[:blank], [choices[0]])])  # the left-only path too
+    y = passage[:blank] + [choices[0] if objective == "ar" else MASK]
+    lp = log_softmax_real(segment_model(None, jnp.asarray([y]), segment_ids_from_eos(jnp.asarray([y]), 2))[0], V)
+    assert one.logprob == pytest.approx(lp[-2 if objective == "ar" else -1, choices[0]], rel=1e-5)
 
 
 def test_two_sided_cloze_blanks_one_token_inside_the_passage():

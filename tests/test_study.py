@@ -363,6 +363,13 @@ def test_report_names_the_cloze_task_the_runs_logged():
     assert cloze_task(run(**{"eval.cloze_length": 1})) == "4-way choice of the next token of a held-out passage given the text before it"
     assert cloze_task(run(**{"eval.cloze_length": 8})).startswith("4-way choice of the last 8 tokens")
     assert cloze_task(run(**{"eval.cloze_length": 1, "eval.cloze_context": "both"})).startswith("4-way two-sided cloze, a one-token blank")
+    scored = [{"epoch": 1.0, "cloze_acc": 0.3}]
+    mixed = [SimpleNamespace(name="U8000_ar", val=scored, config={"eval.cloze_length": 1, "eval.cloze_context": "both"}),
+             SimpleNamespace(name="U8000_mdm", val=scored, config={"eval.cloze_length": 1}),
+             SimpleNamespace(name="U8000_old", val=[{"epoch": 1.0, "val_loss": 3.0}], config={"eval.cloze_length": 5})]
+    with pytest.raises(ConfigError, match=r"different cloze tasks.*two-sided.*\(U8000_ar\); .*next token.*\(U8000_mdm\)"):
+        cloze_task(mixed)
+    assert "two-sided" in cloze_task([mixed[0], mixed[2]])  # a run without cloze records does not count
 
 
 def test_cloze_standard_errors_of_runs_logged_without_them(tmp_path):

@@ -166,7 +166,10 @@ def _steps(args) -> list:
         if args.output:
             raise ConfigError("--output names one file; with --step all each checkpoint's result goes to "
                               "<workdir>/eval/<task>_step<N>.json: drop --output")
-        steps = sorted(Checkpointer(args.workdir, read_only=True).all_steps()) if paths.isdir(checkpoint_dir(args.workdir)) else []
+        if not paths.isdir(checkpoint_dir(args.workdir)):
+            raise ConfigError(f"--step all: {args.workdir!r} has no checkpoints/ folder; is it a dllm-jax run directory? "
+                              f"Train with: dllm-jax train --config ... --workdir {args.workdir}")
+        steps = sorted(Checkpointer(args.workdir, read_only=True).all_steps())
         if not steps:
             raise ConfigError(f"--step all: {args.workdir!r} has no saved checkpoints")
         return steps

@@ -19,6 +19,10 @@ the NLL itself; the standard error reported is the Monte Carlo one for fixed dat
 i.i.d. formula (std / sqrt(N)), which over-states the error of stratified draws slightly
 (stratification only lowers variance), so it is conservative.
 
+A run trained with `data.document_attention` is scored the same way: every estimator gives
+attention within the EOS-delimited documents of a row (segment ids from EOS), so a packed
+validation passage is read as in training.
+
 Shapes: rows are padded to bucketed lengths (powers of two from 8, capped at the run's
 `data.seq_len`) and cut into batches of a fixed number of rows, so one shape compiles
 per bucket, not per example. Padding is kept out of attention by segment ids (real tokens
@@ -63,7 +67,7 @@ class ScoreSpec:
     max_len: int  # longest row the model is asked to score (the run's data.seq_len)
     schedule: str = "linear"  # MDM masking schedule (the run's mdm.schedule)
     eps: float = 1e-3  # MDM t ~ U(eps, 1) (the run's mdm.eps)
-    document_attention: bool = False  # validation rows: attention within EOS-delimited documents
+    document_attention: bool = False  # every estimator: attention within EOS-delimited documents (segment ids from EOS), as in training
     block_size: int = 0  # block diffusion: rows are padded to a multiple of it (the run's block_diffusion.block_size)
 
 
@@ -339,7 +343,7 @@ class Scorer:
                 w = np.zeros(len(tokens), np.float32)
                 w[len(tokens) - keep - 1:len(tokens) - 1] = 1.0  # predictions of the last `keep` tokens
                 rows.append(_Row(tokens, w))
-            lp, gr = self._run("ar", params, rows)
+            lp, gr = self._run("ar", params, rows, doc_segments=self.spec.document_attention)
             for i, k in enumerate(todo):
                 out[k] = PairScore(float(lp[i]), 0.0, bool(gr[i]), fitted[k][1], fitted[k][2])
             return out
@@ -366,7 +370,7 @@ class Scorer:
                 owner.append(k)
                 # the mask uniforms' key: (group, draw), so a group's pairs share it
                 rows.append(_Row(tokens, ans, float(l) if kind == "llada" else float(u[j]), sample_id=g * n + j))
-        vals, _ = self._run(kind, params, rows, seed=seed, cfg_scale=cfg_scale)
+        vals, _ = self._run(kind, params, rows, seed=seed, cfg_scale=cfg_scale, doc_segments=self.spec.document_attention)
         owner = np.asarray(owner)
         greedy_flags = np.zeros(len(fitted), bool)
         if greedy:
@@ -376,7 +380,7 @@ class Scorer:
                 ans = np.zeros(len(tokens), bool)
                 ans[len(tokens) - keep:] = True
                 grows.append(_Row(tokens, ans, float(keep) if kind == "llada" else 1.0))  # u = 1: everything masked
-            _, g = self._run(kind, params, grows, seed=seed, cfg_scale=cfg_scale)
+            _, g = self._run(kind, params, grows, seed=seed, cfg_scale=cfg_scale, doc_segments=self.spec.document_attention)
             greedy_flags[todo] = g > 0.5
         for k in todo:
             _, keep, trunc = fitted[k]
@@ -403,7 +407,8 @@ class Scorer:
             slot = np.zeros(len(tokens), bool)
             slot[-1] = True
             rows.append(_Row(tokens, slot))
-        (logp,) = self._run("next_ar" if self.objective.exact_likelihood else "next_llada", params, rows)
+        (logp,) = self._run("next_ar" if self.objective.exact_likelihood else "next_llada", params, rows,
+                            doc_segments=self.spec.document_attention)
         for r, ks in enumerate(by_context.values()):
             best = int(np.argmax(logp[r]))
             for k in ks:
@@ -452,11 +457,12 @@ class Scorer:
                 slot = np.zeros(len(tokens), bool)
                 slot[int(b)] = True
                 rows.append(_Row(tokens, slot))
+        docs = self.spec.document_attention  # attention within EOS-delimited documents, as in training
         if self.objective.exact_likelihood:
-            lp, _ = self._run("ar", params, rows)
+            lp, _ = self._run("ar", params, rows, doc_segments=docs)
             lp = lp.reshape(len(passages), n_choices)
         else:
-            (logp,) = self._run("next_llada", params, rows)
+            (logp,) = self._run("next_llada", params, rows, doc_segments=docs)
             lp = np.take_along_axis(logp, np.asarray(choices, np.int64), axis=1)
         top = lp.max(axis=1, keepdims=True)
         return lp - top - np.log(np.exp(lp - top).sum(axis=1, keepdims=True))

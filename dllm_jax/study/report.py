@@ -39,15 +39,31 @@ DOWNSTREAM = ("cloze_acc", "cloze_acc_norm")
 METRICS = DOWNSTREAM + ("val_loss",)
 
 
-def cloze_task(runs) -> str:
-    """The cloze task the runs logged, in words, from their `eval.cloze_*` config (the first run's)."""
-    c = runs[0].config
+def _describe_cloze(c: dict) -> str:
     k, n_choices = int(c.get("eval.cloze_length") or 0), c.get("eval.cloze_choices", 4)
     if c.get("eval.cloze_context") == "both":
         return (f"{n_choices}-way two-sided cloze, a one-token blank inside a held-out passage with text on both sides, "
                 "scored by log p(choice | the rest of the passage), exact for both objectives")
     what = "the next token" if k == 1 else (f"the last {k} tokens" if k else "the last quarter")
     return f"{n_choices}-way choice of {what} of a held-out passage given the text before it"
+
+
+def cloze_task(runs) -> str:
+    """The cloze task the runs logged, in words, from their `eval.cloze_*` config. Raises
+    ConfigError when runs that logged cloze accuracy were scored on different tasks (their
+    accuracies cannot be compared)."""
+    scored = [r for r in runs if any("cloze_acc" in v for v in getattr(r, "val", None) or [])]
+    if not scored:
+        return _describe_cloze(runs[0].config)
+    tasks: dict[str, list[str]] = {}
+    for r in scored:
+        tasks.setdefault(_describe_cloze(r.config), []).append(getattr(r, "name", "?"))
+    if len(tasks) > 1:
+        listed = "; ".join(f"{task} ({', '.join(names)})" for task, names in tasks.items())
+        raise ConfigError(f"the runs were scored on different cloze tasks, whose accuracies cannot be compared: {listed}. "
+                          "Report them from separate --root folders, or rescore the checkpoints on one task with "
+                          "`dllm-jax eval --task cloze --step all --config.eval.cloze_*=...`")
+    return next(iter(tasks))
 
 
 def add_arguments(parser) -> None:
@@ -304,6 +320,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
                               f"(here its parent, {paths.dirname(paths.absolute(root))!r})")
         raise ConfigError(f"no runs under {root!r} (a run is a directory with config.json); run `dllm-jax sweep` first")
     extra_models = [config_model(path) for path in flops_configs]  # a bad --flops-config fails before anything is written
+    task = cloze_task(runs)  # and so do runs scored on different cloze tasks
     out = paths.expand(out or root)
     paths.makedirs(out)
     panel_map = panels(runs)
@@ -340,7 +357,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     md += ["", "## Crossover", "",
            "The MDM's crossover epoch is where it goes ahead of AR for good (linear interpolation between evaluations; "
            "see `dllm_jax.study.crossover`). The study's crossover metric is a downstream accuracy (here the cloze task "
-           f"made from held-out text: {cloze_task(runs)}). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
+           f"made from held-out text: {task}). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
            "MDM an ELBO (an upper bound on its NLL), and AR validation loss can rise with repetition while its downstream "
            "accuracy still improves. Its table is given for completeness.", "",
            "Uncertainty (downstream metrics, from each evaluation's binomial standard error SE): the crossover's 2-SE "

@@ -22,9 +22,10 @@ Winogrande / fill-in-the-blank form: a one-token blank at a position drawn unifo
 and the tokens at the same position of other passages (distinct from it and each other).
 Both objectives score a choice by log p(choice | every other token of the passage), exactly
 (`Scorer.blank_logprobs`: the AR through the chain rule over the whole passage, the MDM from
-one [MASK] in the blank). Left-only continuation is the AR's own factorisation; a blank with
-text on both sides asks what the study's downstream tasks ask of a model, to use all the
-context it is given, without favouring either factorisation.
+one [MASK] in the blank), with every softmax over the real vocabulary. Left-only continuation
+is the AR's own factorisation; a blank with text on both sides (Winogrande-style tasks) needs
+the context on both sides, which the MDM is trained to use and the AR reaches through the
+chain rule over the rest of the passage.
 """
 
 from __future__ import annotations

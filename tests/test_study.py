@@ -358,7 +358,7 @@ def test_report_names_the_cloze_task_the_runs_logged():
     from dllm_jax.study.report import cloze_task
 
     def run(**c):
-        return [SimpleNamespace(config={"eval.cloze_choices": 4, **c})]
+        return [SimpleNamespace(name="run", val=[], config={"eval.cloze_choices": 4, **c})]
 
     assert cloze_task(run(**{"eval.cloze_length": 1})) == "4-way choice of the next token of a held-out passage given the text before it"
     assert cloze_task(run(**{"eval.cloze_length": 8})).startswith("4-way choice of the last 8 tokens")

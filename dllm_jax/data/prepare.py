@@ -248,7 +248,7 @@ def beam_options(pipeline_args: Sequence[str]):
     if direct and not has("--direct_num_workers"):
         args.append(f"--direct_num_workers={os.cpu_count() or 1}")
     options = PipelineOptions(args)
-    unknown = _unparsed_beam_args(options)
+    unknown = _unparsed_beam_args(options, args)
     if unknown:
         raise DataError(f"unknown option(s) for `dllm-jax prepare`: {' '.join(unknown)}; the options other than --config, "
                         "--output, --in-process and --verify go to Apache Beam, which does not know these: check the "
@@ -256,27 +256,11 @@ def beam_options(pipeline_args: Sequence[str]):
     return options
 
 
-def _unparsed_beam_args(options) -> list:
-    """The arguments Beam's option parser does not recognise (Beam itself only logs and drops them)."""
-    import logging  # pylint: disable=import-outside-toplevel
-
-    found = []
-
-    class _Catch(logging.Handler):
-        def emit(self, record):
-            if str(record.msg).startswith("Discarding unparseable args") and record.args:
-                found.extend(record.args[0] if isinstance(record.args, tuple) else record.args)
-
-    logger = logging.getLogger("apache_beam.options.pipeline_options")
-    handler, propagate = _Catch(), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        options.get_all_options()
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-    return [str(a) for a in found]
+def _unparsed_beam_args(options, args: Sequence[str]) -> list:
+    """The arguments of `args` Beam's option parser does not recognise (Beam itself only logs and
+    drops them): the options `retain_unknown_options` keeps that no registered option class has."""
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options())
+    return [a for a in args if a.startswith("--") and a[2:].split("=")[0] in unknown]
 
 
 def run_beam(job: ShardJob, todo: Sequence[int], options) -> None:

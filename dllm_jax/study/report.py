@@ -52,12 +52,12 @@ def cloze_task(runs) -> str:
     """The cloze task the runs logged, in words, from their `eval.cloze_*` config. Raises
     ConfigError when runs that logged cloze accuracy were scored on different tasks (their
     accuracies cannot be compared)."""
-    scored = [r for r in runs if any("cloze_acc" in v for v in getattr(r, "val", None) or [])]
+    scored = [r for r in runs if any("cloze_acc" in v for v in r.val)]
     if not scored:
         return _describe_cloze(runs[0].config)
     tasks: dict[str, list[str]] = {}
     for r in scored:
-        tasks.setdefault(_describe_cloze(r.config), []).append(getattr(r, "name", "?"))
+        tasks.setdefault(_describe_cloze(r.config), []).append(r.name)
     if len(tasks) > 1:
         listed = "; ".join(f"{task} ({', '.join(names)})" for task, names in tasks.items())
         raise ConfigError(f"the runs were scored on different cloze tasks, whose accuracies cannot be compared: {listed}. "

@@ -394,9 +394,13 @@ def complete(user: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDic
 def import_experiment(path: str, required: tuple[str, ...] = ("get_config",), what: str = "config file"):
     """Import an experiment (or grid) file as a module; ConfigError if it is missing or lacks
     one of the `required` functions."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path!r} is a directory; give an experiment file in it (e.g. experiments/tiny.py)")
     if not os.path.isfile(path):
         raise ConfigError(f"{what} {path!r} does not exist; check the path given (--config, --flops-config; e.g. experiments/tiny.py)")
     spec = importlib.util.spec_from_file_location(f"dllm_experiment_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:  # not a .py file: Python has no loader for it
+        raise ConfigError(f"{what} {path!r} is not a Python file (.py); give an experiment file such as experiments/tiny.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     try:

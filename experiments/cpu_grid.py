@@ -92,7 +92,8 @@ def eval_epochs(epochs: float, ratio: float = math.sqrt(2)) -> str:
     """'1,1.41,2,...' up to (not including) `epochs`: log-spaced evaluation points."""
     out, k = [], 0
     while float(f"{ratio ** k:.3g}") < epochs:
-        out.append(f"{ratio ** k:.3g}")
+        if f"{ratio ** k:.3g}" not in out[-1:]:  # distinct after rounding to 3 digits
+            out.append(f"{ratio ** k:.3g}")
         k += 1
     return ",".join(out)
 
@@ -107,8 +108,8 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
         ratio = float(eval_ratio)
     except ValueError:
         ratio = 0.0
-    if not 1.0 < ratio < 100.0:
-        raise ConfigError(f"--grid eval_ratio={eval_ratio!r} must be a number in (1, 100), e.g. 1.4142 (evaluations at 1, 1.41, 2, ... epochs)")
+    if not 1.01 <= ratio < 100.0:  # closer to 1, the 3-digit epochs repeat (and the list grows without bound)
+        raise ConfigError(f"--grid eval_ratio={eval_ratio!r} must be a number in [1.01, 100), e.g. 1.4142 (evaluations at 1, 1.41, 2, ... epochs)")
     names = [o.strip() for o in objectives.split(",") if o.strip()]
     if not names:
         raise ConfigError(f"--grid objectives={objectives!r} names no objective; e.g. objectives=ar,mdm")

@@ -460,6 +460,12 @@ def test_sweep_checks_the_corpus_once_before_any_point(grid_file, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("matches no file") == 1 and "no_such_corpus.txt" in err
     assert not root.exists() or not any(root.iterdir())  # no point was started
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["sweep", "--config", grid_file, "--root", str(afile)]) == 2
+    assert capsys.readouterr().err.count("error:") == 1
+    for bad in (str(tmp_path), str(afile)):  # a directory, a file that is not Python: one error each
+        assert main(["report", "--root", str(root), "--flops-config", bad]) == 2
 
 
 @pytest.fixture
@@ -566,7 +572,8 @@ def test_cpu_grid_shape(tmp_path):
     for params, message in (({"eval_ratio": "x"}, "eval_ratio"), ({"budgets": "1e400"}, "budgets"), ({"tokens": "1e5,2e5"}, "one number"),
                             ({"budgets": "2e6"}, "not below tokens"), ({"budgets": "8000,8100"}, "the same run twice"),
                             ({"objectives": ","}, "names no objective"),
-                            ({"tokens": "1e30"}, "--grid tokens=1e30: U=8192 would be repeated")):
+                            ({"tokens": "1e30"}, "--grid tokens=1e30: U=8192 would be repeated"),
+                            ({"eval_ratio": "1.001"}, "eval_ratio")):
         with pytest.raises(ConfigError, match=message):
             grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params=params)
 

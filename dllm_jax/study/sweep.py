@@ -199,6 +199,8 @@ def run(args) -> int:
     if args.list:
         _print_list(grid)
         return 0
+    if paths.exists(grid.root) and not paths.isdir(grid.root):
+        raise ConfigError(f"--root {grid.root!r} is a file; give a directory for the runs (it is created if missing)")
     check_corpus_paths([p for p in points if point_status(p.workdir) != "done"])
     results = run_points(grid, points, in_process=args.in_process or args.index is not None)
     print("[sweep] summary:")

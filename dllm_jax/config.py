@@ -78,7 +78,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.zst read directly), 'tfds' or 'array_record'
+    c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.bz2/.xz/.zst read directly), 'tfds' or 'array_record'
     c.data.paths = ""  # file sources: one string of comma-separated globs (local or gs://...; ** recurses)
     c.data.text_split = "file"  # text: 'file' | 'paragraph' | 'line' (one file under 'file' is split at blank lines)
     c.data.tfds_name = ""  # e.g. 'lm1b', 'tiny_shakespeare' (prepared in the TFDS data dir)
@@ -92,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # path to a SentencePiece model; '' = train one into the workdir
     c.data.vocab_size = 1024  # pieces of a tokenizer trained here (>= 512 recommended)
     c.data.tokenizer_type = "unigram"  # 'unigram' or 'bpe' (SentencePiece)
+    c.data.split_special_tokens = True  # True: special-token strings in corpus text (e.g. '</s>') are text, as transformers' split_special_tokens; False: they become their ids
     c.data.store = ""  # a token store made by `dllm-jax prepare` to train from; '' = prepare the source into data.cache_dir
     c.data.cache_dir = ""  # where sources are prepared into token stores; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
     c.data.max_docs = 0  # use only the first N documents of the source (0 = all)
@@ -227,7 +228,7 @@ RULES = {
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1, 10**6), "data.val_tokens": _int(0),
-    "data.tokenizer": STR, "data.vocab_size": _int(1, 1 << 20), "data.tokenizer_type": _one_of("unigram", "bpe"),
+    "data.tokenizer": STR, "data.vocab_size": _int(1, 1 << 20), "data.tokenizer_type": _one_of("unigram", "bpe"), "data.split_special_tokens": BOOL,
     "data.cache_dir": STR, "data.store": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
     "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
     "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),

@@ -84,3 +84,24 @@ def test_train_with_hf_tokenizer_and_resume(tmp_path, corpus):
     assert run.tokenizer.fingerprint == load_tokenizer(tok_path).fingerprint
     assert run.model.cfg.vocab_size >= run.tokenizer.vocab_size + 1  # room for [MASK]
     assert summary["step"] == 8
+
+
+def test_hf_special_token_strings_in_text_are_text(tmp_path):
+    """encode_special_tokens: special added tokens in text are text by default (their ids with
+    split_special_tokens=False); non-special added tokens always match, as in transformers."""
+    from tokenizers import AddedToken, Tokenizer as T
+
+    path = make_hf_tokenizer(tmp_path / "tokenizer.json", TEXTS)
+    raw = T.from_file(path)
+    raw.add_tokens([AddedToken("<sep>", special=False)])
+    raw.save(str(tmp_path / "t2.json"))
+    tok = load_tokenizer(str(tmp_path / "t2.json"))
+    sep = raw.token_to_id("<sep>")
+    text = "one<|endoftext|>two <|padding|> three<sep>four"
+    ids = tok.encode(text)
+    assert tok.eos_id not in ids and tok.pad_id not in ids and sep in ids and tok.decode(ids) == text
+    special = tok.encode(text, split_special_tokens=False)
+    assert special.count(tok.eos_id) == 1 and special.count(tok.pad_id) == 1 and sep in special
+    assert tok.encode_batch([text, "x"], split_special_tokens=False)[0] == special
+    assert tok.encode_batch([text, "x"])[0] == ids and tok.encode(text) == ids  # the default is unchanged by the other mode
+    assert tok.keeps_u2581 and tok.decode(tok.encode("a\u2581b")) == "a\u2581b"  # byte-level BPE keeps it

@@ -93,6 +93,21 @@ def _check_same(tok, other, what: str, fix: str) -> None:
                         f"(fingerprint {tok.fingerprint}); {fix}")
 
 
+def _check_encoding(store: store_lib.TokenStore, d, store_dir: str) -> None:
+    """data.split_special_tokens must say how the store's text was encoded (its identity)."""
+    want = prepare_lib.encoding_spec(d)
+    have = store.identity.get("encoding")
+    if have is None:
+        logger.warning("token store %s predates dllm_jax's text-handling rule %d (special-token strings in text, U+2581); "
+                       "prepare it again to apply it", store_dir, want["version"])
+    elif have.get("split_special_tokens") != want["split_special_tokens"]:
+        raise DataError(
+            f"data.split_special_tokens={want['split_special_tokens']} but the store {store_dir!r} was prepared with "
+            f"data.split_special_tokens={have.get('split_special_tokens')}; set it to match the store, or prepare a "
+            "store with this setting."
+        )
+
+
 def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
     """The run's token store and whether it already existed (prepared before this call)."""
     wpath = workdir_tokenizer_path(workdir)
@@ -104,6 +119,7 @@ def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
         tok = store.tokenizer
         _check_same(tok, given, f"data.tokenizer={d.tokenizer!r}", f"the store {store_dir!r} was prepared with another "
                     "tokenizer: drop data.tokenizer, or prepare a store with it.")
+        _check_encoding(store, d, store_dir)
         hit = True
     else:
         if given is not None and existing is not None and given.fingerprint != existing.fingerprint:

@@ -279,7 +279,8 @@ class TokenStore:
 
     @property
     def identity(self) -> dict:
-        """How the store was made (source spec with file paths and mtimes, tokenizer recipe)."""
+        """How the store was made (source spec with file paths and content digests, tokenizer
+        recipe, text handling: ``encoding``; stores made before that rule lack it)."""
         return self.manifest["identity"]
 
     @property

@@ -13,6 +13,25 @@ SentencePiece models trained here: pad=0, unk=1, eos=2, no BOS.
 Trained tokenizers are lossless on ordinary text (including code): no normalisation,
 whitespace kept as is, ``\\n`` and ``\\t`` are pieces of their own, and characters the
 trainer did not keep fall back to UTF-8 byte pieces (``byte_fallback``).
+
+Text handling (the same for both kinds; ``encode(text, split_special_tokens=True)``):
+
+- Special-token strings in text are text. With ``split_special_tokens=True`` (the default;
+  transformers' option of that name; tiktoken refuses such text by default, raising, where a
+  corpus that merely quotes ``</s>`` should still train) a literal ``</s>`` or ``<|endoftext|>``
+  in a document is tokenised as the characters it is, never as the EOS id (which would cut the
+  document in two). Special =
+  SentencePiece control and unknown pieces (``<pad>``, ``</s>``, ``<unk>``), Hugging Face added
+  tokens marked ``special``. ``split_special_tokens=False`` maps those strings to their ids
+  (for corpora that mark boundaries with them on purpose; SentencePiece then encodes the text
+  between them separately, so a model that adds a dummy-prefix space adds it to each part, as
+  transformers' legacy slow tokenizers do). SentencePiece user-defined
+  symbols and non-special HF added tokens are ordinary pieces and match text either way.
+- U+2581 ('▁'). SentencePiece uses it for a space, so a literal '▁' would decode as ' '. A
+  SentencePiece model with byte pieces and no whitespace normalisation (every model trained
+  here) encodes a literal '▁' as its three UTF-8 byte pieces, which decode back to '▁': text
+  round-trips. Other tokenizers that cannot keep it report ``keeps_u2581 = False`` and the
+  store preparation counts and reports the character (``dllm_jax.data.prepare``).
 """
 from __future__ import annotations
 
@@ -20,6 +39,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -46,6 +66,10 @@ _TRAIN_THREADS = 4
 # Changes whenever the training recipe above (or SentencePiece) changes; part of the
 # tokenizer cache key.
 TRAINER_VERSION = f"dllm_jax-1/sentencepiece-{spm.__version__}"
+# Changes whenever the text handling of encode (special-token strings, U+2581) changes: part of
+# a token store's identity, so stores tokenised by an older rule are not reused.
+ENCODING_VERSION = 2
+SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace meta symbol '▁'
 
 
 class Tokenizer:
@@ -77,6 +101,7 @@ class Tokenizer:
                 f"SentencePiece model {source} has no EOS piece (eos_id={self.eos_id}); "
                 "train it with eos_id set (e.g. eos_id=2) or let dllm_jax train one (data.tokenizer='')."
             )
+        self._init_text_handling()
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -92,17 +117,77 @@ class Tokenizer:
         _atomic_write(path, self.model_bytes)
 
     # -- encoding -----------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; no BOS or EOS added."""
-        return self._sp.EncodeAsIds(text)
+    def _init_text_handling(self) -> None:
+        """How text reaches SentencePiece (module docstring): a literal U+2581 becomes its byte
+        pieces when the model has them and encodes text in independent pieces exactly (no dummy
+        prefix, no whitespace squeezing: probed); special pieces are found lazily."""
+        sp = self._sp
+        byte_ids = [sp.PieceToId(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode("utf-8")]
+        plain = lambda t: sp.EncodeAsIds(t)  # noqa: E731
+        splittable = sp.DecodeIds(plain(" a ") + plain("b  ")) == " a b  "
+        self._space_ids = byte_ids if splittable and all(sp.IsByte(i) for i in byte_ids) else None
+        self.keeps_u2581 = self._space_ids is not None or sp.DecodeIds(plain("a\u2581b")) == "a\u2581b"
+        self._patterns: dict[bool, re.Pattern | None] = {}
+        self._specials: dict[str, int] | None = None
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
-        """Encodes many texts at once with SentencePiece's threaded batch encoder."""
+    def special_pieces(self) -> dict[str, int]:
+        """Piece -> id of the control and unknown pieces (``<pad>``, ``</s>``, ``<unk>``...)."""
+        if self._specials is None:
+            sp = self._sp
+            self._specials = {sp.IdToPiece(i): i for i in range(self.vocab_size)
+                              if (sp.IsControl(i) or sp.IsUnknown(i)) and sp.IdToPiece(i)}
+        return self._specials
+
+    def _pattern(self, split_special_tokens: bool) -> "re.Pattern | None":
+        """What is cut out of text before SentencePiece sees it: '▁' (when it can be kept as
+        bytes) and, unless ``split_special_tokens``, the special pieces' strings (longest first)."""
+        key = bool(split_special_tokens)
+        if key not in self._patterns:
+            alts = [] if key else sorted(self.special_pieces(), key=len, reverse=True)
+            if self._space_ids is not None:
+                alts.append(SPACE_SYMBOL)
+            self._patterns[key] = re.compile("|".join(map(re.escape, alts))) if alts else None
+        return self._patterns[key]
+
+    def _cut_ids(self, piece: str) -> list[int]:
+        return list(self._space_ids) if piece == SPACE_SYMBOL else [self.special_pieces()[piece]]
+
+    def encode(self, text: str, split_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; no BOS or EOS added. ``split_special_tokens`` (default True):
+        special-token strings in ``text`` are tokenised as text (module docstring)."""
+        pattern = self._pattern(split_special_tokens)
+        if pattern is None or not pattern.search(text):
+            return self._sp.EncodeAsIds(text)
+        return self.encode_batch([text], num_threads=1, split_special_tokens=split_special_tokens)[0]
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None,
+                     split_special_tokens: bool = True) -> list[list[int]]:
+        """Encodes many texts at once with SentencePiece's threaded batch encoder (as ``encode``)."""
         texts = list(texts)
         if not texts:
             return []
         threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
-        return self._sp.Encode(texts, out_type=int, num_threads=threads)
+        pattern = self._pattern(split_special_tokens)
+        if pattern is None:
+            return self._sp.Encode(texts, out_type=int, num_threads=threads)
+        # texts with something to cut out: encode the text between the cuts, then splice the cuts' ids in
+        parts, cuts = [], []
+        for t in texts:
+            pieces = pattern.split(t) if pattern.search(t) else [t]
+            cuts.append(pattern.findall(t) if len(pieces) > 1 else [])
+            parts.append(pieces)
+        flat = [p for pieces in parts for p in pieces]
+        if len(flat) == len(texts):  # nothing cut out of any text
+            return self._sp.Encode(texts, out_type=int, num_threads=threads)
+        ids = iter(self._sp.Encode(flat, out_type=int, num_threads=threads))
+        out = []
+        for pieces, found in zip(parts, cuts):
+            row = list(next(ids))
+            for c in found:
+                row += self._cut_ids(c)
+                row += next(ids)
+            out.append(row)
+        return out
 
     def decode(self, ids) -> str:
         """Text of ``ids``, dropping pad, mask and out-of-range ids (EOS decodes to nothing)."""
@@ -188,6 +273,26 @@ class HFTokenizer:
         self.unk_id = -1
         self.bos_id = -1
         self.mask_id = self.vocab_size
+        self._init_text_handling()
+
+    def _init_text_handling(self) -> None:
+        """Special-token strings in text are text unless asked otherwise (module docstring):
+        ``encode_special_tokens=True`` on the tokenizer used by default, a second instance
+        with it False for ``split_special_tokens=False`` (made when first needed)."""
+        self._tok.encode_special_tokens = True
+        self._tok_specials = None
+        probe = "a\u2581b"
+        self.keeps_u2581 = self._tok.decode(self._tok.encode(probe, add_special_tokens=False).ids, skip_special_tokens=False) == probe
+
+    def _encoder(self, split_special_tokens: bool):
+        if split_special_tokens:
+            return self._tok
+        if self._tok_specials is None:
+            from tokenizers import Tokenizer as _HFTok  # pylint: disable=import-outside-toplevel
+
+            self._tok_specials = _HFTok.from_str(self.model_bytes.decode("utf-8"))
+            self._tok_specials.encode_special_tokens = False
+        return self._tok_specials
 
     @classmethod
     def from_bytes(cls, b: bytes) -> "HFTokenizer":
@@ -200,14 +305,17 @@ class HFTokenizer:
     def save(self, path: str) -> None:
         _atomic_write(path, self.model_bytes)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, split_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, no special tokens added; ``split_special_tokens`` (default True):
+        special-token strings in ``text`` are tokenised as text (module docstring)."""
+        return self._encoder(split_special_tokens).encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None,
+                     split_special_tokens: bool = True) -> list[list[int]]:
         texts = list(texts)
         if not texts:
             return []
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self._encoder(split_special_tokens).encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
         """Text of ``ids``, dropping pad (when distinct from EOS), EOS, mask and out-of-range ids."""

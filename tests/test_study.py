@@ -782,11 +782,15 @@ def test_sweep_checks_every_finished_point_up_front_and_records_its_plan(grid_fi
     assert main(args + ["--config.train.lr=1e-4", "--grid", "budgets=1024,2048"]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "error:" in err.strip().splitlines()[-1]
-    assert "3 finished point(s)" in err and "No point was started" in err and "U2048_mdm" not in err
+    # the unfinished point may resume with another LR (a recovery key), so it is not listed
+    assert "3 point(s)" in err and "No point was started" in err and "U2048_mdm" not in err
     for name in ("U1024_ar", "U1024_mdm", "U2048_ar"):
         assert f"{name} (train.lr: 0.003 -> 0.0001)" in err, name
     assert plan_path.read_text() == before  # nothing written
     assert os.listdir(g.points[3].workdir) == ["config.json"]  # the unfinished point's folder untouched
+    assert main(args + ["--config.model.d_model=64"]) == 2  # a change no resume allows: the unfinished point too
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "4 point(s)" in err and "U2048_mdm, unfinished (model.d_model: 32 -> 64)" in err
     with pytest.raises(ConfigError, match=r"U1024_ar \(train.lr: 0.003 -> 0.0001\)"):
         sweep.check_finished_configs(grid_lib.load_grid(grid_file, str(root), [("train.lr", "1e-4")]).points)
 

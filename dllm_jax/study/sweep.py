@@ -19,8 +19,8 @@ saves a checkpoint first) stops the sweep. With --index K, or --in-process, poin
 this process (what a job array wants: one point per task, no second interpreter).
 
 Checked before any point starts (each a single `error:`, exit 2, nothing started or written):
-- every finished point's saved config against the point's config now (`check_finished_configs`:
-  all differing points listed at once);
+- every finished point's saved config against the point's config now, and every unfinished
+  one's as a resume would check it (`check_finished_configs`: all differing points listed at once);
 - each corpus the points still to run use: its files exist (`check_corpus_paths`) and it holds
   their largest unique-token budget U (`check_corpus_budgets`: the corpus is tokenised into
   the store the points will use, in data.cache_dir, and split as they split it; costs what one
@@ -127,17 +127,19 @@ def check_corpus_budgets(points) -> None:
         )
 
 
-def finished_config_differences(point) -> list:
-    """[(key, saved value, value now)] where a finished point's saved config.json differs from
-    the point's config, other than keys that do not change what a run learns
-    (`dllm_jax.config.how_key`: a finished run trained with another LR is another point)."""
+def finished_config_differences(point, changeable=config_lib.how_key) -> list:
+    """[(key, saved value, value now)] where a point's saved config.json differs from the point's
+    config, other than the keys `changeable` allows: for a finished point those that do not
+    change what a run learns (`dllm_jax.config.how_key`: a finished run trained with another LR
+    is another point); for an unfinished one what may change on resume
+    (`dllm_jax.config.resume_changeable`, as `train` checks it). [] without a config.json."""
     from dllm_jax.files import read_json
     from dllm_jax.train import config_differences
 
     path = paths.join(point.workdir, "config.json")
     if not paths.exists(path):
         return []
-    return config_differences(read_json(path, "run config"), point.config, changeable=config_lib.how_key)
+    return config_differences(read_json(path, "run config"), point.config, changeable=changeable)
 
 
 def _show_differences(diffs, limit: int = 4) -> str:
@@ -156,16 +158,26 @@ def check_finished_config(point) -> None:
 
 
 def check_finished_configs(points) -> None:
-    """Every finished point (DONE) at once, before any point starts: one ConfigError listing
-    each point whose saved config differs from the grid's, with the differing keys."""
-    bad = [(p, d) for p in points if point_status(p.workdir) == "done" for d in [finished_config_differences(p)] if d]
+    """Every point with a saved config at once, before any point starts: one ConfigError
+    listing each finished point whose saved config differs from the grid's (it would be
+    skipped though never run), and each unfinished one that could not resume (`train` would
+    refuse it, point by point), with the differing keys."""
+    bad = []
+    for p in points:
+        status = point_status(p.workdir)
+        if status == "new":
+            continue
+        diffs = finished_config_differences(p, config_lib.how_key if status == "done" else config_lib.resume_changeable)
+        if diffs:
+            bad.append((p, status, diffs))
     if not bad:
         return
-    listed = "; ".join(f"{p.name} ({_show_differences(d)})" for p, d in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    listed = "; ".join(f"{p.name}{'' if status == 'done' else ', unfinished'} ({_show_differences(d)})" for p, status, d in bad[:10])
+    listed += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
     raise ConfigError(
-        f"{len(bad)} finished point(s) hold runs with a different config than the grid gives them now "
-        f"(saved -> now): {listed}. No point was started. Use a new --root for the changed grid, "
-        "rerun with the saved values (config.json in each workdir), or delete those workdirs to rerun the points."
+        f"{len(bad)} point(s) hold runs with a different config than the grid gives them now (saved -> now): {listed}. "
+        "No point was started. Use a new --root for the changed grid, rerun with the saved values (config.json in "
+        "each workdir), or delete those workdirs to rerun the points."
     )
 
 

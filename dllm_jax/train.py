@@ -49,14 +49,21 @@ def _check_same_data(workdir: str, saved_config, config, fingerprint: str) -> No
         )
 
 
+def config_differences(saved: dict, config, changeable=config_lib.resume_changeable) -> list:
+    """[(key, saved value, new value)] of the flat keys where `config` differs from the `saved`
+    config dict, other than those `changeable(key)` allows; keys added to the library after the
+    run was saved take their defaults."""
+    old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
+
+
 def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_changeable) -> None:
     """ConfigError unless `config` differs from the `saved` one only in keys `changeable(key)`
     allows (default: what may change on resume, decided in the config schema). Keys added to
     the library after the run was saved take their defaults."""
-    old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
-    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
+    diffs = config_differences(saved, config, changeable)
     if diffs:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:6])
         raise ConfigError(
             f"the workdir holds a run with a different config ({shown}); resuming would mix two experiments. "
             "Use a new --workdir, or rerun with the saved values (see config.json in the workdir). "

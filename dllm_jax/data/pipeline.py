@@ -222,6 +222,26 @@ def build_dataset(config, workdir: str | None, process_index: int | None = None,
     return Dataset(tokenizer=tok, train=train, val=val, stats=stats, store=store)
 
 
+def corpus_split(config) -> dict:
+    """The token counts of a run's corpus before it has a workdir: opens (or prepares, into
+    data.cache_dir, where the run will find it) the token store as ``build_dataset`` does for a
+    new workdir, and splits off validation as ``index.build_index`` does. Returns
+    {``documents``, ``val_documents``, ``corpus_tokens``, ``val_tokens``, ``available_tokens``
+    (what a budget U may use: build_index refuses U above it), ``store``, ``data_fingerprint``};
+    counts in documents and tokens. Nothing is written to a workdir (``dllm-jax sweep`` checks
+    its budgets with it).
+
+    Raises: DataError / ConfigError as ``build_dataset`` would (no corpus, validation takes
+    every document)."""
+    d = config.data
+    store, _ = _open_store(d, None)
+    _, stats = index_lib.build_index(  # rows of one token: no rounding to batches, only the split
+        store, seed=int(config.seed), max_docs=_int_key(d.max_docs, "data.max_docs", 0),
+        val_tokens=_int_key(d.val_tokens, "data.val_tokens", 0), unique_tokens=0, seq_len=1, global_batch=1)
+    keys = ("documents", "val_documents", "corpus_tokens", "val_tokens", "available_tokens")
+    return {**{k: stats[k] for k in keys}, "store": str(store.root), "data_fingerprint": store.content_fingerprint}
+
+
 # -- loaders ---------------------------------------------------------------------------
 
 class _ProcessRowsOfStep:

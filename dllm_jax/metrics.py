@@ -1,5 +1,5 @@
-"""Where metrics go: `metrics.jsonl` in the workdir (one JSON object per line), TensorBoard
-event files (tensorboardX) and progress on stdout: a tqdm bar on a terminal, plain lines
+"""Where metrics go: `metrics.jsonl` in the workdir (one JSON object per line), the trackers
+(`Tracker`: TensorBoard event files via tensorboardX, Weights & Biases) and progress on stdout: a tqdm bar on a terminal, plain lines
 elsewhere. Only process 0 writes. `StepTimer` splits the wall time of training into the
 optimiser steps and the rest (compilation, evaluation, checkpoints) for the records."""
 
@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 import time
+import uuid
 
 import jax
 from tqdm.auto import tqdm
@@ -65,36 +66,115 @@ def _clean(value):
     return value
 
 
+def _scalars(record: dict, prefix: str) -> dict:
+    return {f"{prefix}{k}": v for k, v in record.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Tracker:
+    """Where a run's records go besides metrics.jsonl: `write(record, prefix)` each record
+    (its 'step' is the x axis; the numeric fields are the scalars, named prefix + key),
+    `close()` at the end. `MetricsWriter` builds the trackers the config asks for."""
+
+    def write(self, record: dict, prefix: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardTracker(Tracker):
+    """TensorBoard event files in <workdir>/tensorboard (tensorboardX; train.tensorboard). A
+    resumed run purges the events after the step it resumed from."""
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(paths.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, record: dict, prefix: str) -> None:
+        for key, value in _scalars(record, prefix).items():
+            self._tb.add_scalar(key, value, record.get("step", 0))
+
+    def close(self) -> None:
+        self._tb.close()
+
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def require_wandb(project: str):
+    """The wandb module; ConfigError naming train.wandb_project and the fix when it is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        from dllm_jax.errors import ConfigError
+
+        raise ConfigError(f"train.wandb_project={project!r} needs Weights & Biases: pip install 'dllm_jax[wandb]' "
+                          "(or set --config.train.wandb_project='' to log to metrics.jsonl and TensorBoard only)") from None
+    return wandb
+
+
+class WandbTracker(Tracker):
+    """Weights & Biases (train.wandb_project; `pip install 'dllm_jax[wandb]'`). The run id is
+    kept in <workdir>/wandb_run_id so that a resumed run logs into the same W&B run; W&B keeps
+    the steps it already has (it ignores a resumed run's repeats of steps it logged before the
+    checkpoint). Its local files go to <workdir>/wandb (a temporary directory for remote
+    workdirs). WANDB_MODE=offline and the other WANDB_* variables apply as usual."""
+
+    def __init__(self, workdir: str, project: str, config: dict | None = None):
+        wandb = require_wandb(project)
+        id_path = paths.join(workdir, WANDB_ID_FILE)
+        run_id = paths.read_text(id_path).strip() if paths.exists(id_path) else uuid.uuid4().hex[:12]
+        if not paths.exists(id_path):
+            paths.write_text(id_path, run_id + "\n")
+        if paths.is_url(workdir):
+            import tempfile
+
+            local = tempfile.mkdtemp(prefix="dllm_jax_wandb_")
+        else:
+            local = workdir  # W&B writes into its wandb/ subdirectory
+        self._run = wandb.init(project=project, id=run_id, resume="allow", dir=local, config=config,
+                               name=paths.basename(workdir.rstrip("/")))
+
+    def write(self, record: dict, prefix: str) -> None:
+        self._run.log(_scalars(record, prefix), step=int(record.get("step", 0)))
+
+    def close(self) -> None:
+        self._run.finish()
+
+
 class MetricsWriter:
-    def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
+    """metrics.jsonl plus the trackers asked for: TensorBoard (`tensorboard`) and W&B
+    (`wandb_project`, with `run_config` as its run config). Only process 0 writes."""
+
+    def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True, wandb_project: str = "",
+                 run_config: dict | None = None):
         self.enabled = jax.process_index() == 0
         workdir = paths.expand(workdir)
         self.path = paths.join(workdir, METRICS_FILE)
-        self._tb = None
+        self.trackers: list[Tracker] = []
         if not self.enabled:
             return
+        if wandb_project:
+            self.trackers.append(WandbTracker(workdir, wandb_project, run_config))
+        if tensorboard and _tensorboard_ok(workdir):
+            self.trackers.append(TensorBoardTracker(workdir, resume_step))
         # a resumed run drops records written after its checkpoint (they will be redone)
         kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
         paths.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        if tensorboard and _tensorboard_ok(workdir):
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(paths.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, record: dict, prefix: str = "") -> None:
         if not self.enabled:
             return
         record = {k: _clean(v) for k, v in record.items()}
         paths.append_text(self.path, json.dumps(record) + "\n")
-        if self._tb is not None:
-            step = record.get("step", 0)
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(f"{prefix}{key}", value, step)
+        for tracker in self.trackers:
+            tracker.write(record, prefix)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 # ---------------------------------------------------------------- timing

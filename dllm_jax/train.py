@@ -24,7 +24,7 @@ from dllm_jax import paths
 from dllm_jax import distributed, flops, hf, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
-from dllm_jax.metrics import MetricsWriter, Progress, StepTimer, read_metrics, resume_totals
+from dllm_jax.metrics import MetricsWriter, Progress, StepTimer, read_metrics, require_wandb, resume_totals
 
 log = logging.getLogger("dllm_jax")
 
@@ -129,6 +129,8 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
 
     distributed.initialize()  # multi-process runs: from the environment, before devices are touched
     config_lib.validate(config)
+    if config.train.wandb_project and jax.process_index() == 0:
+        require_wandb(config.train.wandb_project)  # before any data or compile work
     workdir = paths.absolute(workdir)
     paths.makedirs(workdir)
     tcfg = config.train
@@ -227,7 +229,8 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
         if jax.process_index() == 0:
             paths.write_text(paths.join(workdir, "run.json"), json.dumps(summary, indent=2))
 
-        writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard)
+        writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard, wandb_project=tcfg.wandb_project,
+                               run_config=config.to_dict())
         bar = Progress(num_steps, start, tcfg.progress, desc=os.environ.get(RUN_LABEL_ENV) or f"{config.objective} {paths.basename(workdir)}")
         tokens_per_step = batch_size * seq_len
         last_good = resume_step

@@ -222,3 +222,53 @@ def test_sweep_print_names_this_interpreter_and_sweep_summarises_points(tmp_path
         + json.dumps({"step": 8, "val_loss": 3.5}) + "\n")
     assert point_summary(str(workdir)) == "step 8, loss 3.2500, val_loss 3.5000, 1,234 tokens/s (steps alone), MFU 43.2%"
     assert point_summary(str(tmp_path / "missing")) == ""
+
+
+def test_wandb_without_the_package_is_one_clear_error_before_any_work(tmp_path, corpus, monkeypatch):
+    from dllm_jax.train import train
+
+    paths, cache = corpus
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    workdir = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"train\.wandb_project='proj' needs Weights & Biases: pip install 'dllm_jax\[wandb\]'"):
+        train(tiny_config(paths, cache, "ar", train__wandb_project="proj"), str(workdir))
+    assert not workdir.exists() or not os.listdir(workdir)
+
+
+def test_wandb_tracker_logs_offline_and_a_resumed_run_keeps_its_id(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from dllm_jax.metrics import WANDB_ID_FILE, MetricsWriter
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    w = MetricsWriter(workdir, tensorboard=False, wandb_project="dllm-test", run_config={"objective": "ar"})
+    w.write({"step": 4, "loss": 2.5, "tokens_per_sec": 100.0, "note": "text"}, prefix="train/")
+    w.close()
+    run_id = open(os.path.join(workdir, WANDB_ID_FILE)).read().strip()
+    assert run_id and glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb"))
+    assert b"tokens_per_sec" in open(glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{run_id}", f"run-{run_id}.wandb"))[0], "rb").read()
+    w = MetricsWriter(workdir, resume_step=4, tensorboard=False, wandb_project="dllm-test")
+    w.write({"step": 8, "loss": 2.0}, prefix="train/")
+    w.close()
+    assert open(os.path.join(workdir, WANDB_ID_FILE)).read().strip() == run_id
+    assert [r["step"] for r in read_metrics(workdir)] == [4, 8]
+
+
+def test_config_verb_prints_derived_values_on_stderr(tmp_path, capsys):
+    from dllm_jax.cli import main
+
+    exp = tmp_path / "exp.py"
+    exp.write_text("from dllm_jax.config import default_config\n"
+                   "def get_config():\n    c = default_config()\n    c.data.paths = 'x/*.txt'\n    return c\n")
+    # 32 x 128 = 4,096 tokens per step: U = 100,000 -> 98,304 = 24 steps per epoch, x 3 epochs = 72 steps
+    assert main(["config", "--config", str(exp), "--config.data.unique_tokens=100000", "--config.data.epochs=3",
+                 "--config.train.warmup_steps=100"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["data"]["unique_tokens"] == 100000  # stdout stays the config's JSON
+    assert "tokens per step = train.batch_size x data.seq_len = 32 x 128 = 4,096" in err
+    assert "rounded down to whole steps = 98,304" in err and "train.num_steps = 72 (" in err
+    assert "warmup = 71 steps (train.warmup_steps=100" in err  # capped at num_steps - 1, as the schedule does
+    assert main(["config", "--config", str(exp)]) == 0
+    assert "known once the data is prepared" in capsys.readouterr().err

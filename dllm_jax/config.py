@@ -118,8 +118,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_last = 2  # newest checkpoints kept
     c.train.keep_every = 0  # 0 = keep no extra periodic checkpoints
     c.train.async_checkpoint = True  # write checkpoints in the background
-    c.train.progress = True  # progress bar
+    c.train.progress = True  # progress bar on a terminal (off a terminal, or False: one plain line per log record and evaluation)
+    c.train.profile_steps = ""  # e.g. '10,15': a jax.profiler trace of steps 10 to 15 into <workdir>/profile/ ('' = none; '12' = one step)
     c.train.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard
+    c.train.wandb_project = ""  # Weights & Biases project to log to ('' = none; pip install 'dllm_jax[wandb]'; WANDB_MODE=offline works)
 
     c.eval = ml_collections.ConfigDict()  # evaluation during training and defaults of `dllm-jax eval`
     c.eval.at_epoch_end = True  # also validate (and cloze, when on) at the end of every epoch
@@ -235,7 +237,7 @@ RULES = {
     "train.decay_fraction": _float(0.0, 1.0, lo_open=True), "train.b1": HALF_OPEN_UNIT, "train.b2": HALF_OPEN_UNIT,
     "train.weight_decay": _float(0.0), "train.clip_norm": POSITIVE, "train.log_every": _int(1), "train.eval_every": _int(0),
     "train.eval_batches": _int(0), "train.checkpoint_every": _int(1), "train.keep_last": _int(1), "train.keep_every": _int(0),
-    "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL,
+    "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL, "train.profile_steps": STR, "train.wandb_project": STR,
     "eval.at_epoch_end": BOOL, "eval.at_epochs": STR, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
     "eval.cloze_length": _int(0), "eval.cloze_context": _one_of("left", "both"), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
     "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH, "mesh.expert": MESH,
@@ -248,7 +250,7 @@ RULES = {
 # and they never name a series in a sweep report (`study.runs`).
 HOW_KEYS = ("model.remat", "model.loss_chunk", "model.attention_impl", "train.grad_accum",
             "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_last",
-            "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
+            "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard", "train.profile_steps", "train.wandb_project",
             "data.cache_dir", "data.paths", "data.store", "data.tfds_data_dir", "data.tokenizer", "eval.", "mesh.")
 # Optimiser settings to change after a divergence ("lower train.lr or raise train.warmup_steps,
 # then rerun"): changeable on resume, where the remaining steps use the new values. They do
@@ -483,6 +485,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     t = cfg.train
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
+    parse_profile_steps(t.profile_steps)
     e = cfg.eval
     parse_epochs(e.at_epochs)
     if e.cloze_length >= d.seq_len:
@@ -514,6 +517,22 @@ def parse_epochs(text: str) -> list[float]:
             raise ConfigError(f"eval.at_epochs={text!r}: {part!r} is not a positive number of epochs; give e.g. '1,2,4,8' ('' = none)")
         out.add(value)
     return sorted(out)
+
+
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+    """`train.profile_steps` as (first, last) steps, 1-based and inclusive ('10,15' -> (10, 15);
+    '12' -> (12, 12)), or None for ''; ConfigError for anything else."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    fix = "give FIRST,LAST steps such as '10,15' (or one step, '12'; '' = no profile)"
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"train.profile_steps={text!r} is not a step range; {fix}")
+    first, last = int(parts[0]), int(parts[-1])
+    if first < 1 or last < first:
+        raise ConfigError(f"train.profile_steps={text!r}: steps count from 1 and the last must not come before the first; {fix}")
+    return first, last
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

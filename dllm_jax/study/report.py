@@ -427,22 +427,29 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     total_wall = sum(r.wall_seconds() or 0 for r in runs)
     md += ["", "## Runs", "",
            "Wall time: every `dllm-jax sweep` attempt at the run (data, compilation, training, evaluation); training "
-           "time and tokens/s: the optimiser steps alone, from the logged throughput." + (f" Total wall time: {total_wall / 3600:.2f} h." if total_wall else ""), "",
-           "| run | series | params | U (unique tokens) | epochs | tokens | train FLOPs | wall time (s) | train time (s) | tokens/s | done | final val_loss |" +
-           (" final " + headline + " |" if headline != "val_loss" else ""), "|---" * (12 + (headline != "val_loss")) + "|"]
+           "time and tokens/s: the optimiser steps alone, from the training records' step times; compile / eval / "
+           "checkpoint: the seconds the training loop spent compiling (each process's first step), evaluating and "
+           "saving. A train time marked * comes from records logged before step times were split off: it also counts "
+           "the evaluation, checkpoint and compile time of its windows." + (f" Total wall time: {total_wall / 3600:.2f} h." if total_wall else ""), "",
+           "| run | series | params | U (unique tokens) | epochs | tokens | train FLOPs | wall time (s) | train time (s) | tokens/s | "
+           "compile / eval / checkpoint (s) | done | final val_loss |" +
+           (" final " + headline + " |" if headline != "val_loss" else ""), "|---" * (13 + (headline != "val_loss")) + "|"]
     run_rows = []
     for r in runs:
         tokens = (r.info.get("num_steps") or 0) * r.info.get("global_batch", 0) * r.info.get("seq_len", 0)
-        secs, wall = r.seconds(), r.wall_seconds()
+        secs, wall, overheads = r.seconds(), r.wall_seconds(), r.overhead_seconds()
         # the last value of each metric (a rescored step may have no validation record, and the reverse)
         final = {k: v for rec in r.val for k, v in rec.items()} if r.val else {}
         row = {"name": r.name, "series": r.series, "objective": r.objective, "params": r.params, "unique_tokens": r.unique_tokens,
                "epochs": r.epochs, "tokens": tokens, "train_flops": tokens * r.info.get("flops_per_token", 0), "wall_seconds": wall,
-               "train_seconds": secs, "tokens_per_sec": tokens / secs if secs else None, "done": r.done, "final": final,
-               "corpus": r.corpus, "data_fingerprint": r.data_fingerprint}
+               "train_seconds": secs, "tokens_per_sec": tokens / secs if secs else None,
+               "train_seconds_include_overheads": r.seconds_include_overheads, **{f"{k}_seconds": v for k, v in overheads.items()},
+               "done": r.done, "final": final, "corpus": r.corpus, "data_fingerprint": r.data_fingerprint}
         run_rows.append(row)
+        split = " / ".join("-" if v is None else f"{v:.0f}" for v in overheads.values()) if overheads else "-"
         md.append(f"| {r.name} | {r.series} | {model_label(r.params)} | {r.unique_tokens:,} | {r.epochs:.3g} | {tokens:.3g} | {row['train_flops']:.3g} | "
-                  f"{'-' if wall is None else f'{wall:.0f}'} | {secs or 0:.0f} | {row['tokens_per_sec'] or 0:.0f} | {'yes' if r.done else 'no'} | "
+                  f"{'-' if wall is None else f'{wall:.0f}'} | {secs or 0:.0f}{'*' if r.seconds_include_overheads else ''} | "
+                  f"{row['tokens_per_sec'] or 0:.0f} | {split} | {'yes' if r.done else 'no'} | "
                   f"{final.get('val_loss', float('nan')):.4f} |" + (f" {final.get(headline, float('nan')):.4f} |" if headline != "val_loss" else ""))
 
     if missing_points:

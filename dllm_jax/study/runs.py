@@ -150,15 +150,35 @@ class Run:
         return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
     def seconds(self) -> float | None:
-        """Training wall time estimated from the logged throughput (tokens / tokens_per_sec per window)."""
-        recs = [r for r in self.train_records if r.get("tokens_per_sec")]
-        if not recs:
-            return None
-        total, prev = 0.0, 0
-        for r in recs:
-            total += (r["tokens_seen"] - prev) / r["tokens_per_sec"]
-            prev = r["tokens_seen"]
-        return total
+        """Time of the optimiser steps alone (no compilation, evaluation or checkpoints), from the
+        training records: each record's `step_seconds` times the steps since the previous record
+        (records since `metrics.StepTimer`). Older records have only `tokens_per_sec`, which
+        counted everything in their window (evaluation, checkpoints, compilation): their time is
+        tokens / tokens_per_sec and `seconds_include_overheads` is True."""
+        total, prev_step, prev_tokens, timed = 0.0, 0, 0, False
+        for r in self.train_records:
+            if isinstance(r.get("step_seconds"), (int, float)):
+                total += r["step_seconds"] * (r["step"] - prev_step)
+            elif r.get("tokens_per_sec") and "window_seconds" not in r:  # an old record
+                total += (r["tokens_seen"] - prev_tokens) / r["tokens_per_sec"]
+            else:  # a window that timed no step (only the compiling one): the next record's pace covers it
+                continue
+            prev_step, prev_tokens, timed = r["step"], r["tokens_seen"], True
+        return total if timed else None
+
+    @property
+    def seconds_include_overheads(self) -> bool:
+        """True when `seconds()` comes from records logged before step times were split from
+        evaluation, checkpoint and compile time (their tokens/s counted those too)."""
+        return any(r.get("tokens_per_sec") and "step_seconds" not in r and "window_seconds" not in r for r in self.train_records)
+
+    def overhead_seconds(self) -> dict:
+        """Cumulative compile / eval / checkpoint seconds of the run (its last training record's
+        `*_seconds_total`), {} for runs logged before them."""
+        for r in reversed(self.train_records):
+            if "train_seconds_total" in r:
+                return {k: r.get(f"{k}_seconds_total") for k in ("compile", "eval", "checkpoint")}
+        return {}
 
 
 def machine_info() -> dict:

@@ -27,12 +27,21 @@ Checked before any point starts (each a single `error:`, exit 2, nothing started
   point's data setup costs, once per corpus).
 Then the sweep records its grid in ROOT/sweep_plan.json (`write_plan`; `dllm-jax report` lists
 the planned points that never started).
+
+Output: each point's training prints its progress prefixed with `point i/N NAME` (i counts
+the points of this invocation; `train` reads the label from $DLLM_JAX_RUN_LABEL): plain lines
+(step, loss, tokens/s, MFU, lr, elapsed, ETA) when the sweep's output is not a terminal, a
+progress bar when it is; after each point the sweep prints one summary line (outcome, wall
+time, steps, final loss, tokens/s of the steps alone, MFU where known). `--print` writes
+command lines for this Python interpreter (sys.executable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -191,6 +200,22 @@ def write_plan(grid) -> None:
     paths.write_text(paths.join(grid.root, PLAN_FILE), json.dumps(record, indent=1))
 
 
+@contextlib.contextmanager
+def _label(text: str):
+    """$DLLM_JAX_RUN_LABEL set to `text` while a point runs (in this process or its child)."""
+    from dllm_jax.train import RUN_LABEL_ENV
+
+    old = os.environ.get(RUN_LABEL_ENV)
+    os.environ[RUN_LABEL_ENV] = text
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(RUN_LABEL_ENV, None)
+        else:
+            os.environ[RUN_LABEL_ENV] = old
+
+
 def _run_in_process(point) -> str:
     from dllm_jax.train import train
 
@@ -236,10 +261,36 @@ def _run_child(grid, point) -> str:
     return f"failed (exit code {rc})"
 
 
+def point_summary(workdir: str) -> str:
+    """What a point's workdir says of its training: steps done, final losses, tokens/s of the
+    steps alone and MFU of its last training record ('' when it has none)."""
+    from dllm_jax.metrics import read_metrics
+
+    try:
+        records = read_metrics(workdir)
+    except DllmError:
+        return ""
+    train_recs = [r for r in records if "loss" in r and "val_loss" not in r]
+    vals = [r for r in records if isinstance(r.get("val_loss"), (int, float))]
+    parts = []
+    if train_recs:
+        last = train_recs[-1]
+        parts.append(f"step {last['step']}, loss {last['loss']:.4f}")
+    if vals:
+        parts.append(f"val_loss {vals[-1]['val_loss']:.4f}")
+    speed = [r for r in train_recs if isinstance(r.get("tokens_per_sec"), (int, float))]
+    if speed:
+        parts.append(f"{speed[-1]['tokens_per_sec']:,.0f} tokens/s" + (" (steps alone)" if "step_seconds" in speed[-1] else ""))
+        if isinstance(speed[-1].get("mfu"), (int, float)):
+            parts.append(f"MFU {100 * speed[-1]['mfu']:.1f}%")
+    return ", ".join(parts)
+
+
 def run_points(grid, points, in_process: bool) -> list[dict]:
     """Run (or skip) each point; returns one {'index', 'name', 'status', 'seconds'} per point."""
     results = []
-    for point in points:
+    for i, point in enumerate(points, 1):
+        label = f"point {i}/{len(points)} {point.name}"
         status = point_status(point.workdir)
         t0 = time.perf_counter()
         if status == "done":
@@ -250,9 +301,10 @@ def run_points(grid, points, in_process: bool) -> list[dict]:
                 log.error("%s", e)
                 outcome = "failed (config differs)"
         else:
-            print(f"[sweep] point {point.index} {point.name}: {'resuming' if status == 'partial' else 'starting'} in {point.workdir}", flush=True)
+            print(f"[sweep] {label} (grid index {point.index}): {'resuming' if status == 'partial' else 'starting'} in {point.workdir}", flush=True)
             try:
-                outcome = _run_in_process(point) if in_process else _run_child(grid, point)
+                with _label(label):
+                    outcome = _run_in_process(point) if in_process else _run_child(grid, point)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except DllmError as e:
@@ -264,6 +316,8 @@ def run_points(grid, points, in_process: bool) -> list[dict]:
         seconds = round(time.perf_counter() - t0, 1)
         if status != "done":
             _record_attempt(point.workdir, outcome, seconds)
+            detail = point_summary(point.workdir)
+            print(f"[sweep] {label}: {outcome} in {seconds:.1f} s" + (f"; {detail}" if detail else ""), flush=True)
         results.append({"index": point.index, "name": point.name, "status": outcome, "seconds": seconds})
         if outcome == "interrupted":
             print(f"[sweep] point {point.name} was interrupted (checkpoint saved); stopping. Rerun the same command to resume.", flush=True)
@@ -292,7 +346,7 @@ def run(args) -> int:
     points = grid.select(args.index)
     if args.print_only:
         for p in points:
-            print(shlex.join(point_command(grid, p)))
+            print(shlex.join(point_command(grid, p, python=sys.executable)))
         return 0
     if args.list:
         _print_list(grid)

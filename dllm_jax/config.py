@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # one of REMAT_POLICIES
     c.model.dropout = 0.0  # residual dropout (the AR regularisation ablation)
     c.model.attention_impl = "auto"  # 'auto' (TPU: splash, GPU: cudnn if bf16/fp16, else xla), 'xla', 'cudnn' or 'splash' (Pallas TPU kernel; seq_len a multiple of 128)
-    c.model.vocab_multiple = 128  # model vocab rows = tokenizer vocab + 1 ([MASK]), rounded up
+    c.model.vocab_multiple = 128  # model vocab rows = tokenizer vocab + 1 ([MASK]) (+ 1 [PAD] if it has no pad token), rounded up
     c.model.num_experts = 0  # 0 = dense SwiGLU MLP; > 0 = token-choice top-k MoE MLP in every block
     c.model.experts_per_token = 2  # top-k experts per token (MoE)
     c.model.capacity_factor = 1.25  # MoE expert capacity = factor * tokens * k / experts (per device); 0 = dropless

@@ -336,3 +336,49 @@ def test_a_padless_run_with_a_named_eos_learns_to_end_documents_and_exports_them
     back = load_run(info["workdir"])
     assert back.config.data.eos_token == "<|eos|>" and back.tokenizer.fingerprint == run.tokenizer.fingerprint
     np.testing.assert_array_equal(np.asarray(back.params["embedding"]), np.asarray(run.params["embedding"]))
+
+
+def test_a_bad_or_missing_eos_name_is_one_error_line(tmp_path, corpus, capsys):
+    import os
+
+    from dllm_jax.cli import main
+
+    paths, cache = corpus
+    tok_path = make_hf_tokenizer(tmp_path / "tokenizer.json", TEXTS, specials=("<|eos|>",))
+    base = ["train", "--config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "tiny.py"),
+            f"--config.data.paths={paths}", f"--config.data.cache_dir={cache}", f"--config.data.tokenizer={tok_path}"]
+    for extra, needles in (([], ("end-of-text", "set data.eos_token", "'<|eos|>'")),
+                           (["--config.data.eos_token=<|nope|>"], ("data.eos_token='<|nope|>' is not a token", "'<|eos|>'"))):
+        assert main(base + ["--workdir", str(tmp_path / f"run{len(extra)}")] + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err, err
+        assert all(n in err for n in needles), err
+
+
+def test_a_store_keeps_its_eos_choice_and_refuses_another(tmp_path, corpus):
+    """`dllm-jax prepare` with data.eos_token: the store's documents end with that EOS, its
+    manifest keeps the name, and training from it with other names is a ConfigError."""
+    import ml_collections
+    from conftest import tiny_config
+
+    from dllm_jax.data import prepare as prepare_lib
+    from dllm_jax.data import store as store_lib
+    from dllm_jax.data.pipeline import build_dataset
+    from dllm_jax.errors import ConfigError
+
+    paths, cache = corpus
+    tok_path = make_hf_tokenizer(tmp_path / "tokenizer.json", TEXTS, specials=PADLESS["qwen2"])
+    im_end = _vocab(tok_path)["<|im_end|>"]
+    cfg = tiny_config(paths, cache, "mdm", data__tokenizer=tok_path, data__eos_token="<|im_end|>")
+    out = str(tmp_path / "store")
+    prepare_lib.prepare(ml_collections.ConfigDict(cfg.data.to_dict()), out)
+    store = store_lib.TokenStore(out)
+    assert store.manifest["tokenizer"]["names"] == {"eos_token": "<|im_end|>"} and store.tokenizer.eos_id == im_end
+    doc = store.read_document(0)
+    assert doc[-1] == im_end and im_end not in doc[:-1].tolist()
+    ok = tiny_config(paths, cache, "mdm", data__store=out, data__eos_token="<|im_end|>")
+    ds = build_dataset(ok, str(tmp_path / "run"), process_index=0)
+    assert ds.tokenizer.eos_id == im_end and ds.tokenizer.fingerprint == store.tokenizer.fingerprint
+    other = tiny_config(paths, cache, "mdm", data__store=out)  # the automatic EOS would be <|endoftext|>
+    with pytest.raises(ConfigError, match=r"data.eos_token=''.*EOS id 0 .*prepared with EOS id .*data.eos_token='<\|im_end\|>'"):
+        build_dataset(other, str(tmp_path / "run2"), process_index=0)

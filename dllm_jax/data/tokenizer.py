@@ -69,7 +69,14 @@ TRAINER_VERSION = f"dllm_jax-1/sentencepiece-{spm.__version__}"
 
 
 class Tokenizer:
-    """A SentencePiece model plus the ids the rest of the library relies on."""
+    """A SentencePiece model plus the ids the rest of the library relies on. EOS is the piece
+    named ``eos_token`` (a control piece) or the model's EOS; pad the piece named
+    ``pad_token``, the model's pad piece, or the extra id ``vocab_size + 1`` (module docstring).
+
+    Raises:
+      DataError: the bytes are not a SentencePiece model, or it has no EOS piece.
+      ConfigError: ``eos_token`` / ``pad_token`` is no control piece of it, or the pad is EOS.
+    """
 
     kind = "sentencepiece"
     filename = "tokenizer.model"  # its name in a workdir or token store
@@ -200,7 +207,7 @@ def _choose_special_ids(tok, source: str, *, find, is_special, specials, auto_eo
 
     eos = named("data.eos_token", eos_token) if eos_token else auto_eos
     if eos is None:
-        raise DataError(f"{no_eos} (tokens there that look special: {shown()}).")
+        raise DataError(f"{no_eos}; tokens there that look special: {shown()}.")
     extra = tok.vocab_size + 1  # one past [MASK]: no real token has it
     if pad_token:
         pad = named("data.pad_token", pad_token)
@@ -281,7 +288,7 @@ class HFTokenizer:
             auto_pad=lambda eos: next((int(vocab[n]) for n in HF_PAD_CANDIDATES if n in vocab and vocab[n] != eos), None),
             eos_token=eos_token, pad_token=pad_token,
             no_eos=f"Hugging Face tokenizer {source} has none of the end-of-text tokens {list(HF_EOS_CANDIDATES)}; set "
-                   "data.eos_token to the special token that ends a document (dllm_jax appends it to every document)")
+                   "data.eos_token to the special token that ends a document (dllm_jax appends one to every document)")
 
     @classmethod
     def from_bytes(cls, b: bytes, **names) -> "HFTokenizer":

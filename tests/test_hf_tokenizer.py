@@ -276,17 +276,15 @@ def test_every_sampler_emits_eos_and_stops(tmp_path, objective):
 
 
 def test_sampling_refuses_a_model_without_the_pad_row(tmp_path):
-    import dataclasses
-
     from dllm_jax.errors import ConfigError
-    from dllm_jax.models import Transformer
+    from dllm_jax.models import ModelConfig, Transformer
     from dllm_jax.sampling import generate_tokens
+    from dllm_jax.train_step import token_ids
 
     tok = load_tokenizer(make_hf_tokenizer(tmp_path / "tokenizer.json", TEXTS, specials=PADLESS["qwen2"]))
-    model, params, ids = _eos_model(tok)
-    short = Transformer(dataclasses.replace(model.cfg, vocab_size=tok.vocab_size + 1))
-    with pytest.raises(ConfigError, match="embedding rows but pad_id"):
-        generate_tokens(short, params, ids, [[5]], objective="ar", max_new_tokens=2)
+    short = Transformer(ModelConfig(vocab_size=tok.vocab_size + 1, d_model=16, n_layers=1, n_heads=2, d_ff=32))  # no [PAD] row
+    with pytest.raises(ConfigError, match=f"has {tok.vocab_size + 1} embedding rows but pad_id={tok.vocab_size + 1}"):
+        generate_tokens(short, {}, token_ids(tok), [[5]], objective="ar", max_new_tokens=2)
 
 
 def test_a_padless_run_with_a_named_eos_learns_to_end_documents_and_exports_them(tmp_path, corpus):

@@ -168,6 +168,16 @@ def test_sentencepiece_follows_the_same_rule():
         Tokenizer(tok.model_bytes, eos_token="<unk>")  # not a control piece
     with pytest.raises(ConfigError, match="data.pad_token='</s>' is the EOS token"):
         Tokenizer(tok.model_bytes, pad_token="</s>")
+    # a model without a pad piece (Llama 2's layout: unk=0, bos=1, eos=2, pad=-1) pads with the extra id
+    import io
+
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(TEXTS * 5), model_writer=buf, vocab_size=60, unk_id=0, bos_id=1,
+                                   eos_id=2, pad_id=-1, hard_vocab_limit=False, minloglevel=2)
+    llama2 = Tokenizer(buf.getvalue())
+    assert (llama2.eos_id, llama2.pad_id, llama2.pad_is_extra) == (2, llama2.vocab_size + 1, True)
 
 
 def _packed_rows(tok, rows: int, length: int):

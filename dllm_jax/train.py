@@ -132,7 +132,7 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
     `clock`: the timer's clock (seconds; tests inject one)."""
     from dllm_jax.data.pipeline import LOADER_READ_OPTIONS, build_dataset, train_loader
     from dllm_jax.data.pipeline import workdir_tokenizer_path
-    from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes
+    from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes, tokenizer_names
 
     distributed.initialize()  # multi-process runs: from the environment, before devices are touched
     config_lib.validate(config)
@@ -148,9 +148,9 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
         saved_config, saved_tokenizer = saved
         hf.resolve_init(config, saved=saved_config)  # resuming: the run's own checkpoint wins over init.*
         check_resume_compatible(saved_config, config)
-        saved_tok = tokenizer_from_bytes(saved_tokenizer)
+        saved_tok = tokenizer_from_bytes(saved_tokenizer, **tokenizer_names(config_lib.complete(saved_config).data))
         if config.data.tokenizer:
-            given = load_tokenizer(config.data.tokenizer)
+            given = load_tokenizer(config.data.tokenizer, **tokenizer_names(config.data))
             if given.fingerprint != saved_tok.fingerprint:
                 raise ConfigError(
                     f"tokenizer mismatch: data.tokenizer={config.data.tokenizer!r} (fingerprint {given.fingerprint}) is not the "
@@ -182,7 +182,7 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
         )
     if (batch_size // tcfg.grad_accum) % batch_shards:
         log.warning("micro-batch %d does not divide over data*fsdp*expert=%d devices; XLA will replicate", batch_size // tcfg.grad_accum, batch_shards)
-    model = train_step.build_model(config, tokenizer.vocab_size)
+    model = train_step.build_model(config, tokenizer.vocab_size, tokenizer.pad_is_extra)
     tx = optim.make_optimizer(tcfg, num_steps)
     lr_fn = optim.lr_schedule(tcfg, num_steps)
     ids = train_step.token_ids(tokenizer)

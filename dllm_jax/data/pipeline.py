@@ -34,7 +34,7 @@ from dllm_jax import paths
 from dllm_jax.data import index as index_lib
 from dllm_jax.data import prepare as prepare_lib
 from dllm_jax.data import store as store_lib
-from dllm_jax.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from dllm_jax.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, tokenizer_from_bytes, tokenizer_names
 from dllm_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger("dllm_jax")
@@ -108,11 +108,24 @@ def _check_encoding(store: store_lib.TokenStore, d, store_dir: str) -> None:
         )
 
 
+def _check_special_names(tok, names: dict, store_dir: str) -> None:
+    """ConfigError unless data.eos_token / data.pad_token give the store's tokenizer the EOS and
+    pad ids it was prepared with (the run's config is what rebuilds its tokenizer later)."""
+    mine = tokenizer_from_bytes(tok.model_bytes, source=f"of the store {store_dir!r}", **names)
+    if (mine.eos_id, mine.pad_id) != (tok.eos_id, tok.pad_id):
+        given = ", ".join(f"data.{k}={(v or '')!r}" for k, v in names.items())
+        stored = ", ".join(f"data.{k}={v!r}" for k, v in tok.overrides.items()) or "both ''"
+        raise ConfigError(f"{given} give EOS id {mine.eos_id} and pad id {mine.pad_id}, but the store {store_dir!r} was prepared "
+                          f"with EOS id {tok.eos_id} and pad id {tok.pad_id} ({stored}); set those keys as the store was "
+                          "prepared, or prepare a store with yours.")
+
+
 def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
     """The run's token store and whether it already existed (prepared before this call)."""
     wpath = workdir_tokenizer_path(workdir)
-    given = load_tokenizer(d.tokenizer) if d.tokenizer else None
-    existing = load_tokenizer(wpath) if wpath and paths.isfile(wpath) else None
+    names = tokenizer_names(d)  # data.eos_token / data.pad_token
+    given = load_tokenizer(d.tokenizer, **names) if d.tokenizer else None
+    existing = load_tokenizer(wpath, **names) if wpath and paths.isfile(wpath) else None
     store_dir = d.get("store", "")
     if store_dir:
         store = store_lib.TokenStore(store_dir)
@@ -120,6 +133,7 @@ def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
         _check_same(tok, given, f"data.tokenizer={d.tokenizer!r}", f"the store {store_dir!r} was prepared with another "
                     "tokenizer: drop data.tokenizer, or prepare a store with it.")
         _check_encoding(store, d, store_dir)
+        _check_special_names(tok, names, store_dir)
         hit = True
     else:
         if given is not None and existing is not None and given.fingerprint != existing.fingerprint:

@@ -55,7 +55,7 @@ import numpy as np
 from dllm_jax import paths
 from dllm_jax.data import sources
 from dllm_jax.data import store as store_lib
-from dllm_jax.data.tokenizer import ENCODING_VERSION, SPACE_SYMBOL, TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, train_tokenizer
+from dllm_jax.data.tokenizer import ENCODING_VERSION, SPACE_SYMBOL, TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, tokenizer_names, train_tokenizer
 from dllm_jax.errors import ConfigError, DataError, DllmError
 
 logger = logging.getLogger("dllm_jax")
@@ -113,16 +113,17 @@ def encoding_spec(data_cfg) -> dict:
 # -- tokenizer -------------------------------------------------------------------------
 
 def tokenizer_recipe(data_cfg, tokenizer=None) -> dict:
-    """What fixes the tokenizer: a given one's fingerprint, or the settings a model is trained with."""
+    """What fixes the tokenizer: a given one's fingerprint (which covers a data.eos_token /
+    data.pad_token choice), or the settings a model is trained with (and those names, if set)."""
     if tokenizer is not None:
         return {"file": tokenizer.fingerprint}
-    return {
-        "train": {
-            "model_type": data_cfg.tokenizer_type, "vocab_size": int(data_cfg.vocab_size),
-            "trainer": TRAINER_VERSION, "max_docs": int(data_cfg.max_docs),
-            "sample_chars": TOKENIZER_SAMPLE_CHARS, "sample_seed": TOKENIZER_SAMPLE_SEED,
-        }
+    train = {
+        "model_type": data_cfg.tokenizer_type, "vocab_size": int(data_cfg.vocab_size),
+        "trainer": TRAINER_VERSION, "max_docs": int(data_cfg.max_docs),
+        "sample_chars": TOKENIZER_SAMPLE_CHARS, "sample_seed": TOKENIZER_SAMPLE_SEED,
     }
+    train.update({k: v for k, v in tokenizer_names(data_cfg).items() if v})
+    return {"train": train}
 
 
 def tokenizer_sample(data_cfg, max_chars: int = TOKENIZER_SAMPLE_CHARS, seed: int = TOKENIZER_SAMPLE_SEED) -> list[str]:
@@ -155,8 +156,9 @@ def tokenizer_sample(data_cfg, max_chars: int = TOKENIZER_SAMPLE_CHARS, seed: in
 def resolve_tokenizer(data_cfg, given=None, reuse_from=None):
     """(tokenizer, recipe): ``given`` (a loaded tokenizer), data.tokenizer, the tokenizer of the
     unfinished store at ``reuse_from`` when it was trained with the same recipe, or a new one."""
+    names = tokenizer_names(data_cfg)
     if given is None and data_cfg.tokenizer:
-        given = load_tokenizer(data_cfg.tokenizer)
+        given = load_tokenizer(data_cfg.tokenizer, **names)
     recipe = tokenizer_recipe(data_cfg, given)
     if given is not None:
         return given, recipe
@@ -165,12 +167,14 @@ def resolve_tokenizer(data_cfg, given=None, reuse_from=None):
         if plan and plan["identity"]["tokenizer"] == recipe:
             path = reuse_from / plan["tokenizer"]["filename"]
             if path.exists():
-                return tokenizer_from_bytes(path.read_bytes(), source=str(path)), recipe
+                return tokenizer_from_bytes(path.read_bytes(), source=str(path), **names), recipe
     t0 = time.perf_counter()
     docs = tokenizer_sample(data_cfg)
     if not docs:
         raise DataError(f"cannot train a tokenizer: data.paths={data_cfg.paths!r} holds no text; point it at files with text.")
     tok = train_tokenizer(docs, int(data_cfg.vocab_size), None, data_cfg.tokenizer_type)
+    if any(names.values()):  # data.eos_token / data.pad_token name pieces of the trained model
+        tok = tokenizer_from_bytes(tok.model_bytes, source="the tokenizer trained here", **names)
     logger.info("tokenizer trained in %.1fs", time.perf_counter() - t0)
     return tok, recipe
 
@@ -194,7 +198,7 @@ def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads,
         start = end
 
 
-_TOKENIZERS: dict[str, object] = {}  # per worker process: fingerprint -> tokenizer
+_TOKENIZERS: dict[tuple, object] = {}  # per worker process: (sha256 of the file, names) -> tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,12 +211,13 @@ class ShardJob:
     tokenizer_bytes: bytes
     dtype: str
     num_threads: int | None = None  # encoder threads; Beam workers use 1 (Beam parallelises)
+    tokenizer_names: tuple = ()  # ((name, value), ...): the tokenizer's `overrides` (data.eos_token / data.pad_token)
 
     def tokenizer(self):
-        fp = hashlib.sha256(self.tokenizer_bytes).hexdigest()
-        if fp not in _TOKENIZERS:
-            _TOKENIZERS[fp] = tokenizer_from_bytes(self.tokenizer_bytes)
-        return _TOKENIZERS[fp]
+        key = (hashlib.sha256(self.tokenizer_bytes).hexdigest(), self.tokenizer_names)
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = tokenizer_from_bytes(self.tokenizer_bytes, **dict(self.tokenizer_names))
+        return _TOKENIZERS[key]
 
     def __call__(self, index: int) -> dict:
         return prepare_shard(self, int(index))
@@ -405,7 +410,8 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
     root = store_lib.store_path(output)
     manifest = store_lib.read_json(root / store_lib.MANIFEST)
     plan = manifest or store_lib.read_json(root / store_lib.PLAN)
-    given = tokenizer if tokenizer is not None else (load_tokenizer(data_cfg.tokenizer) if data_cfg.tokenizer else None)
+    given = tokenizer if tokenizer is not None else (
+        load_tokenizer(data_cfg.tokenizer, **tokenizer_names(data_cfg)) if data_cfg.tokenizer else None)
     identity = _identity(data_cfg, tokenizer_recipe(data_cfg, given))
     if plan is not None and plan.get("identity") != identity:
         old = (plan.get("identity") or {})
@@ -429,7 +435,7 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
     shards = sources.source_shards(whole)
     dtype = store_lib.token_dtype(tok.vocab_size)
     tok_info = {"kind": tok.kind, "filename": tok.filename, "fingerprint": tok.fingerprint,
-                "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+                "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "names": dict(tok.overrides)}
     if plan is None:
         store_lib.write_bytes_atomic(root / tok.filename, tok.model_bytes)
         store_lib.write_json_atomic(root / store_lib.PLAN, {"identity": identity, "tokenizer": tok_info,
@@ -443,7 +449,8 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         todo = todo[:stop_after]
     if len(todo) < len(shards):
         logger.info("resuming %s: %d of %d shards already prepared", root, len(shards) - len(todo), len(shards))
-    job = ShardJob(data_cfg=whole.to_dict(), root=str(root), shards=tuple(shards), tokenizer_bytes=tok.model_bytes, dtype=dtype.str)
+    job = ShardJob(data_cfg=whole.to_dict(), root=str(root), shards=tuple(shards), tokenizer_bytes=tok.model_bytes, dtype=dtype.str,
+                   tokenizer_names=tuple(sorted(tok.overrides.items())))
     if runner == "beam":
         run_beam(job, todo, options)
     elif runner == "in_process":

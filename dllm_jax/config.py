@@ -25,6 +25,8 @@ SOURCES = ("text", "jsonl", "parquet", "tfds", "array_record")
 SCHEDULES = ("cosine", "wsd", "constant")
 MASK_SCHEDULES = ("linear", "cosine")
 WEIGHTINGS = ("elbo", "realized")
+T_PROPOSALS = ("uniform", "beta", "logit_normal")  # = objectives.time_proposal.PROPOSALS (tested)
+T_PROPOSAL_MODES = ("recipe", "importance")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "minimal")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -68,6 +70,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.mdm.weighting = "elbo"  # 'elbo': CE/p(t); 'realized': CE/(realised masked fraction), as the study's code
     c.mdm.random_length_prob = 0.01  # fraction of steps trained at a random shorter length
     c.mdm.anneal_steps = 0  # > 0: attention annealed from causal to bidirectional over this many steps (DiffuLLaMA); 0 = off
+    c.mdm.t_proposal = "uniform"  # training t (MDM and block diffusion): 'uniform' (U(eps, 1)), 'beta' (Beta(t_beta_a, t_beta_b)) or 'logit_normal' (sigmoid of N(t_logit_mu, t_logit_sigma^2)), mapped onto [eps, 1); validation and eval always draw uniformly
+    c.mdm.t_proposal_mode = "recipe"  # 'recipe': loss weighted as usual (a reweighted ELBO, Hong et al. 2026); 'importance': loss x p_uniform(t)/q(t) (an unbiased ELBO); the logged `elbo` is importance-weighted either way
+    c.mdm.t_beta_a = 2.0  # t_proposal='beta': shape a > 0 (a, b > 1: bell-shaped)
+    c.mdm.t_beta_b = 2.0  # t_proposal='beta': shape b > 0
+    c.mdm.t_logit_mu = 0.0  # t_proposal='logit_normal': mean of logit(s)
+    c.mdm.t_logit_sigma = 1.0  # t_proposal='logit_normal': standard deviation of logit(s), > 0
 
     c.block_diffusion = ml_collections.ConfigDict()  # objective='block_diffusion' (noise settings: the mdm group)
     c.block_diffusion.block_size = 16  # tokens per block; divides data.seq_len (= seq_len: MDM; 1: AR)
@@ -170,6 +178,8 @@ class Rule:
         if self.kind == "mesh":
             return "a positive integer or -1 (fill with the remaining devices)"
         what = "an integer" if self.kind == "int" else "a finite number"
+        if self.lo is None and self.hi is None:
+            return what
         num = (lambda v: f"{int(v):,}") if self.kind == "int" else (lambda v: f"{v:g}")
         if self.hi is None:
             return f"{what} {'>' if self.lo_open else '>='} {num(self.lo)}"
@@ -208,6 +218,7 @@ def _one_of(*choices):
 
 
 BOOL, STR, MESH = Rule("bool"), Rule("str"), Rule("mesh")
+FINITE = Rule("float")  # any finite number
 UNIT = _float(0.0, 1.0)  # [0, 1]
 HALF_OPEN_UNIT = _float(0.0, 1.0, hi_open=True)  # [0, 1)
 POSITIVE = _float(0.0, lo_open=True)  # (0, inf)
@@ -227,6 +238,8 @@ RULES = {
     "init.from_hf": STR, "init.from_workdir": STR,
     "mdm.schedule": _one_of(*MASK_SCHEDULES), "mdm.eps": _float(0.0, 1.0, lo_open=True, hi_open=True),
     "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
+    "mdm.t_proposal": _one_of(*T_PROPOSALS), "mdm.t_proposal_mode": _one_of(*T_PROPOSAL_MODES),
+    "mdm.t_beta_a": POSITIVE, "mdm.t_beta_b": POSITIVE, "mdm.t_logit_mu": FINITE, "mdm.t_logit_sigma": POSITIVE,
     "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
     "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),

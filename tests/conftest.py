@@ -9,6 +9,11 @@ import random
 
 import pytest
 
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: an end-to-end test over ~20 s on 2 CPU cores (skip them with -m 'not slow')")
+
+
 _WORDS = (
     "the a river stone light over under green quiet old new small large city forest road house window door "
     "morning evening winter summer walks finds keeps brings holds sees makes takes gives and but then so "

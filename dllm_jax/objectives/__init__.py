@@ -5,6 +5,7 @@ Read in this order: `common` (shared pieces: Prepared, schedules, cross-entropy)
 
     ar.py               'ar'               causal, shifted targets, exact likelihood
     mdm.py              'mdm'              bidirectional, one t per sequence, ELBO
+    time_proposal.py    (shared)           where MDM / block diffusion draw t in training
     block_diffusion.py  'block_diffusion'  BD3-LM: one t per block, [x_t ; x_0] in one pass, NELBO
 
 `REGISTRY` maps each config.objective name to its class; `build(config)` makes the run's
@@ -20,6 +21,7 @@ from dllm_jax.objectives.block_diffusion import BlockDiffusion, block_attention_
 from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, random_length_valid, sample_times,
                                         segment_ids_from_eos, token_cross_entropy)
 from dllm_jax.objectives.mdm import MaskedDiffusion, anneal_mask, prepare_mdm
+from dllm_jax.objectives.time_proposal import TimeProposal
 
 REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (AutoRegressive, MaskedDiffusion, BlockDiffusion)}
 
@@ -78,4 +80,4 @@ def _obj(objective) -> Objective:
 __all__ = ["REGISTRY", "Objective", "anneal_mask", "AutoRegressive", "MaskedDiffusion", "BlockDiffusion", "Prepared", "TokenIds", "build", "by_name",
            "get", "names", "prepare_ar", "prepare_mdm", "prepare_block_diffusion", "block_attention_mask", "mask_prob", "elbo_weight",
            "sample_times", "segment_ids_from_eos", "random_length_valid", "token_cross_entropy", "prepare_fn", "metrics_from_ce",
-           "finalize", "is_causal"]
+           "finalize", "is_causal", "TimeProposal"]

@@ -11,6 +11,9 @@ with one t per block (t ~ U(eps, 1), stratified over all the batch's blocks when
 `mdm.antithetic`), each token of block b masked with p(t_b) (`mdm.schedule`), and
 `loss` = that sum divided by the number of real tokens (per-token NELBO, nats), reported
 with the masked CE and mask fraction like the MDM's. B' = L is the MDM; B' = 1 is AR.
+`mdm.t_proposal` draws the block times from another proposal as for the MDM
+(objectives.time_proposal: the stratified u of all blocks mapped through it; mode
+'importance' weights each block by its 1 / q(s), and the logged `elbo` always does).
 
 Training runs every block in ONE forward pass of 2L tokens (BD3-LM's vectorised input):
 inputs = [x_t ; x_0] (noisy half, then clean half), RoPE positions 0..L-1 for both halves,
@@ -65,9 +68,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, sample_times, segment_ids_from_eos,
-                                        token_cross_entropy)
+from dllm_jax.objectives.common import Prepared, TokenIds, elbo_weight, mask_prob, segment_ids_from_eos, token_cross_entropy
 from dllm_jax.objectives.mdm import MaskedDiffusion
+from dllm_jax.objectives.time_proposal import TimeProposal, draw_times, loss_weight
 
 
 def _pattern(q, k, length: int, block_size):
@@ -169,23 +172,30 @@ def vectorised_positions(batch: int, length: int):
     return jnp.broadcast_to(jnp.concatenate([pos, pos]), (batch, 2 * length))
 
 
-def block_times(rng, batch: int, num_blocks: int, eps: float, antithetic: bool):
-    """t [B, num_blocks]: B * num_blocks draws, stratified over all of them when antithetic
-    (strata assigned block-major, so a row's blocks get spread-out times); with one block
-    exactly `sample_times(rng, B, ...)`."""
-    t = sample_times(rng, batch * num_blocks, eps, antithetic)
-    return t.reshape(num_blocks, batch).T
+def block_times(rng, batch: int, num_blocks: int, eps: float, antithetic: bool, proposal: TimeProposal | None = None):
+    """(t [B, num_blocks], importance weight [B, num_blocks] or None): B * num_blocks draws
+    from `proposal` (None = uniform), stratified over all of them when antithetic (strata
+    assigned block-major, so a row's blocks get spread-out times); with one block exactly
+    `time_proposal.draw_times(rng, B, ...)`, the MDM's."""
+    t, iw = draw_times(rng, batch * num_blocks, eps, antithetic, proposal)
+    per_block = lambda x: x.reshape(num_blocks, batch).T  # noqa: E731
+    return per_block(t), None if iw is None else per_block(iw)
 
 
 def prepare_block_diffusion(tokens, rng, ids: TokenIds, *, block_size: int, schedule: str = "linear", eps: float = 1e-3,
-                            antithetic: bool = True, document_attention: bool = False) -> Prepared:
+                            antithetic: bool = True, document_attention: bool = False,
+                            proposal: TimeProposal | None = None) -> Prepared:
+    """One BD3-LM training batch from tokens [B, L] int32 (see the module docstring); inputs
+    [B, 2L] = [x_t ; x_0]. `proposal`: where the block times are drawn (None = uniform).
+    extras: 'masked' [B, L], 'elbo_weights' [B, L] (w(t_b) * importance weight on masked
+    tokens), 't' [B, L / block_size]."""
     b, length = tokens.shape
     if length % block_size:
         raise ValueError(f"block_size={block_size} must divide the sequence length {length}")
     nb = length // block_size
     k_t, k_mask, _, _ = jax.random.split(rng, 4)  # the streams of prepare_mdm: times and masks apart
     valid = tokens != ids.pad_id
-    t = block_times(k_t, b, nb, eps, antithetic)  # [B, nb]
+    t, iw = block_times(k_t, b, nb, eps, antithetic, proposal)  # [B, nb]
     t_tok = jnp.repeat(t, block_size, axis=1)  # [B, L]
     masked = (jax.random.uniform(k_mask, (b, length)) < mask_prob(t_tok, schedule)) & valid
     w = elbo_weight(t_tok, schedule).astype(jnp.float32)
@@ -194,8 +204,14 @@ def prepare_block_diffusion(tokens, rng, ids: TokenIds, *, block_size: int, sche
     seg = segment_ids_from_eos(tokens, ids.eos_id) if document_attention else jnp.ones_like(tokens)
     seg = jnp.where(valid, seg, 0)
     weights = masked.astype(jnp.float32) * w
+    elbo_weights = weights
+    if iw is not None:
+        iw_tok = jnp.repeat(iw, block_size, axis=1)
+        elbo_weights = weights * iw_tok
+        if loss_weight(iw, proposal) is not None:
+            weights = elbo_weights
     denom = jnp.maximum(valid.sum().astype(jnp.float32), 1.0)
-    extras = {"masked": masked.astype(jnp.float32), "elbo_weights": weights, "t": t}
+    extras = {"masked": masked.astype(jnp.float32), "elbo_weights": elbo_weights, "t": t}
     return Prepared(jnp.concatenate([x_t, clean], axis=1), tokens, weights, jnp.concatenate([seg, seg], axis=1), denom, extras)
 
 
@@ -220,8 +236,9 @@ class BlockDiffusion(MaskedDiffusion):
 
     def prepare_fn(self, ids, train: bool = True):
         m, doc, bs = self.config.mdm, bool(self.config.data.document_attention), self.block_size
+        proposal = self.time_proposal if train else None
         return lambda tokens, rng: prepare_block_diffusion(tokens, rng, ids, block_size=bs, schedule=m.schedule, eps=m.eps,
-                                                           antithetic=m.antithetic, document_attention=doc)
+                                                           antithetic=m.antithetic, document_attention=doc, proposal=proposal)
 
     @property
     def grow_steps(self) -> int:
@@ -247,12 +264,12 @@ class BlockDiffusion(MaskedDiffusion):
         if not self.adapting:
             return super().train_prepare_fn(ids)
         m, doc, w = self.config.mdm, bool(self.config.data.document_attention), self.ar_loss_weight
-        grow = self.grow_steps
+        grow, proposal = self.grow_steps, self.time_proposal
         stages = growth_stages(self.block_size, int(self.config.data.seq_len)) if grow else (self.block_size,)
 
         def at(bs, tokens, rng):
             prep = prepare_block_diffusion(tokens, rng, ids, block_size=bs, schedule=m.schedule, eps=m.eps,
-                                           antithetic=m.antithetic, document_attention=doc)
+                                           antithetic=m.antithetic, document_attention=doc, proposal=proposal)
             extras = dict(prep.extras)
             if len(stages) > 1:
                 extras["t"] = jnp.repeat(prep.extras["t"], bs, axis=1)

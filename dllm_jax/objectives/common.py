@@ -70,14 +70,18 @@ def elbo_weight(t, schedule: str):
     raise ValueError(f"unknown masking schedule {schedule!r}")
 
 
-def sample_times(rng, batch: int, eps: float, antithetic: bool):
-    """t in [eps, 1): i.i.d., or stratified t_i = eps + (1-eps)((u + i/B) mod 1)."""
+def sample_uniforms(rng, batch: int, antithetic: bool):
+    """u [batch] float32 in [0, 1): i.i.d., or stratified u_i = (u + i/B) mod 1 (one u)."""
     if antithetic:
         u = jax.random.uniform(rng, ())
-        u = jnp.mod(u + jnp.arange(batch, dtype=jnp.float32) / batch, 1.0)
-    else:
-        u = jax.random.uniform(rng, (batch,))
-    return eps + (1.0 - eps) * u
+        return jnp.mod(u + jnp.arange(batch, dtype=jnp.float32) / batch, 1.0)
+    return jax.random.uniform(rng, (batch,))
+
+
+def sample_times(rng, batch: int, eps: float, antithetic: bool):
+    """t in [eps, 1): i.i.d., or stratified t_i = eps + (1-eps)((u + i/B) mod 1). A proposal
+    other than uniform maps the same u (objectives.time_proposal)."""
+    return eps + (1.0 - eps) * sample_uniforms(rng, batch, antithetic)
 
 
 # ---------------------------------------------------------------- shared pieces

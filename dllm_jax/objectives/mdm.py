@@ -13,6 +13,13 @@ For the linear schedule alpha(t) = 1 - t, p = t and w = 1/t. With weighting='rea
 sequence with no masked token gets one; that forced token is not part of the p(t) draw, so
 the logged `elbo` (always the w(t)-weighted bound) gives it weight 0 and stays a valid ELBO.
 The masked-token cross-entropy (mean CE over masked positions) is reported beside it. Likelihoods are bounds (Monte Carlo ELBO).
+
+Training may draw t from another proposal q (`mdm.t_proposal`, objectives.time_proposal):
+t = eps + (1 - eps) s, s ~ q, stratified like the uniform draw. Mode 'recipe' keeps the
+weighting above (the loss becomes a q-reweighted ELBO); mode 'importance' multiplies each
+sequence's weight by 1 / q(s) (the loss stays an unbiased ELBO estimate). The logged `elbo`
+is always the importance-weighted w(t)-bound of the same draws (an unbiased estimate of the
+uniform-t ELBO); validation and evaluation draw t uniformly.
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from dllm_jax.objectives.base import Objective, _ppl
-from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, random_length_valid, sample_times,
-                                        segment_ids_from_eos)
+from dllm_jax.objectives.common import Prepared, TokenIds, elbo_weight, mask_prob, random_length_valid, segment_ids_from_eos
+from dllm_jax.objectives.time_proposal import TimeProposal, draw_times, loss_weight
 
 
 def prepare_mdm(
@@ -36,20 +43,25 @@ def prepare_mdm(
     weighting: str = "elbo",
     random_length_prob: float = 0.0,
     document_attention: bool = False,
+    proposal: TimeProposal | None = None,
 ) -> Prepared:
+    """One MDM training batch from tokens [B, L] int32 (see the module docstring). `proposal`:
+    where t is drawn (None = uniform, today's draw bit for bit). extras: 'masked' [B, L],
+    'elbo_weights' [B, L] (the logged ELBO's weights: w(t) * importance weight on masked
+    tokens), 't' [B]."""
     k_t, k_mask, k_len, k_force = jax.random.split(rng, 4)
     b, length = tokens.shape
     valid = tokens != ids.pad_id
     if random_length_prob > 0.0:
         valid = valid & random_length_valid(k_len, tokens, random_length_prob)
-    t = sample_times(k_t, b, eps, antithetic)  # [B]
+    t, iw = draw_times(k_t, b, eps, antithetic, proposal)  # [B]; iw: p_uniform(t) / q_t(t), None when uniform
     p = mask_prob(t, schedule)
     masked = (jax.random.uniform(k_mask, (b, length)) < p[:, None]) & valid
     n_valid = valid.sum(axis=1)
     elbo_w = elbo_weight(t, schedule)
     # the ELBO counts only the i.i.d. p(t) mask; a forced extra mask (below) is a training
     # device outside that draw, so it gets ELBO weight 0 (a draw with no masked token adds 0)
-    elbo_weights = masked * elbo_w[:, None].astype(jnp.float32)
+    elbo_weights = masked * (elbo_w if iw is None else elbo_w * iw)[:, None].astype(jnp.float32)
     if weighting == "realized":
         # the study's code: if no token is masked, mask one (a random valid position)
         none = (masked.sum(axis=1) == 0) & (n_valid > 0)
@@ -59,6 +71,9 @@ def prepare_mdm(
         seq_w = n_valid / jnp.maximum(masked.sum(axis=1), 1)
     else:
         seq_w = elbo_w
+    train_iw = loss_weight(iw, proposal)
+    if train_iw is not None:
+        seq_w = seq_w * train_iw
     inputs = jnp.where(masked, ids.mask_id, jnp.where(valid, tokens, ids.pad_id))
     weights = masked.astype(jnp.float32) * seq_w[:, None].astype(jnp.float32)
     segment_ids = None
@@ -96,12 +111,18 @@ class MaskedDiffusion(Objective):
     linestyle = "--"
     ar_adaptation = True
 
+    @property
+    def time_proposal(self) -> TimeProposal:
+        """Where training draws t (mdm.t_proposal*; evaluation always draws uniformly)."""
+        return TimeProposal.from_config(self.config)
+
     def prepare_fn(self, ids, train: bool = True):
         m, doc = self.config.mdm, bool(self.config.data.document_attention)
+        proposal = self.time_proposal if train else None
         return lambda tokens, rng: prepare_mdm(
             tokens, rng, ids, schedule=m.schedule, eps=m.eps, antithetic=m.antithetic,
             weighting=m.weighting if train else "elbo", random_length_prob=m.random_length_prob if train else 0.0,
-            document_attention=doc)
+            document_attention=doc, proposal=proposal)
 
     def train_attention_mask(self, rng, step, length: int):
         """mdm.anneal_steps > 0: causal -> bidirectional over that many steps (AR-to-MDM

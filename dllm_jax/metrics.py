@@ -293,10 +293,11 @@ def _isatty(stream) -> bool:
 
 
 class Progress:
-    """Training progress of process 0 on stdout.
+    """Training progress of process 0 on stderr (with the log lines; stdout carries only a
+    command's result, e.g. `dllm-jax train`'s final JSON, so it can be piped into a parser).
 
     On a terminal (`enabled`, i.e. train.progress, and both stdout and stderr TTYs) a tqdm bar
-    with loss, tokens/s, MFU and epoch, and the evaluation lines above it. Anywhere else (stdout
+    with loss, tokens/s, MFU and epoch, and the evaluation lines above it. Anywhere else (stderr
     piped or in a file, a sweep's log, train.progress=false) one plain line per log record
     (`update`) and one per evaluation (`write`), each prefixed with `desc`; never a bar's
     carriage-return updates."""
@@ -306,7 +307,7 @@ class Progress:
         self.active = jax.process_index() == 0
         self.bar = None
         if self.active and enabled and _isatty(sys.stdout) and _isatty(sys.stderr):
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, steps: int, *, step: int, loss: float, tokens_per_sec=None, mfu=None, lr=None, epoch=None,
                elapsed=None, eta=None) -> None:
@@ -340,9 +341,9 @@ class Progress:
         if not self.active:
             return
         if self.bar is not None:
-            self.bar.write(text)
+            self.bar.write(text, file=sys.stderr)
         else:
-            print(f"[{self.desc}] {text}", flush=True)
+            print(f"[{self.desc}] {text}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -148,7 +148,8 @@ def test_evaluation_and_checkpoints_do_not_change_tokens_per_sec(tmp_path, corpu
 
     out, err = capsys.readouterr()
     assert "\r" not in out and "\r" not in err
-    lines = [line for line in out.splitlines() if line.startswith("[point 2/5 U1024_mdm] ")]
+    assert "[point 2/5" not in out  # stdout is left to the command's result (train's JSON)
+    lines = [line for line in err.splitlines() if line.startswith("[point 2/5 U1024_mdm] ")]
     train_lines = [line for line in lines if " loss " in line]
     assert len(train_lines) == 4 and len([line for line in lines if "val_loss" in line]) == 2
     assert train_lines[0].startswith("[point 2/5 U1024_mdm] step 4/16 loss ")

@@ -104,8 +104,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for a background save (its errors are raised here), then release the manager
+        (also when the wait raised)."""
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
 
 
 @dataclasses.dataclass

@@ -58,7 +58,11 @@ def derived_text(cfg) -> str:
     else:
         how = "as set" if cfg.train.num_steps else f"U x data.epochs / tokens per step, data.epochs={cfg.data.epochs}"
         lines.append(f"#   train.num_steps = {d['num_steps']:,} ({how})")
-        lines.append(f"#   warmup = {d['warmup_steps']:,} steps (train.warmup_steps={cfg.train.warmup_steps}, at most train.num_steps - 1)")
+        if cfg.train.warmup_steps and cfg.train.warmup_steps >= d["num_steps"]:
+            lines.append(f"#   warmup: train.warmup_steps={cfg.train.warmup_steps} is not shorter than the run's "
+                         f"{d['num_steps']:,} steps: train will refuse it (the schedule would never decay)")
+        else:
+            lines.append(f"#   warmup = {d['warmup_steps']:,} steps (train.warmup_steps={cfg.train.warmup_steps})")
     return "\n".join(lines)
 
 

@@ -114,7 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.num_steps = 0  # 0 = U * E / (batch_size * seq_len)
     c.train.lr = 3e-3  # peak learning rate (AdamW)
     c.train.min_lr_ratio = 0.1  # final LR = lr * min_lr_ratio (cosine and WSD)
-    c.train.warmup_steps = 100  # linear warmup from 0
+    c.train.warmup_steps = 100  # linear warmup from 0; must be shorter than the run (train refuses warmup >= its steps)
     c.train.schedule = "cosine"  # 'cosine', 'wsd' (warmup-stable-decay) or 'constant'
     c.train.decay_fraction = 0.2  # WSD: final fraction of steps spent decaying
     c.train.b1 = 0.9  # AdamW beta1

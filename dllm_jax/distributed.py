@@ -82,9 +82,13 @@ def settings(coordinator: str | None = None, num_processes: int | None = None, p
     return {"coordinator_address": str(given["coordinator"]), "num_processes": n, "process_id": i}
 
 
-def _prefer_cpu_without_accelerator() -> None:
+def prefer_cpu_without_accelerator() -> None:
     """With libtpu installed (for `dllm-jax compile`) but no TPU and no GPU plugin, JAX would
-    probe for a TPU on every start (slow, noisy): use the CPU unless the user chose."""
+    load libtpu on its first device use, and libtpu prints TPU initialisation errors ("could
+    not determine TPU accelerator type", "unexpected worker hostname") to stderr: use the CPU
+    unless the user chose (JAX_PLATFORMS set) or JAX already started. The `dllm-jax` program
+    calls this before any verb runs, and `initialize` (hence `train`) calls it too; the TPU
+    topologies of `dllm-jax compile` come from libtpu directly and do not need the backend."""
     if os.environ.get("JAX_PLATFORMS") or on_tpu_vm() or _backend_started():
         return
     import importlib.util
@@ -101,7 +105,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return
     explicit = settings(coordinator, num_processes, process_id)
     if explicit is None and not on_tpu_vm():
-        _prefer_cpu_without_accelerator()
+        prefer_cpu_without_accelerator()
         return
     if _backend_started():
         log.warning("JAX already started in this process; call distributed.initialize() before using devices "
@@ -164,4 +168,4 @@ def data_shard(mesh, global_batch: int) -> tuple[int, int]:
     return start // rows, global_batch // rows
 
 
-__all__ = ["initialize", "settings", "data_shard", "on_tpu_vm"]
+__all__ = ["initialize", "settings", "data_shard", "on_tpu_vm", "prefer_cpu_without_accelerator"]

@@ -17,6 +17,25 @@ from dllm_jax import paths
 from dllm_jax.errors import DataError
 
 
+def not_utf8(text: str) -> str | None:
+    """None if `text` can be encoded as UTF-8, else where it cannot, e.g. "byte 0xe9 at
+    character 3 of b'caf\\xe9 '". Python decodes the command line (and os.fsdecode'd names)
+    with surrogateescape: bytes that were not UTF-8 (a Latin-1 terminal, `$'caf\\xe9'`)
+    arrive as lone surrogates U+DC80..U+DCFF, which no tokenizer can encode."""
+    bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if bad is None:
+        return None
+    code = ord(text[bad])
+    what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+    try:
+        shown = text.encode("utf-8", "surrogateescape")  # the bytes as they were given
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "backslashreplace")
+    if len(shown) > 80:
+        shown = shown[:80] + b"..."
+    return f"{what} at character {bad} of {shown!r}"
+
+
 def decode_text(data: bytes, path: str) -> str:
     """`data` (the bytes of `path`) as text: the one decoding rule of the library
     (`dllm_jax.data.formats.decode_text`: UTF-8, BOM dropped, CRLF / CR -> LF; UTF-16/32 and

@@ -7,7 +7,10 @@ import optax
 
 
 def warmup_steps(train_cfg, num_steps: int) -> int:
-    """The warmup the schedule uses: train.warmup_steps, capped at num_steps - 1."""
+    """The warmup the schedule uses: train.warmup_steps, capped at num_steps - 1. `train`
+    refuses a warmup not shorter than the run before a schedule is built
+    (`train.check_warmup`: it would never decay), so the cap only serves callers without a
+    run length (e.g. `load_run`'s abstract state, with num_steps 1)."""
     return min(train_cfg.warmup_steps, max(num_steps - 1, 0))
 
 

@@ -13,6 +13,7 @@ import math
 import logging
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -21,7 +22,7 @@ from flax import linen as nn
 
 from dllm_jax import config as config_lib
 from dllm_jax import paths
-from dllm_jax import distributed, flops, hf, objectives, optim, sharding, train_step
+from dllm_jax import distributed, flops, hf, memory, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dllm_jax.metrics import MetricsWriter, Progress, StepTimer, read_metrics, require_wandb, resume_totals
@@ -58,6 +59,24 @@ def config_differences(saved: dict, config, changeable=config_lib.resume_changea
     run was saved take their defaults."""
     old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
+
+
+def check_warmup(train_cfg, num_steps: int) -> None:
+    """ConfigError when `train.warmup_steps` is not shorter than the run (`num_steps`, given
+    or derived from the data budget): the learning rate would never reach `train.lr` and the
+    schedule (cosine or WSD) would never decay; `optim.lr_schedule` would silently cap it.
+    Decided (issue 25): refuse rather than warn, since a sweep point's final loss would then
+    not be that of a finished schedule. warmup_steps = 0 is always accepted."""
+    warmup = int(train_cfg.warmup_steps)
+    if warmup and warmup >= num_steps:
+        source = ("train.num_steps" if train_cfg.num_steps else
+                  "derived from the data budget: data.unique_tokens x data.epochs / (train.batch_size x data.seq_len)")
+        raise ConfigError(
+            f"train.warmup_steps={warmup} is not shorter than the run's {num_steps} steps ({source}): the learning rate "
+            f"would never reach train.lr={train_cfg.lr} and the {train_cfg.schedule!r} schedule would never decay. "
+            f"Set --config.train.warmup_steps below {num_steps} (e.g. {max(num_steps // 10, 1) if num_steps > 1 else 0}), "
+            "or train longer"
+        )
 
 
 def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_changeable) -> None:
@@ -129,7 +148,27 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
 
     `stop_after`: run at most this many steps in this call, then checkpoint and return (the
     schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests.
-    `clock`: the timer's clock (seconds; tests inject one)."""
+    `clock`: the timer's clock (seconds; tests inject one).
+
+    When an error ends the run (a DllmError such as a divergence or a failed save, or any
+    other exception), what it opened is closed before the error leaves: the Grain iterator
+    (its prefetch threads), the TensorBoard writer (its writer thread), the progress bar and
+    the Orbax manager (waiting for its background writes). Their own errors then are only
+    logged at DEBUG: the error that ended the run is the one reported, and no thread of the
+    run is left to print at interpreter shutdown."""
+    opened: list = []  # close() of what the run opened, in order
+    try:
+        return _train(config, workdir, stop_after, opened, clock)
+    except BaseException:
+        for close in reversed(opened):
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001 - already failing: the first error is the one to report
+                log.debug("closing after an error: %s", _short(e))
+        raise
+
+
+def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
     from dllm_jax.data.pipeline import LOADER_READ_OPTIONS, build_dataset, train_loader
     from dllm_jax.data.pipeline import workdir_tokenizer_path
     from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes, tokenizer_names
@@ -142,6 +181,7 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
     paths.makedirs(workdir)
     tcfg = config.train
     ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)
+    opened.append(ckpt.close)
     resume_step, saved = _newest_readable_meta(ckpt)
     config = config_lib.complete(config.to_dict())  # a copy: init.* resolution below fills model.* keys
     if resume_step is not None:
@@ -170,6 +210,7 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
         raise ConfigError(f"tokenizer mismatch: the data pipeline gave tokenizer {tokenizer.fingerprint} but the checkpoint has {saved_tok.fingerprint}")
     stats = dataset.stats
     num_steps = tcfg.num_steps or stats["num_steps"]
+    check_warmup(tcfg, num_steps)
     seq_len, batch_size = config.data.seq_len, tcfg.batch_size
     steps_per_epoch = max(stats["train_sequences"] // batch_size, 1)
 
@@ -184,6 +225,9 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
         log.warning("micro-batch %d does not divide over data*fsdp*expert=%d devices; XLA will replicate", batch_size // tcfg.grad_accum, batch_shards)
     model = train_step.build_model(config, tokenizer.vocab_size, tokenizer.pad_is_extra)
     tx = optim.make_optimizer(tcfg, num_steps)
+    # refuse a model that cannot fit before anything is allocated (a lower bound, see memory.py)
+    memory.check_fits(memory.estimate(model, tx, mesh, seq_len, max(batch_size // tcfg.grad_accum, 1)),
+                      [d for d in mesh.devices.flat if d.process_index == jax.process_index()], model.cfg)
     lr_fn = optim.lr_schedule(tcfg, num_steps)
     ids = train_step.token_ids(tokenizer)
 
@@ -192,6 +236,8 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
     loader = train_loader(dataset.train, global_batch=batch_size, epochs=config.data.epochs, seed=config.seed,
                           process_index=shard_index, process_count=shard_count)
     data_iter = iter(loader.to_iter_dataset(LOADER_READ_OPTIONS))  # prefetch threads read ahead from the store
+    if hasattr(data_iter, "close"):
+        opened.append(data_iter.close)
 
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, "config.json"), config_lib.to_json(config))
@@ -238,7 +284,9 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
 
         writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard, wandb_project=tcfg.wandb_project,
                                run_config=config.to_dict())
+        opened.append(writer.close)
         bar = Progress(num_steps, start, tcfg.progress, desc=os.environ.get(RUN_LABEL_ENV) or f"{config.objective} {paths.basename(workdir)}")
+        opened.append(bar.close)
         tokens_per_step = batch_size * seq_len
         last_good = resume_step
         profile = config_lib.parse_profile_steps(tcfg.profile_steps)
@@ -504,17 +552,30 @@ def _previous(ckpt: Checkpointer, step):
 
 class _SaveErrors:
     """Turns any failure while writing checkpoint `step` (disk full, permissions, a lost
-    mount) into one CheckpointError naming the last good checkpoint."""
+    mount) into one CheckpointError naming the last good checkpoint. Before raising it waits
+    (at most `join_s` seconds) for the threads started during the save: a failed write does
+    not stop Orbax's other writer threads, which would otherwise go on (and print) while the
+    process reports the error and exits."""
+
+    join_s = 60.0
 
     def __init__(self, ckpt: Checkpointer, step, last_good):
         self.ckpt, self.step, self.last_good = ckpt, step, last_good
 
     def __enter__(self):
+        self._threads = set(threading.enumerate())
         return self
 
     def __exit__(self, kind, error, tb):
         if error is None or not isinstance(error, Exception) or isinstance(error, CheckpointError):
             return False
+        deadline = time.monotonic() + self.join_s
+        for thread in set(threading.enumerate()) - self._threads:
+            if thread is not threading.current_thread():
+                try:
+                    thread.join(max(0.0, deadline - time.monotonic()))
+                except Exception:  # noqa: BLE001 - Orbax's threads re-raise their own failure on join
+                    pass
         good = self.last_good()
         where = (f"the last good checkpoint is step {good} in {self.ckpt.directory}" if good is not None
                  else "no checkpoint was saved before it")

@@ -884,3 +884,53 @@ def test_one_token_mdm_items_report_the_exact_estimator():
     two = [TokenItem(context=[5, 3, 1], choices=[[0, 1], [2, 2]], label=0, choice_chars=[2, 2])]
     r = multiple_choice.score_items(scorer, None, two, mc_samples=4)
     assert r["estimator"] == "llada_mc" and r["mc_samples"] == 4
+
+
+# ---------------------------------------------------------------- lm-eval requests fit the context (issue 25)
+def test_lm_eval_requests_never_exceed_the_trained_context(trained_runs, monkeypatch):
+    """Long contexts are cut on token ids: [EOS] + context + max_gen_toks is exactly the trained
+    context (data.seq_len = 32 here), never more, also when the cut falls inside a multi-byte
+    character (decode -> re-encode turned it into U+FFFD and more tokens than the room); the
+    rows the scorer runs for loglikelihood and loglikelihood_rolling are at most seq_len long."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional extra: pip install 'dllm_jax[eval]'")
+    from types import SimpleNamespace
+
+    from dllm_jax.evaluation import lm_eval_adapter
+    from dllm_jax.sampling import api
+
+    lm = lm_eval_adapter.DllmJaxLM(workdir=trained_runs["ar"])
+    tok, seq_len = lm.run.tokenizer, lm.max_length
+    assert seq_len == 32
+    context = "日本語の文章。" * 8  # characters the tiny vocabulary lacks: 3 UTF-8 byte pieces each
+    ids = tok.encode(context)
+    assert len(ids) > 3 * seq_len
+    # the premise of the old bug: cutting inside a character and re-encoding the text gives more tokens
+    assert len(tok.encode(tok.decode(ids[-17:]))) > 17
+
+    calls = []
+    real = api.generate_tokens
+
+    def spy(model, params, token_ids, prompts, **kw):
+        calls.append((list(prompts[0]), kw["max_new_tokens"], kw["context_length"]))
+        return real(model, params, token_ids, prompts, **kw)
+
+    monkeypatch.setattr(api, "generate_tokens", spy)
+    asks = [14, 16, 31, 100]
+    texts = lm.generate_until([SimpleNamespace(args=(context, {"until": ["\n\n"], "max_gen_toks": n})) for n in asks])
+    assert len(texts) == len(asks) and all(isinstance(t, str) for t in texts)
+    for (prompt, new, ctx_len), ask in zip(calls, asks):
+        assert new == min(ask, seq_len - 1) and ctx_len == seq_len
+        assert 1 + len(prompt) + new == seq_len  # all of the room, not one position more
+        assert prompt == ids[len(ids) - len(prompt):]  # the context's last ids, cut on ids
+
+    lengths = []
+    real_run = Scorer._run
+
+    def run_spy(self, kind, params, rows, *args, **kw):
+        lengths.extend(len(r.tokens) for r in rows)
+        return real_run(self, kind, params, rows, *args, **kw)
+
+    monkeypatch.setattr(Scorer, "_run", run_spy)
+    lm.loglikelihood([SimpleNamespace(args=(context, " the river")), SimpleNamespace(args=("A", " river" * 40))])
+    lm.loglikelihood_rolling([SimpleNamespace(args=(context,))])
+    assert lengths and max(lengths) <= seq_len

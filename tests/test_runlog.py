@@ -270,6 +270,10 @@ def test_config_verb_prints_derived_values_on_stderr(tmp_path, capsys):
     assert json.loads(out)["data"]["unique_tokens"] == 100000  # stdout stays the config's JSON
     assert "tokens per step = train.batch_size x data.seq_len = 32 x 128 = 4,096" in err
     assert "rounded down to whole steps = 98,304" in err and "train.num_steps = 72 (" in err
-    assert "warmup = 71 steps (train.warmup_steps=100" in err  # capped at num_steps - 1, as the schedule does
+    # a warmup not shorter than the run: train refuses it (issue 25), and `config` says so
+    assert "warmup: train.warmup_steps=100 is not shorter than the run's 72 steps: train will refuse it" in err
+    assert main(["config", "--config", str(exp), "--config.data.unique_tokens=100000", "--config.data.epochs=3",
+                 "--config.train.warmup_steps=20"]) == 0
+    assert "warmup = 20 steps (train.warmup_steps=20)" in capsys.readouterr().err
     assert main(["config", "--config", str(exp)]) == 0
     assert "known once the data is prepared" in capsys.readouterr().err

@@ -214,7 +214,7 @@ def test_cli_prepare_then_train_from_the_store(tmp_path, corpus, capsys):
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
         "from conftest import tiny_config\n"
-        f"def get_config():\n    return tiny_config({paths!r}, {str(tmp_path / 'cache')!r}, 'ar', train__num_steps=2, "
+        f"def get_config():\n    return tiny_config({paths!r}, {str(tmp_path / 'cache')!r}, 'ar', train__num_steps=2, train__warmup_steps=1, "
         "train__eval_every=0, train__checkpoint_every=2, data__val_tokens=0)\n"
     )
     store = str(tmp_path / "store")

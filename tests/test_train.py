@@ -301,7 +301,8 @@ def test_disk_full_while_saving_ends_with_one_line_naming_the_last_good_checkpoi
     assert main(["train", "--config", str(exp), "--workdir", workdir]) == 2
     err = capsys.readouterr().err
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    assert err.count("\n") == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]  # progress lines come before it on stderr
+    assert lines[-1].startswith("dllm-jax train: error: ") and err.count("error:") == 1 and "Traceback" not in err, err
     assert f"saving checkpoint 8 failed (OSError: [Errno {errno.ENOSPC}] No space left on device); the last good checkpoint is step 4 in {ckpt_dir}" in err
 
 

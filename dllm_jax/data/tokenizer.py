@@ -54,6 +54,7 @@ Text handling (the same for both kinds; ``encode(text, split_special_tokens=True
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -89,6 +90,36 @@ TRAINER_VERSION = f"dllm_jax-1/sentencepiece-{spm.__version__}"
 # a token store's identity, so stores tokenised by an older rule are not reused.
 ENCODING_VERSION = 2
 SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace meta symbol '▁'
+
+
+def _encode_failed(texts: Sequence[str], error: Exception) -> Exception:
+    """The error to raise when a tokenizer refused `texts`: a DataError naming the first text
+    with a lone surrogate (bytes that were not UTF-8, decoded with surrogateescape, e.g. from
+    the command line; neither SentencePiece nor `tokenizers` can encode them), else `error`."""
+    from dllm_jax.files import not_utf8
+
+    for n, text in enumerate(texts):
+        where = not_utf8(text) if isinstance(text, str) else None
+        if where is not None:
+            return DataError(f"text {n} to tokenize is not valid UTF-8 ({where}); decode it from its real "
+                             "encoding (e.g. bytes.decode('latin-1')) or convert it with iconv -f latin1 -t utf-8")
+    return error
+
+
+def _refuses_non_utf8(method):
+    """Wraps `encode` / `encode_batch`: text the tokenizer library refuses because it holds
+    lone surrogates is a DataError naming it (`_encode_failed`); other errors pass unchanged."""
+
+    @functools.wraps(method)
+    def wrapped(self, texts, *args, **kwargs):
+        if not isinstance(texts, str):
+            texts = list(texts)
+        try:
+            return method(self, texts, *args, **kwargs)
+        except (RuntimeError, TypeError, UnicodeError) as e:
+            raise _encode_failed([texts] if isinstance(texts, str) else texts, e) from None
+
+    return wrapped
 
 
 class Tokenizer:
@@ -184,6 +215,7 @@ class Tokenizer:
     def _cut_ids(self, piece: str) -> list[int]:
         return list(self._space_ids) if piece == SPACE_SYMBOL else [self.special_pieces()[piece]]
 
+    @_refuses_non_utf8
     def encode(self, text: str, split_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; no BOS or EOS added. ``split_special_tokens`` (default True):
         special-token strings in ``text`` are tokenised as text (module docstring)."""
@@ -192,6 +224,7 @@ class Tokenizer:
             return self._sp.EncodeAsIds(text)
         return self.encode_batch([text], num_threads=1, split_special_tokens=split_special_tokens)[0]
 
+    @_refuses_non_utf8
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None,
                      split_special_tokens: bool = True) -> list[list[int]]:
         """Encodes many texts at once with SentencePiece's threaded batch encoder (as ``encode``)."""
@@ -405,11 +438,13 @@ class HFTokenizer:
     def save(self, path: str) -> None:
         _atomic_write(path, self.model_bytes)
 
+    @_refuses_non_utf8
     def encode(self, text: str, split_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``, no special tokens added; ``split_special_tokens`` (default True):
         special-token strings in ``text`` are tokenised as text (module docstring)."""
         return self._encoder(split_special_tokens).encode(text, add_special_tokens=False).ids
 
+    @_refuses_non_utf8
     def encode_batch(self, texts: Sequence[str], num_threads: int | None = None,
                      split_special_tokens: bool = True) -> list[list[int]]:
         texts = list(texts)

@@ -69,6 +69,9 @@ def parse_cloze_file_name(name: str) -> dict | None:
     return {"task": task, "length": int(length), "context": "both" if both else "left",
             "choices": int(choices) if choices else DEFAULT_CLOZE_CHOICES, "n": int(n) if n else None, "step": int(step)}
 
+# free text that reaches the tokenizer: must be valid UTF-8 (cli.check_text_arguments)
+TEXT_ARGUMENTS = ("prompt",)
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="a trained run directory")

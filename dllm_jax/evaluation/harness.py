@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("lm-evaluation-harness is not installed; install the extra: pip install 'dllm_jax[eval]'")
     from lm_eval.__main__ import cli_evaluate
 
+    from dllm_jax.distributed import prefer_cpu_without_accelerator
+
+    prefer_cpu_without_accelerator()  # no TPU initialisation noise from libtpu on a host without one
+
     if argv is not None:
         sys.argv = [sys.argv[0]] + list(argv)
     cli_evaluate()

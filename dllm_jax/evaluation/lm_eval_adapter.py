@@ -23,8 +23,12 @@ Requests:
   answer token is the argmax; MDM, the same with the whole answer masked at once.
 - loglikelihood_rolling: the text in rolling windows of the run's data.seq_len, from an
   EOS start; AR exact, MDM the sum of the windows' LLaDA bounds (an ELBO of the text).
-- generate_until: `dllm_jax.sampling.generate` from the context (its left part dropped if
-  context + max_gen_toks exceeds data.seq_len), cut at the first stop string.
+- generate_until: `dllm_jax.sampling.generate_tokens` from the context's token ids (its
+  left part dropped, on token ids, so that [EOS] + context + max_gen_toks fits data.seq_len;
+  max_gen_toks is capped at data.seq_len - 1), cut at the first stop string.
+Every request fits the trained context: loglikelihood pairs are cut on token ids by
+`Scorer` (the context's left part, then the answer's, flagged `truncated`), rolling
+windows are at most data.seq_len long, and generation is cut as above.
 """
 
 from __future__ import annotations
@@ -120,9 +124,17 @@ class DllmJaxLM(LM):
         return out
 
     # ------------------------------------------------------------------ generation
+    def fit_context(self, ids, max_new: int) -> list:
+        """The last context token ids that fit before `max_new` new tokens: the sampler puts
+        one EOS in front, so [EOS] + context + new tokens is at most data.seq_len. The cut is
+        on token ids (decoding a cut and re-encoding it can give more tokens than the room,
+        e.g. a cut inside a multi-byte character becomes U+FFFD, three byte tokens)."""
+        room = self.max_length - 1 - max_new
+        return list(ids[-room:]) if room > 0 else []
+
     def generate_until(self, requests, disable_tqdm: bool = False):
         from dllm_jax import objectives
-        from dllm_jax.sampling import generate
+        from dllm_jax.sampling.api import generate_tokens
 
         tok = self.run.tokenizer
         out = []
@@ -141,13 +153,10 @@ class DllmJaxLM(LM):
                 opts["temperature"] = float(kwargs["temperature"])
             if kwargs.get("do_sample") is False:
                 opts["temperature"] = 0.0
-            ids = tok.encode(context)
-            room = self.max_length - max_new
-            if len(ids) > room:
-                context = tok.decode(ids[-room:]) if room > 0 else ""
-            res = generate(self.run.model, self.run.params, tok, [context], objective=self.run.config.objective,
-                           max_new_tokens=max_new, seed=self.seed, **opts)
-            text = res.texts[0]
+            ids = self.fit_context(tok.encode(context), max_new)
+            res = generate_tokens(self.run.model, self.run.params, tok, [ids], objective=self.run.config.objective,
+                                  max_new_tokens=max_new, seed=self.seed, context_length=self.max_length, **opts)
+            text = tok.decode(res.tokens[0][: int(res.lengths[0])])
             for stop in until:
                 if stop and stop in text:
                     text = text[: text.index(stop)]

@@ -8,6 +8,9 @@ import sys
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling.options import SAMPLERS
 
+# free text that reaches the tokenizer: must be valid UTF-8 (cli.check_text_arguments)
+TEXT_ARGUMENTS = ("prompt", "infill")
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--workdir", required=True, help="run directory written by `dllm-jax train`")

@@ -76,6 +76,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
+    c.ar.mir_weight = 0.0  # > 0: masked-input regularisation (Xu et al. 2026, dc_pretrain): + this weight x next-token loss of a masked copy of each row (one more pass); 0 = off
+    c.ar.mir_rate = 0.5  # MIR: each row's masking rate r ~ U(ar.mir_rate_min, ar.mir_rate) (dc_pretrain: U(0, 0.5))
+    c.ar.mir_rate_min = 0.0  # MIR: lower end of the rate's range (= ar.mir_rate: a fixed rate)
+    c.ar.mir_prefix = 8  # MIR: the first this many positions of a row are never masked (dc_pretrain's ltr_length)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.zst read directly), 'tfds' or 'array_record'
@@ -222,7 +226,8 @@ RULES = {
     "init.from_hf": STR, "init.from_workdir": STR,
     "mdm.schedule": _one_of(*MASK_SCHEDULES), "mdm.eps": _float(0.0, 1.0, lo_open=True, hi_open=True),
     "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
-    "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
+    "ar.input_mask_rate": HALF_OPEN_UNIT, "ar.mir_weight": _float(0.0), "ar.mir_rate": UNIT, "ar.mir_rate_min": UNIT,
+    "ar.mir_prefix": _int(0), "block_diffusion.block_size": _int(1),
     "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
@@ -491,6 +496,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if e.cloze_context == "both" and objectives.build(cfg).pair_estimator not in ("ar", "llada"):
         raise ConfigError(f"eval.cloze_context='both' scores AR and MDM runs, not objective={cfg.objective!r}; use "
                           "eval.cloze_context='left'")
+    if cfg.ar.mir_weight > 0 and objectives.build(cfg).network_copies == 1:  # an objective without MIR would ignore it
+        raise ConfigError(f"ar.mir_weight={cfg.ar.mir_weight} is masked-input regularisation of an AR run, and objective={cfg.objective!r}; "
+                          "set --config.objective=ar or drop ar.mir_weight (0 = off)")
     if cfg.init.from_hf and cfg.init.from_workdir:
         raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     objectives.build(cfg).validate(cfg)

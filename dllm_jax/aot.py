@@ -38,17 +38,16 @@ import time
 
 from dllm_jax import config as config_lib
 from dllm_jax.errors import DllmError
+from dllm_jax.flops import TPU_PEAK_FLOPS
 
 GIB = 1024**3
-# device_kind -> (HBM bytes per chip, peak dense bf16 FLOP/s per chip)
-CHIPS = {
-    "TPU v2": (16 * GIB, 45e12),
-    "TPU v3": (32 * GIB, 123e12),
-    "TPU v4": (32 * GIB, 275e12),
-    "TPU v5 lite": (16 * GIB, 197e12),  # v5e
-    "TPU v5": (95 * GIB, 459e12),  # v5p
-    "TPU v6 lite": (32 * GIB, 918e12),  # v6e (Trillium)
-}
+# device_kind -> (HBM bytes per chip, peak dense bf16 FLOP/s per chip: dllm_jax.flops.TPU_PEAK_FLOPS)
+CHIPS = {kind: (hbm * GIB, TPU_PEAK_FLOPS[kind]) for kind, hbm in (
+    ("TPU v2", 16), ("TPU v3", 32), ("TPU v4", 32),
+    ("TPU v5 lite", 16),  # v5e
+    ("TPU v5", 95),  # v5p
+    ("TPU v6 lite", 32),  # v6e (Trillium)
+)}
 EXAMPLES = "v5e:2x2, v5e:4x4, v5p:2x2x1, v5p:4x4x4, v4:2x2x1, v6e:4x4"
 
 

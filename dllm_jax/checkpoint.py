@@ -126,7 +126,7 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> LoadedRun:
     Parameters are restored replicated over `mesh` (default: all local devices on the
     data axis) unless the config's mesh says otherwise."""
     from dllm_jax import sharding, train_step, optim
-    from dllm_jax.data.tokenizer import tokenizer_from_bytes
+    from dllm_jax.data.tokenizer import tokenizer_from_bytes, tokenizer_names
 
     if not paths.isdir(checkpoint_dir(workdir)):
         raise CheckpointError(f"{workdir!r} has no checkpoints/ folder; is it a dllm-jax run directory? Train with: dllm-jax train --config ... --workdir {workdir}")
@@ -136,10 +136,10 @@ def load_run(workdir: str, step: int | None = None, mesh=None) -> LoadedRun:
         try:
             step, cfg_dict, tok_bytes = ckpt.restore_meta(step)
             config = config_lib.complete(cfg_dict)
-            tokenizer = tokenizer_from_bytes(tok_bytes)
+            tokenizer = tokenizer_from_bytes(tok_bytes, **tokenizer_names(config.data))
             if mesh is None:
                 mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-            model = train_step.build_model(config, tokenizer.vocab_size)
+            model = train_step.build_model(config, tokenizer.vocab_size, tokenizer.pad_is_extra)
             tx = optim.make_optimizer(config.train, max(config.train.num_steps, 1))
             target = train_step.abstract_state(model, tx, mesh, config.data.seq_len)
             state = ckpt.restore(step, target)

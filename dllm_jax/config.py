@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.remat = "none"  # one of REMAT_POLICIES
     c.model.dropout = 0.0  # residual dropout (the AR regularisation ablation)
     c.model.attention_impl = "auto"  # 'auto' (TPU: splash, GPU: cudnn if bf16/fp16, else xla), 'xla', 'cudnn' or 'splash' (Pallas TPU kernel; seq_len a multiple of 128)
-    c.model.vocab_multiple = 128  # model vocab rows = tokenizer vocab + 1 ([MASK]), rounded up
+    c.model.vocab_multiple = 128  # model vocab rows = tokenizer vocab + 1 ([MASK]) (+ 1 [PAD] if it has no pad token), rounded up
     c.model.num_experts = 0  # 0 = dense SwiGLU MLP; > 0 = token-choice top-k MoE MLP in every block
     c.model.experts_per_token = 2  # top-k experts per token (MoE)
     c.model.capacity_factor = 1.25  # MoE expert capacity = factor * tokens * k / experts (per device); 0 = dropless
@@ -82,7 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.ar.mir_prefix = 8  # MIR: the first this many positions of a row are never masked (dc_pretrain's ltr_length)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.zst read directly), 'tfds' or 'array_record'
+    c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.bz2/.xz/.zst read directly), 'tfds' or 'array_record'
     c.data.paths = ""  # file sources: one string of comma-separated globs (local or gs://...; ** recurses)
     c.data.text_split = "file"  # text: 'file' | 'paragraph' | 'line' (one file under 'file' is split at blank lines)
     c.data.tfds_name = ""  # e.g. 'lm1b', 'tiny_shakespeare' (prepared in the TFDS data dir)
@@ -96,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # path to a SentencePiece model; '' = train one into the workdir
     c.data.vocab_size = 1024  # pieces of a tokenizer trained here (>= 512 recommended)
     c.data.tokenizer_type = "unigram"  # 'unigram' or 'bpe' (SentencePiece)
+    c.data.split_special_tokens = True  # True: special-token strings in corpus text (e.g. '</s>') are text, as transformers' split_special_tokens; False: they become their ids
+    c.data.eos_token = ""  # the special token that ends every document (a real, trained token); '' = the tokenizer's own
+    c.data.pad_token = ""  # the special token used for padding only (never EOS); '' = the tokenizer's own, else an extra id
     c.data.store = ""  # a token store made by `dllm-jax prepare` to train from; '' = prepare the source into data.cache_dir
     c.data.cache_dir = ""  # where sources are prepared into token stores; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
     c.data.max_docs = 0  # use only the first N documents of the source (0 = all)
@@ -121,8 +124,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.keep_last = 2  # newest checkpoints kept
     c.train.keep_every = 0  # 0 = keep no extra periodic checkpoints
     c.train.async_checkpoint = True  # write checkpoints in the background
-    c.train.progress = True  # progress bar
+    c.train.progress = True  # progress bar on a terminal (off a terminal, or False: one plain line per log record and evaluation)
+    c.train.profile_steps = ""  # e.g. '10,15': a jax.profiler trace of steps 10 to 15 into <workdir>/profile/ ('' = none; '12' = one step)
     c.train.tensorboard = True  # TensorBoard event files in <workdir>/tensorboard
+    c.train.wandb_project = ""  # Weights & Biases project to log to ('' = none; pip install 'dllm_jax[wandb]'; WANDB_MODE=offline works)
 
     c.eval = ml_collections.ConfigDict()  # evaluation during training and defaults of `dllm-jax eval`
     c.eval.at_epoch_end = True  # also validate (and cloze, when on) at the end of every epoch
@@ -232,14 +237,15 @@ RULES = {
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1, 10**6), "data.val_tokens": _int(0),
-    "data.tokenizer": STR, "data.vocab_size": _int(1, 1 << 20), "data.tokenizer_type": _one_of("unigram", "bpe"),
+    "data.tokenizer": STR, "data.vocab_size": _int(1, 1 << 20), "data.tokenizer_type": _one_of("unigram", "bpe"), "data.split_special_tokens": BOOL,
+    "data.eos_token": STR, "data.pad_token": STR,
     "data.cache_dir": STR, "data.store": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
     "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
     "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),
     "train.decay_fraction": _float(0.0, 1.0, lo_open=True), "train.b1": HALF_OPEN_UNIT, "train.b2": HALF_OPEN_UNIT,
     "train.weight_decay": _float(0.0), "train.clip_norm": POSITIVE, "train.log_every": _int(1), "train.eval_every": _int(0),
     "train.eval_batches": _int(0), "train.checkpoint_every": _int(1), "train.keep_last": _int(1), "train.keep_every": _int(0),
-    "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL,
+    "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL, "train.profile_steps": STR, "train.wandb_project": STR,
     "eval.at_epoch_end": BOOL, "eval.at_epochs": STR, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
     "eval.cloze_length": _int(0), "eval.cloze_context": _one_of("left", "both"), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
     "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH, "mesh.expert": MESH,
@@ -252,7 +258,7 @@ RULES = {
 # and they never name a series in a sweep report (`study.runs`).
 HOW_KEYS = ("model.remat", "model.loss_chunk", "model.attention_impl", "train.grad_accum",
             "train.log_every", "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_last",
-            "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard",
+            "train.keep_every", "train.async_checkpoint", "train.progress", "train.tensorboard", "train.profile_steps", "train.wandb_project",
             "data.cache_dir", "data.paths", "data.store", "data.tfds_data_dir", "data.tokenizer", "eval.", "mesh.")
 # Optimiser settings to change after a divergence ("lower train.lr or raise train.warmup_steps,
 # then rerun"): changeable on resume, where the remaining steps use the new values. They do
@@ -487,6 +493,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     t = cfg.train
     if t.batch_size % t.grad_accum:
         raise ConfigError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
+    parse_profile_steps(t.profile_steps)
     e = cfg.eval
     parse_epochs(e.at_epochs)
     if e.cloze_length >= d.seq_len:
@@ -521,6 +528,22 @@ def parse_epochs(text: str) -> list[float]:
             raise ConfigError(f"eval.at_epochs={text!r}: {part!r} is not a positive number of epochs; give e.g. '1,2,4,8' ('' = none)")
         out.add(value)
     return sorted(out)
+
+
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+    """`train.profile_steps` as (first, last) steps, 1-based and inclusive ('10,15' -> (10, 15);
+    '12' -> (12, 12)), or None for ''; ConfigError for anything else."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    fix = "give FIRST,LAST steps such as '10,15' (or one step, '12'; '' = no profile)"
+    if len(parts) > 2 or not all(p.isdigit() for p in parts):
+        raise ConfigError(f"train.profile_steps={text!r} is not a step range; {fix}")
+    first, last = int(parts[0]), int(parts[-1])
+    if first < 1 or last < first:
+        raise ConfigError(f"train.profile_steps={text!r}: steps count from 1 and the last must not come before the first; {fix}")
+    return first, last
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

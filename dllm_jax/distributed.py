@@ -113,8 +113,32 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if explicit["num_processes"] == 1:
             return
         jax.distributed.initialize(**explicit, initialization_timeout=timeout_s)
+    no_persistent_cache_on_cpu_processes()
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
+
+
+def no_persistent_cache_on_cpu_processes() -> bool:
+    """Turn JAX's persistent compilation cache off in a multi-process run on CPU devices.
+
+    Observed with jax/jaxlib 0.12.1 (tests/test_multihost.py): when the processes of a
+    multi-process CPU run (collectives over Gloo) load their train step from a persistent
+    cache (JAX_COMPILATION_CACHE_DIR / jax_compilation_cache_dir) that an earlier
+    multi-process run wrote, both deadlock in the step's first collective: no error, no
+    progress, idle CPUs. JAX writes the cache from process 0 only and every process reads
+    that entry, so a process other than 0 runs process 0's CPU executable. The same run
+    without the cache completes. TPU and GPU executables are meant to be shared this way
+    (JAX's multi-host cache documentation) and are left alone. Must run before the first
+    compilation (JAX decides once per process whether the cache is used). Returns True when
+    it turned the cache off."""
+    if jax.process_count() < 2 or not jax.config.jax_enable_compilation_cache or not jax.config.jax_compilation_cache_dir:
+        return False
+    if jax.default_backend() != "cpu":
+        return False
+    jax.config.update("jax_enable_compilation_cache", False)
+    log.warning("persistent compilation cache %s turned off: processes of a multi-process CPU run deadlock on executables "
+                "loaded from it (each process compiles its own)", jax.config.jax_compilation_cache_dir)
+    return True
 
 
 def data_shard(mesh, global_batch: int) -> tuple[int, int]:

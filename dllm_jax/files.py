@@ -1,8 +1,9 @@
 """Reading the small text files a user hands the CLI (task files, workdir JSON): one place
 that decides what is accepted and says clearly what is not.
 
-Accepted and normalised: gzip / bzip2 / xz compression (detected from the first bytes, so
-`tasks.jsonl.gz` is read directly), a UTF-8 byte-order mark (dropped), and Windows / old Mac
+Accepted and normalised: gzip / bzip2 / xz / zstd compression (detected from the first bytes, so
+`tasks.jsonl.gz` is read directly; the rule of corpus files, `dllm_jax.data.formats.compression_of`:
+another compression or an archive is one error naming it and how to extract it), a UTF-8 byte-order mark (dropped), and Windows / old Mac
 line endings (read as '\\n'). Not accepted, each a `DataError` naming the file, the line and
 the fix: UTF-16 / UTF-32 (a byte-order mark or NUL bytes), and bytes that are not UTF-8
 (e.g. a latin-1 file).
@@ -10,15 +11,10 @@ the fix: UTF-16 / UTF-32 (a byte-order mark or NUL bytes), and bytes that are no
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import json
-import lzma
 
 from dllm_jax import paths
 from dllm_jax.errors import DataError
-
-_MAGIC = ((b"\x1f\x8b", "gzip", gzip.decompress), (b"BZh", "bzip2", bz2.decompress), (b"\xfd7zXZ\x00", "xz", lzma.decompress))
 
 
 def decode_text(data: bytes, path: str) -> str:
@@ -31,20 +27,17 @@ def decode_text(data: bytes, path: str) -> str:
 
 
 def read_bytes(path: str, what: str = "file") -> bytes:
-    """The bytes of `path`, decompressed when it is gzip / bzip2 / xz."""
+    """The bytes of `path`, decompressed when it is gzip / bzip2 / xz / zstd
+    (`dllm_jax.data.formats.decompress_bytes`)."""
     if not paths.isfile(path):
         raise DataError(f"{what} {path!r} does not exist (or is not a file)")
     try:
         data = paths.read_bytes(path)
     except OSError as e:
         raise DataError(f"{what} {path!r} cannot be read: {e.strerror or e}") from None
-    for magic, name, decompress in _MAGIC:
-        if data.startswith(magic):
-            try:
-                return decompress(data)
-            except (OSError, EOFError, ValueError, lzma.LZMAError) as e:
-                raise DataError(f"{path} is a damaged or truncated {name} file ({e}); download or compress it again") from None
-    return data
+    from dllm_jax.data.formats import decompress_bytes  # pylint: disable=import-outside-toplevel
+
+    return decompress_bytes(data, path)
 
 
 def read_text(path: str, what: str = "file") -> str:

@@ -34,8 +34,10 @@ the fast samplers are assumptions (they depend on the model and the threshold).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from dllm_jax.models import ModelConfig
+if TYPE_CHECKING:  # annotations only: importing this module (aot's chip table) needs no JAX
+    from dllm_jax.models import ModelConfig
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -167,3 +169,61 @@ def generation_flops_table(cfg: ModelConfig, lengths=GENERATION_LENGTHS, prompt_
         row.update({f"{name}_vs_ar": row[name] / row["ar_kv_cache"] for name in INFERENCE_METHODS if name != "ar_kv_cache"})
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------- peak FLOP/s by chip (for MFU)
+# Dense (no structured sparsity) bfloat16 peak FLOP/s per chip, by jax `Device.device_kind`.
+# MFU is taken against this peak whatever the compute dtype (model.dtype), as MaxText does.
+# Sources (vendor data sheets / product pages):
+#   TPU v2 45, v3 123, v4 275, v5e 197, v5p 459, v6e (Trillium) 918 TFLOP/s per chip:
+#     cloud.google.com/tpu/docs/v2, .../v3, .../v4, .../v5e, .../v5p, .../v6e ("System architecture");
+#   NVIDIA H100 SXM 989.5, H100 PCIe 756.5, H100 NVL 835.5 TFLOP/s (the data sheet's BF16 Tensor Core
+#     figures 1,979 / 1,513 / 1,671 are "with sparsity": halved here): nvidia.com/en-us/data-center/h100/;
+#   NVIDIA H200 SXM 989.5, H200 NVL 835.5 (1,979 / 1,671 with sparsity): nvidia.com/en-us/data-center/h200/;
+#   NVIDIA A100 (SXM and PCIe, 40/80 GB) 312 (624 with sparsity): nvidia.com/en-us/data-center/a100/.
+# JAX names v5e "TPU v5 lite", v5p "TPU v5" and v6e "TPU v6 lite"; the Cloud names are aliases.
+TPU_PEAK_FLOPS = {
+    "TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12,
+    "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5": 459e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+# GPUs: the first entry whose words all occur in the device kind (e.g. 'NVIDIA H100 80GB HBM3') wins
+GPU_PEAK_FLOPS = (
+    (("H100", "PCIE"), 756.5e12), (("H100", "NVL"), 835.5e12), (("H100",), 989.5e12),
+    (("H200", "NVL"), 835.5e12), (("H200",), 989.5e12),
+    (("A100",), 312e12),
+)
+# TPU v2/v3 expose each chip's 2 TensorCores as 2 JAX devices; later chips are one device each
+DEVICES_PER_CHIP = {"TPU v2": 2, "TPU v3": 2}
+
+
+def peak_flops_per_chip(device_kind: str) -> float | None:
+    """Dense bf16 peak FLOP/s of one chip of `device_kind` (a jax `Device.device_kind`), or
+    None where the table has none (CPUs, other GPUs): no MFU is reported there."""
+    if device_kind in TPU_PEAK_FLOPS:
+        return TPU_PEAK_FLOPS[device_kind]
+    upper = device_kind.upper().replace("-", " ")
+    for words, peak in GPU_PEAK_FLOPS:
+        if all(w in upper for w in words):
+            return peak
+    return None
+
+
+def chips(device_kind: str, num_devices: int) -> float:
+    """The chips that `num_devices` JAX devices of `device_kind` make up."""
+    return num_devices / DEVICES_PER_CHIP.get(device_kind, 1)
+
+
+def utilisation(flops_per_token: float, tokens_per_sec: float, device_kind: str, num_devices: int) -> dict:
+    """Model FLOP/s per chip and MFU of a training throughput.
+
+    `flops_per_token`: model FLOPs per training token (`Objective.train_flops_per_token`:
+    forward + backward, full attention); `tokens_per_sec`: training tokens per second over all
+    `num_devices`. Returns {'tflops_per_chip': model TFLOP/s per chip} plus {'mfu': that over
+    the chip's dense bf16 peak (a fraction, not %)} where `peak_flops_per_chip` knows the kind."""
+    per_chip = flops_per_token * tokens_per_sec / chips(device_kind, num_devices)
+    out = {"tflops_per_chip": per_chip / 1e12}
+    peak = peak_flops_per_chip(device_kind)
+    if peak:
+        out["mfu"] = per_chip / peak
+    return out

@@ -6,10 +6,15 @@ import jax
 import optax
 
 
+def warmup_steps(train_cfg, num_steps: int) -> int:
+    """The warmup the schedule uses: train.warmup_steps, capped at num_steps - 1."""
+    return min(train_cfg.warmup_steps, max(num_steps - 1, 0))
+
+
 def lr_schedule(train_cfg, num_steps: int) -> optax.Schedule:
     """'cosine': linear warmup then cosine to min_lr; 'wsd': warmup, constant, linear decay over the
     last `decay_fraction` of steps; 'constant': warmup then constant."""
-    peak, warmup = train_cfg.lr, min(train_cfg.warmup_steps, max(num_steps - 1, 0))
+    peak, warmup = train_cfg.lr, warmup_steps(train_cfg, num_steps)
     floor = peak * train_cfg.min_lr_ratio
     warm = optax.linear_schedule(0.0 if warmup else peak, peak, max(warmup, 1))
     rest = max(num_steps - warmup, 1)

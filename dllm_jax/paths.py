@@ -160,6 +160,16 @@ def stat(path) -> dict:
     return {"size": info.get("size"), "mtime": None if mtime is None else str(mtime)}
 
 
+def info(path) -> dict:
+    """What the filesystem reports about a URL's object (fsspec ``info``: size, and e.g. GCS
+    'md5Hash' / 'crc32c', S3 'ETag'); locally {'size': bytes}."""
+    path = expand(path)
+    if not is_url(path):
+        return {"size": os.stat(path).st_size}
+    fs, p = _fs(path)
+    return dict(fs.info(p))
+
+
 def open_file(path, mode: str = "rb", encoding: str | None = None, newline: str | None = None) -> IO:
     """Opens a local file or URL ('r', 'rb', 'w', 'wb', 'a'); text modes default to UTF-8."""
     path = expand(path)

@@ -7,9 +7,11 @@ checkpoint resumes from the latest one and continues exactly as if never interru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import logging
+import os
 import signal
 import time
 
@@ -19,14 +21,15 @@ from flax import linen as nn
 
 from dllm_jax import config as config_lib
 from dllm_jax import paths
-from dllm_jax import distributed, hf, objectives, optim, sharding, train_step
+from dllm_jax import distributed, flops, hf, objectives, optim, sharding, train_step
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
-from dllm_jax.metrics import MetricsWriter, Progress
+from dllm_jax.metrics import MetricsWriter, Progress, StepTimer, read_metrics, require_wandb, resume_totals
 
 log = logging.getLogger("dllm_jax")
 
 DONE_FILE = "DONE"
+RUN_LABEL_ENV = "DLLM_JAX_RUN_LABEL"  # the progress lines' prefix (`dllm-jax sweep` sets 'point i/N NAME')
 
 
 def _data_location(config) -> str:
@@ -49,14 +52,21 @@ def _check_same_data(workdir: str, saved_config, config, fingerprint: str) -> No
         )
 
 
+def config_differences(saved: dict, config, changeable=config_lib.resume_changeable) -> list:
+    """[(key, saved value, new value)] of the flat keys where `config` differs from the `saved`
+    config dict, other than those `changeable(key)` allows; keys added to the library after the
+    run was saved take their defaults."""
+    old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
+
+
 def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_changeable) -> None:
     """ConfigError unless `config` differs from the `saved` one only in keys `changeable(key)`
     allows (default: what may change on resume, decided in the config schema). Keys added to
     the library after the run was saved take their defaults."""
-    old, new = config_lib.flatten(config_lib.complete(saved).to_dict()), config_lib.flatten(config.to_dict())
-    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not changeable(k)]
+    diffs = config_differences(saved, config, changeable)
     if diffs:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:6])
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:6])
         raise ConfigError(
             f"the workdir holds a run with a different config ({shown}); resuming would mix two experiments. "
             "Use a new --workdir, or rerun with the saved values (see config.json in the workdir). "
@@ -113,17 +123,21 @@ def evaluate(scorer, params, val: np.ndarray, batch_size: int, num_batches: int,
     return {k: float(v) for k, v in rec.items() if v is not None}
 
 
-def train(config, workdir: str, stop_after: int | None = None) -> dict:
-    """Train (or resume) the run in `workdir`. Returns the final summary.
+def train(config, workdir: str, stop_after: int | None = None, *, clock=time.perf_counter) -> dict:
+    """Train (or resume) the run in `workdir`. Returns the final summary (also written to
+    DONE), with `timing`: the run's `*_seconds_total` (see `metrics.StepTimer`).
 
     `stop_after`: run at most this many steps in this call, then checkpoint and return (the
-    schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests."""
+    schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests.
+    `clock`: the timer's clock (seconds; tests inject one)."""
     from dllm_jax.data.pipeline import LOADER_READ_OPTIONS, build_dataset, train_loader
     from dllm_jax.data.pipeline import workdir_tokenizer_path
-    from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes
+    from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_from_bytes, tokenizer_names
 
     distributed.initialize()  # multi-process runs: from the environment, before devices are touched
     config_lib.validate(config)
+    if config.train.wandb_project and jax.process_index() == 0:
+        require_wandb(config.train.wandb_project)  # before any data or compile work
     workdir = paths.absolute(workdir)
     paths.makedirs(workdir)
     tcfg = config.train
@@ -134,9 +148,9 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         saved_config, saved_tokenizer = saved
         hf.resolve_init(config, saved=saved_config)  # resuming: the run's own checkpoint wins over init.*
         check_resume_compatible(saved_config, config)
-        saved_tok = tokenizer_from_bytes(saved_tokenizer)
+        saved_tok = tokenizer_from_bytes(saved_tokenizer, **tokenizer_names(config_lib.complete(saved_config).data))
         if config.data.tokenizer:
-            given = load_tokenizer(config.data.tokenizer)
+            given = load_tokenizer(config.data.tokenizer, **tokenizer_names(config.data))
             if given.fingerprint != saved_tok.fingerprint:
                 raise ConfigError(
                     f"tokenizer mismatch: data.tokenizer={config.data.tokenizer!r} (fingerprint {given.fingerprint}) is not the "
@@ -168,7 +182,7 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         )
     if (batch_size // tcfg.grad_accum) % batch_shards:
         log.warning("micro-batch %d does not divide over data*fsdp*expert=%d devices; XLA will replicate", batch_size // tcfg.grad_accum, batch_shards)
-    model = train_step.build_model(config, tokenizer.vocab_size)
+    model = train_step.build_model(config, tokenizer.vocab_size, tokenizer.pad_is_extra)
     tx = optim.make_optimizer(tcfg, num_steps)
     lr_fn = optim.lr_schedule(tcfg, num_steps)
     ids = train_step.token_ids(tokenizer)
@@ -222,32 +236,51 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
         if jax.process_index() == 0:
             paths.write_text(paths.join(workdir, "run.json"), json.dumps(summary, indent=2))
 
-        writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard)
-        bar = Progress(num_steps, start, tcfg.progress, desc=f"{config.objective} {paths.basename(workdir)}")
+        writer = MetricsWriter(workdir, resume_step=start, tensorboard=tcfg.tensorboard, wandb_project=tcfg.wandb_project,
+                               run_config=config.to_dict())
+        bar = Progress(num_steps, start, tcfg.progress, desc=os.environ.get(RUN_LABEL_ENV) or f"{config.objective} {paths.basename(workdir)}")
         tokens_per_step = batch_size * seq_len
         last_good = resume_step
-        window, t_window = [], time.perf_counter()
+        profile = config_lib.parse_profile_steps(tcfg.profile_steps)
+        timer = StepTimer(clock, totals=resume_totals(read_metrics(workdir)) if start else None, extra_kinds=("profile",) if profile else ())
+        device_kind, num_devices = jax.devices()[0].device_kind, jax.device_count()
+        if flops.peak_flops_per_chip(device_kind) is None:
+            log.info("no MFU in the training records: no peak FLOP/s is known for device kind %r (dllm_jax.flops); "
+                     "they give model TFLOP/s per chip (per device here) only", device_kind)
+        window = []
         prev = None
 
+        def settle():  # wait for the steps dispatched so far, so that their time is not charged to what follows
+            if prev is not None:
+                jax.block_until_ready(prev[1])
+
+        profiler = _Profiler(profile, paths.join(workdir, "profile"), timer, settle)
+
         def do_eval(step, with_cloze=True):
-            rec = evaluate(val_scorer, state.params, dataset.val, batch_size, tcfg.eval_batches, objective,
-                           objective.val_draws(config), seed=config.seed)
+            settle()
+            with timer.pause("eval") as took:
+                rec = evaluate(val_scorer, state.params, dataset.val, batch_size, tcfg.eval_batches, objective,
+                               objective.val_draws(config), seed=config.seed)
+                if rec:
+                    rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
+                    if cloze is not None and with_cloze:
+                        rec.update(cloze(state.params))
             if rec:
-                rec = {"step": step, "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step, **rec}
-                if cloze is not None and with_cloze:
-                    rec.update(cloze(state.params))
+                rec["eval_seconds"] = took.seconds
                 writer.write(rec, prefix="val/")
-                bar.write(f"step {step}: val_loss {rec['val_loss']:.4f}")
+                extra = "".join(f" {k} {rec[k]:.4f}" for k in ("cloze_acc",) if isinstance(rec.get(k), float))
+                bar.write(f"step {step}/{num_steps} val_loss {rec['val_loss']:.4f}{extra} (evaluation {took.seconds:.1f} s)")
             return rec
 
         def save(step):
             nonlocal last_good
-            with _SaveErrors(ckpt, step, lambda: last_good):
+            settle()
+            with _SaveErrors(ckpt, step, lambda: last_good), timer.pause("checkpoint"):
                 ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
             last_good = step
 
         def finish():  # waits for a background save: its I/O errors surface here
-            with _SaveErrors(ckpt, last_good, lambda: _previous(ckpt, last_good)):
+            with _SaveErrors(ckpt, last_good, lambda: _previous(ckpt, last_good)), timer.pause("checkpoint"):
                 ckpt.close()
 
         def diverged(step, metrics):
@@ -259,11 +292,17 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             )
 
         last_val = {}
-        with _StopSignal() as stop:
+        with _StopSignal() as stop, profiler:
             step = start
             while step < num_steps:
-                batch = next(data_iter)
-                state, metrics = step_fn(state, sharding.global_batch(mesh, batch, batch_size))
+                profiler.before(step + 1)
+                compiling = step == start  # a process's first step compiles the train step: timed as compilation
+                with timer.pause("compile") if compiling else contextlib.nullcontext():
+                    batch = next(data_iter)
+                    state, metrics = step_fn(state, sharding.global_batch(mesh, batch, batch_size))
+                    if compiling:
+                        jax.block_until_ready(metrics)
+                timer.count_step(timed=not compiling)
                 step += 1
                 if prev is not None and not bool(prev[1]["finite"]):  # one step behind: keeps dispatch async
                     diverged(*prev)
@@ -277,14 +316,15 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
                 at_ckpt = step % tcfg.checkpoint_every == 0 or step == num_steps or bool(stopping) or scheduled
                 if (at_log or at_ckpt) and not bool(metrics["finite"]):
                     diverged(step, metrics)
+                profiler.after(step)
                 if at_log:
-                    rec = _mean_records(window)
-                    dt = time.perf_counter() - t_window
-                    rec = {"step": step, **rec, "tokens_per_sec": len(window) * tokens_per_step / dt,
+                    rec = _mean_records(window)  # device_get: waits for the window's last step before the clock is read
+                    rec = {"step": step, **rec, **_speed(timer.window(), tokens_per_step, flops_per_token, device_kind, num_devices),
                            "epoch": step / steps_per_epoch, "tokens_seen": step * tokens_per_step}
                     writer.write(rec, prefix="train/")
-                    bar.update(len(window), loss=rec["loss"], tok_s=int(rec["tokens_per_sec"]), epoch=f"{rec['epoch']:.2f}")
-                    window, t_window = [], time.perf_counter()
+                    bar.update(len(window), step=step, loss=rec["loss"], tokens_per_sec=rec.get("tokens_per_sec"), mfu=rec.get("mfu"),
+                               lr=rec.get("lr"), epoch=rec["epoch"], elapsed=timer.elapsed(), eta=timer.eta(num_steps - step))
+                    window = []
                 epoch_end = config.eval.at_epoch_end and step % steps_per_epoch == 0
                 cloze_now = cloze is not None and bool(config.eval.cloze_every) and step % config.eval.cloze_every == 0
                 cloze_now = cloze_now or scheduled
@@ -305,12 +345,73 @@ def train(config, workdir: str, stop_after: int | None = None) -> dict:
             finish()
             bar.close()
             writer.close()
+            timer.window()  # the final evaluation and checkpoint into the totals
 
     final_train = [r for r in _read_train_records(workdir) if "loss" in r]
-    summary.update({"step": num_steps, "final": {"train_loss": final_train[-1]["loss"] if final_train else None, **last_val}})
+    summary.update({"step": num_steps, "final": {"train_loss": final_train[-1]["loss"] if final_train else None, **last_val},
+                    "timing": {k: round(v, 3) for k, v in timer.totals.items()}})
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, DONE_FILE), json.dumps(summary, indent=2))
     return summary
+
+
+def _speed(timing: dict, tokens_per_step: int, flops_per_token: float, device_kind: str, num_devices: int) -> dict:
+    """A training record's speed fields from a `StepTimer.window()`: tokens/s of the optimiser
+    steps alone, model TFLOP/s per chip and MFU (`flops.utilisation`; none where the chip's
+    peak is unknown, e.g. CPUs), then the window's timing. A window that timed no step (only
+    the compiling one) has no speed fields."""
+    out = {}
+    if timing.get("step_seconds"):
+        out["tokens_per_sec"] = tokens_per_step / timing["step_seconds"]
+        out.update(flops.utilisation(flops_per_token, out["tokens_per_sec"], device_kind, num_devices))
+    return {**out, **timing}
+
+
+class _Profiler:
+    """`train.profile_steps` = (first, last): a `jax.profiler` trace of those steps (1-based,
+    inclusive) into `directory` (TensorBoard's profile plugin or Perfetto read it). A resumed
+    run past `first` traces from its first step; starting and stopping the trace (which writes
+    it) are timed as 'profile', not as steps. A trace that cannot be started or written is a
+    warning: training goes on."""
+
+    def __init__(self, steps, directory: str, timer: StepTimer, settle):
+        self.steps, self.directory, self.timer, self.settle = steps, directory, timer, settle
+        self.active = self.done = False
+
+    def before(self, step: int) -> None:
+        if self.steps and not (self.active or self.done) and self.steps[0] <= step <= self.steps[1]:
+            self.settle()
+            with self.timer.pause("profile"):
+                try:
+                    jax.profiler.start_trace(self.directory)
+                    self.active, self.first = True, step
+                except Exception as e:  # noqa: BLE001 - profiling must not stop training
+                    self.done = True
+                    log.warning("train.profile_steps: the profiler did not start (%s); training goes on without a trace", _short(e))
+
+    def after(self, step: int) -> None:
+        if self.active and step >= self.steps[1]:
+            self.stop(step)
+
+    def stop(self, step: int | None = None) -> None:
+        if not self.active:
+            return
+        self.settle()
+        self.active, self.done = False, True
+        with self.timer.pause("profile"):
+            try:
+                jax.profiler.stop_trace()
+            except Exception as e:  # noqa: BLE001
+                log.warning("train.profile_steps: writing the trace to %s failed (%s); training goes on", self.directory, _short(e))
+                return
+        log.info("profile of steps %d-%s written to %s", self.first, step if step is not None else "?", self.directory)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):  # a run that stops (or fails) inside the range still writes its trace
+        self.stop()
+        return False
 
 
 def _short(error: BaseException) -> str:

@@ -31,23 +31,27 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
-def model_vocab_rows(tokenizer_vocab: int, multiple: int) -> int:
-    """Embedding rows: the tokenizer's pieces plus [MASK], rounded up for efficient matmuls."""
-    rows = tokenizer_vocab + 1
+def model_vocab_rows(tokenizer_vocab: int, multiple: int, extra_pad: bool = False) -> int:
+    """Embedding rows: the tokenizer's pieces plus [MASK] (id tokenizer_vocab), plus [PAD]
+    (id tokenizer_vocab + 1) when the tokenizer has no pad piece of its own (`extra_pad`, the
+    tokenizer's `pad_is_extra`), rounded up to `multiple` for efficient matmuls."""
+    rows = tokenizer_vocab + 1 + int(bool(extra_pad))
     return -(-rows // multiple) * multiple if multiple > 1 else rows
 
 
-def build_model(config, tokenizer_vocab: int) -> Transformer:
-    """The run's Transformer. ConfigError for model.attention_impl='cudnn' without a GPU (cuDNN
+def build_model(config, tokenizer_vocab: int, extra_pad: bool = False) -> Transformer:
+    """The run's Transformer (`model_vocab_rows(tokenizer_vocab, model.vocab_multiple, extra_pad)`
+    embedding rows). ConfigError for model.attention_impl='cudnn' without a GPU (cuDNN
     would fail deep inside the first step with a RuntimeError)."""
     if config.model.attention_impl == "cudnn" and jax.default_backend() != "gpu":
         raise ConfigError(f"model.attention_impl='cudnn' needs a GPU, and this machine's JAX backend is "
                           f"{jax.default_backend()!r}: use 'auto' (cuDNN on GPUs, splash on TPUs, XLA elsewhere) or 'xla' "
                           "(a run trained with cuDNN can be evaluated here with --config.model.attention_impl=xla)")
-    return Transformer(ModelConfig.from_config(config.model, model_vocab_rows(tokenizer_vocab, config.model.vocab_multiple)))
+    return Transformer(ModelConfig.from_config(config.model, model_vocab_rows(tokenizer_vocab, config.model.vocab_multiple, extra_pad)))
 
 
 def token_ids(tokenizer) -> objectives.TokenIds:
+    """The objectives' ids of a tokenizer: pad (padding only, never EOS), EOS, [MASK]."""
     return objectives.TokenIds(pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id)
 
 

@@ -108,6 +108,36 @@ def test_tokenizer_train_save_load_roundtrip(tmp_path, corpus):
     assert train_tokenizer(corpus["docs"], 512, None).model_bytes == tok.model_bytes
 
 
+def test_sentencepiece_text_handling_specials_and_u2581(tmp_path, corpus):
+    """Control pieces in text are text unless split_special_tokens=False; a literal U+2581 is
+    its three UTF-8 byte pieces (round trip); encode_batch == encode, mixed texts included."""
+    import sentencepiece as spm
+
+    tok = train_tokenizer(corpus["docs"], 512, None)
+    sp = spm.SentencePieceProcessor(model_proto=tok.model_bytes)
+    assert tok.special_pieces() == {"<pad>": 0, "<unk>": 1, "</s>": 2}
+    text = "x </s> y<pad>z <unk>"
+    assert not {0, 1, 2} & set(tok.encode(text)) and tok.decode(tok.encode(text)) == text
+    assert tok.encode(text) == sp.EncodeAsIds(text)  # what SentencePiece itself does with control symbols
+    assert tok.encode(text, split_special_tokens=False) == (
+        sp.EncodeAsIds("x ") + [2] + sp.EncodeAsIds(" y") + [0] + sp.EncodeAsIds("z ") + [1])
+    space = [sp.PieceToId(p) for p in ("<0xE2>", "<0x96>", "<0x81>")]
+    assert tok.encode("a\u2581b") == sp.EncodeAsIds("a") + space + sp.EncodeAsIds("b")
+    assert sp.DecodeIds(sp.EncodeAsIds("a\u2581b")) == "a b"  # what plain SentencePiece would store
+    texts = ["a\u2581b \u2581\u2581 c\u2581", "\u2581", "plain", "", "x</s>\u2581</s>"]
+    for split in (True, False):
+        assert tok.encode_batch(texts, split_special_tokens=split) == [tok.encode(t, split_special_tokens=split) for t in texts]
+    assert [tok.decode(tok.encode(t)) for t in texts] == texts and tok.keeps_u2581
+    # a model that squeezes whitespace / adds a dummy prefix cannot be cut into pieces: it says it loses '▁'
+    import io
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(corpus["docs"]), model_writer=buf, vocab_size=300,
+                                   byte_fallback=True, minloglevel=2)
+    lossy = Tokenizer(buf.getvalue())
+    assert not lossy.keeps_u2581 and lossy.decode(lossy.encode("a\u2581b")) == "a b"
+
+
 def test_tokenizer_bpe_and_bad_paths(tmp_path, corpus):
     tok = train_tokenizer(corpus["docs"][:40], 400, None, model_type="bpe")
     assert tok.decode(tok.encode("quiet bright garden")) == "quiet bright garden"
@@ -265,6 +295,27 @@ def test_cache_reuse(tmp_path, monkeypatch):
     third = build_dataset(cfg, str(tmp_path / "w2"))
     assert third.stats["cache_hit"] is False and third.stats["cache_path"] != first.stats["cache_path"]
     assert third.tokenizer.fingerprint == first.tokenizer.fingerprint
+
+
+def test_same_size_edit_with_restored_mtime_rebuilds_the_store(tmp_path):
+    """Issue 25 item 10: the cache key is the files' content, so a one-byte edit that keeps the
+    size and puts the mtime back (os.utime) is a cache miss; a touch alone is a hit."""
+    glob_ = write_corpus(tmp_path / "text", make_docs(40, seed=6))
+    cfg = make_config(paths=glob_, cache_dir=str(tmp_path / "cache"))
+    first = build_dataset(cfg, str(tmp_path / "w1"))
+    f = tmp_path / "text" / "part001.txt"
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    assert build_dataset(cfg, str(tmp_path / "w1")).stats["cache_hit"] is True  # same bytes, new mtime
+    st = os.stat(f)
+    data = f.read_bytes()
+    i = data.index(b"Document 1")
+    f.write_bytes(data[:i] + b"X" + data[i + 1:])  # one byte, same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(f).st_size, os.stat(f).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    again = build_dataset(cfg, str(tmp_path / "w1"))
+    assert again.stats["cache_hit"] is False and again.stats["cache_path"] != first.stats["cache_path"]
+    assert again.stats["data_fingerprint"] != first.stats["data_fingerprint"]
+    assert any("Xocument 1" in again.tokenizer.decode(again.store.read_document(d)) for d in range(again.store.num_documents))
 
 
 # -- loader ----------------------------------------------------------------------------

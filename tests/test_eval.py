@@ -445,7 +445,7 @@ def test_cli_multiple_choice_and_cloze(trained_runs, tmp_path):
         out = os.path.join(trained_runs[objective], "eval")
         assert main(["eval", "--workdir", trained_runs[objective], "--task", "cloze", "--limit", "8",
                      "--config.eval.cloze_context=both", "--config.eval.cloze_length=1"]) == 0
-        (name,) = [n for n in os.listdir(out) if n.startswith("cloze-len1-both_step")]
+        (name,) = [n for n in os.listdir(out) if n.startswith("cloze-len1-both-n8_step")]
         with open(os.path.join(out, name)) as f:
             both = json.load(f)
         assert both["n"] == 8 and both["estimator"] == "exact" and both["cloze"]["context"] == "both"
@@ -462,7 +462,7 @@ def test_cli_step_all_scores_every_saved_checkpoint(trained_runs, tmp_path):
     argv = ["eval", "--workdir", wd, "--task", "cloze", "--limit", "8", "--config.eval.cloze_length=3"]
     assert main(argv + ["--step", "all"]) == 0
     for step in steps:
-        with open(os.path.join(wd, "eval", f"cloze-len3_step{step}.json")) as f:
+        with open(os.path.join(wd, "eval", f"cloze-len3-n8_step{step}.json")) as f:
             got = json.load(f)
         one = _eval(wd, "--task", "cloze", "--limit", "8", "--config.eval.cloze_length=3", "--step", str(step))
         assert got["step"] == step and got["acc"] == one["acc"] and got["n"] == 8
@@ -476,6 +476,55 @@ def test_cli_step_all_scores_every_saved_checkpoint(trained_runs, tmp_path):
     bad.write_text('{"context": "x", "choices": [" a", " b"], "label": 5}\n')
     assert main(["eval", "--workdir", trained_runs["ar"], "--task", "jsonl", "--data", str(bad)]) == 2
     assert main(["eval", "--workdir", trained_runs["ar"], "--task", "val", "--config.model.d_model=64"]) == 2
+
+
+def test_cloze_file_names_carry_the_task_and_item_count():
+    from dllm_jax.evaluation.cli import cloze_file_stem, parse_cloze_file_name
+
+    both = {"choices": 4, "length": 1, "context": "both"}
+    assert cloze_file_stem(both, 2500) == "cloze-len1-both-n2500"
+    assert cloze_file_stem({"choices": 8, "length": 3, "context": "left"}, 64) == "cloze-len3-8way-n64"
+    assert parse_cloze_file_name("cloze-len1-both-n2500_step16.json") == {
+        "task": "cloze-len1-both", "length": 1, "context": "both", "choices": 4, "n": 2500, "step": 16}
+    assert parse_cloze_file_name("cloze-len3-8way-n64_step7.json") == {
+        "task": "cloze-len3-8way", "length": 3, "context": "left", "choices": 8, "n": 64, "step": 7}
+    # names from before the item count was in them are still read
+    assert parse_cloze_file_name("cloze-len1-both_step16.json") == {
+        "task": "cloze-len1-both", "length": 1, "context": "both", "choices": 4, "n": None, "step": 16}
+    for other in ("val_step3.json", "cloze-len1_step3.json.tmp", "cloze-lenx_step3.json", "jsonl-cloze-len1_step3.json"):
+        assert parse_cloze_file_name(other) is None, other
+
+
+def test_cloze_asking_for_more_items_than_rows_warns_and_names_the_count(trained_runs, caplog):
+    """eval.cloze_examples (or --limit) above the validation rows scores every row, with a warning
+    giving both numbers; the item count is in the file name, so a rerun with another count
+    does not overwrite the first."""
+    import logging
+
+    from dllm_jax.cli import main
+
+    wd = trained_runs["ar"]
+    with open(os.path.join(wd, "data_stats.json")) as f:
+        rows = json.load(f)["val_sequences"]
+    assert 8 < rows < 100_000
+    argv = ["eval", "--workdir", wd, "--task", "cloze", "--config.eval.cloze_length=1"]
+    with caplog.at_level(logging.WARNING, logger="dllm_jax"):
+        assert main(argv + ["--config.eval.cloze_examples=100000"]) == 0
+    assert f"eval.cloze_examples=100000 asks for 100000 items but the run has {rows} validation rows" in caplog.text
+    assert f"scoring {rows} items" in caplog.text
+    (big,) = [n for n in os.listdir(os.path.join(wd, "eval")) if n.startswith(f"cloze-len1-n{rows}_step")]
+    with open(os.path.join(wd, "eval", big)) as f:
+        res = json.load(f)
+    assert (res["n"], res["items_requested"]) == (rows, 100_000)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dllm_jax"):
+        assert main(argv + ["--limit", "8"]) == 0
+        assert main(argv + ["--limit", str(rows + 1)]) == 0
+    assert f"--limit {rows + 1} asks for {rows + 1} items but the run has {rows} validation rows" in caplog.text
+    assert caplog.text.count("asks for") == 1  # --limit 8 fits: no warning
+    step = res["step"]
+    assert os.path.exists(os.path.join(wd, "eval", f"cloze-len1-n8_step{step}.json"))
+    assert os.path.exists(os.path.join(wd, "eval", big))  # the first count's file is kept
 
 
 # ---------------------------------------------------------------- training hook

@@ -36,9 +36,10 @@ class _StubModel:
         return jnp.where((inputs < 7)[..., None], nxt, 0.0)
 
 
-def _metrics(obj, prep, model=None, params=None):
+def _metrics(obj, prep, model=None, params=None, chunk=0):
     model = model or _StubModel()
-    ce, _ = jax.jit(lambda p, b: train_step.forward_ce(model, p, b, objective=obj, vocab_limit=IDS.mask_id))(params or {}, prep)
+    ce, _ = jax.jit(lambda p, b: train_step.forward_ce(model, p, b, objective=obj, vocab_limit=IDS.mask_id, loss_chunk=chunk))(
+        params or {}, prep)
     sums = obj.metrics_from_ce(ce, prep)
     out = {k: float(v) for k, v in obj.finalize(dict(sums, denom=prep.denom)).items()}
     return out, float(sums["loss_sum"] / prep.denom)
@@ -114,6 +115,9 @@ def test_rate_zero_aux_equals_the_clean_loss_and_a_real_copy_is_two_separate_pas
     assert out["loss"] == pytest.approx(mean_ce(tokens), rel=1e-5)
     assert out["mir_loss"] == pytest.approx(mean_ce(prep.inputs[:, 1]), rel=1e-5)
     assert out["mir_loss"] > out["loss"] + 0.01
+    # the chunked loss (no [B, 2L, V] logits) reads the two copies the same way
+    chunked, _ = _metrics(obj, prep, model, params, chunk=5)
+    assert chunked["loss"] == pytest.approx(out["loss"], rel=1e-5) and chunked["mir_loss"] == pytest.approx(out["mir_loss"], rel=1e-5)
 
 
 def _step_losses(mesh_sizes, accum, **overrides):

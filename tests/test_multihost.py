@@ -18,13 +18,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 240
+TIMEOUT_S = 300
+IDLE_S = 30  # no CPU used by any running process for this long: a deadlock
 
 
 def _free_port() -> int:
@@ -35,7 +37,9 @@ def _free_port() -> int:
 
 def _env(devices: int, cache_dir: str) -> dict:
     env = dict(os.environ)
-    # run D compiles what run A compiled: share it through JAX's persistent cache
+    # a persistent compilation cache, as pod users set one: a multi-process CPU run must turn
+    # it off (distributed.no_persistent_cache_on_cpu_processes), or run D would deadlock in its
+    # first step on the executables run A wrote there
     env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -60,20 +64,57 @@ def _launch_two(config_file: str, workdir: str, log_dir: str) -> list[subprocess
     return procs
 
 
-def _wait(runs: dict[str, list[subprocess.Popen]], log_dir: str) -> None:
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process from /proc (None where there is no /proc)."""
     try:
-        for name, procs in runs.items():
-            for i, p in enumerate(procs):
-                rc = p.wait(timeout=TIMEOUT_S)
-                if rc != 0:
-                    with open(os.path.join(log_dir, f"{name}_{i}.log")) as f:
-                        pytest.fail(f"run {name} process {i} exited with {rc}:\n{f.read()[-3000:]}")
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _tails(runs: dict[str, list[subprocess.Popen]], log_dir: str, lines: int = 12) -> str:
+    out = []
+    for name, procs in runs.items():
+        for i, p in enumerate(procs):
+            with open(os.path.join(log_dir, f"{name}_{i}.log"), errors="replace") as f:
+                tail = f.read().splitlines()[-lines:]
+            out.append(f"--- run {name} process {i} (exit {p.poll()}), last {len(tail)} log lines:\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+def _wait(runs: dict[str, list[subprocess.Popen]], log_dir: str, timeout_s: float = TIMEOUT_S, idle_s: float = IDLE_S) -> None:
+    """Wait for every process of `runs`. Fails at once, with each process's last log lines,
+    when one exits non-zero (its peers would wait for it) or when all that are still running
+    have used no CPU for `idle_s` seconds (a deadlock: e.g. a collective one process never
+    joins); at the latest after `timeout_s`. Kills whatever is left."""
+    procs = [p for ps in runs.values() for p in ps]
+    deadline = time.monotonic() + timeout_s
+    last, idle_since = None, time.monotonic()
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if any(c not in (None, 0) for c in codes):
+                pytest.fail("a process exited with an error:\n" + _tails(runs, log_dir))
+            if all(c == 0 for c in codes):
+                return
+            cpu = [_cpu_seconds(p.pid) for p, c in zip(procs, codes) if c is None]
+            now = time.monotonic()
+            total = None if None in cpu else (len(cpu), sum(cpu))
+            if total is None or last is None or total[0] != last[0] or total[1] - last[1] > 0.05:
+                idle_since = now  # some process is working (or one just finished)
+            last = total
+            if now - idle_since > idle_s:
+                pytest.fail(f"deadlock: the running processes used no CPU for {idle_s:.0f} s\n" + _tails(runs, log_dir))
+            if now > deadline:
+                pytest.fail(f"still running after {timeout_s:.0f} s\n" + _tails(runs, log_dir))
+            time.sleep(1.0)
     finally:
-        for procs in runs.values():
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def _losses(workdir: str) -> dict[int, float]:
@@ -132,3 +173,17 @@ def test_two_processes_match_one_and_resume_across_process_counts(tmp_path, corp
             assert resumed[step] == pytest.approx(ref[step], rel=2e-5), (run, step)
     with open(os.path.join(c, "checkpoints", "8", "data", "process_0-of-1.json")) as f:
         assert json.load(f)["next_index"] == 8
+    with open(os.path.join(logs, "D_1.log")) as f:
+        assert "persistent compilation cache" in f.read()  # the guard, not luck, kept D from deadlocking
+
+
+def test_wait_fails_fast_on_a_deadlock_with_the_last_log_lines(tmp_path):
+    """The harness above: processes that stop using CPU are a deadlock, reported in seconds
+    with their last log lines, not after the whole timeout."""
+    (tmp_path / "X_0.log").write_text("step 4\nconnected to 3 peer ranks\n")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="(?s)deadlock.*run X process 0.*connected to 3 peer ranks"):
+        _wait({"X": [proc]}, str(tmp_path), timeout_s=50, idle_s=2)
+    assert time.monotonic() - start < 20
+    assert proc.poll() is not None  # killed

@@ -101,6 +101,88 @@ def test_truncated_zstd_is_an_error_not_an_empty_file(tmp_path):
         load_documents(make_config(paths=str(tmp_path / "t.txt.zst")).data)
 
 
+# -- compression by content (issue 25 item 8) ---------------------------------------------
+
+def _compress(kind: str, data: bytes) -> bytes:
+    import bz2
+    import lzma
+    import tarfile
+    import zipfile
+    import io as io_
+
+    if kind == "gz":
+        return gzip.compress(data)
+    if kind == "bz2":
+        return bz2.compress(data)
+    if kind == "xz":
+        return lzma.compress(data)
+    if kind == "lzma":
+        return lzma.compress(data, format=lzma.FORMAT_ALONE)
+    if kind == "zst":
+        return zstandard.ZstdCompressor().compress(data)
+    buf = io_.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("corpus.txt", data)
+        return buf.getvalue()
+    if kind == "tar":
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            info = tarfile.TarInfo("corpus.txt")
+            info.size = len(data)
+            t.addfile(info, io_.BytesIO(data))
+        return buf.getvalue()
+    raise ValueError(kind)
+
+
+_TEXT = "First paragraph, caf\u00e9.\n\nSecond one, ok.\n"
+
+
+@pytest.mark.parametrize("kind,name", [("gz", "c.txt.gz"), ("bz2", "c.txt.bz2"), ("xz", "c.txt.xz"), ("zst", "c.txt.zst"),
+                                       ("lzma", "c.txt.lzma"), ("bz2", "hidden.txt"), ("xz", "no_suffix")])
+def test_every_readable_compression_is_read_by_content(tmp_path, kind, name):
+    """gzip / bzip2 / xz / zstd (and legacy .lzma) are decompressed, as text and as JSONL, and
+    the bytes decide, not the name (a bzip2 file called hidden.txt is read)."""
+    data = _compress(kind, _TEXT.encode())
+    assert _docs_of(tmp_path, name, data) == ["First paragraph, caf\u00e9.", "Second one, ok."]
+    jl = tmp_path / "j" / (name.replace(".txt", ".jsonl"))
+    jl.parent.mkdir()
+    jl.write_bytes(_compress(kind, b'{"text": "a"}\n{"text": "b"}\n'))
+    assert load_documents(make_config(source="jsonl", paths=str(jl)).data) == ["a", "b"]
+    from dllm_jax import files
+
+    assert files.read_text(str(tmp_path / name)) == _TEXT  # task files: the same rule
+
+
+@pytest.mark.parametrize("name,data,says", [
+    ("c.zip", lambda: _compress("zip", _TEXT.encode()), r"is a zip archive .*does not read; extract it \(unzip c\.zip\)"),
+    ("c.tar", lambda: _compress("tar", _TEXT.encode()), r"is a tar archive .*tar -xf c\.tar"),
+    ("c.tar.gz", lambda: gzip.compress(_compress("tar", _TEXT.encode())), r"is a tar archive .*tar -xf c\.tar\.gz"),
+    ("c.txt.gz.gz", lambda: gzip.compress(gzip.compress(_TEXT.encode())), r"is gzip inside gzip \(compressed twice\).*gunzip"),
+    ("c.txt.7z", lambda: b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(200), r"is a 7z archive .*7z x c\.txt\.7z"),
+    ("c.txt.lz4", lambda: b"\x04\x22\x4d\x18" + os.urandom(200), r"is lz4-compressed, which dllm_jax does not read.*lz4 -d"),
+    ("disguised.txt", lambda: b"\x04\x22\x4d\x18" + os.urandom(200), r"disguised\.txt' is lz4-compressed"),
+    ("c.txt.Z", lambda: b"\x1f\x9d\x90" + os.urandom(200), r"is compress-compressed.*uncompress c\.txt\.Z"),
+    ("c.txt.br", lambda: os.urandom(200), r"is brotli-compressed.*brotli -d c\.txt\.br"),
+    ("plain.txt.bz2", lambda: _TEXT.encode(), r"plain\.txt\.bz2' is not a valid bzip2 file: its name says bzip2 .*rename it"),
+    ("cut.txt.xz", lambda: _compress("xz", _TEXT.encode() * 50)[:-20], r"cut\.txt\.xz' is not a valid xz file .*damaged or truncated xz"),
+])
+def test_unreadable_compression_is_one_error_naming_it(tmp_path, capsys, name, data, says):
+    """Any compression or archive that is not read is ONE error naming the format and the fix,
+    never the UTF-8 / iconv advice; the same for a task file and through the CLI (exit 2)."""
+    (tmp_path / name).write_bytes(data())
+    with pytest.raises(DataError, match=says) as e:
+        load_documents(make_config(paths=str(tmp_path / name)).data)
+    assert "UTF" not in str(e.value) and "iconv" not in str(e.value) and "\n" not in str(e.value)
+    from dllm_jax import cli, files
+
+    with pytest.raises(DataError, match=says):
+        files.read_text(str(tmp_path / name), "task file")
+    rc = cli.main(["prepare", "--config", "experiments/tiny.py", "--output", str(tmp_path / "store"), "--in-process",
+                   f"--config.data.paths={tmp_path / name}", f"--config.data.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "error: " in err and "iconv" not in err and "Traceback" not in err
+
+
 # -- Parquet ------------------------------------------------------------------------------
 
 def test_parquet_row_groups_and_errors(tmp_path):
@@ -290,19 +372,41 @@ def test_corpus_and_tokenizer_on_memory_filesystem(tmp_path, mem_root):
     assert not os.path.exists("memory:"), "a memory:// path was written as a local directory"
 
 
-def test_source_spec_changes_with_a_file(tmp_path):
+def test_source_spec_keys_on_content_not_mtime(tmp_path, monkeypatch):
+    """Issue 25 item 10: a same-size edit whose mtime is put back changes the key; a touch
+    (same bytes, new mtime) does not; digests are remembered on disk under the file's stat."""
+    import hashlib
+
+    monkeypatch.setattr(sources, "_RACY_NS", 0)  # remember digests of files written just now
     f = tmp_path / "a.jsonl"
     _write_jsonl(f, [{"text": "one"}])
     cfg = make_config(source="jsonl", paths=str(f))
-    spec = source_spec(cfg.data)
-    assert spec == source_spec(cfg.data)
-    _write_jsonl(f, [{"text": "two!"}])
-    assert source_spec(cfg.data) != spec
-    os.utime(f, ns=(1, 1))
-    spec2 = source_spec(cfg.data)
-    os.utime(f, ns=(2, 2))
-    assert source_spec(cfg.data) != spec2
+    memo = str(tmp_path / "memo")
+    spec = source_spec(cfg.data, memo_dir=memo)
+    assert spec["files"][0][2] == "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
+    assert spec == source_spec(cfg.data, memo_dir=memo)
+    st = os.stat(f)
+    f.write_bytes(f.read_bytes().replace(b"one", b"two"))  # same size
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime restored: size + mtime say "unchanged"
+    assert os.stat(f).st_size == st.st_size and os.stat(f).st_mtime_ns == st.st_mtime_ns
+    edited = source_spec(cfg.data, memo_dir=memo)
+    assert edited != spec and edited["files"][0][2] == "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
+    os.utime(f, ns=(1, 1))  # a touch: same bytes, other mtime -> same key
+    assert source_spec(cfg.data, memo_dir=memo) == edited
     assert source_spec(make_config(source="jsonl", paths=str(f), text_key="body").data) != source_spec(cfg.data)
+    # a new process (empty in-process memo) takes the digest from the memo file without reading the corpus
+    monkeypatch.setattr(sources, "_DIGESTS", {})
+    monkeypatch.setattr(sources, "_sha256_of", lambda p: (_ for _ in ()).throw(AssertionError("hashed again")))
+    assert source_spec(cfg.data, memo_dir=memo) == edited
+    assert len(os.listdir(memo)) == 1
+    # a file changed just now (< 2 s) is hashed every time: a same-tick write could keep its stat
+    monkeypatch.setattr(sources, "_RACY_NS", 2_000_000_000)
+    hashed = []
+    monkeypatch.setattr(sources, "_sha256_of", lambda p: hashed.append(p) or "sha256:x")
+    _write_jsonl(f, [{"text": "six"}])
+    source_spec(cfg.data, memo_dir=memo)
+    source_spec(cfg.data, memo_dir=memo)
+    assert len(hashed) == 2
 
 
 def test_array_record_that_is_not_utf8_names_the_record(tmp_path):

@@ -386,3 +386,109 @@ def test_misspelled_beam_option_fails_before_anything_is_written(tmp_path, corpu
     with pytest.raises(DataError, match="direct_num_wrkers"):
         prepare_lib.prepare(cfg.data, str(out), runner="beam", pipeline_args=["--direct_num_wrkers=2"])
     assert not out.exists()
+
+
+# -- text handling: special-token strings and U+2581 in corpus text (issue 25 items 2, 5) ----------
+
+_TRICKY = [
+    "A line that quotes the end marker </s> and goes on after it.",
+    "Joined by hand<|endoftext|>still the same document, with <pad> and <unk> and <|padding|> inside.",
+    "SentencePiece's space symbol: a\u2581b, \u2581\u2581 at the start and the end \u2581",
+    "Plain text, river and stone, nothing special at all.",
+]
+
+
+def _tokenizer_file(kind, tmp_path, docs):
+    if kind == "hf":
+        pytest.importorskip("tokenizers")
+        from test_hf_tokenizer import make_hf_tokenizer
+
+        return make_hf_tokenizer(tmp_path / "tokenizer.json", docs)
+    from dllm_jax.data.tokenizer import train_tokenizer
+
+    train_tokenizer(docs, 600, str(tmp_path / "tokenizer.model"))
+    return str(tmp_path / "tokenizer.model")
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "hf"])
+def test_special_token_strings_in_text_are_text_in_beam_and_in_process(kind, tmp_path):
+    """The same corpus through Beam `prepare` and the in-process path gives identical ids; a
+    literal </s> / <|endoftext|> is never EOS (EOS only ends documents); every document,
+    U+2581 included, decodes back to itself."""
+    pytest.importorskip("apache_beam")
+    docs = make_docs(30, seed=7) + _TRICKY * 3
+    glob_ = write_corpus(tmp_path / "c", docs)
+    cfg = make_config(paths=glob_, text_split="paragraph", cache_dir=str(tmp_path / "cache"))
+    cfg.data.tokenizer = _tokenizer_file(kind, tmp_path, docs)
+    inproc = prepare_lib.prepare(cfg.data, str(tmp_path / "a"))
+    beam = prepare_lib.prepare(cfg.data, str(tmp_path / "b"), runner="beam", pipeline_args=["--direct_running_mode=in_memory"])
+    a, b = _files(inproc.path), _files(beam.path)
+    assert sorted(a) == sorted(b) and all(a[k] == b[k] for k in a if k.endswith((".tokens", ".offsets")))
+    assert inproc.manifest["identity"]["encoding"] == {"split_special_tokens": True, "version": 2}
+    store = store_lib.TokenStore(inproc.path)
+    tok = store.tokenizer
+    assert tok.keeps_u2581
+    ids = store.read(0, store.num_tokens)
+    assert int((ids == tok.eos_id).sum()) == store.num_documents == len(docs)  # EOS only where a document ends
+    for i, doc in enumerate(load_documents(cfg.data)):
+        got = store.read_document(i)
+        assert got[-1] == tok.eos_id and tok.decode(got) == doc
+        np.testing.assert_array_equal(got[:-1], tok.encode(doc))
+    # the ids of the marker's characters, not the special id
+    marker = "</s>" if kind == "sentencepiece" else "<|endoftext|>"
+    assert tok.eos_id not in tok.encode(f"x{marker}y") and tok.decode(tok.encode(f"x{marker}y")) == f"x{marker}y"
+    # opting in: the strings become their ids (in the store, too), and the store is another one
+    cfg.data.split_special_tokens = False
+    assert tok.encode(f"x{marker}y", split_special_tokens=False).count(tok.eos_id) == 1
+    special = prepare_lib.prepare(cfg.data, str(tmp_path / "s"))
+    s = store_lib.TokenStore(special.path)
+    assert int((s.read(0, s.num_tokens) == tok.eos_id).sum()) > len(docs)
+    assert prepare_lib.cached_store_path(cfg.data, tok) != prepare_lib.cached_store_path(make_config(**{**cfg.data, "split_special_tokens": True}).data, tok)
+    with pytest.raises(DataError, match=r"other inputs \(encoding differ"):
+        prepare_lib.prepare(cfg.data, inproc.path)
+    # training from a store with the other setting is refused; a non-bool value is a config error
+    train_cfg = make_config(**cfg.data)
+    train_cfg.data.update(store=inproc.path, tokenizer="")
+    with pytest.raises(DataError, match=r"data\.split_special_tokens=False but the store .* was prepared with data\.split_special_tokens=True"):
+        build_dataset(train_cfg, str(tmp_path / "w"), process_index=0)
+    from dllm_jax.errors import ConfigError
+
+    bad = make_config(paths=glob_, text_split="paragraph", split_special_tokens="no")
+    with pytest.raises(ConfigError, match=r"data\.split_special_tokens='no' must be True"):
+        prepare_lib.prepare(bad.data, str(tmp_path / "x"), tokenizer=tok)
+
+
+def _metaspace_tokenizer(path, texts):
+    """A Llama-2-style tokenizer.json (Metaspace: ' ' -> '▁' and back), which cannot keep a literal '▁'."""
+    from tokenizers import Tokenizer as T, decoders, models, pre_tokenizers, trainers
+
+    tok = T(models.BPE(byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>", "<pad>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.save(str(path))
+    return str(path)
+
+
+def test_u2581_a_tokenizer_cannot_keep_is_reported_once(tmp_path, caplog):
+    pytest.importorskip("tokenizers")
+    docs = make_docs(20, seed=8)
+    docs[3] += " a\u2581b"
+    docs[14] += " \u2581\u2581 and \u2581"
+    glob_ = write_corpus(tmp_path / "c", docs)  # docs 3 and 14 land in part000 and part001
+    cfg = make_config(paths=glob_, text_split="paragraph", cache_dir=str(tmp_path / "cache"))
+    cfg.data.tokenizer = _metaspace_tokenizer(tmp_path / "tokenizer.json", docs)
+    with caplog.at_level("WARNING", logger="dllm_jax"):
+        result = prepare_lib.prepare(cfg.data, str(tmp_path / "s"))
+    warnings = [r.getMessage() for r in caplog.records if "U+2581" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "holds 4 U+2581 characters" in warnings[0] and "in 2 source shard(s)" in warnings[0]
+    assert "part001.txt (3)" in warnings[0] and "part000.txt (1)" in warnings[0]
+    assert result.manifest["stats"]["u2581_as_space"] == 4
+    store = store_lib.TokenStore(result.path)
+    assert not store.tokenizer.keeps_u2581 and store.tokenizer.decode(store.read_document(3)).endswith(" a b")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dllm_jax"):
+        assert prepare_lib.prepare(cfg.data, str(tmp_path / "s")).up_to_date  # said once, when the store is built
+    assert not [r for r in caplog.records if "U+2581" in r.getMessage()]

@@ -211,9 +211,11 @@ def test_rstar_fit_says_when_it_cannot_tell():
 
 # -- synthetic sweep -> report -----------------------------------------------------------
 
-def _fake_run(root, name, objective, unique, epochs, val, done=True):
+def _fake_run(root, name, objective, unique, epochs, val, done=True, data_paths=None, data_stats=None):
     cfg = config_lib.default_config()
     cfg.objective = objective
+    if data_paths is not None:
+        cfg.data.paths = data_paths
     cfg.data.unique_tokens = unique
     cfg.data.epochs = epochs
     cfg.train.warmup_steps = 0
@@ -234,6 +236,9 @@ def _fake_run(root, name, objective, unique, epochs, val, done=True):
             step = round(rec["epoch"] * steps_per_epoch)
             f.write(json.dumps({"step": step, "loss": 9.0, "tokens_per_sec": 1000.0, "epoch": rec["epoch"], "tokens_seen": step * per_step}) + "\n")
             f.write(json.dumps({"step": step, "tokens_seen": step * per_step, **rec}) + "\n")
+    if data_stats is not None:
+        with open(os.path.join(wd, "data_stats.json"), "w") as f:
+            json.dump(data_stats, f)
     if done:
         open(os.path.join(wd, "DONE"), "w").close()
 
@@ -519,8 +524,8 @@ def test_sweep_runs_skips_and_resumes_then_reports(grid_file, tmp_path, monkeypa
     attempts = [json.loads(line)["outcome"] for line in open(os.path.join(root, "U1024_mdm", "sweep_times.jsonl"))]
     assert attempts == ["failed (CheckpointError)", "finished"]  # a failure while saving is a CheckpointError
     assert main(args) == 0 and calls == ["U1024_mdm"]  # everything done: nothing runs
-    # a finished point whose config no longer matches the grid is not silently skipped
-    assert main(args + ["--config.train.lr=1e-4"]) == 1
+    # a finished point whose config no longer matches the grid is not silently skipped (one error, before any point)
+    assert main(args + ["--config.train.lr=1e-4"]) == 2
 
     out = str(tmp_path / "report")
     assert main(["report", "--root", root, "--out", out]) == 0
@@ -706,3 +711,201 @@ def test_report_names_a_run_workdir_and_an_empty_root(tmp_path):
         build_report(str(run))
     with pytest.raises(ConfigError, match="--root is empty"):
         build_report("")
+
+
+# -- up-front sweep checks, the plan, rescoring files and corpora in the report -----------
+
+def test_sweep_checks_the_largest_budget_against_the_corpus_before_any_point(grid_file, tmp_path, capsys):
+    """The corpus must hold every budget U before the first point starts: the check is exact (the
+    pipeline itself takes U = the tokens left after validation and refuses one more), and the CLI
+    gives one error naming the budget, the corpus size and the fix, with no point started."""
+    from dllm_jax.cli import main
+    from dllm_jax.data import index as index_lib
+    from dllm_jax.data import store as store_lib
+    from dllm_jax.data.pipeline import corpus_split
+    from dllm_jax.errors import DataError
+
+    root = tmp_path / "r"
+    base = grid_lib.load_grid(grid_file, str(root)).points[0].config
+    split = corpus_split(base)
+    available = split["available_tokens"]
+    assert 0 < available == split["corpus_tokens"] - split["val_tokens"]
+    store = store_lib.TokenStore(split["store"])
+    kw = dict(seed=base.seed, max_docs=0, val_tokens=base.data.val_tokens, seq_len=base.data.seq_len, global_batch=base.train.batch_size)
+    index_lib.build_index(store, unique_tokens=available, **kw)
+    with pytest.raises(DataError, match="tokens are available"):
+        index_lib.build_index(store, unique_tokens=available + 1, **kw)
+    grid_args = {u: ["--grid", f"budgets=1024,{u}", "--grid", f"tokens={4 * available}"] for u in (available, available + 1)}
+    fits, over = (grid_lib.load_grid(grid_file, str(root), params=[a for a in grid_args[u] if a != "--grid"]).points for u in grid_args)
+    sweep.check_corpus_budgets(fits)  # the largest budget is exactly what the corpus holds: no error
+    with pytest.raises(DataError, match=rf"'U{available + 1}_(ar|mdm)' asks for data.unique_tokens={available + 1:,}"):
+        sweep.check_corpus_budgets(over)
+    sweep.check_corpus_budgets(over[:2])  # the U = 1024 points alone fit
+
+    assert main(["sweep", "--config", grid_file, "--root", str(root), *grid_args[available + 1]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "error:" in err.strip().splitlines()[-1]  # nothing after it
+    for part in (f"data.unique_tokens={available + 1:,}", f"holds {split['corpus_tokens']:,} tokens",
+                 f"{available:,} are left for training after the {split['val_tokens']:,} validation tokens",
+                 f"2 of 4 points are over it (U{available + 1}_ar, U{available + 1}_mdm)", "No point was started",
+                 f"Drop the budgets above {available:,}"):
+        assert part in err, part
+    assert not root.exists() or not any(root.iterdir())  # not even the U = 1024 points started, no plan written
+
+
+def test_sweep_checks_every_finished_point_up_front_and_records_its_plan(grid_file, tmp_path, capsys):
+    """Finished points (DONE) are checked all at once before anything runs: one error listing
+    each differing point and key, exit 2, the plan left as it was; a key that does not change
+    what a run learns may differ. The sweep records its grid in sweep_plan.json."""
+    from dllm_jax.cli import main
+    from dllm_jax.study.runs import PLAN_FILE
+
+    root = tmp_path / "sweep"
+    g = grid_lib.load_grid(grid_file, str(root))
+    for p in g.points:  # finished without training: the saved config (another logging cadence) and DONE
+        cfg = config_lib.from_json(config_lib.to_json(p.config))
+        cfg.train.log_every = 7
+        os.makedirs(p.workdir)
+        with open(os.path.join(p.workdir, "config.json"), "w") as f:
+            f.write(config_lib.to_json(cfg))
+        open(os.path.join(p.workdir, sweep.DONE_FILE), "w").close()
+    args = ["sweep", "--config", grid_file, "--root", str(root)]
+    assert main(args) == 0 and "skipped (done)" in capsys.readouterr().out
+    plan_path = root / PLAN_FILE
+    plan = json.loads(plan_path.read_text())
+    assert [(p["index"], p["name"]) for p in plan["points"]] == list(enumerate(["U1024_ar", "U1024_mdm", "U2048_ar", "U2048_mdm"]))
+    assert plan["points"][3]["overrides"] == {"objective": "mdm", "data.unique_tokens": "2048", "data.epochs": "2"}
+    assert plan["grid"] == os.path.abspath(grid_file)
+    before = plan_path.read_text()
+
+    os.remove(os.path.join(g.points[3].workdir, sweep.DONE_FILE))  # unfinished: not a finished point to check
+    assert main(args + ["--config.train.lr=1e-4", "--grid", "budgets=1024,2048"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "error:" in err.strip().splitlines()[-1]
+    # the unfinished point may resume with another LR (a recovery key), so it is not listed
+    assert "3 point(s)" in err and "No point was started" in err and "U2048_mdm" not in err
+    for name in ("U1024_ar", "U1024_mdm", "U2048_ar"):
+        assert f"{name} (train.lr: 0.003 -> 0.0001)" in err, name
+    assert plan_path.read_text() == before  # nothing written
+    assert os.listdir(g.points[3].workdir) == ["config.json"]  # the unfinished point's folder untouched
+    assert main(args + ["--config.model.d_model=64"]) == 2  # a change no resume allows: the unfinished point too
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "4 point(s)" in err and "U2048_mdm, unfinished (model.d_model: 32 -> 64)" in err
+    with pytest.raises(ConfigError, match=r"U1024_ar \(train.lr: 0.003 -> 0.0001\)"):
+        sweep.check_finished_configs(grid_lib.load_grid(grid_file, str(root), [("train.lr", "1e-4")]).points)
+
+
+def test_report_lists_planned_points_that_never_started(grid_file, tmp_path):
+    from dllm_jax.study.report import build_report
+
+    root = tmp_path / "sweep"
+    sweep.write_plan(grid_lib.load_grid(grid_file, str(root)))
+    val = [{"epoch": float(e), "val_loss": 3.0} for e in (1, 2)]
+    for name, objective in (("U1024_ar", "ar"), ("U1024_mdm", "mdm")):
+        _fake_run(str(root), name, objective, 1024, 2, val)
+    (root / "U2048_ar").mkdir()  # failed before training wrote its config: not a run
+    summary = build_report(str(root), str(tmp_path / "out"))
+    assert [p["name"] for p in summary["not_started"]] == ["U2048_ar", "U2048_mdm"] and summary["planned"] == 4
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("Not started: 2 of the 4 points the sweep planned (sweep_plan.json) have no run here: U2048_ar (objective=ar "
+            "data.unique_tokens=2048 data.epochs=2), U2048_mdm (objective=mdm data.unique_tokens=2048 data.epochs=2).") in md
+    empty = tmp_path / "empty"
+    sweep.write_plan(grid_lib.load_grid(grid_file, str(empty)))
+    with pytest.raises(ConfigError, match="its sweep plan has 4 points, none started"):
+        build_report(str(empty))
+
+
+def test_report_names_each_runs_corpus_and_refuses_different_corpora(tmp_path, capsys):
+    from dllm_jax.cli import main
+    from dllm_jax.study.report import build_report
+
+    root = str(tmp_path / "runs")
+    val = [{"epoch": float(e), "val_loss": 3.0} for e in (1, 2)]
+    stats = {"data_fingerprint": "aaaa1111", "corpus_tokens": 123_456, "documents": 40}
+    _fake_run(root, "U6400_ar", "ar", 6400, 2, val, data_paths="/data/a.txt", data_stats=stats)
+    _fake_run(root, "U6400_mdm", "mdm", 6400, 2, val, data_paths="/moved/a.txt", data_stats=stats)  # same content, moved
+    summary = build_report(root, str(tmp_path / "out"))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert ("Corpus of all 2 runs: data.paths='/data/a.txt' and data.paths='/moved/a.txt' (token store fingerprint aaaa1111, "
+            "123,456 tokens in 40 documents).") in md
+    assert {r["name"]: r["data_fingerprint"] for r in summary["runs"]} == {"U6400_ar": "aaaa1111", "U6400_mdm": "aaaa1111"}
+    assert summary["corpus_warnings"] == []
+    # a run without data_stats.json at a path no other run used: a warning, named in the report
+    _fake_run(root, "U12800_ar", "ar", 12800, 2, val, data_paths="/data/b.txt")
+    summary = build_report(root, str(tmp_path / "out2"))
+    (warning,) = summary["corpus_warnings"]
+    assert "U12800_ar" in warning and "/data/b.txt" in warning and "cannot be checked" in warning
+    assert "- data.paths='/data/b.txt' (fingerprint not recorded (no data_stats.json)): U12800_ar" in (tmp_path / "out2" / "report.md").read_text()
+    # the same path with other content (the file was edited between runs): refused
+    _fake_run(root, "U12800_mdm", "mdm", 12800, 2, val, data_paths="/data/a.txt", data_stats={**stats, "data_fingerprint": "bbbb2222"})
+    out3 = tmp_path / "out3"
+    assert main(["report", "--root", root, "--out", str(out3)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "different corpora" in err
+    assert "fingerprint aaaa1111 at data.paths='/data/a.txt', data.paths='/moved/a.txt' (U6400_ar, U6400_mdm)" in err
+    assert "fingerprint bbbb2222 at data.paths='/data/a.txt' (U12800_mdm)" in err and "separate --root" in err
+    assert not out3.exists() or not any(out3.iterdir())
+
+
+def _cloze_file(workdir, step, acc, n=10_000, se=0.005, old_name=False, cloze=None):
+    from dllm_jax.evaluation.cli import cloze_file_stem
+
+    cloze = cloze or {"choices": 4, "length": 1, "context": "both"}
+    stem = cloze_file_stem(cloze, n)
+    if old_name:  # before the item count was in the name
+        stem = stem.rsplit("-n", 1)[0]
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", f"{stem}_step{step}.json"), "w") as f:
+        json.dump({"task": "cloze", "step": step, "cloze": cloze, "n": n, "acc": acc, "acc_stderr": se,
+                   "acc_norm": acc, "acc_norm_stderr": se, "items_requested": n}, f)
+
+
+def test_report_reads_cloze_rescoring_files(tmp_path, capsys):
+    """--cloze-from eval replaces the training-time cloze records by the `eval --step all` files
+    (old and new names; the largest item count per step; steps without a validation record
+    placed by their epoch). Planted: training logged AR 0.9 > MDM 0.1 throughout; the files have
+    AR = min(0.3 + e/50, 0.5), MDM = 0.25 + e/80 with SE 0.005: crossover 20 [18..22]."""
+    from dllm_jax.cli import main
+    from dllm_jax.study.report import build_report
+
+    root = str(tmp_path / "runs")
+    planted = {"ar": lambda e: min(0.3 + e / 50, 0.5), "mdm": lambda e: 0.25 + e / 80}
+    for objective, acc in planted.items():
+        val = [{"epoch": float(e), "val_loss": 3.0, "cloze_acc": 0.9 if objective == "ar" else 0.1, "cloze_acc_stderr": 0.01,
+                "cloze_n": 2500} for e in range(1, 32)]  # epochs 1..31 have a validation record; 32 only a rescoring file
+        _fake_run(root, f"U6400_{objective}", objective, 6400, 32, val)
+        wd = os.path.join(root, f"U6400_{objective}")
+        for e in range(1, 33):  # 100 steps per epoch
+            _cloze_file(wd, 100 * e, acc(e), old_name=e % 2 == 0)
+            _cloze_file(wd, 100 * e, 0.0, n=100)  # fewer items at the same step: not used
+    train = build_report(root, str(tmp_path / "train"))
+    (row,) = train["crossovers"]["cloze_acc"]
+    assert row["crossover"] == "ar ahead at the end" and train["cloze_from"] == "train"
+    assert "Some runs also have cloze rescoring files (cloze-len1-both)" in (tmp_path / "train" / "report.md").read_text()
+
+    assert main(["report", "--root", root, "--out", str(tmp_path / "eval"), "--cloze-from", "eval"]) == 0
+    summary = json.load(open(tmp_path / "eval" / "report.json"))
+    (row,) = summary["crossovers"]["cloze_acc"]
+    assert row["crossover_epoch"] == pytest.approx(20.0) and (row["crossover_low"], row["crossover_high"]) == (18.0, 22.0)
+    assert row["mdm_best"] == [0.65, 32.0] and row["mdm_best_stderr"] == 0.005  # epoch 32: from its file alone
+    assert summary["cloze_task"].startswith("4-way two-sided cloze")
+    md = (tmp_path / "eval" / "report.md").read_text()
+    assert "rescoring files in each run's eval/ folder (--cloze-from eval)" in md
+    assert {r["name"]: r["final"]["val_loss"] for r in summary["runs"]} == {"U6400_ar": 3.0, "U6400_mdm": 3.0}
+
+    # a second task in one run: refused unless one is picked
+    _cloze_file(os.path.join(root, "U6400_ar"), 100, 0.3, cloze={"choices": 4, "length": 1, "context": "left"})
+    assert main(["report", "--root", root, "--out", str(tmp_path / "x"), "--cloze-from", "eval"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "2 cloze tasks" in err
+    assert "cloze-len1 (U6400_ar); cloze-len1-both (U6400_ar, U6400_mdm)" in err and "--cloze-from eval:cloze-len1" in err
+    picked = build_report(root, str(tmp_path / "picked"), cloze_from="eval:cloze-len1-both")
+    assert picked["crossovers"]["cloze_acc"][0]["crossover_epoch"] == pytest.approx(20.0)
+    for bad, message in (("eval:cloze-len5", "no run has cloze-len5 files; the runs have: cloze-len1, cloze-len1-both"),
+                         ("evaluation", "must be 'train'")):
+        with pytest.raises(ConfigError, match=message):
+            build_report(root, str(tmp_path / "bad"), cloze_from=bad)
+    bare = str(tmp_path / "bare")
+    _fake_run(bare, "U6400_ar", "ar", 6400, 2, [{"epoch": 1.0, "val_loss": 3.0}])
+    with pytest.raises(ConfigError, match="no run has cloze rescoring files"):
+        build_report(bare, str(tmp_path / "bad"), cloze_from="eval")

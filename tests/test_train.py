@@ -230,7 +230,8 @@ def test_metrics_records_carry_the_public_fields(trained_runs):
         train_recs = [r for r in records if "loss" in r]
         val_recs = [r for r in records if "val_loss" in r]
         assert train_recs and val_recs
-        assert all({"step", "loss", "tokens_per_sec", "epoch"} <= set(r) for r in train_recs)
+        assert all({"step", "loss", "tokens_per_sec", "epoch", "step_seconds", "tflops_per_chip", "compile_seconds",
+                    "eval_seconds", "checkpoint_seconds", "train_seconds_total"} <= set(r) for r in train_recs)
         assert all({"step", "val_loss"} <= set(r) for r in val_recs)
         assert train_recs[-1]["epoch"] == pytest.approx(4.0)
         with open(os.path.join(workdir, "config.json")) as f:

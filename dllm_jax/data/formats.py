@@ -1,4 +1,4 @@
-"""Reading corpus files: decompression by suffix, UTF-8 decoding with stated normalisation,
+"""Reading corpus files: decompression by content, UTF-8 decoding with stated normalisation,
 and the text of JSONL and Parquet records.
 
 Text (``decode_text``), as the README states:
@@ -10,16 +10,24 @@ Text (``decode_text``), as the README states:
 - bytes that are not valid UTF-8 are a DataError naming the file, the line and the byte
   offset (nothing is replaced silently: a file in another encoding would train on garbage).
 
-Compression: ``.gz`` (gzip) and ``.zst`` (Zstandard) files are decompressed while reading
-(text and JSONL); Parquet files carry their own compression. Files may be local or URLs
-(see ``dllm_jax.paths``).
+Compression (``compression_of``, the one rule for corpus and task files): decided by the
+file's first bytes (its magic number), not its name. gzip, bzip2, xz and Zstandard (and the
+legacy ``.lzma`` format, which has no magic number, by its suffix) are decompressed while
+reading (text and JSONL; Parquet files carry their own compression). Any other compression or
+archive recognised by its magic bytes (zip, 7z, rar, lz4, lzip, Unix compress, snappy, lzop,
+tar; brotli by its ``.br`` suffix) is ONE DataError naming the format and how to decompress it,
+never the UTF-8/iconv advice (which would turn a compressed file into garbage). A file whose
+name says gzip/bzip2/xz/zstd but whose bytes are not is an error too (a damaged download, or
+an HTML page saved under that name). Files may be local or URLs (see ``dllm_jax.paths``).
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import io
 import json
+import lzma
 import zlib
 from typing import IO, Iterator
 
@@ -31,14 +39,96 @@ _UTF32_BOMS = {b"\xff\xfe\x00\x00": "UTF-32LE", b"\x00\x00\xfe\xff": "UTF-32BE"}
 _UTF16_BOMS = {b"\xff\xfe": "UTF-16LE", b"\xfe\xff": "UTF-16BE"}
 _NUL_SAMPLE = 1 << 16
 _NUL_SHARE = 0.1  # UTF-16 of ASCII text is ~50% NUL bytes, UTF-32 ~75%; UTF-8 text has none
-COMPRESSED_SUFFIXES = (".gz", ".zst")
 _PARQUET_BATCH_ROWS = 4096
+
+# Compression read while reading (stdlib, plus `zstandard`, a dependency of dllm_jax).
+READABLE_COMPRESSIONS = ("gzip", "bzip2", "xz", "zstd", "lzma")
+# name suffix -> the compression it claims (".tgz" is gzip of a tar archive)
+_SUFFIXES = {".gz": "gzip", ".tgz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd",
+             ".lzma": "lzma", ".br": "brotli", ".zip": "zip", ".7z": "7z", ".rar": "rar", ".lz4": "lz4",
+             ".lz": "lzip", ".Z": "compress", ".sz": "snappy", ".lzo": "lzop"}
+COMPRESSED_SUFFIXES = tuple(_SUFFIXES)
+# what to run to get at the text, for the formats that are not read directly
+_HOW = {"zip": "unzip {name}", "7z": "7z x {name}", "rar": "unrar x {name}", "lz4": "lz4 -d {name}",
+        "lzip": "lzip -d {name}", "compress": "uncompress {name}", "snappy": "a snappy tool (e.g. python -m snappy -d {name} OUT)",
+        "lzop": "lzop -d {name}", "brotli": "brotli -d {name}", "tar": "tar -xf {name}"}
+_ARCHIVES = ("zip", "7z", "rar", "tar")
+_HEAD = 512  # bytes looked at to tell the format (a tar header is 512 bytes)
+
+
+def _is_bzip2(h: bytes) -> bool:
+    """'BZh' + a block-size digit + a block or end-of-stream magic (never the start of text)."""
+    return len(h) >= 10 and h[:3] == b"BZh" and h[3] in b"123456789" and h[4:10] in (b"1AY&SY", b"\x17rE8P\x90")
+
+
+_MAGIC = (  # (test on the first bytes, compression or archive)
+    (lambda h: h[:2] == b"\x1f\x8b", "gzip"), (_is_bzip2, "bzip2"), (lambda h: h[:6] == b"\xfd7zXZ\x00", "xz"),
+    (lambda h: h[:4] == b"\x28\xb5\x2f\xfd", "zstd"), (lambda h: h[:4] in (b"PK\x03\x04", b"PK\x05\x06"), "zip"),
+    (lambda h: h[:6] == b"7z\xbc\xaf\x27\x1c", "7z"), (lambda h: h[:6] == b"Rar!\x1a\x07", "rar"),
+    (lambda h: h[:4] == b"\x04\x22\x4d\x18", "lz4"), (lambda h: h[:5] == b"LZIP\x01", "lzip"),
+    (lambda h: h[:2] in (b"\x1f\x9d", b"\x1f\xa0"), "compress"), (lambda h: h[:10] == b"\xff\x06\x00\x00sNaPpY", "snappy"),
+    (lambda h: h[:9] == b"\x89LZO\x00\r\n\x1a\n", "lzop"), (lambda h: h[257:262] == b"ustar", "tar"),
+)
+
+
+def _suffix_kind(path: str) -> str | None:
+    """The compression a file's name claims ('.Z' is case-sensitive, the others are not)."""
+    name = paths.basename(path)
+    for suffix, kind in _SUFFIXES.items():
+        if name.endswith(suffix) if suffix == ".Z" else name.lower().endswith(suffix):
+            return kind
+    return None
+
+
+def _zstd_available() -> bool:
+    try:
+        import zstandard  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+        return False
+    return True
+
+
+def compression_of(head: bytes, path: str, by_name: bool = True) -> str | None:
+    """The compression of a file from its first bytes (``head``, its first 512 bytes or all of a
+    shorter file): 'gzip', 'bzip2', 'xz', 'zstd', 'lzma' (legacy, by the '.lzma' suffix) or None
+    (not compressed). ``by_name=False``: look at the bytes only (a decompressed stream).
+
+    Raises:
+      DataError: one line naming ``path``, the format and the fix, when the bytes are a
+        compression or archive that is not read here (zip, 7z, rar, lz4, lzip, compress,
+        snappy, lzop, tar; brotli by its '.br' suffix; zstd without the `zstandard` package),
+        or when the name claims gzip / bzip2 / xz / zstd / lzma and the bytes are not that.
+    """
+    kind = next((name for test, name in _MAGIC if test(head)), None)
+    claimed = _suffix_kind(path) if by_name else None
+    if kind is None and claimed in ("lzma", "brotli") and head:  # formats without a magic number
+        kind = claimed
+    if kind is None:
+        if claimed in READABLE_COMPRESSIONS and head:
+            name = _NAMES[claimed]
+            raise DataError(
+                f"{path!r} is not a valid {name} file: its name says {name} but its first bytes ({head[:8].hex(' ')}) "
+                f"are not a {name} header; it is damaged or another format saved under that name: check the file "
+                f"(e.g. `file {paths.basename(path)}`), or rename it without the compression suffix if it is plain text."
+            )
+        return None
+    if kind == "zstd" and not _zstd_available():
+        raise DataError(f"{path!r} is Zstandard-compressed and the `zstandard` package (a dependency of dllm_jax) is "
+                        f"missing; pip install zstandard, or decompress it (`zstd -d {paths.basename(path)}`).")
+    if kind in READABLE_COMPRESSIONS:
+        return kind
+    what = f"a {kind} archive (files packed in one)" if kind in _ARCHIVES else f"{kind}-compressed"
+    how = _HOW.get(kind, "its tool").format(name=paths.basename(path))
+    raise DataError(
+        f"{path!r} is {what}, which dllm_jax does not read; extract it ({how}) and point at the extracted file(s), "
+        "or recompress them with gzip, bzip2, xz or zstd, which are read directly."
+    )
 
 
 def compression(path: str) -> str | None:
-    """'gzip', 'zstd' or None, from the file name."""
-    name = str(path).lower()
-    return "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else None
+    """The compression of the file at ``path``, by its content (``compression_of``)."""
+    with paths.open_file(path, "rb") as f:
+        return compression_of(f.read(_HEAD), path)
 
 
 def _open_error(path: str, e: OSError) -> DataError:
@@ -88,35 +178,67 @@ class _ZstdFrames(io.RawIOBase):
 
 
 @contextlib.contextmanager
+def decompressing(raw: IO[bytes], path: str) -> Iterator[IO[bytes]]:
+    """The (decompressed) bytes of the open binary file ``raw`` (named ``path`` in errors), the
+    compression told by ``compression_of``; decompression errors -> one DataError naming the file.
+    ``raw`` must be seekable (local files, fsspec files and BytesIO are)."""
+    errors: tuple = (OSError, EOFError, zlib.error, lzma.LZMAError)
+    kind = None
+    try:
+        kind = compression_of(raw.read(_HEAD), path)
+        raw.seek(0)
+        if kind is None:
+            yield raw
+            return
+        if kind == "zstd":
+            import zstandard  # pylint: disable=import-outside-toplevel
+
+            errors += (zstandard.ZstdError,)
+        stream = _DECOMPRESSORS[kind](raw)
+        nested = compression_of(stream.peek(_HEAD)[:_HEAD], path, by_name=False)
+        if nested is not None:
+            raise DataError(f"{path!r} is {nested} inside {kind} (compressed twice); decompress it once "
+                            f"(e.g. `{_TOOLS[kind]} {paths.basename(path)}`) and use the result.")
+        yield stream
+    except errors as e:  # gzip.BadGzipFile, zlib.error, lzma.LZMAError, ZstdError, EOFError (truncated), OSError
+        if kind is None:
+            raise _open_error(path, e) from e
+        name = _NAMES[kind]
+        raise DataError(
+            f"{path!r} is not a valid {name} file ({type(e).__name__}: {e}); it is a damaged or truncated {name} "
+            "file: download or compress it again."
+        ) from e
+
+
+_NAMES = {"gzip": "gzip", "bzip2": "bzip2", "xz": "xz", "zstd": "Zstandard", "lzma": "lzma"}
+_TOOLS = {"gzip": "gunzip", "bzip2": "bunzip2", "xz": "unxz", "zstd": "unzstd", "lzma": "unlzma"}
+_DECOMPRESSORS = {
+    "gzip": lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"),
+    "bzip2": lambda raw: bz2.BZ2File(raw, mode="rb"),
+    "xz": lambda raw: lzma.LZMAFile(raw, mode="rb", format=lzma.FORMAT_XZ),
+    "lzma": lambda raw: lzma.LZMAFile(raw, mode="rb", format=lzma.FORMAT_ALONE),
+    "zstd": lambda raw: io.BufferedReader(_ZstdFrames(raw)),
+}
+
+
+@contextlib.contextmanager
 def open_decompressed(path: str) -> Iterator[IO[bytes]]:
-    """A binary stream of the file's (decompressed) bytes; OSError -> DataError."""
+    """A binary stream of the file's (decompressed) bytes (``decompressing``); OSError -> DataError."""
     try:
         raw = paths.open_file(path, "rb")
     except OSError as e:
         raise _open_error(path, e) from e
-    kind = compression(path)
-    errors: tuple = (OSError, EOFError, zlib.error)
     try:
-        if kind == "gzip":
-            stream = gzip.GzipFile(fileobj=raw, mode="rb")
-        elif kind == "zstd":
-            import zstandard  # pylint: disable=import-outside-toplevel
-
-            errors += (zstandard.ZstdError,)
-            stream = io.BufferedReader(_ZstdFrames(raw))
-        else:
-            stream = raw
-        yield stream
-    except errors as e:  # gzip.BadGzipFile, zlib.error, zstandard.ZstdError, EOFError (truncated), OSError
-        if kind is None:
-            raise _open_error(path, e) from e
-        what = {"gzip": "a valid gzip file", "zstd": "a valid Zstandard file"}.get(kind, "readable")
-        raise DataError(
-            f"{path!r} is not {what} ({type(e).__name__}: {e}); check the file (a .gz/.zst suffix means it "
-            "is decompressed while reading), or remove it from data.paths."
-        ) from e
+        with decompressing(raw, path) as stream:
+            yield stream
     finally:
         raw.close()
+
+
+def decompress_bytes(data: bytes, path: str) -> bytes:
+    """``data`` (the bytes of ``path``) decompressed by the same rule as ``open_decompressed``."""
+    with decompressing(io.BytesIO(data), path) as stream:
+        return stream.read()
 
 
 def read_decompressed(path: str) -> bytes:
@@ -125,7 +247,10 @@ def read_decompressed(path: str) -> bytes:
 
 
 def _after(path: str) -> str:
-    return " (after decompression)" if compression(path) else ""
+    try:
+        return " (after decompression)" if compression(path) else ""
+    except (DataError, OSError):
+        return ""
 
 
 def check_not_utf16_32(head: bytes, path: str) -> None:

@@ -34,7 +34,7 @@ from dllm_jax import paths
 from dllm_jax.data import index as index_lib
 from dllm_jax.data import prepare as prepare_lib
 from dllm_jax.data import store as store_lib
-from dllm_jax.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer
+from dllm_jax.data.tokenizer import HFTokenizer, Tokenizer, load_tokenizer, tokenizer_from_bytes, tokenizer_names
 from dllm_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger("dllm_jax")
@@ -93,17 +93,47 @@ def _check_same(tok, other, what: str, fix: str) -> None:
                         f"(fingerprint {tok.fingerprint}); {fix}")
 
 
+def _check_encoding(store: store_lib.TokenStore, d, store_dir: str) -> None:
+    """data.split_special_tokens must say how the store's text was encoded (its identity)."""
+    want = prepare_lib.encoding_spec(d)
+    have = store.identity.get("encoding")
+    if have is None:
+        logger.warning("token store %s predates dllm_jax's text-handling rule %d (special-token strings in text, U+2581); "
+                       "prepare it again to apply it", store_dir, want["version"])
+    elif have.get("split_special_tokens") != want["split_special_tokens"]:
+        raise DataError(
+            f"data.split_special_tokens={want['split_special_tokens']} but the store {store_dir!r} was prepared with "
+            f"data.split_special_tokens={have.get('split_special_tokens')}; set it to match the store, or prepare a "
+            "store with this setting."
+        )
+
+
+def _check_special_names(tok, names: dict, store_dir: str) -> None:
+    """ConfigError unless data.eos_token / data.pad_token give the store's tokenizer the EOS and
+    pad ids it was prepared with (the run's config is what rebuilds its tokenizer later)."""
+    mine = tokenizer_from_bytes(tok.model_bytes, source=f"of the store {store_dir!r}", **names)
+    if (mine.eos_id, mine.pad_id) != (tok.eos_id, tok.pad_id):
+        given = ", ".join(f"data.{k}={(v or '')!r}" for k, v in names.items())
+        stored = ", ".join(f"data.{k}={v!r}" for k, v in tok.overrides.items()) or "both ''"
+        raise ConfigError(f"{given} give EOS id {mine.eos_id} and pad id {mine.pad_id}, but the store {store_dir!r} was prepared "
+                          f"with EOS id {tok.eos_id} and pad id {tok.pad_id} ({stored}); set those keys as the store was "
+                          "prepared, or prepare a store with yours.")
+
+
 def _open_store(d, workdir) -> tuple[store_lib.TokenStore, bool]:
     """The run's token store and whether it already existed (prepared before this call)."""
     wpath = workdir_tokenizer_path(workdir)
-    given = load_tokenizer(d.tokenizer) if d.tokenizer else None
-    existing = load_tokenizer(wpath) if wpath and paths.isfile(wpath) else None
+    names = tokenizer_names(d)  # data.eos_token / data.pad_token
+    given = load_tokenizer(d.tokenizer, **names) if d.tokenizer else None
+    existing = load_tokenizer(wpath, **names) if wpath and paths.isfile(wpath) else None
     store_dir = d.get("store", "")
     if store_dir:
         store = store_lib.TokenStore(store_dir)
         tok = store.tokenizer
         _check_same(tok, given, f"data.tokenizer={d.tokenizer!r}", f"the store {store_dir!r} was prepared with another "
                     "tokenizer: drop data.tokenizer, or prepare a store with it.")
+        _check_encoding(store, d, store_dir)
+        _check_special_names(tok, names, store_dir)
         hit = True
     else:
         if given is not None and existing is not None and given.fingerprint != existing.fingerprint:
@@ -204,6 +234,26 @@ def build_dataset(config, workdir: str | None, process_index: int | None = None,
         steps_per_epoch, stats["num_steps"], stats["build_seconds"],
     )
     return Dataset(tokenizer=tok, train=train, val=val, stats=stats, store=store)
+
+
+def corpus_split(config) -> dict:
+    """The token counts of a run's corpus before it has a workdir: opens (or prepares, into
+    data.cache_dir, where the run will find it) the token store as ``build_dataset`` does for a
+    new workdir, and splits off validation as ``index.build_index`` does. Returns
+    {``documents``, ``val_documents``, ``corpus_tokens``, ``val_tokens``, ``available_tokens``
+    (what a budget U may use: build_index refuses U above it), ``store``, ``data_fingerprint``};
+    counts in documents and tokens. Nothing is written to a workdir (``dllm-jax sweep`` checks
+    its budgets with it).
+
+    Raises: DataError / ConfigError as ``build_dataset`` would (no corpus, validation takes
+    every document)."""
+    d = config.data
+    store, _ = _open_store(d, None)
+    _, stats = index_lib.build_index(  # rows of one token: no rounding to batches, only the split
+        store, seed=int(config.seed), max_docs=_int_key(d.max_docs, "data.max_docs", 0),
+        val_tokens=_int_key(d.val_tokens, "data.val_tokens", 0), unique_tokens=0, seq_len=1, global_batch=1)
+    keys = ("documents", "val_documents", "corpus_tokens", "val_tokens", "available_tokens")
+    return {**{k: stats[k] for k in keys}, "store": str(store.root), "data_fingerprint": store.content_fingerprint}
 
 
 # -- loaders ---------------------------------------------------------------------------

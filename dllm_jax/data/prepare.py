@@ -29,6 +29,13 @@ first N documents of the store) and to the tokenizer's training sample.
 
 Tokenizer: ``data.tokenizer`` (SentencePiece ``.model`` or Hugging Face ``tokenizer.json``), or a
 SentencePiece model trained on a bounded, seeded sample of documents (``tokenizer_sample``).
+
+Text handling (``encoding_spec``, part of the identity): documents are encoded by
+``prepare_shard`` alone, in Beam workers and in-process alike, with
+``data.split_special_tokens`` (default True: a literal ``</s>`` / ``<|endoftext|>`` in a document
+is text, not EOS; see ``dllm_jax.data.tokenizer``). With a tokenizer that cannot keep U+2581
+('▁', decoded as a space: ``keeps_u2581`` False) each shard counts the character and
+``prepare`` logs ONE warning naming the count and the files.
 """
 from __future__ import annotations
 
@@ -48,7 +55,7 @@ import numpy as np
 from dllm_jax import paths
 from dllm_jax.data import sources
 from dllm_jax.data import store as store_lib
-from dllm_jax.data.tokenizer import TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, train_tokenizer
+from dllm_jax.data.tokenizer import ENCODING_VERSION, SPACE_SYMBOL, TRAINER_VERSION, load_tokenizer, tokenizer_from_bytes, tokenizer_names, train_tokenizer
 from dllm_jax.errors import ConfigError, DataError, DllmError
 
 logger = logging.getLogger("dllm_jax")
@@ -88,19 +95,35 @@ def _whole_source(data_cfg) -> ml_collections.ConfigDict:
     return d
 
 
+def encoding_spec(data_cfg) -> dict:
+    """How documents become ids besides the tokenizer itself: ``{"split_special_tokens": bool,
+    "version": ENCODING_VERSION}`` (``data.split_special_tokens``, default True when a config
+    predates the key).
+
+    Raises:
+      ConfigError: data.split_special_tokens is not a bool.
+    """
+    split = data_cfg.get("split_special_tokens", True)
+    if not isinstance(split, bool):
+        raise ConfigError(f"data.split_special_tokens={split!r} must be True (special-token strings in the corpus are "
+                          "text, the default) or False (they become the special ids); set it to True or False.")
+    return {"split_special_tokens": split, "version": ENCODING_VERSION}
+
+
 # -- tokenizer -------------------------------------------------------------------------
 
 def tokenizer_recipe(data_cfg, tokenizer=None) -> dict:
-    """What fixes the tokenizer: a given one's fingerprint, or the settings a model is trained with."""
+    """What fixes the tokenizer: a given one's fingerprint (which covers a data.eos_token /
+    data.pad_token choice), or the settings a model is trained with (and those names, if set)."""
     if tokenizer is not None:
         return {"file": tokenizer.fingerprint}
-    return {
-        "train": {
-            "model_type": data_cfg.tokenizer_type, "vocab_size": int(data_cfg.vocab_size),
-            "trainer": TRAINER_VERSION, "max_docs": int(data_cfg.max_docs),
-            "sample_chars": TOKENIZER_SAMPLE_CHARS, "sample_seed": TOKENIZER_SAMPLE_SEED,
-        }
+    train = {
+        "model_type": data_cfg.tokenizer_type, "vocab_size": int(data_cfg.vocab_size),
+        "trainer": TRAINER_VERSION, "max_docs": int(data_cfg.max_docs),
+        "sample_chars": TOKENIZER_SAMPLE_CHARS, "sample_seed": TOKENIZER_SAMPLE_SEED,
     }
+    train.update({k: v for k, v in tokenizer_names(data_cfg).items() if v})
+    return {"train": train}
 
 
 def tokenizer_sample(data_cfg, max_chars: int = TOKENIZER_SAMPLE_CHARS, seed: int = TOKENIZER_SAMPLE_SEED) -> list[str]:
@@ -133,8 +156,9 @@ def tokenizer_sample(data_cfg, max_chars: int = TOKENIZER_SAMPLE_CHARS, seed: in
 def resolve_tokenizer(data_cfg, given=None, reuse_from=None):
     """(tokenizer, recipe): ``given`` (a loaded tokenizer), data.tokenizer, the tokenizer of the
     unfinished store at ``reuse_from`` when it was trained with the same recipe, or a new one."""
+    names = tokenizer_names(data_cfg)
     if given is None and data_cfg.tokenizer:
-        given = load_tokenizer(data_cfg.tokenizer)
+        given = load_tokenizer(data_cfg.tokenizer, **names)
     recipe = tokenizer_recipe(data_cfg, given)
     if given is not None:
         return given, recipe
@@ -143,19 +167,22 @@ def resolve_tokenizer(data_cfg, given=None, reuse_from=None):
         if plan and plan["identity"]["tokenizer"] == recipe:
             path = reuse_from / plan["tokenizer"]["filename"]
             if path.exists():
-                return tokenizer_from_bytes(path.read_bytes(), source=str(path)), recipe
+                return tokenizer_from_bytes(path.read_bytes(), source=str(path), **names), recipe
     t0 = time.perf_counter()
     docs = tokenizer_sample(data_cfg)
     if not docs:
         raise DataError(f"cannot train a tokenizer: data.paths={data_cfg.paths!r} holds no text; point it at files with text.")
     tok = train_tokenizer(docs, int(data_cfg.vocab_size), None, data_cfg.tokenizer_type)
+    if any(names.values()):  # data.eos_token / data.pad_token name pieces of the trained model
+        tok = tokenizer_from_bytes(tok.model_bytes, source="the tokenizer trained here", **names)
     logger.info("tokenizer trained in %.1fs", time.perf_counter() - t0)
     return tok, recipe
 
 
 # -- one shard -------------------------------------------------------------------------
 
-def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads,
+                   split_special_tokens: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(tokens, lengths) chunks of ``documents``, each followed by EOS, ~8M characters each."""
     start = 0
     while start < len(documents):
@@ -163,7 +190,7 @@ def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads) -> I
         while end < len(documents) and (end == start or chars < _ENCODE_CHUNK_CHARS):
             chars += len(documents[end])
             end += 1
-        ids = tokenizer.encode_batch(documents[start:end], num_threads=num_threads)
+        ids = tokenizer.encode_batch(documents[start:end], num_threads=num_threads, split_special_tokens=split_special_tokens)
         lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(itertools.chain(x, (tokenizer.eos_id,)) for x in ids),
                            dtype=dtype, count=int(lens.sum()))
@@ -171,7 +198,7 @@ def _encode_chunks(documents: Sequence[str], tokenizer, dtype, num_threads) -> I
         start = end
 
 
-_TOKENIZERS: dict[str, object] = {}  # per worker process: fingerprint -> tokenizer
+_TOKENIZERS: dict[tuple, object] = {}  # per worker process: (sha256 of the file, names) -> tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,12 +211,13 @@ class ShardJob:
     tokenizer_bytes: bytes
     dtype: str
     num_threads: int | None = None  # encoder threads; Beam workers use 1 (Beam parallelises)
+    tokenizer_names: tuple = ()  # ((name, value), ...): the tokenizer's `overrides` (data.eos_token / data.pad_token)
 
     def tokenizer(self):
-        fp = hashlib.sha256(self.tokenizer_bytes).hexdigest()
-        if fp not in _TOKENIZERS:
-            _TOKENIZERS[fp] = tokenizer_from_bytes(self.tokenizer_bytes)
-        return _TOKENIZERS[fp]
+        key = (hashlib.sha256(self.tokenizer_bytes).hexdigest(), self.tokenizer_names)
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = tokenizer_from_bytes(self.tokenizer_bytes, **dict(self.tokenizer_names))
+        return _TOKENIZERS[key]
 
     def __call__(self, index: int) -> dict:
         return prepare_shard(self, int(index))
@@ -204,12 +232,17 @@ def prepare_shard(job: ShardJob, index: int) -> dict:
     if not docs:
         logger.warning("source shard %d (%s) holds no documents", index, shard)
     t1 = time.perf_counter()
-    chunks = _encode_chunks(docs, job.tokenizer(), np.dtype(job.dtype), job.num_threads)
+    tok = job.tokenizer()
+    split = encoding_spec(cfg)["split_special_tokens"]
+    chunks = _encode_chunks(docs, tok, np.dtype(job.dtype), job.num_threads, split)
     chars = sum(map(len, docs))
+    # U+2581 that this tokenizer turns into a space: counted here, reported once by `prepare`
+    lost = 0 if getattr(tok, "keeps_u2581", True) else sum(d.count(SPACE_SYMBOL) for d in docs)
 
     def stats():  # measured once the shard's data is written; kept in its done record
         return {"characters": chars, "read_seconds": round(t1 - t0, 3), "seconds": round(time.perf_counter() - t0, 3),
-                "cpu_seconds": round(time.process_time() - c0, 3)}  # this process's CPU time (all its threads)
+                "cpu_seconds": round(time.process_time() - c0, 3),  # this process's CPU time (all its threads)
+                **({"u2581_as_space": lost} if lost else {})}
 
     return store_lib.write_shard(job.root, index, chunks, shard, stats)
 
@@ -332,10 +365,20 @@ class PrepareResult:
                 "seconds": round(self.seconds, 3), "tokens_per_sec": round(self.tokens_per_sec, 1)}
 
 
+def _digest_memo_dir(data_cfg) -> str | None:
+    """Where corpus files' content digests are remembered between runs (under the data cache);
+    None when the cache is not a usable local directory (digests are then computed each time)."""
+    try:
+        return os.path.join(resolve_cache_dir(data_cfg.cache_dir), "file-digests")
+    except DataError:
+        return None
+
+
 def _identity(data_cfg, recipe: dict) -> dict:
-    spec = dict(sources.source_spec(_whole_source(data_cfg)))
+    spec = dict(sources.source_spec(_whole_source(data_cfg), memo_dir=_digest_memo_dir(data_cfg)))
     spec.pop("max_docs", None)
-    identity = {"format": store_lib.FORMAT, "version": store_lib.VERSION, "source": spec, "tokenizer": recipe}
+    identity = {"format": store_lib.FORMAT, "version": store_lib.VERSION, "source": spec, "tokenizer": recipe,
+                "encoding": encoding_spec(data_cfg)}
     return json.loads(json.dumps(identity, sort_keys=True, default=str))  # as it reads back from plan.json
 
 
@@ -367,11 +410,12 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
     root = store_lib.store_path(output)
     manifest = store_lib.read_json(root / store_lib.MANIFEST)
     plan = manifest or store_lib.read_json(root / store_lib.PLAN)
-    given = tokenizer if tokenizer is not None else (load_tokenizer(data_cfg.tokenizer) if data_cfg.tokenizer else None)
+    given = tokenizer if tokenizer is not None else (
+        load_tokenizer(data_cfg.tokenizer, **tokenizer_names(data_cfg)) if data_cfg.tokenizer else None)
     identity = _identity(data_cfg, tokenizer_recipe(data_cfg, given))
     if plan is not None and plan.get("identity") != identity:
         old = (plan.get("identity") or {})
-        what = [k for k in ("format", "version", "source", "tokenizer") if old.get(k) != identity[k]]
+        what = [k for k in ("format", "version", "source", "tokenizer", "encoding") if old.get(k) != identity[k]]
         raise DataError(
             f"--output {str(output)!r} already holds a token store of other inputs ({', '.join(what) or 'unknown'} "
             "differ); a store is never reused for other data. Choose another --output, or delete that directory."
@@ -391,7 +435,7 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
     shards = sources.source_shards(whole)
     dtype = store_lib.token_dtype(tok.vocab_size)
     tok_info = {"kind": tok.kind, "filename": tok.filename, "fingerprint": tok.fingerprint,
-                "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id}
+                "vocab_size": tok.vocab_size, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "names": dict(tok.overrides)}
     if plan is None:
         store_lib.write_bytes_atomic(root / tok.filename, tok.model_bytes)
         store_lib.write_json_atomic(root / store_lib.PLAN, {"identity": identity, "tokenizer": tok_info,
@@ -405,7 +449,8 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         todo = todo[:stop_after]
     if len(todo) < len(shards):
         logger.info("resuming %s: %d of %d shards already prepared", root, len(shards) - len(todo), len(shards))
-    job = ShardJob(data_cfg=whole.to_dict(), root=str(root), shards=tuple(shards), tokenizer_bytes=tok.model_bytes, dtype=dtype.str)
+    job = ShardJob(data_cfg=whole.to_dict(), root=str(root), shards=tuple(shards), tokenizer_bytes=tok.model_bytes, dtype=dtype.str,
+                   tokenizer_names=tuple(sorted(tok.overrides.items())))
     if runner == "beam":
         run_beam(job, todo, options)
     elif runner == "in_process":
@@ -423,6 +468,7 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
     documents = sum(r["documents"] for r in records)
     if documents == 0:
         raise DataError(f"the source holds no documents (data.paths={data_cfg.paths!r}); point it at files with text.")
+    lost = _report_u2581(records, tok)
     seconds = time.perf_counter() - t0
     tokens_written = sum(r["tokens"] for r in written)
     manifest = {
@@ -433,10 +479,27 @@ def prepare(data_cfg, output, *, tokenizer=None, runner: str = "in_process",
         "stats": {"runner": runner, "seconds": round(seconds, 3), "shards_written": len(written),
                   "tokens_written": tokens_written, "characters": sum(r.get("characters", 0) for r in records),
                   "shard_seconds": round(sum(r.get("seconds", 0.0) for r in written), 3),
-                  "shard_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in written), 3)},
+                  "shard_cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in written), 3),
+                  **({"u2581_as_space": lost} if lost else {})},
     }
     store_lib.write_json_atomic(root / store_lib.MANIFEST, manifest)
     return _result(root, manifest, False, len(written), tokens_written, seconds)
+
+
+def _report_u2581(records: Sequence[dict], tok) -> int:
+    """Logs ONE warning when documents hold U+2581 ('▁') that ``tok`` decodes as a space (the
+    count, and the files holding most of them); returns the count (0: none, or kept)."""
+    counts = [(r.get("u2581_as_space", 0), r.get("source", {})) for r in records]
+    total = sum(n for n, _ in counts)
+    if total:
+        top = sorted(((n, s.get("path", s)) for n, s in counts if n), key=lambda x: -x[0])
+        shown = ", ".join(f"{p} ({n})" for n, p in top[:3]) + (f" and {len(top) - 3} more" if len(top) > 3 else "")
+        logger.warning(
+            "the corpus holds %d U+2581 characters ('\u2581', SentencePiece's space symbol) in %d source shard(s): %s. The "
+            "tokenizer %s (%s) cannot keep it: those characters are stored as its space pieces and decode as ' '. "
+            "Replace them in the corpus if they matter, or use a tokenizer trained here (data.tokenizer=''), "
+            "which keeps them as byte pieces.", total, len(top), shown, tok.kind, tok.fingerprint)
+    return total
 
 
 def _result(root, manifest, up_to_date, shards_written, tokens_written, seconds) -> PrepareResult:

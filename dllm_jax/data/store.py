@@ -279,7 +279,8 @@ class TokenStore:
 
     @property
     def identity(self) -> dict:
-        """How the store was made (source spec with file paths and mtimes, tokenizer recipe)."""
+        """How the store was made (source spec with file paths and content digests, tokenizer
+        recipe, text handling: ``encoding``; stores made before that rule lack it)."""
         return self.manifest["identity"]
 
     @property
@@ -298,7 +299,8 @@ class TokenStore:
             from dllm_jax.data.tokenizer import tokenizer_from_bytes
 
             path = self.root / self.manifest["tokenizer"]["filename"]
-            self._tokenizer = tokenizer_from_bytes(path.read_bytes(), source=repr(str(path)))
+            names = self.manifest["tokenizer"].get("names") or {}  # data.eos_token / data.pad_token it was prepared with
+            self._tokenizer = tokenizer_from_bytes(path.read_bytes(), source=repr(str(path)), **names)
             if self._tokenizer.fingerprint != self.manifest["tokenizer"]["fingerprint"]:
                 raise DataError(f"token store {str(self.root)!r}: {path.name} does not match the manifest's fingerprint; prepare the store again.")
         return self._tokenizer

@@ -8,11 +8,49 @@ the file's content. The absorbing-diffusion [MASK] token is NOT a piece of eithe
 ``mask_id == vocab_size``, one past the real vocabulary, so models that need it use
 ``vocab_size + 1`` embedding rows.
 
+EOS and padding (one rule for both kinds):
+
+- EOS (``eos_id``) ends every document in the packed data; it is a real, trainable token:
+  AR predicts it, the MDM masks it like any token, it belongs to its document's segment,
+  validation counts it as training does, and samplers may emit it (a row stops there).
+  It is the token named by ``data.eos_token``, else the tokenizer's own (SentencePiece:
+  the model's EOS piece; tokenizer.json: the first of ``HF_EOS_CANDIDATES`` present).
+- Padding (``pad_id``) only fills positions that hold no token (sampling canvases, ragged
+  batches); packed training rows have none. It is an id no real token has: the piece named
+  by ``data.pad_token``, else the tokenizer's own pad piece (SentencePiece's pad;
+  ``HF_PAD_CANDIDATES``) when it has one other than EOS, else an EXTRA id
+  ``vocab_size + 1``, one past [MASK] (``pad_is_extra``; the model then has one more
+  embedding row, ``train_step.model_vocab_rows``). Never EOS. Ids >= ``mask_id`` are never
+  predicted, and a pad piece inside the vocabulary is banned by the samplers.
+- A named EOS / pad token must be a special token of the tokenizer (a control piece of a
+  SentencePiece model; an added special token of a tokenizer.json), else ConfigError.
+- ``fingerprint`` is the hash of the file, extended with the (eos, pad) ids when names
+  choose other ids than the automatic rule (a different EOS makes different token data).
+
 SentencePiece models trained here: pad=0, unk=1, eos=2, no BOS.
 
 Trained tokenizers are lossless on ordinary text (including code): no normalisation,
 whitespace kept as is, ``\\n`` and ``\\t`` are pieces of their own, and characters the
 trainer did not keep fall back to UTF-8 byte pieces (``byte_fallback``).
+
+Text handling (the same for both kinds; ``encode(text, split_special_tokens=True)``):
+
+- Special-token strings in text are text. With ``split_special_tokens=True`` (the default;
+  transformers' option of that name; tiktoken refuses such text by default, raising, where a
+  corpus that merely quotes ``</s>`` should still train) a literal ``</s>`` or ``<|endoftext|>``
+  in a document is tokenised as the characters it is, never as the EOS id (which would cut the
+  document in two). Special =
+  SentencePiece control and unknown pieces (``<pad>``, ``</s>``, ``<unk>``), Hugging Face added
+  tokens marked ``special``. ``split_special_tokens=False`` maps those strings to their ids
+  (for corpora that mark boundaries with them on purpose; SentencePiece then encodes the text
+  between them separately, so a model that adds a dummy-prefix space adds it to each part, as
+  transformers' legacy slow tokenizers do). SentencePiece user-defined
+  symbols and non-special HF added tokens are ordinary pieces and match text either way.
+- U+2581 ('▁'). SentencePiece uses it for a space, so a literal '▁' would decode as ' '. A
+  SentencePiece model with byte pieces and no whitespace normalisation (every model trained
+  here) encodes a literal '▁' as its three UTF-8 byte pieces, which decode back to '▁': text
+  round-trips. Other tokenizers that cannot keep it report ``keeps_u2581 = False`` and the
+  store preparation counts and reports the character (``dllm_jax.data.prepare``).
 """
 from __future__ import annotations
 
@@ -20,13 +58,14 @@ import hashlib
 import io
 import logging
 import os
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
 from dllm_jax import paths
-from dllm_jax.errors import DataError
+from dllm_jax.errors import ConfigError, DataError
 
 logger = logging.getLogger("dllm_jax")
 
@@ -46,15 +85,26 @@ _TRAIN_THREADS = 4
 # Changes whenever the training recipe above (or SentencePiece) changes; part of the
 # tokenizer cache key.
 TRAINER_VERSION = f"dllm_jax-1/sentencepiece-{spm.__version__}"
+# Changes whenever the text handling of encode (special-token strings, U+2581) changes: part of
+# a token store's identity, so stores tokenised by an older rule are not reused.
+ENCODING_VERSION = 2
+SPACE_SYMBOL = "\u2581"  # SentencePiece's whitespace meta symbol '▁'
 
 
 class Tokenizer:
-    """A SentencePiece model plus the ids the rest of the library relies on."""
+    """A SentencePiece model plus the ids the rest of the library relies on. EOS is the piece
+    named ``eos_token`` (a control piece) or the model's EOS; pad the piece named
+    ``pad_token``, the model's pad piece, or the extra id ``vocab_size + 1`` (module docstring).
+
+    Raises:
+      DataError: the bytes are not a SentencePiece model, or it has no EOS piece.
+      ConfigError: ``eos_token`` / ``pad_token`` is no control piece of it, or the pad is EOS.
+    """
 
     kind = "sentencepiece"
     filename = "tokenizer.model"  # its name in a workdir or token store
 
-    def __init__(self, model_bytes: bytes, source: str = "<bytes>"):
+    def __init__(self, model_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None):
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(model_bytes)
@@ -65,44 +115,111 @@ class Tokenizer:
             ) from e
         self._sp = sp
         self.model_bytes = bytes(model_bytes)
-        self.fingerprint = hashlib.sha256(self.model_bytes).hexdigest()[:16]
         self.vocab_size = int(sp.GetPieceSize())
-        self.pad_id = int(sp.pad_id())
-        self.eos_id = int(sp.eos_id())
         self.unk_id = int(sp.unk_id())
         self.bos_id = int(sp.bos_id())
         self.mask_id = self.vocab_size
-        if self.eos_id < 0:
-            raise DataError(
-                f"SentencePiece model {source} has no EOS piece (eos_id={self.eos_id}); "
-                "train it with eos_id set (e.g. eos_id=2) or let dllm_jax train one (data.tokenizer='')."
-            )
+
+        def find(name):
+            i = int(sp.PieceToId(name))
+            return i if 0 <= i < self.vocab_size and sp.IdToPiece(i) == name else None
+
+        auto_eos = int(sp.eos_id()) if sp.eos_id() >= 0 else None
+        _choose_special_ids(
+            self, source, find=find, is_special=lambda i: bool(sp.IsControl(i)),
+            specials=lambda: [sp.IdToPiece(i) for i in range(self.vocab_size) if sp.IsControl(i)],
+            auto_eos=auto_eos, auto_pad=lambda eos: int(sp.pad_id()) if 0 <= sp.pad_id() != eos else None,
+            eos_token=eos_token, pad_token=pad_token,
+            no_eos=f"SentencePiece model {source} has no EOS piece (eos_id={int(sp.eos_id())}); train it with eos_id set "
+                   "(e.g. eos_id=2), let dllm_jax train one (data.tokenizer=''), or set data.eos_token to the control piece "
+                   "that ends a document")
+        self._init_text_handling()
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_bytes(cls, b: bytes) -> "Tokenizer":
-        return cls(b)
+    def from_bytes(cls, b: bytes, **names) -> "Tokenizer":
+        return cls(b, **names)
 
     @classmethod
-    def load(cls, path: str) -> "Tokenizer":
-        return cls(_read_tokenizer_file(path), source=repr(path))
+    def load(cls, path: str, **names) -> "Tokenizer":
+        return cls(_read_tokenizer_file(path), source=repr(path), **names)
 
     def save(self, path: str) -> None:
         """Writes the model bytes atomically (a reader never sees half a file)."""
         _atomic_write(path, self.model_bytes)
 
     # -- encoding -----------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; no BOS or EOS added."""
-        return self._sp.EncodeAsIds(text)
+    def _init_text_handling(self) -> None:
+        """How text reaches SentencePiece (module docstring): a literal U+2581 becomes its byte
+        pieces when the model has them and encodes text in independent pieces exactly (no dummy
+        prefix, no whitespace squeezing: probed); special pieces are found lazily."""
+        sp = self._sp
+        byte_ids = [sp.PieceToId(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode("utf-8")]
+        plain = lambda t: sp.EncodeAsIds(t)  # noqa: E731
+        splittable = sp.DecodeIds(plain(" a ") + plain("b  ")) == " a b  "
+        self._space_ids = byte_ids if splittable and all(sp.IsByte(i) for i in byte_ids) else None
+        self.keeps_u2581 = self._space_ids is not None or sp.DecodeIds(plain("a\u2581b")) == "a\u2581b"
+        self._patterns: dict[bool, re.Pattern | None] = {}
+        self._specials: dict[str, int] | None = None
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
-        """Encodes many texts at once with SentencePiece's threaded batch encoder."""
+    def special_pieces(self) -> dict[str, int]:
+        """Piece -> id of the control and unknown pieces (``<pad>``, ``</s>``, ``<unk>``...)."""
+        if self._specials is None:
+            sp = self._sp
+            self._specials = {sp.IdToPiece(i): i for i in range(self.vocab_size)
+                              if (sp.IsControl(i) or sp.IsUnknown(i)) and sp.IdToPiece(i)}
+        return self._specials
+
+    def _pattern(self, split_special_tokens: bool) -> "re.Pattern | None":
+        """What is cut out of text before SentencePiece sees it: '▁' (when it can be kept as
+        bytes) and, unless ``split_special_tokens``, the special pieces' strings (longest first)."""
+        key = bool(split_special_tokens)
+        if key not in self._patterns:
+            alts = [] if key else sorted(self.special_pieces(), key=len, reverse=True)
+            if self._space_ids is not None:
+                alts.append(SPACE_SYMBOL)
+            self._patterns[key] = re.compile("|".join(map(re.escape, alts))) if alts else None
+        return self._patterns[key]
+
+    def _cut_ids(self, piece: str) -> list[int]:
+        return list(self._space_ids) if piece == SPACE_SYMBOL else [self.special_pieces()[piece]]
+
+    def encode(self, text: str, split_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; no BOS or EOS added. ``split_special_tokens`` (default True):
+        special-token strings in ``text`` are tokenised as text (module docstring)."""
+        pattern = self._pattern(split_special_tokens)
+        if pattern is None or not pattern.search(text):
+            return self._sp.EncodeAsIds(text)
+        return self.encode_batch([text], num_threads=1, split_special_tokens=split_special_tokens)[0]
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None,
+                     split_special_tokens: bool = True) -> list[list[int]]:
+        """Encodes many texts at once with SentencePiece's threaded batch encoder (as ``encode``)."""
         texts = list(texts)
         if not texts:
             return []
         threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
-        return self._sp.Encode(texts, out_type=int, num_threads=threads)
+        pattern = self._pattern(split_special_tokens)
+        if pattern is None:
+            return self._sp.Encode(texts, out_type=int, num_threads=threads)
+        # texts with something to cut out: encode the text between the cuts, then splice the cuts' ids in
+        parts, cuts = [], []
+        for t in texts:
+            pieces = pattern.split(t) if pattern.search(t) else [t]
+            cuts.append(pattern.findall(t) if len(pieces) > 1 else [])
+            parts.append(pieces)
+        flat = [p for pieces in parts for p in pieces]
+        if len(flat) == len(texts):  # nothing cut out of any text
+            return self._sp.Encode(texts, out_type=int, num_threads=threads)
+        ids = iter(self._sp.Encode(flat, out_type=int, num_threads=threads))
+        out = []
+        for pieces, found in zip(parts, cuts):
+            row = list(next(ids))
+            for c in found:
+                row += self._cut_ids(c)
+                row += next(ids)
+            out.append(row)
+        return out
 
     def decode(self, ids) -> str:
         """Text of ``ids``, dropping pad, mask and out-of-range ids (EOS decodes to nothing)."""
@@ -113,6 +230,8 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         if i == self.mask_id:
             return "[MASK]"
+        if self.pad_is_extra and i == self.pad_id:
+            return "[PAD]"
         return self._sp.IdToPiece(int(i))
 
     def __repr__(self) -> str:
@@ -135,6 +254,65 @@ def _atomic_write(path: str, data: bytes) -> None:
     paths.write_bytes(path, data)
 
 
+# Vocabulary entries listed as "tokens that look special" in errors: <...>, <|...|>, [...].
+_LOOKS_SPECIAL = re.compile(r"^(<\|[^\s]+\|>|<[^<>\s]+>|\[[A-Za-z_]+\])$")
+
+
+def tokenizer_names(data_cfg) -> dict:
+    """The ``eos_token`` / ``pad_token`` arguments of the loaders from a config's ``data``
+    section (``data.eos_token`` / ``data.pad_token``; '' = the automatic rule, i.e. None)."""
+    get = data_cfg.get if hasattr(data_cfg, "get") else (lambda k, d=None: getattr(data_cfg, k, d))
+    return {"eos_token": get("eos_token", "") or None, "pad_token": get("pad_token", "") or None}
+
+
+def _choose_special_ids(tok, source: str, *, find, is_special, specials, auto_eos, auto_pad, eos_token, pad_token,
+                        no_eos: str) -> None:
+    """Sets ``eos_id``, ``pad_id``, ``pad_is_extra``, ``overrides`` (the names given, to rebuild
+    the same tokenizer: ``tokenizer_from_bytes(b, **tok.overrides)``) and ``fingerprint`` of
+    ``tok`` (which has ``model_bytes`` and ``vocab_size``) by the module docstring's rule.
+
+    find(name) -> id or None; is_special(id) -> bool; specials() -> names to list in errors;
+    auto_eos: the automatic EOS id or None; auto_pad(eos_id) -> the automatic pad id or None."""
+
+    def shown() -> str:
+        names = specials()
+        more = f" (and {len(names) - 20} more)" if len(names) > 20 else ""
+        return (", ".join(repr(n) for n in names[:20]) + more) if names else "none"
+
+    def named(key: str, name: str) -> int:
+        i = find(name)
+        if i is None:
+            raise ConfigError(f"{key}={name!r} is not a token of the tokenizer {source}; tokens there that look special: "
+                              f"{shown()}. Set {key} to one of them, or to '' for the automatic choice.")
+        if not is_special(i):
+            raise ConfigError(f"{key}={name!r} is an ordinary piece of the tokenizer {source} (id {i}), so text would hold "
+                              f"it too; name a special token (its tokens that look special: {shown()}), or set {key}=''.")
+        return i
+
+    eos = named("data.eos_token", eos_token) if eos_token else auto_eos
+    if eos is None:
+        raise DataError(f"{no_eos}; tokens there that look special: {shown()}.")
+    extra = tok.vocab_size + 1  # one past [MASK]: no real token has it
+    if pad_token:
+        pad = named("data.pad_token", pad_token)
+        if pad == eos:
+            raise ConfigError(f"data.pad_token={pad_token!r} is the EOS token (id {eos}); padding needs an id of its own "
+                              "(EOS is a real token that the model learns and emits): set data.pad_token='' for an extra "
+                              "id, or name another special token.")
+    else:
+        pad = auto_pad(eos)
+        pad = extra if pad is None else pad
+    tok.eos_id, tok.pad_id, tok.pad_is_extra = int(eos), int(pad), pad == extra
+    tok.overrides = {k: v for k, v in (("eos_token", eos_token), ("pad_token", pad_token)) if v}
+    base = hashlib.sha256(tok.model_bytes).hexdigest()[:16]
+    auto = None
+    if auto_eos is not None:
+        p = auto_pad(auto_eos)
+        auto = (auto_eos, extra if p is None else p)
+    same = auto == (tok.eos_id, tok.pad_id)
+    tok.fingerprint = base if same else hashlib.sha256(f"{base}/eos={tok.eos_id}/pad={tok.pad_id}".encode()).hexdigest()[:16]
+
+
 # Special tokens that mark the end of a document, in the order they are looked for.
 # GPT-2/NeoX/Qwen: <|endoftext|>; Llama 3: <|end_of_text|>; Llama 2/Mistral: </s>; Gemma: <eos>.
 HF_EOS_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eot_id|>", "<|im_end|>")
@@ -145,19 +323,23 @@ class HFTokenizer:
     """A Hugging Face ``tokenizers`` model (the bytes of a ``tokenizer.json``).
 
     ``vocab_size`` counts added tokens too (``get_vocab_size(with_added_tokens=True)``), so
-    every id the tokenizer can emit is < vocab_size; ``mask_id = vocab_size``. EOS is the
-    first of ``HF_EOS_CANDIDATES`` present in the vocabulary (or ``eos_token``); pad is the
-    first of ``HF_PAD_CANDIDATES`` present, else EOS. Encoding adds no special tokens
-    (documents get EOS appended by the data pipeline, as with SentencePiece).
+    every id the tokenizer can emit is < vocab_size; ``mask_id = vocab_size``. EOS is
+    ``eos_token`` (``data.eos_token``) when given, else the first of ``HF_EOS_CANDIDATES``
+    present in the vocabulary; pad is ``pad_token`` when given, else the first of
+    ``HF_PAD_CANDIDATES`` present, else the extra id ``vocab_size + 1`` (never EOS: see the
+    module docstring). Encoding adds no special tokens (documents get EOS appended by the
+    data pipeline, as with SentencePiece).
 
     Raises:
       DataError: the bytes are not a tokenizer.json, or it has no recognisable EOS token.
+      ConfigError: ``eos_token`` / ``pad_token`` is not an added special token of it, or
+        the pad token is the EOS token.
     """
 
     kind = "hf"
     filename = "tokenizer.json"
 
-    def __init__(self, json_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None):
+    def __init__(self, json_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None):
         try:
             from tokenizers import Tokenizer as _HFTok  # pylint: disable=import-outside-toplevel
         except ImportError as e:
@@ -171,46 +353,72 @@ class HFTokenizer:
             ) from e
         self._tok = tok
         self.model_bytes = bytes(json_bytes)
-        self.fingerprint = hashlib.sha256(self.model_bytes).hexdigest()[:16]
         self.vocab_size = int(tok.get_vocab_size(with_added_tokens=True))
         vocab = tok.get_vocab(with_added_tokens=True)
         self.vocab_size = max(self.vocab_size, max(vocab.values(), default=-1) + 1)
-        names = (eos_token,) if eos_token else HF_EOS_CANDIDATES
-        eos = next((vocab[n] for n in names if n in vocab), None)
-        if eos is None:
-            raise DataError(
-                f"Hugging Face tokenizer {source} has none of the end-of-text tokens {list(names)}; "
-                "use a tokenizer with an EOS token (dllm_jax appends it to every document)."
-            )
-        self.eos_id = int(eos)
-        pad = next((vocab[n] for n in HF_PAD_CANDIDATES if n in vocab), None)
-        self.pad_id = int(pad) if pad is not None else self.eos_id
         self.unk_id = -1
         self.bos_id = -1
         self.mask_id = self.vocab_size
+        added = tok.get_added_tokens_decoder()
+
+        def specials():
+            names = [added[i].content for i in sorted(added) if added[i].special]
+            return names + sorted((n for n in vocab if _LOOKS_SPECIAL.match(n) and n not in names), key=vocab.get)
+
+        auto_eos = next((int(vocab[n]) for n in HF_EOS_CANDIDATES if n in vocab), None)
+        _choose_special_ids(
+            self, source, find=lambda n: int(vocab[n]) if n in vocab else None,
+            is_special=lambda i: i in added and bool(added[i].special), specials=specials, auto_eos=auto_eos,
+            auto_pad=lambda eos: next((int(vocab[n]) for n in HF_PAD_CANDIDATES if n in vocab and vocab[n] != eos), None),
+            eos_token=eos_token, pad_token=pad_token,
+            no_eos=f"Hugging Face tokenizer {source} has none of the end-of-text tokens {list(HF_EOS_CANDIDATES)}; set "
+                   "data.eos_token to the special token that ends a document (dllm_jax appends one to every document)")
+        self._init_text_handling()
+
+    def _init_text_handling(self) -> None:
+        """Special-token strings in text are text unless asked otherwise (module docstring):
+        ``encode_special_tokens=True`` on the tokenizer used by default, a second instance
+        with it False for ``split_special_tokens=False`` (made when first needed)."""
+        self._tok.encode_special_tokens = True
+        self._tok_specials = None
+        probe = "a\u2581b"
+        self.keeps_u2581 = self._tok.decode(self._tok.encode(probe, add_special_tokens=False).ids, skip_special_tokens=False) == probe
+
+    def _encoder(self, split_special_tokens: bool):
+        if split_special_tokens:
+            return self._tok
+        if self._tok_specials is None:
+            from tokenizers import Tokenizer as _HFTok  # pylint: disable=import-outside-toplevel
+
+            self._tok_specials = _HFTok.from_str(self.model_bytes.decode("utf-8"))
+            self._tok_specials.encode_special_tokens = False
+        return self._tok_specials
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "HFTokenizer":
-        return cls(b)
+    def from_bytes(cls, b: bytes, **names) -> "HFTokenizer":
+        return cls(b, **names)
 
     @classmethod
-    def load(cls, path: str) -> "HFTokenizer":
-        return cls(_read_tokenizer_file(path), source=repr(path))
+    def load(cls, path: str, **names) -> "HFTokenizer":
+        return cls(_read_tokenizer_file(path), source=repr(path), **names)
 
     def save(self, path: str) -> None:
         _atomic_write(path, self.model_bytes)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, split_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, no special tokens added; ``split_special_tokens`` (default True):
+        special-token strings in ``text`` are tokenised as text (module docstring)."""
+        return self._encoder(split_special_tokens).encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], num_threads: int | None = None,
+                     split_special_tokens: bool = True) -> list[list[int]]:
         texts = list(texts)
         if not texts:
             return []
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in self._encoder(split_special_tokens).encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
-        """Text of ``ids``, dropping pad (when distinct from EOS), EOS, mask and out-of-range ids."""
+        """Text of ``ids``, dropping pad, EOS, mask and out-of-range ids."""
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         keep = (arr >= 0) & (arr < self.vocab_size) & (arr != self.pad_id) & (arr != self.eos_id)
         return self._tok.decode([int(i) for i in arr[keep]], skip_special_tokens=False)
@@ -218,6 +426,8 @@ class HFTokenizer:
     def id_to_piece(self, i: int) -> str:
         if i == self.mask_id:
             return "[MASK]"
+        if self.pad_is_extra and i == self.pad_id:
+            return "[PAD]"
         return self._tok.id_to_token(int(i)) or ""
 
     def __repr__(self) -> str:
@@ -228,26 +438,30 @@ def _is_json(b: bytes) -> bool:
     return bytes(b[:64]).lstrip().startswith(b"{")
 
 
-def tokenizer_from_bytes(b: bytes, source: str = "<bytes>"):
-    """A ``Tokenizer`` (SentencePiece proto) or ``HFTokenizer`` (tokenizer.json), by content."""
-    return HFTokenizer(b, source=source) if _is_json(b) else Tokenizer(b, source=source)
+def tokenizer_from_bytes(b: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None):
+    """A ``Tokenizer`` (SentencePiece proto) or ``HFTokenizer`` (tokenizer.json), by content.
+    ``eos_token`` / ``pad_token``: names of the EOS / pad tokens (None = automatic; see the
+    module docstring), e.g. ``**tokenizer_names(config.data)``."""
+    cls = HFTokenizer if _is_json(b) else Tokenizer
+    return cls(b, source=source, eos_token=eos_token, pad_token=pad_token)
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, eos_token: str | None = None, pad_token: str | None = None):
     """Loads a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json`` (decided by content).
 
     A directory is accepted too: its ``tokenizer.json`` (a Hugging Face model directory) or
-    ``tokenizer.model``.
+    ``tokenizer.model``. ``eos_token`` / ``pad_token`` as in ``tokenizer_from_bytes``.
 
     Raises:
       DataError: the path does not exist or is not a tokenizer of either kind.
+      ConfigError: a named EOS / pad token is not a special token of it.
     """
     if paths.isdir(path):
         for name in (HFTokenizer.filename, Tokenizer.filename):
             if paths.isfile(paths.join(paths.expand(path), name)):
-                return load_tokenizer(paths.join(paths.expand(path), name))
+                return load_tokenizer(paths.join(paths.expand(path), name), eos_token=eos_token, pad_token=pad_token)
         raise DataError(f"tokenizer directory {path!r} has neither tokenizer.json nor tokenizer.model; point data.tokenizer at a tokenizer file.")
-    return tokenizer_from_bytes(_read_tokenizer_file(path), source=repr(path))
+    return tokenizer_from_bytes(_read_tokenizer_file(path), source=repr(path), eos_token=eos_token, pad_token=pad_token)
 
 
 def _training_sentences(documents: Iterable[str]) -> list[str]:

@@ -11,7 +11,15 @@ Tasks:
 Results go to --output, by default <workdir>/eval/<task>[-<data file stem>]_step<step>.json;
 `--step all` evaluates every saved checkpoint in turn (e.g. a new task on all the checkpoints
 a study run kept at its `eval.at_epochs`), one file each
-(the step in the name keeps evaluations of several checkpoints apart; cloze: cloze-len<K>[-both]_step<step>.json). Defaults of
+(the step in the name keeps evaluations of several checkpoints apart). Cloze results are named
+`cloze-len<K>[-both][-<C>way]-n<N>_step<step>.json` (`cloze_file_stem`): K tokens per choice,
+the two-sided task, C choices (omitted for 4), N items scored, so evaluations with another task
+or item count do not overwrite each other; files from before the item count was in the name
+(`cloze-len<K>[-both]_step<step>.json`) are read too (`parse_cloze_file_name`; `dllm-jax
+report --cloze-from eval` reads both). Cloze makes at most one item per validation row: asking
+for more (eval.cloze_examples or --limit) scores every row and says so in a warning with both
+numbers (decided: a warning, not an error, as training-time cloze caps the same way; the
+result records `items_requested`). Defaults of
 --mc-samples, --batch-size and the cloze settings come from the run's `eval.*` config.
 `--config.KEY=VALUE` may change the keys that do not change what the run learnt
 (`dllm_jax.config.HOW_KEYS`: where the data is, the eval.* keys, how the model is computed);
@@ -34,7 +42,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import time
 
 from dllm_jax import config as config_lib
@@ -43,6 +53,34 @@ from dllm_jax.errors import ConfigError
 
 TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
 FILE_TASKS = ("jsonl", "hellaswag", "mmlu")
+DEFAULT_CLOZE_CHOICES = 4  # left out of cloze file names
+_CLOZE_FILE = re.compile(r"^(cloze-len(\d+)(-both)?(?:-(\d+)way)?)(?:-n(\d+))?_step(\d+)\.json$")
+
+log = logging.getLogger("dllm_jax")
+
+
+def cloze_task_name(cloze: dict) -> str:
+    """The task part of a cloze result's file name, from its `cloze` record {'choices', 'length'
+    (tokens per choice), 'context'}: 'cloze-len<K>[-both][-<C>way]' (C left out when 4)."""
+    choices = int(cloze.get("choices", DEFAULT_CLOZE_CHOICES))
+    return (f"cloze-len{int(cloze['length'])}" + ("-both" if cloze.get("context") == "both" else "")
+            + (f"-{choices}way" if choices != DEFAULT_CLOZE_CHOICES else ""))
+
+
+def cloze_file_stem(cloze: dict, n_items: int) -> str:
+    """'cloze-len<K>[-both][-<C>way]-n<N>': the default file name of a cloze result before '_step<S>.json'."""
+    return f"{cloze_task_name(cloze)}-n{int(n_items)}"
+
+
+def parse_cloze_file_name(name: str) -> dict | None:
+    """{'task', 'length', 'context', 'choices', 'n' (None in names from before the item count),
+    'step'} of a default cloze result file name (new and old forms), else None."""
+    m = _CLOZE_FILE.match(name)
+    if m is None:
+        return None
+    task, length, both, choices, n, step = m.groups()
+    return {"task": task, "length": int(length), "context": "both" if both else "left",
+            "choices": int(choices) if choices else DEFAULT_CLOZE_CHOICES, "n": int(n) if n else None, "step": int(step)}
 
 
 def add_arguments(parser) -> None:
@@ -56,7 +94,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mc-samples", type=int, default=None, help="MDM Monte Carlo samples per choice or sequence (default: eval.mc_samples)")
     parser.add_argument("--cfg", type=float, default=0.0, help="MDM multiple choice: classifier-free guidance weight w (0 = off)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first K items / validation rows / cloze passages")
-    parser.add_argument("--output", default=None, help="JSON file to write (default: <workdir>/eval/<task>_step<N>.json)")
+    parser.add_argument("--output", default=None, help="JSON file to write (default: <workdir>/eval/<task>_step<N>.json; cloze: "
+                        "cloze-len<K>[-both][-<C>way]-n<items>_step<N>.json)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the Monte Carlo draws (and of generation); default: the run's seed, the draws of its training-time validation")
     parser.add_argument("--batch-size", type=int, default=None, help="rows per scoring batch (default: eval.batch_size)")
@@ -180,13 +219,21 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
         if args.task == "val":
             rows = val[: args.limit] if args.limit else val
             return {**head, **scorer.sequence_nll(params, rows, mc_samples=mc, seed=args.seed)}, _output_name(name, head)
-        token_items = cloze.build_cloze(val, run.tokenizer, n_examples=args.limit or e.cloze_examples,
+        asked = int(args.limit or e.cloze_examples)
+        token_items = cloze.build_cloze(val, run.tokenizer, n_examples=asked,
                                         n_choices=e.cloze_choices, length=e.cloze_length, seed=config.seed,
                                         context=e.cloze_context)
+        if asked > len(token_items) and (reuse is None or not reuse.get("warned_cap")):
+            what = f"--limit {args.limit}" if args.limit else f"eval.cloze_examples={e.cloze_examples}"
+            log.warning("cloze: %s asks for %d items but the run has %d validation rows (at most one item per row): "
+                        "scoring %d items (the file name and the result's n say so)", what, asked, len(val), len(token_items))
+            if reuse is not None:
+                reuse["warned_cap"] = True
         head["cloze"] = {"choices": e.cloze_choices, "length": cloze.continuation_length(config.data.seq_len, e.cloze_length),
                          "context": e.cloze_context}
-        # evaluations with other choice lengths or contexts are kept apart
-        name = f"cloze-len{head['cloze']['length']}" + ("-both" if e.cloze_context == "both" else "")
+        head["items_requested"] = asked  # 0: every validation row
+        # evaluations with other choice lengths, contexts, choice counts or item counts are kept apart
+        name = cloze_file_stem(head["cloze"], len(token_items))
     else:
         if args.limit:
             items = items[: args.limit]
@@ -251,4 +298,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["add_arguments", "run", "evaluate_run", "TASKS"]
+__all__ = ["add_arguments", "run", "evaluate_run", "TASKS", "cloze_task_name", "cloze_file_stem", "parse_cloze_file_name"]

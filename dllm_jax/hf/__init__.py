@@ -12,13 +12,18 @@ rotate-half form on the two halves of each head (not interleaved pairs), with fr
 base^(-2i/head_dim); HF's checkpoints are already stored for it (its conversion script
 permutes Meta's original interleaved q/k weights), so q/k weights are copied unpermuted.
 
-Vocabulary: our embedding has `model_vocab_rows(tokenizer vocab)` rows (the tokenizer's
-ids, then [MASK] = tokenizer vocab size, then padding to `model.vocab_multiple`). Rows of
-real tokens are copied; [MASK] and padding rows (and the matching output-head columns)
-are set to the mean of the copied real rows, a neutral start that the adaptation learns
-from (padding rows are never predicted: the loss and samplers exclude ids >= mask id).
+Vocabulary: our embedding has `model_vocab_rows(tokenizer vocab, ..., pad_is_extra)` rows
+(the tokenizer's ids, then [MASK] = tokenizer vocab size, then [PAD] = vocab size + 1 when
+the tokenizer has no pad token (Llama 3, Qwen2), then padding to `model.vocab_multiple`).
+Rows of real tokens are copied; [MASK], [PAD] and padding rows (and the matching
+output-head columns) are set to the mean of the copied real rows, a neutral start that the
+adaptation learns from (they are never predicted: the loss and samplers exclude ids >= mask
+id). EOS is a real token: its row is copied, and the run trains and samples it.
 A checkpoint written by `export_run` records its mask id, and then every row it holds is
-copied, so export-then-import is exact.
+copied, so export-then-import is exact; it also records the run's `data.eos_token` /
+`data.pad_token` (`tokenizer_names`), which the import sets again. Its config.json has the
+run's EOS as `eos_token_id` and its pad piece as `pad_token_id` (null when the run padded
+with the extra id, which no token of the exported tokenizer has).
 
 Streaming: every parameter is built with `jax.make_array_from_callback` on its target
 `NamedSharding`; the callback reads, per layer, only the tensors the addressable shards

@@ -27,8 +27,16 @@ def hf_family(model_cfg) -> str:
     return "Qwen2ForCausalLM" if model_cfg.attention_bias else "LlamaForCausalLM"
 
 
+def _hf_pad_id(tokenizer):
+    """The pad id transformers may see: the tokenizer's pad piece, or None when padding is the
+    extra id past [MASK] (no token of the exported tokenizer; never EOS, which the model emits)."""
+    return None if getattr(tokenizer, "pad_is_extra", False) else tokenizer.pad_id
+
+
 def export_config(config, model_cfg, tokenizer, step: int) -> dict:
-    """config.json of an exported run (transformers keys plus a `dllm_jax` entry)."""
+    """config.json of an exported run (transformers keys plus a `dllm_jax` entry). `eos_token_id`
+    is the run's EOS (the document separator it learnt to emit); `pad_token_id` its pad piece,
+    or null when the run padded with the extra id (recorded as `dllm_jax.pad_token_id`)."""
     arch = hf_family(model_cfg)
     family = FAMILIES[arch]
     out = {
@@ -52,7 +60,7 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "initializer_range": model_cfg.init_std,
         "bos_token_id": tokenizer.bos_id if tokenizer.bos_id >= 0 else None,
         "eos_token_id": tokenizer.eos_id,
-        "pad_token_id": tokenizer.pad_id,
+        "pad_token_id": _hf_pad_id(tokenizer),
         "use_cache": True,
         "dtype": "float32",
         "torch_dtype": "float32",
@@ -72,6 +80,8 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "attention": "causal" if obj.causal else ("block_causal" if obj.block_size else "bidirectional"),
         "block_size": obj.block_size or None,
         "mask_token_id": tokenizer.mask_id,
+        "pad_token_id": tokenizer.pad_id,  # our padding id (an embedding row past [MASK] when the tokenizer has no pad piece)
+        "tokenizer_names": dict(getattr(tokenizer, "overrides", {})),  # the run's data.eos_token / data.pad_token (set again on import)
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "shift_logits": shift,
         "vocab_multiple": int(config.model.get("vocab_multiple", 1)),
@@ -84,7 +94,9 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
 def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
     """tokenizer.json (+ tokenizer_config.json) for a Hugging Face tokenizer; tokenizer.model +
     tokenizer_config.json (LlamaTokenizer) for a SentencePiece one."""
-    special = {"eos_token": tokenizer.id_to_piece(tokenizer.eos_id), "pad_token": tokenizer.id_to_piece(tokenizer.pad_id)}
+    special = {"eos_token": tokenizer.id_to_piece(tokenizer.eos_id)}
+    if _hf_pad_id(tokenizer) is not None:  # else no pad token: "[PAD]" is no piece of the exported tokenizer
+        special["pad_token"] = tokenizer.id_to_piece(tokenizer.pad_id)
     if tokenizer.kind == "hf":
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
         tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **special}
@@ -165,7 +177,9 @@ def export_run(workdir: str, output: str, step: int | None = None) -> dict:
     os.replace(tmp, os.path.join(output, "model.safetensors"))
     with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_cfg, f, indent=2)
-    gen = {"eos_token_id": run.tokenizer.eos_id, "pad_token_id": run.tokenizer.pad_id}
+    gen = {"eos_token_id": run.tokenizer.eos_id}
+    if _hf_pad_id(run.tokenizer) is not None:
+        gen["pad_token_id"] = _hf_pad_id(run.tokenizer)
     if run.tokenizer.bos_id >= 0:
         gen["bos_token_id"] = run.tokenizer.bos_id
     with open(os.path.join(output, "generation_config.json"), "w", encoding="utf-8") as f:

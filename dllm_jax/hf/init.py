@@ -28,18 +28,26 @@ def _hf_values(hf_dir: str, config) -> dict:
     where = f"init.from_hf={hf_dir!r}"
     hf = read_hf_config(hf_dir)
     values = {f"model.{k}": v for k, v in hf_model_settings(hf, where).items()}
-    if (hf.get("dllm_jax") or {}).get("vocab_multiple"):  # our export: the same embedding rows as the run it came from
-        values["model.vocab_multiple"] = int(hf["dllm_jax"]["vocab_multiple"])
+    ours = hf.get("dllm_jax") or {}
+    if ours.get("vocab_multiple"):  # our export: the same embedding rows as the run it came from
+        values["model.vocab_multiple"] = int(ours["vocab_multiple"])
+    for key, name in (ours.get("tokenizer_names") or {}).items():  # our export: the run's data.eos_token / data.pad_token
+        if key in ("eos_token", "pad_token") and name:
+            values[f"data.{key}"] = str(name)
     window = hf.get("sliding_window")
     if FAMILIES.get((hf.get("architectures") or [None])[0]) == "mistral" and window and config.data.seq_len > int(window):
         raise ConfigError(f"{where}: sliding_window={window} < data.seq_len={config.data.seq_len}; dllm_jax attention is full, so "
                           f"it equals Mistral's only for sequences <= {window}: set --config.data.seq_len={window} or less")
-    values["data.tokenizer"] = _source_tokenizer(os.path.expanduser(hf_dir), where, config)
+    values["data.tokenizer"] = _source_tokenizer(os.path.expanduser(hf_dir), where, config, values)
     return values
 
 
-def _source_tokenizer(directory: str, where: str, config) -> str:
+def _source_tokenizer(directory: str, where: str, config, values: dict) -> str:
+    """The source's tokenizer file (or data.tokenizer, if it is the same tokenizer), both read
+    with the EOS / pad names the new run will have (`values` from the source, else the config)."""
     from dllm_jax.data.tokenizer import load_tokenizer
+
+    names = {k: values.get(f"data.{k}", config.data.get(k, "")) or None for k in ("eos_token", "pad_token")}
 
     path = next((os.path.join(directory, n) for n in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(directory, n))), None)
     if path is None:
@@ -48,7 +56,7 @@ def _source_tokenizer(directory: str, where: str, config) -> str:
         raise CheckpointError(f"{where} has no tokenizer.json (or tokenizer.model); copy the checkpoint's tokenizer there, "
                               "or give it with --config.data.tokenizer=PATH")
     if config.data.tokenizer and config.data.tokenizer != path:
-        if load_tokenizer(config.data.tokenizer).fingerprint != load_tokenizer(path).fingerprint:
+        if load_tokenizer(config.data.tokenizer, **names).fingerprint != load_tokenizer(path, **names).fingerprint:
             raise ConfigError(f"data.tokenizer={config.data.tokenizer!r} is not the tokenizer of {where} ({path}); the embedding rows "
                               "belong to that tokenizer: drop --config.data.tokenizer")
         return config.data.tokenizer
@@ -68,13 +76,16 @@ def _workdir_values(workdir: str, config) -> dict:
         ckpt.close()
     model = config_lib.complete(saved).model
     values = {f"model.{k}": model[k] for k in ARCH_KEYS + ("vocab_multiple",)}
-    values["data.tokenizer"] = _source_tokenizer(os.path.abspath(workdir), where, config)
+    saved_data = config_lib.complete(saved).data
+    for key in ("eos_token", "pad_token"):  # the source's EOS / pad choice: its embedding rows were trained with it
+        values[f"data.{key}"] = saved_data.get(key, "")
+    values["data.tokenizer"] = _source_tokenizer(os.path.abspath(workdir), where, config, values)
     return values
 
 
 def resolve_init(config, explicit=(), saved: dict | None = None) -> None:
-    """Set, in place, the `model.*` keys (and `data.tokenizer`) that `init.from_hf` /
-    `init.from_workdir` determine. `explicit`: keys the user set on the command line; one
+    """Set, in place, the `model.*` keys (and `data.tokenizer`; `data.eos_token` / `data.pad_token`
+    when the source records them) that `init.from_hf` / `init.from_workdir` determine. `explicit`: keys the user set on the command line; one
     that disagrees with the source is a ConfigError. `saved`: the config of the checkpoint
     being resumed, whose `init.*` and architecture win (the source is not read again)."""
     if saved is not None:
@@ -127,7 +138,7 @@ def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
     written by `export_run` are taken from its config.json unless `config` sets them."""
     from dllm_jax import optim, sharding, train_step
     from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
-    from dllm_jax.data.tokenizer import load_tokenizer
+    from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_names
     from flax import linen as nn
 
     if os.path.isdir(checkpoint_dir(workdir)):
@@ -141,8 +152,8 @@ def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
     with config.init.unlocked():
         config.init.from_hf = os.path.abspath(os.path.expanduser(hf_dir))
     resolve_init(config, explicit=explicit)
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    model = train_step.build_model(config, tokenizer.vocab_size)
+    tokenizer = load_tokenizer(config.data.tokenizer, **tokenizer_names(config.data))
+    model = train_step.build_model(config, tokenizer.vocab_size, tokenizer.pad_is_extra)
     mesh = sharding.make_mesh(dict(config.mesh))
     tx = optim.make_optimizer(config.train, max(config.train.num_steps, 1))
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):

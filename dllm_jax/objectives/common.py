@@ -36,9 +36,19 @@ jax.tree_util.register_dataclass(
 
 @dataclasses.dataclass(frozen=True)
 class TokenIds:
-    pad_id: int
-    eos_id: int
+    """Ids the objectives treat specially. `pad_id` marks positions that hold no token (not
+    counted, not attended); it is never EOS, which is a real token: predicted (AR), masked
+    (MDM) and counted like any other, and part of its document's segment (the tokenizer's rule,
+    dllm_jax/data/tokenizer.py)."""
+
+    pad_id: int  # padding only: a pad piece of the tokenizer, or the extra id mask_id + 1
+    eos_id: int  # ends every document in the packed data; a real token
     mask_id: int  # == tokenizer vocab size; ids >= mask_id are not real tokens
+
+    def __post_init__(self):
+        if self.pad_id == self.eos_id:
+            raise ValueError(f"pad_id == eos_id == {self.eos_id}: padding needs an id of its own (EOS is a real token that is "
+                             "trained and sampled); use the tokenizer's pad_id (an extra id mask_id + 1 when it has no pad piece)")
 
 
 # ---------------------------------------------------------------- masking schedules

@@ -20,7 +20,9 @@ Decisions the issue left open:
 - Parameters replicated over several devices are copied to one device first (a replicated
   program would repeat the same work on every device); sharded parameters are used as they
   are and jit partitions the computation.
-- ids >= mask_id and pad_id are never sampled.
+- ids >= mask_id and pad_id are never sampled; EOS is a real token and is sampled like any
+  other (the tokenizer's pad_id is never EOS: dllm_jax/data/tokenizer.py), so a model that
+  learnt to end documents ends its rows.
 - Batch invariance of the block samplers (block diffusion; MDM with semi-AR blocks and no
   prefix cache): rows advance through their own blocks, and the noise of a row comes from
   its own key, fold_in(fold_in(key(seed), crc32 of its prompt ids), k) for the k-th copy of
@@ -189,6 +191,14 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     opts = dataclasses.replace(opts, shared_blocks=bool(shared_blocks))
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 (or None for one batch)")
+    if ids.pad_id == ids.eos_id:
+        raise ConfigError(f"pad_id == eos_id == {ids.eos_id}: padding needs an id of its own, or EOS could never be sampled "
+                          "(use the tokenizer's ids: its pad_id is never EOS)")
+    rows_needed = max(ids.pad_id, ids.mask_id) + 1
+    if rows_needed > model.cfg.vocab_size:
+        raise ConfigError(f"the model has {model.cfg.vocab_size} embedding rows but pad_id={ids.pad_id} / mask_id={ids.mask_id} "
+                          f"need {rows_needed}: build it with train_step.build_model(config, tokenizer.vocab_size, "
+                          "tokenizer.pad_is_extra)")
     for p in prompts:
         bad = [t for t in p if not 0 <= t < ids.mask_id]
         if bad:

@@ -22,6 +22,16 @@ Reads every run under DIR (see `dllm_jax.study.runs`) and writes, in DIR (or --o
 
 Fits use the validation points after warmup (`train.warmup_steps`): before it the loss
 reflects the learning-rate ramp, not the data.
+
+Also stated (decided here): the cloze task and where its numbers come from (`--cloze-from
+train`, the default: the records training logged; `--cloze-from eval[:<task>]`: the files of
+`dllm-jax eval --task cloze --step all`, see `dllm_jax.study.runs`); runs scored on different
+cloze tasks are refused either way. The corpus of every run (`corpora`): its data location and
+the content fingerprint of its token store (data_stats.json); runs whose fingerprints differ
+are refused (a crossover row pairs runs of one budget, so it would compare objectives across
+corpora), runs without a recorded fingerprint at another location are a warning (they cannot
+be checked). The grid points of the sweep's plan (sweep_plan.json) that have no run are
+listed as not started.
 """
 
 from __future__ import annotations
@@ -29,11 +39,15 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import math
 import os
 
 from dllm_jax import paths
 from dllm_jax.errors import ConfigError
+from dllm_jax.study.runs import PLAN_FILE as PLAN_NAME
+
+log = logging.getLogger("dllm_jax")
 
 # the headline is the first of these a run logged: cloze choices all have the same token
 # length, so the plain accuracy is the fair one (acc_norm divides by characters, as HellaSwag does)
@@ -54,18 +68,71 @@ def cloze_task(runs) -> str:
     """The cloze task the runs logged, in words, from their `eval.cloze_*` config. Raises
     ConfigError when runs that logged cloze accuracy were scored on different tasks (their
     accuracies cannot be compared)."""
+    def task_config(r):  # the task of its cloze records: rescoring files' (--cloze-from eval) or its config's
+        return getattr(r, "cloze_config", None) or r.config
+
     scored = [r for r in runs if any("cloze_acc" in v for v in r.val)]
     if not scored:
-        return _describe_cloze(runs[0].config)
+        return _describe_cloze(task_config(runs[0]))
     tasks: dict[str, list[str]] = {}
     for r in scored:
-        tasks.setdefault(_describe_cloze(r.config), []).append(r.name)
+        tasks.setdefault(_describe_cloze(task_config(r)), []).append(r.name)
     if len(tasks) > 1:
         listed = "; ".join(f"{task} ({', '.join(names)})" for task, names in tasks.items())
         raise ConfigError(f"the runs were scored on different cloze tasks, whose accuracies cannot be compared: {listed}. "
                           "Report them from separate --root folders, or rescore the checkpoints on one task with "
-                          "`dllm-jax eval --task cloze --step all --config.eval.cloze_*=...`")
+                          "`dllm-jax eval --task cloze --step all --config.eval.cloze_*=...` and report those with "
+                          "`dllm-jax report --cloze-from eval`")
     return next(iter(tasks))
+
+
+def corpora(runs) -> tuple[list, list]:
+    """([{'fingerprint', 'locations', 'corpus_tokens', 'documents', 'runs'}] one per corpus, [warning]):
+    runs grouped by their token store's content fingerprint (data_stats.json), runs without one
+    by their data location. Raises ConfigError when runs have different fingerprints (naming
+    each corpus and its runs); a run without a fingerprint at a location no fingerprinted run
+    used is a warning (the same corpus cannot be told from another)."""
+    groups: dict = {}
+    for r in runs:
+        key = ("fingerprint", r.data_fingerprint) if r.data_fingerprint else ("location", r.corpus)
+        g = groups.setdefault(key, {"fingerprint": r.data_fingerprint, "locations": [], "corpus_tokens": r.data_stats.get("corpus_tokens"),
+                                    "documents": r.data_stats.get("documents"), "runs": []})
+        if r.corpus not in g["locations"]:
+            g["locations"].append(r.corpus)
+        g["runs"].append(r.name)
+    known = [g for k, g in groups.items() if k[0] == "fingerprint"]
+    if len(known) > 1:
+        listed = "; ".join(f"fingerprint {g['fingerprint']} at {', '.join(g['locations'])} ({', '.join(g['runs'])})" for g in known)
+        raise ConfigError(f"the runs were trained on different corpora (token store content fingerprints in their "
+                          f"data_stats.json): {listed}. A crossover pairs the runs of one budget, so it would compare "
+                          "objectives across corpora: report them from separate --root folders")
+    known_locations = {loc for g in known for loc in g["locations"]}
+    unknown = [g for k, g in groups.items() if k[0] == "location"]
+    warnings = []
+    if unknown and (known or len(unknown) > 1):
+        for g in unknown:
+            if g["locations"][0] not in known_locations:
+                warnings.append(f"runs {', '.join(g['runs'])} have no data fingerprint (no data_stats.json) and used "
+                                f"{g['locations'][0]}, which no other run names: whether they trained on the same corpus "
+                                "cannot be checked")
+    return list(groups.values()), warnings
+
+
+def _describe_corpus(g: dict) -> str:
+    size = (f", {g['corpus_tokens']:,} tokens" + (f" in {g['documents']:,} documents" if g.get("documents") else "")) if g.get("corpus_tokens") else ""
+    fp = f"token store fingerprint {g['fingerprint']}" if g["fingerprint"] else "fingerprint not recorded (no data_stats.json)"
+    return f"{' and '.join(g['locations'])} ({fp}{size})"
+
+
+def not_started(root: str, runs) -> tuple[list, int]:
+    """([planned point {'index', 'name', 'overrides'}] without a run under `root`, number planned), from
+    the sweep's plan (ROOT/sweep_plan.json); ([], 0) without a plan."""
+    from dllm_jax.study.runs import load_plan
+
+    plan = load_plan(root)
+    points = plan.get("points", []) if isinstance(plan, dict) else []
+    have = {r.name for r in runs}
+    return [p for p in points if p.get("name") not in have], len(points)
 
 
 def add_arguments(parser) -> None:
@@ -76,12 +143,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prompt-len", type=int, default=1, help="prompt tokens before generation in the inference FLOPs table (default 1: BOS)")
     parser.add_argument("--fit-loss", default="final", choices=FIT_LOSSES,
                         help="which validation loss of each run the R* fit uses: its final one (default, as Muennighoff et al.) or its best")
+    parser.add_argument("--cloze-from", default="train", metavar="train|eval|eval:TASK",
+                        help="where the cloze accuracies come from: 'train' (default: the records training logged), 'eval' (each run's "
+                             "eval/cloze-*_step<N>.json files from `dllm-jax eval --task cloze --step all`), or 'eval:TASK' to pick "
+                             "one task where several were scored, e.g. eval:cloze-len1-both")
 
 
 def run(args) -> int:
-    summary = build_report(args.root, args.out, flops_configs=args.flops_config, prompt_len=args.prompt_len, fit_loss=args.fit_loss)
+    summary = build_report(args.root, args.out, flops_configs=args.flops_config, prompt_len=args.prompt_len, fit_loss=args.fit_loss,
+                           cloze_from=args.cloze_from)
     out = args.out or args.root
     print(f"report: {paths.join(out, 'report.md')} ({len(summary['runs'])} runs, figures: {', '.join(summary['figures']) or 'none'})")
+    if summary["not_started"]:
+        print(f"  not started: {len(summary['not_started'])} of the sweep's {summary['planned']} planned points "
+              f"({', '.join(p['name'] for p in summary['not_started'])})")
     for row in summary["crossovers"].get(summary["headline_metric"], []):
         print(f"  U={row['unique_tokens']:,} {_series_cell(row, 'ar')} vs {_series_cell(row, 'mdm')}: crossover {row['crossover']}"
               + (f", 2-SE bracket {row['crossover_interval']}; passes AR's best by > 2 SE: {row['passes_ar_best']}" if row["crossover_low"] is not None else ""))
@@ -250,7 +325,7 @@ def fit_groups(runs, fit_loss: str = "final") -> list:
     groups = {}
     for r in runs:
         warmup = r.config.get("train.warmup_steps", 0)
-        recs = [v for v in r.val if v["step"] > warmup and v.get("tokens_seen")]
+        recs = [v for v in r.val if v["step"] > warmup and v.get("tokens_seen") and isinstance(v.get("val_loss"), (int, float))]
         if not recs:
             continue
         pick = recs[-1] if fit_loss == "final" else min(recs, key=lambda v: v["val_loss"])
@@ -347,22 +422,31 @@ def _fmt_se(point):
 
 
 def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_len: int = 1, fit_loss: str = "final",
-                 n_boot: int | None = None) -> dict:
-    """Write the report (module docstring); n_boot: bootstrap resamples (default crossover.N_BOOT)."""
+                 n_boot: int | None = None, cloze_from: str = "train") -> dict:
+    """Write the report (module docstring); n_boot: bootstrap resamples (default crossover.N_BOOT);
+    cloze_from: 'train', 'eval' or 'eval:<task>' (`dllm_jax.study.runs.use_cloze_evals`)."""
     from dllm_jax.study import plots
     from dllm_jax.study.crossover import HIGHER_IS_BETTER, METRIC_TITLES, N_BOOT
     from dllm_jax.study.runs import load_runs, model_label, panels
 
     if not str(root).strip():
         raise ConfigError("--root is empty: give the sweep directory (the --root of `dllm-jax sweep`)")
-    runs = sorted(load_runs(root), key=lambda r: (r.params, r.unique_tokens, r.series))
+    runs = sorted(load_runs(root, cloze_from), key=lambda r: (r.params, r.unique_tokens, r.series))
     if not runs:
         if paths.exists(paths.join(root, "config.json")):
             raise ConfigError(f"{root!r} is one run's workdir; --root takes the sweep directory that holds the runs "
                               f"(here its parent, {paths.dirname(paths.absolute(root))!r})")
-        raise ConfigError(f"no runs under {root!r} (a run is a directory with config.json); run `dllm-jax sweep` first")
+        planned = not_started(root, runs)[1]
+        raise ConfigError(f"no runs under {root!r} (a run is a directory with config.json)"
+                          + (f"; its sweep plan has {planned} points, none started" if planned else "") + "; run `dllm-jax sweep` first")
     extra_models = [config_model(path) for path in flops_configs]  # a bad --flops-config fails before anything is written
     task = cloze_task(runs)  # and so do runs scored on different cloze tasks
+    corpus_groups, corpus_warnings = corpora(runs)  # and runs trained on different corpora
+    for w in corpus_warnings:
+        log.warning("%s", w)
+    missing_points, planned = not_started(root, runs)
+    from_eval = cloze_from != "train"
+    rescored = sorted({t for r in runs for t in r.eval_cloze_tasks})
     out = paths.expand(out or root)
     paths.makedirs(out)
     panel_map = panels(runs)
@@ -377,29 +461,48 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     hosts = sorted({f"{a.get('cpu')} ({a.get('cores')} cores)" for r in runs for a in r.attempts()})
     if hosts:
         md.append(f"Runs made on: {'; '.join(hosts)}.")
+    if len(corpus_groups) == 1:
+        md += ["", f"Corpus of all {len(runs)} runs: {_describe_corpus(corpus_groups[0])}."]
+    else:
+        md += ["", "Corpora:"] + [f"- {_describe_corpus(g)}: {', '.join(g['runs'])}" for g in corpus_groups]
+    md += [f"Warning: {w}." for w in corpus_warnings]
     total_wall = sum(r.wall_seconds() or 0 for r in runs)
     md += ["", "## Runs", "",
            "Wall time: every `dllm-jax sweep` attempt at the run (data, compilation, training, evaluation); training "
-           "time and tokens/s: the optimiser steps alone, from the logged throughput." + (f" Total wall time: {total_wall / 3600:.2f} h." if total_wall else ""), "",
-           "| run | series | params | U (unique tokens) | epochs | tokens | train FLOPs | wall time (s) | train time (s) | tokens/s | done | final val_loss |" +
-           (" final " + headline + " |" if headline != "val_loss" else ""), "|---" * (12 + (headline != "val_loss")) + "|"]
+           "time and tokens/s: the optimiser steps alone, from the training records' step times; compile / eval / "
+           "checkpoint: the seconds the training loop spent compiling (each process's first step), evaluating and "
+           "saving. A train time marked * comes from records logged before step times were split off: it also counts "
+           "the evaluation, checkpoint and compile time of its windows." + (f" Total wall time: {total_wall / 3600:.2f} h." if total_wall else ""), "",
+           "| run | series | params | U (unique tokens) | epochs | tokens | train FLOPs | wall time (s) | train time (s) | tokens/s | "
+           "compile / eval / checkpoint (s) | done | final val_loss |" +
+           (" final " + headline + " |" if headline != "val_loss" else ""), "|---" * (13 + (headline != "val_loss")) + "|"]
     run_rows = []
     for r in runs:
         tokens = (r.info.get("num_steps") or 0) * r.info.get("global_batch", 0) * r.info.get("seq_len", 0)
-        secs, wall = r.seconds(), r.wall_seconds()
-        final = r.val[-1] if r.val else {}
+        secs, wall, overheads = r.seconds(), r.wall_seconds(), r.overhead_seconds()
+        # the last value of each metric (a rescored step may have no validation record, and the reverse)
+        final = {k: v for rec in r.val for k, v in rec.items()} if r.val else {}
         row = {"name": r.name, "series": r.series, "objective": r.objective, "params": r.params, "unique_tokens": r.unique_tokens,
                "epochs": r.epochs, "tokens": tokens, "train_flops": tokens * r.info.get("flops_per_token", 0), "wall_seconds": wall,
-               "train_seconds": secs, "tokens_per_sec": tokens / secs if secs else None, "done": r.done, "final": final}
+               "train_seconds": secs, "tokens_per_sec": tokens / secs if secs else None,
+               "train_seconds_include_overheads": r.seconds_include_overheads, **{f"{k}_seconds": v for k, v in overheads.items()},
+               "done": r.done, "final": final, "corpus": r.corpus, "data_fingerprint": r.data_fingerprint}
         run_rows.append(row)
+        split = " / ".join("-" if v is None else f"{v:.0f}" for v in overheads.values()) if overheads else "-"
         md.append(f"| {r.name} | {r.series} | {model_label(r.params)} | {r.unique_tokens:,} | {r.epochs:.3g} | {tokens:.3g} | {row['train_flops']:.3g} | "
-                  f"{'-' if wall is None else f'{wall:.0f}'} | {secs or 0:.0f} | {row['tokens_per_sec'] or 0:.0f} | {'yes' if r.done else 'no'} | "
+                  f"{'-' if wall is None else f'{wall:.0f}'} | {secs or 0:.0f}{'*' if r.seconds_include_overheads else ''} | "
+                  f"{row['tokens_per_sec'] or 0:.0f} | {split} | {'yes' if r.done else 'no'} | "
                   f"{final.get('val_loss', float('nan')):.4f} |" + (f" {final.get(headline, float('nan')):.4f} |" if headline != "val_loss" else ""))
 
+    if missing_points:
+        md += ["", f"Not started: {len(missing_points)} of the {planned} points the sweep planned ({PLAN_NAME}) have no run here: "
+               + ", ".join(f"{p['name']} ({' '.join(f'{k}={v}' for k, v in p.get('overrides', {}).items())})" for p in missing_points) + "."]
+    source = (f"accuracies from the `dllm-jax eval --task cloze --step all` rescoring files in each run's eval/ folder "
+              f"(--cloze-from {cloze_from})" if from_eval else "accuracies logged during training")
     md += ["", "## Crossover", "",
            "The MDM's crossover epoch is where it goes ahead of AR for good (linear interpolation between evaluations; "
            "see `dllm_jax.study.crossover`). The study's crossover metric is a downstream accuracy (here the cloze task "
-           f"made from held-out text: {task}). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
+           f"made from held-out text: {task}; {source}). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
            "MDM an ELBO (an upper bound on its NLL), and AR validation loss can rise with repetition while its downstream "
            "accuracy still improves. Its table is given for completeness.", "",
            "Series: a sweep's variants of one series over the tuning keys (weight decay, MIR: `--grid weight_decays=...`) "
@@ -413,6 +516,9 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
            "significant\". \"MDM > AR's best + 2 SE\": the MDM's score at an evaluation exceeds the best AR evaluation "
            "of the whole AR run by more than 2 sqrt(SE_mdm^2 + SE_ar^2); 'from epoch X': at every evaluation from X on. "
            "Why these and their caveats: `dllm_jax.study.crossover`.", ""]
+    if rescored and not from_eval:
+        md += [f"Some runs also have cloze rescoring files ({', '.join(rescored)}); `dllm-jax report --cloze-from eval` "
+               "(or eval:<task>) reports those instead.", ""]
     if not any(r.val for r in runs):
         md += ["No run has an evaluation record yet (stopped before its first evaluation, or still before it): "
                "nothing to compare. Rerun the sweep command to continue them.", ""]
@@ -478,6 +584,8 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     md += [""] + flops_lines
 
     summary = {"root": paths.absolute(root), "machine": mach, "runs": run_rows, "headline_metric": headline,
+               "cloze_task": task, "cloze_from": cloze_from, "corpora": corpus_groups, "corpus_warnings": corpus_warnings,
+               "planned": planned, "not_started": missing_points,
                "crossovers": crossovers, "data_ratios": ratios, "fits": fits, "flops": flops_json, "figures": figures}
     paths.write_text(paths.join(out, "report.md"), "\n".join(md) + "\n")
     paths.write_text(paths.join(out, "report.json"), json.dumps(summary, indent=1, default=str))

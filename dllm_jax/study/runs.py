@@ -11,6 +11,21 @@ those keys the error is sqrt(p(1-p)/n) with n = min(eval.cloze_examples, validat
 (`Run.cloze_items`), and unknown (None) when n is (eval.cloze_examples = 0 and no row count
 in run.json). val_loss has no standard error here.
 
+Cloze records from rescoring files (`load_runs(root, cloze_from=...)`, decided here): by default
+('train') a run's cloze values are the ones training logged in metrics.jsonl. With 'eval' they
+come instead from the files `dllm-jax eval --task cloze --step all` wrote in <workdir>/eval/
+(`cloze-len<K>[-both][-<C>way][-n<N>]_step<S>.json`, `dllm_jax.evaluation.cli`): every
+training-time cloze value is dropped, each file's accuracy, standard errors and item count are
+put on the validation record of its step (a step without one gets a record with its epoch and
+tokens seen, and no val_loss), and the task is the files' (`Run.cloze_config`). Where one step
+was scored with several item counts the largest wins. Not automatic: a run may hold both, and
+the numbers a report shows must not change because a file appeared. The runs' files must be one
+task; 'eval:<task>' (e.g. 'eval:cloze-len1-both') picks one where several were scored.
+
+Corpus (`Run.corpus`, `Run.data_fingerprint`): the data location of the run's config
+(data.store, data.paths or data.tfds_name) and the token store's content fingerprint that
+training recorded in data_stats.json (None for runs without one).
+
 Grouping (decided here): a run's *model* is its parameter count; its *budget* is its unique
 tokens U; its *series* is the objective plus every setting that differs from the defaults
 among the keys that vary across the sweep, other than the model shape, U, epochs and
@@ -38,6 +53,8 @@ log = logging.getLogger("dllm_jax")
 DONE_FILE = "DONE"
 STDERR_KEYS = {"cloze_acc": "cloze_acc_stderr", "cloze_acc_norm": "cloze_acc_norm_stderr"}
 TIMES_FILE = "sweep_times.jsonl"  # one record per `dllm-jax sweep` attempt at the point (wall seconds, machine)
+PLAN_FILE = "sweep_plan.json"  # in the sweep root: the grid's points, written by `dllm-jax sweep` before it starts any
+CLOZE_KEYS = ("cloze_acc", "cloze_acc_norm", "cloze_acc_stderr", "cloze_acc_norm_stderr", "cloze_n")
 # keys that never name a series: the panel and model axes; besides these, the keys that do not
 # change what a run learns (`dllm_jax.config.how_key`) never name one either
 _NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_steps",
@@ -58,7 +75,25 @@ class Run:
     train_records: list
     done: bool
     series: str = ""
+    data_stats: dict = dataclasses.field(default_factory=dict)  # data_stats.json (data_fingerprint, corpus_tokens, ...)
+    cloze_config: dict | None = None  # the task of the cloze records when they come from eval files ('eval.cloze_*' keys)
+    eval_cloze_tasks: list = dataclasses.field(default_factory=list)  # the cloze rescoring tasks in <workdir>/eval/
     family: str = ""  # the series without the tuning keys (TUNING_KEYS)
+
+    @property
+    def corpus(self) -> str:
+        """The data location of the run's config: data.store, data.tfds_name or data.paths."""
+        c = self.config
+        if c.get("data.store"):
+            return f"data.store={c['data.store']!r}"
+        if c.get("data.source") == "tfds":
+            return f"data.tfds_name={c.get('data.tfds_name')!r}"
+        return f"data.paths={c.get('data.paths')!r}"
+
+    @property
+    def data_fingerprint(self) -> str | None:
+        """The content fingerprint of the token store the run trained on (data_stats.json), if recorded."""
+        return self.data_stats.get("data_fingerprint")
 
     @property
     def objective(self) -> str:
@@ -122,15 +157,35 @@ class Run:
         return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
     def seconds(self) -> float | None:
-        """Training wall time estimated from the logged throughput (tokens / tokens_per_sec per window)."""
-        recs = [r for r in self.train_records if r.get("tokens_per_sec")]
-        if not recs:
-            return None
-        total, prev = 0.0, 0
-        for r in recs:
-            total += (r["tokens_seen"] - prev) / r["tokens_per_sec"]
-            prev = r["tokens_seen"]
-        return total
+        """Time of the optimiser steps alone (no compilation, evaluation or checkpoints), from the
+        training records: each record's `step_seconds` times the steps since the previous record
+        (records since `metrics.StepTimer`). Older records have only `tokens_per_sec`, which
+        counted everything in their window (evaluation, checkpoints, compilation): their time is
+        tokens / tokens_per_sec and `seconds_include_overheads` is True."""
+        total, prev_step, prev_tokens, timed = 0.0, 0, 0, False
+        for r in self.train_records:
+            if isinstance(r.get("step_seconds"), (int, float)):
+                total += r["step_seconds"] * (r["step"] - prev_step)
+            elif r.get("tokens_per_sec") and "window_seconds" not in r:  # an old record
+                total += (r["tokens_seen"] - prev_tokens) / r["tokens_per_sec"]
+            else:  # a window that timed no step (only the compiling one): the next record's pace covers it
+                continue
+            prev_step, prev_tokens, timed = r["step"], r["tokens_seen"], True
+        return total if timed else None
+
+    @property
+    def seconds_include_overheads(self) -> bool:
+        """True when `seconds()` comes from records logged before step times were split from
+        evaluation, checkpoint and compile time (their tokens/s counted those too)."""
+        return any(r.get("tokens_per_sec") and "step_seconds" not in r and "window_seconds" not in r for r in self.train_records)
+
+    def overhead_seconds(self) -> dict:
+        """Cumulative compile / eval / checkpoint seconds of the run (its last training record's
+        `*_seconds_total`), {} for runs logged before them."""
+        for r in reversed(self.train_records):
+            if "train_seconds_total" in r:
+                return {k: r.get(f"{k}_seconds_total") for k in ("compile", "eval", "checkpoint")}
+        return {}
 
 
 def machine_info() -> dict:
@@ -164,12 +219,115 @@ def load_run(workdir: str) -> Run | None:
         if "val_loss" in r and isinstance(r["val_loss"], (int, float)):
             by_step[r["step"]] = r
     train = [r for r in records if "val_loss" not in r and "loss" in r]
+    stats_path = paths.join(workdir, "data_stats.json")
+    stats = _load_json(stats_path) if paths.exists(stats_path) else {}
     return Run(paths.basename(workdir if paths.is_url(workdir) else os.path.normpath(workdir)), workdir, flatten(_load_json(cfg_path)), info,
-               [by_step[s] for s in sorted(by_step)], train, paths.exists(paths.join(workdir, DONE_FILE)))
+               [by_step[s] for s in sorted(by_step)], train, paths.exists(paths.join(workdir, DONE_FILE)),
+               data_stats=stats if isinstance(stats, dict) else {})
 
 
-def load_runs(root: str) -> list:
-    """Every run directly under `root` (sorted by name), with series labels assigned."""
+def cloze_evals(workdir: str) -> dict:
+    """{task: {step: record}} of the cloze rescoring files in <workdir>/eval/ (module docstring):
+    record = {'step', 'cloze_acc', 'cloze_acc_norm', their standard errors, 'cloze_n', 'cloze':
+    the file's task record, 'file'}; per (task, step) the file with the most items."""
+    from dllm_jax.evaluation.cli import cloze_task_name, parse_cloze_file_name
+
+    directory = paths.join(workdir, "eval")
+    out: dict = {}
+    if not paths.isdir(directory):
+        return out
+    for name in sorted(paths.listdir(directory)):
+        parsed = parse_cloze_file_name(name)
+        if parsed is None:
+            continue
+        res = _load_json(paths.join(directory, name))
+        if not isinstance(res, dict) or res.get("task") != "cloze" or not isinstance(res.get("acc"), (int, float)):
+            continue
+        cloze = res.get("cloze") or {k: parsed[k] for k in ("choices", "length", "context")}
+        rec = {"step": int(res.get("step", parsed["step"])), "cloze_acc": float(res["acc"]), "cloze_n": int(res.get("n") or 0) or None,
+               "cloze": cloze, "file": name}
+        for key, src in (("cloze_acc_norm", "acc_norm"), ("cloze_acc_stderr", "acc_stderr"), ("cloze_acc_norm_stderr", "acc_norm_stderr")):
+            if isinstance(res.get(src), (int, float)):
+                rec[key] = float(res[src])
+        steps = out.setdefault(cloze_task_name(cloze), {})
+        if rec["step"] not in steps or (rec["cloze_n"] or 0) > (steps[rec["step"]]["cloze_n"] or 0):
+            steps[rec["step"]] = rec
+    return out
+
+
+def _parse_cloze_from(cloze_from: str) -> str | None:
+    """'train' -> None (training-time records); 'eval' -> '' (any one task); 'eval:<task>' -> '<task>'."""
+    from dllm_jax.errors import ConfigError
+
+    text = str(cloze_from).strip()
+    if text == "train":
+        return None
+    if text == "eval":
+        return ""
+    if text.startswith("eval:") and text[5:].startswith("cloze-len"):
+        return text[5:]
+    raise ConfigError(f"--cloze-from={cloze_from!r} must be 'train' (the cloze records training logged), 'eval' (the "
+                      "`dllm-jax eval --task cloze --step all` files in each run's eval/ folder) or 'eval:<task>', "
+                      "e.g. eval:cloze-len1-both")
+
+
+def use_cloze_evals(runs, cloze_from: str = "train") -> None:
+    """Set each run's cloze records from its rescoring files (module docstring); with 'train'
+    only note which rescoring tasks each run has (`Run.eval_cloze_tasks`). Raises ConfigError
+    when 'eval' finds no file, or files of several tasks (naming them and the runs), or
+    'eval:<task>' names a task no run has."""
+    from dllm_jax.errors import ConfigError
+
+    wanted = _parse_cloze_from(cloze_from)
+    if wanted is None:  # the file names say which tasks there are; the files are not read
+        from dllm_jax.evaluation.cli import parse_cloze_file_name
+
+        for r in runs:
+            directory = paths.join(r.workdir, "eval")
+            names = paths.listdir(directory) if paths.isdir(directory) else []
+            r.eval_cloze_tasks = sorted({p["task"] for p in map(parse_cloze_file_name, names) if p})
+        return
+    found = {r.name: cloze_evals(r.workdir) for r in runs}
+    for r in runs:
+        r.eval_cloze_tasks = sorted(found[r.name])
+    tasks: dict = {}
+    for r in runs:
+        for task in found[r.name]:
+            tasks.setdefault(task, []).append(r.name)
+    how = "make them with `dllm-jax eval --workdir RUN --task cloze --step all`, or drop --cloze-from"
+    if not tasks:
+        raise ConfigError(f"--cloze-from {cloze_from}: no run has cloze rescoring files (eval/cloze-len<K>..._step<N>.json); {how}")
+    if wanted and wanted not in tasks:
+        raise ConfigError(f"--cloze-from {cloze_from}: no run has {wanted} files; the runs have: {', '.join(sorted(tasks))}")
+    if not wanted and len(tasks) > 1:
+        listed = "; ".join(f"{t} ({', '.join(names)})" for t, names in sorted(tasks.items()))
+        raise ConfigError(f"--cloze-from eval: the runs' rescoring files are of {len(tasks)} cloze tasks, whose accuracies "
+                          f"cannot be compared: {listed}. Pick one with --cloze-from eval:<task>, e.g. --cloze-from eval:{min(tasks)}")
+    task = wanted or next(iter(tasks))
+    for r in runs:
+        records = found[r.name].get(task, {})
+        by_step = {v["step"]: {k: x for k, x in v.items() if k not in CLOZE_KEYS} for v in r.val}
+        spe, per_step = r.info.get("steps_per_epoch"), (r.info.get("global_batch") or 0) * (r.info.get("seq_len") or 0)
+        for step, rec in records.items():
+            base = by_step.setdefault(step, {"step": step, **({"epoch": step / spe} if spe else {}),
+                                             **({"tokens_seen": step * per_step} if per_step else {})})
+            base.update({k: rec[k] for k in CLOZE_KEYS if k in rec})
+        r.val = [by_step[s] for s in sorted(by_step) if "epoch" in by_step[s]]
+        if records:
+            c = next(iter(records.values()))["cloze"]
+            r.cloze_config = {"eval.cloze_choices": c.get("choices", 4), "eval.cloze_length": c.get("length"),
+                              "eval.cloze_context": c.get("context", "left"), "cloze_task": task}
+
+
+def load_plan(root: str) -> dict | None:
+    """The sweep's plan (ROOT/sweep_plan.json, written by `dllm-jax sweep`), or None."""
+    path = paths.join(paths.expand(root), PLAN_FILE)
+    return _load_json(path) if paths.exists(path) else None
+
+
+def load_runs(root: str, cloze_from: str = "train") -> list:
+    """Every run directly under `root` (sorted by name), with series labels assigned; cloze
+    records from training ('train') or from rescoring files ('eval', 'eval:<task>'; module docstring)."""
     root = paths.expand(root)
     if not paths.isdir(root):
         from dllm_jax.errors import ConfigError
@@ -181,6 +339,7 @@ def load_runs(root: str) -> list:
             run = load_run(paths.join(root, name))
             if run is not None:
                 runs.append(run)
+    use_cloze_evals(runs, cloze_from)
     assign_series(runs)
     return runs
 

@@ -17,12 +17,31 @@ end the sweep and its memory is freed; the sweep goes on with the next point and
 the end if any point failed. A point that stops without finishing (SIGINT/SIGTERM: train
 saves a checkpoint first) stops the sweep. With --index K, or --in-process, points run in
 this process (what a job array wants: one point per task, no second interpreter).
+
+Checked before any point starts (each a single `error:`, exit 2, nothing started or written):
+- every finished point's saved config against the point's config now, and every unfinished
+  one's as a resume would check it (`check_finished_configs`: all differing points listed at once);
+- each corpus the points still to run use: its files exist (`check_corpus_paths`) and it holds
+  their largest unique-token budget U (`check_corpus_budgets`: the corpus is tokenised into
+  the store the points will use, in data.cache_dir, and split as they split it; costs what one
+  point's data setup costs, once per corpus).
+Then the sweep records its grid in ROOT/sweep_plan.json (`write_plan`; `dllm-jax report` lists
+the planned points that never started).
+
+Output: each point's training prints its progress prefixed with `point i/N NAME` (i counts
+the points of this invocation; `train` reads the label from $DLLM_JAX_RUN_LABEL): plain lines
+(step, loss, tokens/s, MFU, lr, elapsed, ETA) when the sweep's output is not a terminal, a
+progress bar when it is; after each point the sweep prints one summary line (outcome, wall
+time, steps, final loss, tokens/s of the steps alone, MFU where known). `--print` writes
+command lines for this Python interpreter (sys.executable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shlex
 import signal
 import subprocess
@@ -31,8 +50,9 @@ import time
 
 from dllm_jax import config as config_lib
 from dllm_jax import paths
-from dllm_jax.errors import ConfigError, DllmError
+from dllm_jax.errors import ConfigError, DataError, DllmError
 from dllm_jax.study.grid import load_grid, point_command
+from dllm_jax.study.runs import PLAN_FILE
 
 log = logging.getLogger("dllm_jax")
 
@@ -73,24 +93,127 @@ def check_corpus_paths(points) -> None:
             resolve_files(d.paths)
 
 
-def check_finished_config(point) -> None:
-    """A finished workdir must hold this point's config, or the sweep would skip a point it never ran."""
-    from dllm_jax.train import check_resume_compatible
+def corpus_location(data) -> str:
+    """How a run's config names its corpus: data.store, data.paths or data.tfds_name."""
+    if data.store:
+        return f"data.store={data.store!r}"
+    if data.source == "tfds":
+        return f"data.tfds_name={data.tfds_name!r}"
+    return f"data.paths={data.paths!r}"
+
+
+def check_corpus_budgets(points) -> None:
+    """Before any point starts: the corpus of each point still to run holds its unique-token
+    budget U (data.unique_tokens; 0 = all, not checked). Points that read the same corpus with
+    the same split (data keys other than U and epochs, seed, batch size) share one look at it
+    (`dllm_jax.data.pipeline.corpus_split`: the store they will train from). Raises one
+    DataError naming the largest budget, the points over it, the corpus size in tokens and the fix."""
+    from dllm_jax.data.pipeline import corpus_split
+
+    groups: dict = {}
+    for p in points:
+        if int(p.config.data.unique_tokens or 0) <= 0:
+            continue
+        data = {k: v for k, v in p.config.data.to_dict().items() if k not in ("unique_tokens", "epochs")}
+        key = json.dumps([data, p.config.seed, p.config.train.batch_size], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(p)
+    for group in groups.values():
+        cfg = group[0].config
+        split = corpus_split(cfg)
+        available = split["available_tokens"]
+        over = sorted((p for p in group if int(p.config.data.unique_tokens) > available), key=lambda p: -int(p.config.data.unique_tokens))
+        if not over:
+            continue
+        largest = over[0]
+        names = ", ".join(p.name for p in over[:8]) + (f" and {len(over) - 8} more" if len(over) > 8 else "")
+        raise DataError(
+            f"grid point {largest.name!r} asks for data.unique_tokens={int(largest.config.data.unique_tokens):,} but the corpus "
+            f"{corpus_location(cfg.data)} holds {split['corpus_tokens']:,} tokens ({split['documents']:,} documents), of which "
+            f"{available:,} are left for training after the {split['val_tokens']:,} validation tokens "
+            f"(data.val_tokens={int(cfg.data.val_tokens):,}); {len(over)} of {len(group)} points are over it ({names}). "
+            f"No point was started. Drop the budgets above {available:,} from the grid (its --grid parameters), "
+            "lower data.val_tokens, or use a larger corpus."
+        )
+
+
+def finished_config_differences(point, changeable=config_lib.how_key) -> list:
+    """[(key, saved value, value now)] where a point's saved config.json differs from the point's
+    config, other than the keys `changeable` allows: for a finished point those that do not
+    change what a run learns (`dllm_jax.config.how_key`: a finished run trained with another LR
+    is another point); for an unfinished one what may change on resume
+    (`dllm_jax.config.resume_changeable`, as `train` checks it). [] without a config.json."""
+    from dllm_jax.files import read_json
+    from dllm_jax.train import config_differences
 
     path = paths.join(point.workdir, "config.json")
     if not paths.exists(path):
-        return
-    from dllm_jax.files import read_json
+        return []
+    return config_differences(read_json(path, "run config"), point.config, changeable=changeable)
 
-    saved = read_json(path, "run config")
-    try:  # a finished run trained with another LR is another point: only HOW_KEYS may differ
-        check_resume_compatible(saved, point.config, changeable=config_lib.how_key)
-    except ConfigError as e:
-        detail = str(e).split("(", 1)[1].split(")", 1)[0] if "(" in str(e) else str(e)
+
+def _show_differences(diffs, limit: int = 4) -> str:
+    shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in diffs[:limit])
+    return shown + (f", and {len(diffs) - limit} more keys" if len(diffs) > limit else "")
+
+
+def check_finished_config(point) -> None:
+    """A finished workdir must hold this point's config, or the sweep would skip a point it never ran."""
+    diffs = finished_config_differences(point)
+    if diffs:
         raise ConfigError(
-            f"point {point.name!r}: {point.workdir} holds a finished run with a different config ({detail}); "
+            f"point {point.name!r}: {point.workdir} holds a finished run with a different config ({_show_differences(diffs)}); "
             "use a new --root, or delete that workdir to rerun the point"
-        ) from None
+        )
+
+
+def check_finished_configs(points) -> None:
+    """Every point with a saved config at once, before any point starts: one ConfigError
+    listing each finished point whose saved config differs from the grid's (it would be
+    skipped though never run), and each unfinished one that could not resume (`train` would
+    refuse it, point by point), with the differing keys."""
+    bad = []
+    for p in points:
+        status = point_status(p.workdir)
+        if status == "new":
+            continue
+        diffs = finished_config_differences(p, config_lib.how_key if status == "done" else config_lib.resume_changeable)
+        if diffs:
+            bad.append((p, status, diffs))
+    if not bad:
+        return
+    listed = "; ".join(f"{p.name}{'' if status == 'done' else ', unfinished'} ({_show_differences(d)})" for p, status, d in bad[:10])
+    listed += f"; and {len(bad) - 10} more" if len(bad) > 10 else ""
+    raise ConfigError(
+        f"{len(bad)} point(s) hold runs with a different config than the grid gives them now (saved -> now): {listed}. "
+        "No point was started. Use a new --root for the changed grid, rerun with the saved values (config.json in "
+        "each workdir), or delete those workdirs to rerun the points."
+    )
+
+
+def write_plan(grid) -> None:
+    """ROOT/sweep_plan.json: the grid file, the sweep-wide overrides and every point (index,
+    name, overrides) of the grid, whichever points this invocation runs (`--index`); the last
+    sweep of a root wins. `dllm-jax report` lists the planned points that have no run."""
+    record = {"grid": grid.path, "overrides": [[k, v] for k, v in grid.overrides], "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "points": [{"index": p.index, "name": p.name, "overrides": p.overrides} for p in grid.points]}
+    paths.makedirs(grid.root)
+    paths.write_text(paths.join(grid.root, PLAN_FILE), json.dumps(record, indent=1))
+
+
+@contextlib.contextmanager
+def _label(text: str):
+    """$DLLM_JAX_RUN_LABEL set to `text` while a point runs (in this process or its child)."""
+    from dllm_jax.train import RUN_LABEL_ENV
+
+    old = os.environ.get(RUN_LABEL_ENV)
+    os.environ[RUN_LABEL_ENV] = text
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(RUN_LABEL_ENV, None)
+        else:
+            os.environ[RUN_LABEL_ENV] = old
 
 
 def _run_in_process(point) -> str:
@@ -138,10 +261,36 @@ def _run_child(grid, point) -> str:
     return f"failed (exit code {rc})"
 
 
+def point_summary(workdir: str) -> str:
+    """What a point's workdir says of its training: steps done, final losses, tokens/s of the
+    steps alone and MFU of its last training record ('' when it has none)."""
+    from dllm_jax.metrics import read_metrics
+
+    try:
+        records = read_metrics(workdir)
+    except DllmError:
+        return ""
+    train_recs = [r for r in records if "loss" in r and "val_loss" not in r]
+    vals = [r for r in records if isinstance(r.get("val_loss"), (int, float))]
+    parts = []
+    if train_recs:
+        last = train_recs[-1]
+        parts.append(f"step {last['step']}, loss {last['loss']:.4f}")
+    if vals:
+        parts.append(f"val_loss {vals[-1]['val_loss']:.4f}")
+    speed = [r for r in train_recs if isinstance(r.get("tokens_per_sec"), (int, float))]
+    if speed:
+        parts.append(f"{speed[-1]['tokens_per_sec']:,.0f} tokens/s" + (" (steps alone)" if "step_seconds" in speed[-1] else ""))
+        if isinstance(speed[-1].get("mfu"), (int, float)):
+            parts.append(f"MFU {100 * speed[-1]['mfu']:.1f}%")
+    return ", ".join(parts)
+
+
 def run_points(grid, points, in_process: bool) -> list[dict]:
     """Run (or skip) each point; returns one {'index', 'name', 'status', 'seconds'} per point."""
     results = []
-    for point in points:
+    for i, point in enumerate(points, 1):
+        label = f"point {i}/{len(points)} {point.name}"
         status = point_status(point.workdir)
         t0 = time.perf_counter()
         if status == "done":
@@ -152,9 +301,10 @@ def run_points(grid, points, in_process: bool) -> list[dict]:
                 log.error("%s", e)
                 outcome = "failed (config differs)"
         else:
-            print(f"[sweep] point {point.index} {point.name}: {'resuming' if status == 'partial' else 'starting'} in {point.workdir}", flush=True)
+            print(f"[sweep] {label} (grid index {point.index}): {'resuming' if status == 'partial' else 'starting'} in {point.workdir}", flush=True)
             try:
-                outcome = _run_in_process(point) if in_process else _run_child(grid, point)
+                with _label(label):
+                    outcome = _run_in_process(point) if in_process else _run_child(grid, point)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except DllmError as e:
@@ -166,6 +316,8 @@ def run_points(grid, points, in_process: bool) -> list[dict]:
         seconds = round(time.perf_counter() - t0, 1)
         if status != "done":
             _record_attempt(point.workdir, outcome, seconds)
+            detail = point_summary(point.workdir)
+            print(f"[sweep] {label}: {outcome} in {seconds:.1f} s" + (f"; {detail}" if detail else ""), flush=True)
         results.append({"index": point.index, "name": point.name, "status": outcome, "seconds": seconds})
         if outcome == "interrupted":
             print(f"[sweep] point {point.name} was interrupted (checkpoint saved); stopping. Rerun the same command to resume.", flush=True)
@@ -194,14 +346,18 @@ def run(args) -> int:
     points = grid.select(args.index)
     if args.print_only:
         for p in points:
-            print(shlex.join(point_command(grid, p)))
+            print(shlex.join(point_command(grid, p, python=sys.executable)))
         return 0
     if args.list:
         _print_list(grid)
         return 0
     if paths.exists(grid.root) and not paths.isdir(grid.root):
         raise ConfigError(f"--root {grid.root!r} is a file; give a directory for the runs (it is created if missing)")
-    check_corpus_paths([p for p in points if point_status(p.workdir) != "done"])
+    check_finished_configs(points)
+    todo = [p for p in points if point_status(p.workdir) != "done"]
+    check_corpus_paths(todo)
+    check_corpus_budgets(todo)
+    write_plan(grid)
     results = run_points(grid, points, in_process=args.in_process or args.index is not None)
     print("[sweep] summary:")
     for r in results:

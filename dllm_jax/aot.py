@@ -11,13 +11,14 @@ XLA:TPU. The report gives, per device (a chip, or a core where libtpu exposes co
   temporaries (activations kept for the backward pass, gradients, the logits: whatever
   the program needs beyond its inputs and outputs), and the total
   argument + output - aliased (the donated state) + temporaries + code, against the chip's HBM;
-- compute: model FLOPs (6N + attention, `dllm_jax.flops`; active parameters for an MoE),
+- compute: model FLOPs (6N + attention, `Objective.train_flops_per_token`: `dllm_jax.flops`;
+  active parameters for an MoE; twice for AR with MIR, whose step runs a masked copy of every row),
   XLA's own FLOP count (its cost analysis; on TPU it can come out below the model count,
   so it misses some work: treat it, the step time and the MFU as rough), XLA's estimated step time
   (`optimal_seconds` of its cost model) and hence an estimated MFU and tokens/s. XLA's cost
   analysis sees a Pallas kernel as an opaque custom call with no FLOPs, so with splash attention
   ('auto' on TPU) it counts no attention at all: the report then adds the attention term of the
-  model count (`flops.train_attention_flops_per_token`, forward + backward) to XLA's FLOPs and
+  model count (`Objective.train_attention_flops_per_token`, forward + backward) to XLA's FLOPs and
   that work at the chip's peak to its step time (`kernel_attention_flops`, and the text says so).
 
 Decisions where the task was silent: the model is sized from `data.vocab_size` (no
@@ -219,7 +220,7 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     peak = peak_chip / per_chip if peak_chip else None
 
     compiled, abstract, model, mesh, compile_s = _compile(config, devices, topology)
-    from dllm_jax import flops, objectives
+    from dllm_jax import objectives
     from dllm_jax.models.transformer import resolve_attention_impl
 
     objective = objectives.build(config)
@@ -261,7 +262,7 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
     # the Pallas kernel's work, which XLA's cost analysis does not see (a custom call): the model count's attention term
     kernel_flops = 0.0
     if attention == "splash":
-        kernel_flops = flops.train_attention_flops_per_token(model.cfg, seq_len, objective.network_length(seq_len)) * batch * seq_len / n_dev
+        kernel_flops = objective.train_attention_flops_per_token(model.cfg, seq_len) * batch * seq_len / n_dev
         if xla_flops is not None:
             xla_flops = xla_flops + kernel_flops
         if seconds is not None:
@@ -283,6 +284,7 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
         "loss_chunk": int(config.model.loss_chunk),
         "attention_impl": attention,
         "num_experts": int(config.model.num_experts),
+        "network_copies": objective.network_copies,  # sequences run per training row (AR with MIR: 2; in model_flops)
         "bytes": {
             "params": _device_bytes(abstract.params),
             "opt_state": _device_bytes(abstract.opt_state),
@@ -346,7 +348,8 @@ def format_report(r: dict) -> str:
         f"model: {_count(r['params'])} params, {r['objective']}, batch {r['global_batch']} x {r['seq_len']}, "
         f"{r['dtype']}, remat={r['remat']}, scan_layers={r['scan_layers']}, loss_chunk={r['loss_chunk']}, "
         f"attention={r.get('attention_impl', '?')}"
-        + (f", {r['num_experts']} experts" if r["num_experts"] else ""),
+        + (f", {r['num_experts']} experts" if r["num_experts"] else "")
+        + (f", {r['network_copies']} passes per row (MIR's masked copy)" if r.get("network_copies", 1) > 1 else ""),
         f"memory per {unit}:",
         f"  parameters          {_gib(b['params'])}",
         f"  optimizer state     {_gib(b['opt_state'])}",

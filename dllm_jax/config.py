@@ -84,6 +84,10 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
+    c.ar.mir_weight = 0.0  # > 0: masked-input regularisation (Xu et al. 2026, dc_pretrain): + this weight x next-token loss of a masked copy of each row (one more pass); 0 = off
+    c.ar.mir_rate = 0.5  # MIR: each row's masking rate r ~ U(ar.mir_rate_min, ar.mir_rate) (dc_pretrain: U(0, 0.5))
+    c.ar.mir_rate_min = 0.0  # MIR: lower end of the rate's range (= ar.mir_rate: a fixed rate)
+    c.ar.mir_prefix = 8  # MIR: the first this many positions of a row are never masked (dc_pretrain's ltr_length)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "text"  # 'text', 'jsonl', 'parquet' (files; .gz/.bz2/.xz/.zst read directly), 'tfds' or 'array_record'
@@ -240,7 +244,8 @@ RULES = {
     "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
     "mdm.t_proposal": _one_of(*T_PROPOSALS), "mdm.t_proposal_mode": _one_of(*T_PROPOSAL_MODES),
     "mdm.t_beta_a": POSITIVE, "mdm.t_beta_b": POSITIVE, "mdm.t_logit_mu": FINITE, "mdm.t_logit_sigma": POSITIVE,
-    "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
+    "ar.input_mask_rate": HALF_OPEN_UNIT, "ar.mir_weight": _float(0.0), "ar.mir_rate": UNIT, "ar.mir_rate_min": UNIT,
+    "ar.mir_prefix": _int(0), "block_diffusion.block_size": _int(1),
     "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
@@ -511,6 +516,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if e.cloze_context == "both" and objectives.build(cfg).pair_estimator not in ("ar", "llada"):
         raise ConfigError(f"eval.cloze_context='both' scores AR and MDM runs, not objective={cfg.objective!r}; use "
                           "eval.cloze_context='left'")
+    if cfg.ar.mir_weight > 0 and objectives.build(cfg).network_copies == 1:  # an objective without MIR would ignore it
+        raise ConfigError(f"ar.mir_weight={cfg.ar.mir_weight} is masked-input regularisation of an AR run, and objective={cfg.objective!r}; "
+                          "set --config.objective=ar or drop ar.mir_weight (0 = off)")
     if cfg.init.from_hf and cfg.init.from_workdir:
         raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     objectives.build(cfg).validate(cfg)

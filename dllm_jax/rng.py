@@ -18,6 +18,8 @@ import jax
 # the quantities drawn from a run's seed (names are part of the random numbers: do not rename)
 INIT = "init"  # parameter initialisation
 TRAIN = "train"  # per-step training randomness (fold_in step), split into masks/t/length and dropout
+TRAIN_MIR_RATE = "train/mir_rate"  # AR with MIR: each row's masking rate of the masked copy, under the step's key
+TRAIN_MIR_MASK = "train/mir_mask"  # AR with MIR: the masked copy's per-position uniforms, under the step's key
 TRAIN_ANNEAL = "train/anneal"  # AR-to-MDM attention annealing: which future pairs open, under the step's key
 EVAL_TIME = "eval/time"  # MDM ELBO: t of each (row, draw)
 EVAL_MASK = "eval/mask"  # MDM ELBO and LLaDA: per-position mask uniforms of each (row, draw)
@@ -32,4 +34,4 @@ def stream(key, name: str):
     return jax.random.fold_in(key, zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF)
 
 
-__all__ = ["stream", "INIT", "TRAIN", "TRAIN_ANNEAL", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH", "EVAL_BLOCK_TIME"]
+__all__ = ["stream", "INIT", "TRAIN", "TRAIN_MIR_RATE", "TRAIN_MIR_MASK", "TRAIN_ANNEAL", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH", "EVAL_BLOCK_TIME"]

@@ -37,7 +37,14 @@ Why these choices (see the README's study section for the measurements behind th
 
 Grid parameters (--grid NAME=VALUE): `budgets` (U, comma-separated), `tokens` (B),
 `objectives` (default ar,mdm; `ar,mdm,block_diffusion` adds block diffusion with blocks of
-`block_diffusion.block_size` = 16), `eval_ratio` (spacing of the log-spaced evaluations).
+`block_diffusion.block_size` = 16), `eval_ratio` (spacing of the log-spaced evaluations),
+and the tuning axis (`dllm_jax.study.grid.tuning_variants`): `weight_decays` (e.g.
+0.1,0.8,3.2: "AR tuned" is the best of a weight-decay sweep at each U, Kim, Kotha et al.
+arXiv:2509.14786), `mir_weights` (e.g. 0,0.4: AR with masked-input regularisation on top,
+Xu et al. arXiv:2606.06888) and `tune` (the objectives swept, default ar). The point at the
+base weight decay (0.1) without MIR keeps its name, e.g. U8000_ar; the others are
+U8000_ar_wd0.8, U8000_ar_wd0.8_mir0.4, ...; `dllm-jax report` compares the MDM with AR's
+strongest series at each budget ('ar-tuned', the best variant there).
 Run it without the 8-fake-device XLA flag the test suite uses: on 2 cores one device is
 fastest.
 """
@@ -47,7 +54,7 @@ import math
 from dllm_jax.config import default_config
 from dllm_jax.errors import ConfigError
 from dllm_jax.data.sources import stdlib_corpus
-from dllm_jax.study.grid import budget_epochs, parse_numbers, short_number
+from dllm_jax.study.grid import budget_epochs, parse_numbers, short_number, tuning_variants
 
 
 def get_config():
@@ -98,7 +105,8 @@ def eval_epochs(epochs: float, ratio: float = math.sqrt(2)) -> str:
     return ",".join(out)
 
 
-def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objectives="ar,mdm", eval_ratio="1.4142"):
+def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objectives="ar,mdm", eval_ratio="1.4142",
+             weight_decays="", mir_weights="", tune="ar"):
     per_step = config.train.batch_size * config.data.seq_len
     totals = parse_numbers(tokens, "tokens")
     if len(totals) != 1:
@@ -127,8 +135,9 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
                               "lower tokens or raise the budgets")
         seen[unique] = requested
         for objective in names:
-            points[f"U{short_number(requested)}_{objective}"] = {
-                "objective": objective, "data.unique_tokens": unique, "data.epochs": epochs,
-                "eval.at_epochs": eval_epochs(epochs, ratio),
-            }
+            for suffix, tuning in tuning_variants(config, objective, weight_decays, mir_weights, tune):
+                points[f"U{short_number(requested)}_{objective}{suffix}"] = {
+                    "objective": objective, "data.unique_tokens": unique, "data.epochs": epochs,
+                    "eval.at_epochs": eval_epochs(epochs, ratio), **tuning,
+                }
     return points

@@ -10,12 +10,14 @@ optimiser and WSD schedule: dllm_jax.study.paper.
     dllm-jax sweep --config experiments/paper_grid.py --root $RUNS --print            # command lines
 
 Grid parameters (--grid NAME=VALUE): `sizes` (e.g. 1b,8b; also 1.7b, the study's script
-example), `unique` (tokens, comma-separated), `objectives`, `tokens` (the budget).
+example), `unique` (tokens, comma-separated), `objectives`, `tokens` (the budget), and the
+tuning axis as in experiments/cpu_grid.py: `weight_decays`, `mir_weights`, `tune`
+(`dllm_jax.study.grid.tuning_variants`; e.g. weight_decays=0.1,0.8,3.2 for "AR tuned").
 """
 
 from dllm_jax.config import default_config
 from dllm_jax.study import paper
-from dllm_jax.study.grid import parse_numbers, short_number
+from dllm_jax.study.grid import parse_numbers, short_number, tuning_variants
 
 
 def get_config():
@@ -29,7 +31,8 @@ def _default_sizes() -> str:
     return ",".join(sizes)
 
 
-def get_grid(config, sizes=None, unique="0.5e9,1e9,1.5e9,10e9,96e9", objectives="ar,mdm", tokens="96e9"):
+def get_grid(config, sizes=None, unique="0.5e9,1e9,1.5e9,10e9,96e9", objectives="ar,mdm", tokens="96e9",
+             weight_decays="", mir_weights="", tune="ar"):
     total = parse_numbers(tokens, "tokens")[0]
     points = {}
     for size in (sizes or _default_sizes()).split(","):
@@ -37,5 +40,7 @@ def get_grid(config, sizes=None, unique="0.5e9,1e9,1.5e9,10e9,96e9", objectives=
         for u in parse_numbers(unique, "unique"):
             budget = paper.budget_overrides(u, total)
             for objective in objectives.split(","):
-                points[f"{size.strip()}_U{short_number(u)}_{objective.strip()}"] = {"objective": objective.strip(), **model, **budget}
+                for suffix, tuning in tuning_variants(config, objective.strip(), weight_decays, mir_weights, tune):
+                    points[f"{size.strip()}_U{short_number(u)}_{objective.strip()}{suffix}"] = {
+                        "objective": objective.strip(), **model, **budget, **tuning}
     return points

@@ -1,7 +1,8 @@
 """Fair evaluation of AR and masked-diffusion LMs.
 
 - likelihood.py: estimators (AR exact; MDM ELBO over t; LLaDA multiple-choice), jitted and
-  batched in bucketed shapes (`Scorer`).
+  batched in bucketed shapes (`Scorer`; `Scorer.for_models`: an ensemble of runs, the mean of
+  their probabilities).
 - tasks.py: multiple-choice files (generic JSONL, HellaSwag, MMLU) -> items -> token ids.
 - multiple_choice.py: acc / acc_norm of items under a Scorer.
 - cloze.py: a multiple-choice task made from a run's validation text.

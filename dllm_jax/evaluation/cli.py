@@ -24,10 +24,23 @@ result records `items_requested`). Defaults of
 `--config.KEY=VALUE` may change the keys that do not change what the run learnt
 (`dllm_jax.config.HOW_KEYS`: where the data is, the eval.* keys, how the model is computed);
 nothing that would change the model.
+
+Ensembles: `--workdir A --workdir B ...` (K >= 2 runs) evaluates the ensemble of the runs on
+every scoring task (val, cloze, jsonl, hellaswag, mmlu): one model whose predictive
+distribution is the mean of the members' probabilities (`likelihood.Scorer.for_models`: for AR
+the log of the mean next-token probability, for an MDM the ELBO / LLaDA estimate of the
+averaged denoiser, every member under the same masks). Decisions: the members must share
+tokenizer, objective, data.seq_len and estimator settings (else one `error:` line); `--step N`
+takes step N of every member, the default each member's latest, and `--step all` is refused;
+validation rows, cloze passages, the seed and the eval.* defaults come from the first member;
+genppl (sampling) takes one run. The result names the members (`ensemble`: workdir and step of
+each; `workdir` / `step` are the first member's) and goes by default to
+<first workdir>/eval/ensemble/<task>-<K>runs-<hash of the members>_step<first member's step>.json.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -74,7 +87,9 @@ TEXT_ARGUMENTS = ("prompt",)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--workdir", required=True, help="a trained run directory")
+    parser.add_argument("--workdir", required=True, action="append",
+                        help="a trained run directory; repeat it (--workdir A --workdir B ...) to evaluate the ensemble of "
+                             "those runs (the mean of their probabilities)")
     parser.add_argument("--task", required=True, choices=TASKS, help="what to evaluate")
     parser.add_argument("--data", default=None, help="task file (jsonl, hellaswag) or file/folder (mmlu)")
     parser.add_argument("--step", default=None,
@@ -121,11 +136,27 @@ def _positive(name, value):
         raise ConfigError(f"{name}={value} must be >= 1")
 
 
+def _workdirs(args) -> list:
+    """The --workdir values as a list (one string: a single run)."""
+    w = args.workdir
+    return [w] if isinstance(w, str) else list(w)
+
+
+def _load_members(args, workdirs):
+    """The runs of an ensemble (each at --step N, or its latest), on the first run's mesh."""
+    from dllm_jax.checkpoint import load_run
+
+    runs = [load_run(workdirs[0], step=args.step)]
+    for w in workdirs[1:]:
+        runs.append(load_run(w, step=args.step, mesh=runs[0].mesh))
+    return runs
+
+
 def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
     """(results, default output name) for parsed `args`. `reuse`: a dict kept across calls for
     several checkpoints of one run (`--step all`): the Scorer (its compiled functions) is reused
-    while the config is the same, so each further checkpoint costs its restore and scoring only."""
-    from dllm_jax.checkpoint import load_run
+    while the config is the same, so each further checkpoint costs its restore and scoring only.
+    Several --workdir: the ensemble of those runs (module docstring)."""
     from dllm_jax.evaluation import cloze, likelihood, multiple_choice, tasks
 
     for name in ("--mc-samples", "--limit", "--batch-size"):
@@ -135,18 +166,26 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
     _check_overrides(getattr(args, "overrides", None))
     if args.task == "genppl" and not args.reference_workdir:
         raise ConfigError("--task genppl needs --reference-workdir DIR (an AR run that scores the samples)")
+    workdirs = _workdirs(args)
+    if len(workdirs) > 1 and args.task == "genppl":
+        raise ConfigError(f"--task genppl samples from one run; give one --workdir (got {len(workdirs)}: ensembles are scored on "
+                          "val, cloze, jsonl, hellaswag and mmlu)")
     items = tasks.read_task(args.data, args.task) if args.task in FILE_TASKS else None  # bad files fail before loading
 
-    run = load_run(args.workdir, step=args.step)
+    members = _load_members(args, workdirs)
+    run = members[0]
+    for member in members:
+        _apply_overrides(member.config, getattr(args, "overrides", None))
     config = run.config
-    _apply_overrides(config, getattr(args, "overrides", None))
     e = config.eval
     if args.seed is None:
         args.seed = int(config.seed)
     mc = args.mc_samples or e.mc_samples
     batch = args.batch_size or e.batch_size
-    head = {"task": args.task, "workdir": paths.absolute(args.workdir), "step": run.step, "objective": config.objective}
+    head = {"task": args.task, "workdir": paths.absolute(workdirs[0]), "step": run.step, "objective": config.objective}
     name = args.task
+    if len(members) > 1:
+        head["ensemble"] = [{"workdir": paths.absolute(w), "step": m.step} for w, m in zip(workdirs, members)]
 
     if args.task == "genppl":
         from dllm_jax.checkpoint import load_run as load_reference
@@ -160,16 +199,20 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
         return {**head, "reference_workdir": paths.absolute(args.reference_workdir), **res}, name
 
     key = (config_lib.to_json(config), batch)
-    if reuse is not None and reuse.get("key") == key:
-        scorer = reuse["scorer"]
+    if len(members) > 1:
+        scorer = likelihood.Scorer.for_models([m.model for m in members], [m.config for m in members], [m.tokenizer for m in members],
+                                              names=workdirs, batch_size=batch, mesh=run.mesh)
+        params = tuple(m.params for m in members)
+    elif reuse is not None and reuse.get("key") == key:
+        scorer, params = reuse["scorer"], run.params
     else:
-        scorer = likelihood.Scorer.for_model(run.model, config, run.tokenizer, batch_size=batch, mesh=run.mesh)
+        scorer, params = likelihood.Scorer.for_model(run.model, config, run.tokenizer, batch_size=batch, mesh=run.mesh), run.params
         if reuse is not None:
             reuse.update(key=key, scorer=scorer)
     if args.task in ("val", "cloze"):
         from dllm_jax.data.pipeline import build_dataset
 
-        dataset = build_dataset(config, args.workdir)
+        dataset = build_dataset(config, workdirs[0])
         if dataset.tokenizer.fingerprint != run.tokenizer.fingerprint:
             raise ConfigError(f"the data pipeline gave tokenizer {dataset.tokenizer.fingerprint}, not the checkpoint's "
                               f"{run.tokenizer.fingerprint}; check data.tokenizer / the workdir's tokenizer.model")
@@ -178,7 +221,7 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
             raise ConfigError(f"the run has no validation rows (data.val_tokens={config.data.val_tokens}); nothing to evaluate")
         if args.task == "val":
             rows = val[: args.limit] if args.limit else val
-            return {**head, **scorer.sequence_nll(run.params, rows, mc_samples=mc, seed=args.seed)}, name
+            return {**head, **scorer.sequence_nll(params, rows, mc_samples=mc, seed=args.seed)}, _output_name(name, head)
         asked = int(args.limit or e.cloze_examples)
         token_items = cloze.build_cloze(val, run.tokenizer, n_examples=asked,
                                         n_choices=e.cloze_choices, length=e.cloze_length, seed=config.seed,
@@ -200,9 +243,19 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
         token_items = tasks.tokenize_items(items, run.tokenizer)
         head["data"] = paths.absolute(args.data)
         name = f"{args.task}-{os.path.splitext(os.path.basename(args.data.rstrip('/')))[0]}" if args.task == "jsonl" else args.task
-    res = multiple_choice.score_items(scorer, run.params, token_items, mc_samples=mc, seed=args.seed,
+    res = multiple_choice.score_items(scorer, params, token_items, mc_samples=mc, seed=args.seed,
                                       cfg_scale=args.cfg, keep_items=args.items)
-    return {**head, **res}, name
+    return {**head, **res}, _output_name(name, head)
+
+
+def _output_name(name: str, head: dict) -> str:
+    """The output name: `name` for one run; for an ensemble 'ensemble/<name>-<K>runs-<hash>'
+    (the hash of the members' workdirs and steps keeps different ensembles apart)."""
+    members = head.get("ensemble")
+    if not members:
+        return name
+    digest = hashlib.sha1("\n".join(f"{m['workdir']}@{m['step']}" for m in members).encode("utf-8")).hexdigest()[:8]
+    return f"ensemble/{name}-{len(members)}runs-{digest}"
 
 
 def _steps(args) -> list:
@@ -210,18 +263,22 @@ def _steps(args) -> list:
     if args.step is None:
         return [None]
     text = str(args.step).strip()
+    if text == "all" and len(_workdirs(args)) > 1:
+        raise ConfigError("--step all scores the checkpoints of one run; an ensemble (several --workdir) takes --step N "
+                          "(that step of every member) or no --step (each member's latest)")
     if text == "all":
         from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
 
         if args.output:
             raise ConfigError("--output names one file; with --step all each checkpoint's result goes to "
                               "<workdir>/eval/<task>_step<N>.json: drop --output")
-        if not paths.isdir(checkpoint_dir(args.workdir)):
-            raise ConfigError(f"--step all: {args.workdir!r} has no checkpoints/ folder; is it a dllm-jax run directory? "
-                              f"Train with: dllm-jax train --config ... --workdir {args.workdir}")
-        steps = sorted(Checkpointer(args.workdir, read_only=True).all_steps())
+        workdir = _workdirs(args)[0]
+        if not paths.isdir(checkpoint_dir(workdir)):
+            raise ConfigError(f"--step all: {workdir!r} has no checkpoints/ folder; is it a dllm-jax run directory? "
+                              f"Train with: dllm-jax train --config ... --workdir {workdir}")
+        steps = sorted(Checkpointer(workdir, read_only=True).all_steps())
         if not steps:
-            raise ConfigError(f"--step all: {args.workdir!r} has no saved checkpoints")
+            raise ConfigError(f"--step all: {workdir!r} has no saved checkpoints")
         return steps
     if not text.isdigit():
         raise ConfigError(f"--step={args.step!r} must be a checkpoint step (an integer >= 0) or 'all'")
@@ -235,7 +292,7 @@ def run(args) -> int:
         args.step = step
         results, name = evaluate_run(args, reuse)
         results["seconds"] = round(time.perf_counter() - t0, 2)
-        path = args.output or paths.join(paths.expand(args.workdir), "eval", f"{name}_step{results['step']}.json")
+        path = args.output or paths.join(paths.expand(_workdirs(args)[0]), "eval", f"{name}_step{results['step']}.json")
         paths.makedirs(paths.dirname(paths.absolute(path)))
         paths.write_text(path, json.dumps(results, indent=2))
         shown = {k: v for k, v in results.items() if k != "items"}

@@ -34,6 +34,23 @@ per bucket, not per example. Padding is kept out of attention by segment ids (re
   it is done for both objectives so that they score the same token sequences.
 - AR validation predicts tokens 1..L-1 of each row from their prefix (as in training, the
   first token of a row has no context); MDM validation bounds all L tokens.
+
+Ensembles (`Scorer.for_models`, `dllm-jax eval --workdir A --workdir B ...`): K runs scored as
+one model whose predictive distribution at every position is the mean of the members'
+probabilities over the real tokens (Kim, Kotha et al., "Pre-training under infinite compute",
+arXiv:2509.14786, ensemble by averaging the members' probabilities):
+    log p_ens(. | input) = log (1/K) sum_k softmax(logits_k(input)),
+computed in log space (`ensemble_logits_fn`) and handed to the same estimators as a model's
+logits. For AR that is the log of the mean of the members' next-token probabilities, so the
+sequence score is exact for the ensemble's (per-token mixture) distribution. For an MDM the
+mean of K denoisers is again a denoiser (a distribution over each masked token given the
+partially masked input), so its ELBO and LLaDA estimates are those of a well-defined model:
+every member sees the same masks and times (the draws are made once, before the network
+calls), the probabilities are averaged at the masked positions, then the estimator weights
+the log of the mean as usual. Members must share the tokenizer, objective and sequence length
+and the settings that define the estimators (masking schedule and eps, document attention,
+block size): a ConfigError names the first that differs. Params of an ensemble are the tuple
+of the members' params, in member order.
 """
 
 from __future__ import annotations
@@ -171,6 +188,34 @@ def next_token_batch(logits_fn: LogitsFn, params, tokens, segment_ids, slot, spe
     return (jax.nn.log_softmax(row.astype(jnp.float32), axis=-1),)
 
 
+def ensemble_logits_fn(member_fns: Sequence[LogitsFn], vocab_limit: int) -> LogitsFn:
+    """A LogitsFn for the ensemble of K members: `fn(params, tokens, segment_ids)` with `params`
+    the tuple of the K members' params returns float32 [B, L, vocab_limit + 1], the log of the
+    mean of the members' softmax over the real ids (< vocab_limit), computed with logaddexp
+    (no probability underflows), and -1e30 in the last column (the [MASK] id, never predicted).
+    These log-probabilities are valid logits: every estimator's softmax over the real ids
+    returns the ensemble's probabilities. Members may have different output widths (model
+    vocab rows); each is read on its real ids only. K copies of one member give that member's
+    log-softmax (to float rounding)."""
+    fns = tuple(member_fns)
+    if not fns:
+        raise ValueError("an ensemble needs at least one member")
+    log_k = math.log(len(fns))
+
+    def fn(params, tokens, segment_ids):
+        if len(params) != len(fns):
+            raise ValueError(f"the ensemble has {len(fns)} members but {len(params)} parameter sets were given")
+        acc = None
+        for f, p in zip(fns, params):
+            logits = f(p, tokens, segment_ids)[..., :vocab_limit].astype(jnp.float32)
+            lp = jax.nn.log_softmax(logits, axis=-1)
+            acc = lp if acc is None else jnp.logaddexp(acc, lp)
+        never = jnp.full(acc.shape[:-1] + (1,), -1e30, jnp.float32)
+        return jnp.concatenate([acc - log_k, never], axis=-1)
+
+    return fn
+
+
 # ---------------------------------------------------------------- host-side orchestration
 @dataclasses.dataclass
 class _Row:
@@ -181,10 +226,11 @@ class _Row:
 
 
 class Scorer:
-    """Batched, jitted estimators for one model. Methods take `params` so that one Scorer
-    serves a whole training run."""
+    """Batched, jitted estimators for one model, or for an ensemble of K models (`for_models`,
+    whose `params` are the tuple of the members' params; `members` = K). Methods take
+    `params` so that one Scorer serves a whole training run."""
 
-    def __init__(self, logits_fn: LogitsFn, spec: ScoreSpec, *, batch_size: int = 64, mesh=None):
+    def __init__(self, logits_fn: LogitsFn, spec: ScoreSpec, *, batch_size: int = 64, mesh=None, members: int = 1):
         overrides = {"block_diffusion.block_size": spec.block_size} if spec.block_size else {}
         self.objective = objectives.by_name(spec.objective, **overrides)  # ValueError for an unknown name
         if self.objective.block_size and not spec.block_size:  # rows are scored in whole blocks of the objective's size
@@ -194,11 +240,12 @@ class Scorer:
         self.mesh = mesh
         shards = int(mesh.devices.size) if mesh is not None else 1
         self.batch_size = -(-max(int(batch_size), 1) // shards) * shards
+        self.members = int(members)
         self._jitted: dict = {}
 
-    @classmethod
-    def for_model(cls, model, config, tokenizer, *, batch_size: int = 64, mesh=None) -> "Scorer":
-        """A Scorer for a dllm_jax Transformer and its run config."""
+    @staticmethod
+    def _model_parts(model, config, tokenizer):
+        """(logits_fn, ScoreSpec) of a dllm_jax Transformer and its run config."""
         objective = objectives.build(config)
 
         def logits_fn(params, tokens, segment_ids):
@@ -210,7 +257,52 @@ class Scorer:
             eps=float(config.mdm.eps), document_attention=bool(config.data.document_attention),
             block_size=objective.block_size,
         )
+        return logits_fn, spec
+
+    @classmethod
+    def for_model(cls, model, config, tokenizer, *, batch_size: int = 64, mesh=None) -> "Scorer":
+        """A Scorer for a dllm_jax Transformer and its run config."""
+        logits_fn, spec = cls._model_parts(model, config, tokenizer)
         return cls(logits_fn, spec, batch_size=batch_size, mesh=mesh)
+
+    # what the members of an ensemble must share: ScoreSpec field -> the config key that sets it
+    _SHARED = {"objective": "objective", "max_len": "data.seq_len", "schedule": "mdm.schedule", "eps": "mdm.eps",
+               "document_attention": "data.document_attention", "block_size": "block_diffusion.block_size"}
+
+    @classmethod
+    def for_models(cls, models, configs, tokenizers, *, names=None, batch_size: int = 64, mesh=None) -> "Scorer":
+        """A Scorer for the ensemble of K dllm_jax Transformers with their run configs and
+        tokenizers (module docstring: the mean of the members' probabilities); call its methods
+        with `params` = the tuple of the K members' params. One member: `for_model`. `names`
+        (e.g. the workdirs) label the members in errors. Raises ConfigError when a member's
+        tokenizer (fingerprint), objective, data.seq_len or estimator setting differs from the
+        first member's."""
+        models, configs, tokenizers = list(models), list(configs), list(tokenizers)
+        if not models or not len(models) == len(configs) == len(tokenizers):
+            raise ValueError(f"{len(models)} models, {len(configs)} configs and {len(tokenizers)} tokenizers: one of each per member")
+        if len(models) == 1:
+            return cls.for_model(models[0], configs[0], tokenizers[0], batch_size=batch_size, mesh=mesh)
+        names = list(names) if names is not None else [f"member {i}" for i in range(len(models))]
+        from dllm_jax.errors import ConfigError
+
+        fns, spec = [], None
+        for i, (model, config, tok) in enumerate(zip(models, configs, tokenizers)):
+            fn, sp = cls._model_parts(model, config, tok)
+            fns.append(fn)
+            if spec is None:
+                spec, first_tok = sp, tok
+                continue
+            if tok.fingerprint != first_tok.fingerprint:
+                raise ConfigError(f"ensemble members must share their tokenizer: {names[0]} has tokenizer {first_tok.fingerprint}, "
+                                  f"{names[i]} has {tok.fingerprint}; ensemble runs trained with the same data.tokenizer")
+            for field, key in cls._SHARED.items():
+                a, b = getattr(spec, field), getattr(sp, field)
+                if field in ("schedule", "eps") and objectives.get(spec.objective).exact_likelihood:
+                    continue  # the masking schedule is not read by an exact (AR) estimator
+                if a != b:
+                    raise ConfigError(f"ensemble members must share {key}: {names[0]} has {key}={a!r}, {names[i]} has {key}={b!r}; "
+                                      "ensemble runs of one objective, sequence length and estimator settings")
+        return cls(ensemble_logits_fn(fns, spec.vocab_limit), spec, batch_size=batch_size, mesh=mesh, members=len(models))
 
     # -- jit plumbing -----------------------------------------------------------------
     def _fn(self, kind: str, cfg_scale: float = 0.0):
@@ -533,4 +625,4 @@ def rolling_windows(tokens: Sequence[int], max_len: int, prefix_id: int) -> list
 
 
 __all__ = ["ScoreSpec", "PairScore", "Scorer", "bucket_length", "ar_batch", "mdm_elbo_batch", "llada_batch",
-           "exact_l_mask", "rolling_windows"]
+           "exact_l_mask", "rolling_windows", "ensemble_logits_fn"]

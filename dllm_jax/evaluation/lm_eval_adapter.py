@@ -18,6 +18,13 @@ eval.mc_samples), cfg (MDM classifier-free guidance weight), seed, batch_size, a
 generate_until: sampler, steps, block_length, threshold, temperature (default 0 = greedy
 unless the task asks for sampling), top_k, top_p.
 
+Ensembles: `workdir=A|B|C` (run directories separated by '|'; the harness splits model_args
+at commas) scores the loglikelihood requests with the ensemble of those runs
+(`likelihood.Scorer.for_models`: the mean of the members' probabilities, as `dllm-jax eval
+--workdir A --workdir B`); `step` applies to every member (default: each one's latest), the
+defaults (mc_samples, batch_size, max_length) come from the first member, and generate_until
+(sampling) is refused for an ensemble.
+
 Requests:
 - loglikelihood: AR exact; MDM the LLaDA estimate (likelihood.py). is_greedy: AR, every
   answer token is the argmax; MDM, the same with the whole answer masked at once.
@@ -68,15 +75,22 @@ class DllmJaxLM(LM):
         from dllm_jax.errors import ConfigError
         from dllm_jax.evaluation.likelihood import Scorer
 
-        if not workdir:
-            raise ConfigError("model_args needs workdir=DIR (a dllm_jax run directory)")
-        self.run = load_run(str(workdir), step=None if step in (None, "") else int(step))
+        workdirs = [w.strip() for w in str(workdir or "").split("|")]
+        if not all(workdirs):
+            raise ConfigError(f"model_args workdir={workdir!r}: give a dllm_jax run directory, or several separated by '|' "
+                              "(workdir=A|B: their ensemble)")
+        step = None if step in (None, "") else int(step)
+        self.members = [load_run(workdirs[0], step=step)]
+        self.members += [load_run(w, step=step, mesh=self.members[0].mesh) for w in workdirs[1:]]
+        self.run = self.members[0]
         cfg_e = self.run.config.eval
         self.mc_samples = _int_or(mc_samples, cfg_e.mc_samples)
         self.cfg_scale = float(cfg or 0.0)
         self.seed = int(seed)
-        self.scorer = Scorer.for_model(self.run.model, self.run.config, self.run.tokenizer,
-                                       batch_size=_int_or(batch_size, cfg_e.batch_size), mesh=self.run.mesh)
+        self.scorer = Scorer.for_models([m.model for m in self.members], [m.config for m in self.members],
+                                        [m.tokenizer for m in self.members], names=workdirs,
+                                        batch_size=_int_or(batch_size, cfg_e.batch_size), mesh=self.run.mesh)
+        self.params = self.run.params if len(self.members) == 1 else tuple(m.params for m in self.members)
         self.gen = dict(sampler=sampler, steps=None if steps is None else int(steps),
                         block_length=None if block_length is None else int(block_length),
                         threshold=None if threshold is None else float(threshold), temperature=float(temperature),
@@ -97,7 +111,7 @@ class DllmJaxLM(LM):
         pairs = [encode_pair(self.run.tokenizer, ctx, cont) for ctx, cont in (r.args for r in requests)]
         # an empty continuation has log-likelihood 0
         idx = [i for i, (_, cont) in enumerate(pairs) if cont]
-        scores = self.scorer.loglikelihood(self.run.params, [pairs[i] for i in idx], mc_samples=self.mc_samples,
+        scores = self.scorer.loglikelihood(self.params, [pairs[i] for i in idx], mc_samples=self.mc_samples,
                                            seed=self.seed, cfg_scale=self.cfg_scale, greedy=True)
         out = [(0.0, True)] * len(pairs)
         for i, s in zip(idx, scores):
@@ -115,7 +129,7 @@ class DllmJaxLM(LM):
             for pair in rolling_windows(tok.encode(r.args[0]), self.max_length, tok.eos_id):
                 pairs.append(pair)
                 owner.append(i)
-        scores = self.scorer.loglikelihood(self.run.params, pairs, mc_samples=self.mc_samples, seed=self.seed)
+        scores = self.scorer.loglikelihood(self.params, pairs, mc_samples=self.mc_samples, seed=self.seed)
         out = [0.0] * len(requests)
         for i, s in zip(owner, scores):
             out[i] += float(s.logprob)
@@ -136,6 +150,11 @@ class DllmJaxLM(LM):
         from dllm_jax import objectives
         from dllm_jax.sampling.api import generate_tokens
 
+        if len(self.members) > 1:
+            from dllm_jax.errors import ConfigError
+
+            raise ConfigError(f"generate_until samples from one run, and model_args gave an ensemble of {len(self.members)}; "
+                              "ensembles score loglikelihood tasks only: give one workdir for generation tasks")
         tok = self.run.tokenizer
         out = []
         for r in requests:

@@ -3,7 +3,7 @@
 Read in this order: `common` (shared pieces: Prepared, schedules, cross-entropy), `base`
 (the Objective interface every caller uses), then one file per objective:
 
-    ar.py               'ar'               causal, shifted targets, exact likelihood
+    ar.py               'ar'               causal, shifted targets, exact likelihood (+ MIR's masked copy)
     mdm.py              'mdm'              bidirectional, one t per sequence, ELBO
     time_proposal.py    (shared)           where MDM / block diffusion draw t in training
     block_diffusion.py  'block_diffusion'  BD3-LM: one t per block, [x_t ; x_0] in one pass, NELBO
@@ -15,7 +15,7 @@ never compare names.
 
 from __future__ import annotations
 
-from dllm_jax.objectives.ar import AutoRegressive, prepare_ar
+from dllm_jax.objectives.ar import AutoRegressive, mir_masked_copy, prepare_ar
 from dllm_jax.objectives.base import Objective
 from dllm_jax.objectives.block_diffusion import BlockDiffusion, block_attention_mask, prepare_block_diffusion
 from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, random_length_valid, sample_times,
@@ -78,6 +78,6 @@ def _obj(objective) -> Objective:
 
 
 __all__ = ["REGISTRY", "Objective", "anneal_mask", "AutoRegressive", "MaskedDiffusion", "BlockDiffusion", "Prepared", "TokenIds", "build", "by_name",
-           "get", "names", "prepare_ar", "prepare_mdm", "prepare_block_diffusion", "block_attention_mask", "mask_prob", "elbo_weight",
+           "get", "names", "prepare_ar", "mir_masked_copy", "prepare_mdm", "prepare_block_diffusion", "block_attention_mask", "mask_prob", "elbo_weight",
            "sample_times", "segment_ids_from_eos", "random_length_valid", "token_cross_entropy", "prepare_fn", "metrics_from_ce",
            "finalize", "is_causal", "TimeProposal"]

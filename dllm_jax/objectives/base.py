@@ -94,9 +94,21 @@ class Objective:
         return {"val_loss": metrics["loss"]}
 
     # ---- cost ---------------------------------------------------------------------------
+    network_copies: int = 1  # sequences the network runs per training row (AR with MIR: 2, the clean row and its masked copy)
+
     def network_length(self, seq_len: int) -> int:
-        """Tokens the network processes per training row of `seq_len` tokens."""
+        """Tokens in each sequence the network processes for a training row of `seq_len` tokens
+        (block diffusion: 2 * seq_len, [x_t ; x_0]); there are `network_copies` such sequences."""
         return seq_len
+
+    def train_attention_flops_per_token(self, model_cfg, seq_len: int) -> float:
+        """The attention part of `train_flops_per_token` (forward + backward): each of the
+        `network_copies` sequences of `network_length` tokens attends over all its tokens
+        (`flops.train_attention_flops_per_token`); what a fused kernel does outside XLA's cost
+        analysis (dllm_jax.aot)."""
+        from dllm_jax import flops
+
+        return self.network_copies * flops.train_attention_flops_per_token(model_cfg, seq_len, self.network_length(seq_len))
 
     def train_flops_per_token(self, model_cfg, seq_len: int) -> float:
         """Model FLOPs (forward + backward) per training token (dllm_jax.flops)."""

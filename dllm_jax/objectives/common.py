@@ -21,10 +21,10 @@ class Prepared:
     the targets (block diffusion feeds [x_t ; x_0], 2L tokens): the loss reads the network's
     outputs at the first targets.shape[1] positions."""
 
-    inputs: jax.Array  # [B, L_in] tokens the network sees (L_in = L, or 2L for block diffusion)
-    targets: jax.Array  # [B, L] tokens to predict at each output position
+    inputs: jax.Array  # [B, L_in] tokens the network sees (L_in = L, or 2L for block diffusion), or [B, C, L]: C copies of each row run as separate sequences (AR with MIR)
+    targets: jax.Array  # [B, L] tokens to predict at each output position ([B, C * L] for C copies, [B, 2L] with NBDiff's AR loss)
     weights: jax.Array  # [B, L] float32 loss weight per position (0 = not counted)
-    segment_ids: jax.Array | None  # [B, L_in] for attention masking, or None (full attention)
+    segment_ids: jax.Array | None  # [B, L_in] (or [B, C, L], as inputs) for attention masking, or None (full attention)
     denom: jax.Array  # scalar: the loss is sum(weights * CE) / denom
     extras: dict  # objective-specific per-token arrays for metrics
 

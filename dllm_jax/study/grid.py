@@ -161,6 +161,53 @@ def parse_numbers(text: str, what: str) -> list:
     return values
 
 
+def parse_floats(text: str, what: str) -> list:
+    """'0.1,0.8' -> [0.1, 0.8]: non-negative finite numbers, distinct; errors name the parameter."""
+    try:
+        values = [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        values = [float("nan")]
+    if not values or any(not (v >= 0.0 and v < float("inf")) for v in values) or len(set(values)) < len(values):
+        raise ConfigError(f"--grid {what}={text!r} must be distinct comma-separated numbers >= 0, e.g. {what}=0.1,0.8,3.2")
+    return values
+
+
+def tuning_variants(base, objective: str, weight_decays: str = "", mir_weights: str = "", tune: str = "ar") -> list:
+    """The tuning axis of one objective's point (Kim, Kotha et al. arXiv:2509.14786: AR's weight
+    decay tuned at each budget; Xu et al. arXiv:2606.06888: MIR on top): [(name suffix, overrides)].
+
+    `weight_decays` (e.g. '0.1,0.8,3.2'; '' = the base config's train.weight_decay only) and
+    `mir_weights` (ar.mir_weight values, e.g. '0,0.4'; '' = the base's) apply to the objectives
+    named in `tune` (comma-separated, default 'ar'); MIR only to objectives that have it (AR).
+    A value equal to the base config's adds no override and no suffix, so the untuned point
+    keeps its name (and workdir) and a sweep into the same root reuses it; other values add
+    '_wd<value>' / '_mir<value>'. The report groups the variants of one series into
+    '<series>-tuned', the best of them at each budget (`dllm_jax.study.series`)."""
+    from dllm_jax import objectives
+
+    tuned = {o.strip() for o in str(tune).split(",") if o.strip()}
+    unknown = sorted(tuned - set(objectives.names()))
+    if unknown:
+        raise ConfigError(f"--grid tune={tune!r}: {unknown[0]!r} is not an objective; give some of {', '.join(objectives.names())}")
+    if objective not in tuned:
+        return [("", {})]
+    wds = parse_floats(weight_decays, "weight_decays") if str(weight_decays).strip() else [float(base.train.weight_decay)]
+    has_mir = objectives.by_name(objective, **{"ar.mir_weight": 1.0}).network_copies > 1
+    mirs = [float(base.ar.mir_weight)]
+    if str(mir_weights).strip() and has_mir:
+        mirs = parse_floats(mir_weights, "mir_weights")
+    out = []
+    for wd in wds:
+        for mir in mirs:
+            suffix, over = "", {}
+            if wd != float(base.train.weight_decay):
+                suffix, over["train.weight_decay"] = suffix + f"_wd{wd:g}", wd
+            if mir != float(base.ar.mir_weight):
+                suffix, over["ar.mir_weight"] = suffix + f"_mir{mir:g}", mir
+            out.append((suffix, over))
+    return out
+
+
 def short_number(n: float) -> str:
     """1e5 -> '1e5', 250000 -> '2.5e5', 1.5e9 -> '1.5e9', 4096 -> '4096' (for point names)."""
     if float(n) < 1e4 and float(n).is_integer():

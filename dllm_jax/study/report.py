@@ -8,8 +8,10 @@ Reads every run under DIR (see `dllm_jax.study.runs`) and writes, in DIR (or --o
   and its 2-SE bracket marked;
 - `data_ratio_<metric>.png`: each objective's best downstream score against U (log x) with
   +-2 SE bars, and the unique data AR needs to match each MDM point (the data ratio);
-- `report.md`: the runs, a crossover table per metric (per budget: best AR and best MDM
-  score, the epoch of each, the crossover epoch with its 2-SE bracket, and whether
+- `report.md`: the runs, a crossover table per metric (per budget and diffusion series,
+  against AR's strongest series there, 'ar-tuned' for a weight-decay / MIR sweep
+  (`dllm_jax.study.series`): best AR and best MDM score, the epoch of each, the crossover
+  epoch with its 2-SE bracket, and whether
   the MDM passes AR's best by more than 2 standard errors), the data-ratio table per
   downstream metric (the study's "> 3x"; definitions in `dllm_jax.study.crossover`), the R*
   fits with their quality, training
@@ -156,7 +158,7 @@ def run(args) -> int:
         print(f"  not started: {len(summary['not_started'])} of the sweep's {summary['planned']} planned points "
               f"({', '.join(p['name'] for p in summary['not_started'])})")
     for row in summary["crossovers"].get(summary["headline_metric"], []):
-        print(f"  U={row['unique_tokens']:,} {row['ar_series']} vs {row['mdm_series']}: crossover {row['crossover']}"
+        print(f"  U={row['unique_tokens']:,} {_series_cell(row, 'ar')} vs {_series_cell(row, 'mdm')}: crossover {row['crossover']}"
               + (f", 2-SE bracket {row['crossover_interval']}; passes AR's best by > 2 SE: {row['passes_ar_best']}" if row["crossover_low"] is not None else ""))
     return 0
 
@@ -191,17 +193,39 @@ def _json_float(x):
     return x if x is None or math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 
+def _series_panels(panel_map, metric: str) -> tuple[dict, dict]:
+    """Each panel's series as compared (`dllm_jax.study.series`): a tuning family's variants
+    replaced by '<family>-tuned' (the best at that budget), and the AR side reduced to AR's
+    strongest series there. Returns ({(params, U): (ars, diffusion)}, {(params, U, series): pick})."""
+    from dllm_jax.study import series as series_lib
+    from dllm_jax.study.crossover import HIGHER_IS_BETTER
+
+    higher = HIGHER_IS_BETTER[metric]
+    tuned, picks = series_lib.with_tuned(panel_map, metric, higher)
+    out = {}
+    for key, cell in tuned.items():
+        cell = series_lib.represented(cell, {k[2]: v for k, v in picks.items() if k[:2] == key})
+        ars, mdms = _split(cell)
+        best = series_lib.strongest(ars, metric, higher) if len(ars) > 1 else None
+        out[key] = ({best: ars[best]} if best else ars, mdms)
+    return out, picks
+
+
 def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
-    """One row per (model, budget, AR series, diffusion series); also {(params, U, ar, mdm): Crossover}.
-    'mdm_series' names the diffusion side and 'diffusion_objective' says which objective it is.
-    With standard errors (cloze): the crossover's 2-SE bracket and the 2-SE test
-    against AR's best (`dllm_jax.study.crossover`)."""
+    """One row per (model, budget, diffusion series), against AR's strongest series at that
+    budget (`_series_panels`: with a tuning sweep, 'ar-tuned', and 'ar_pick' names the run's
+    series it picked; 'ar_series_compared' counts the AR series it was chosen from); also
+    {(params, U, ar, mdm): Crossover}. 'mdm_series' names the diffusion side and
+    'diffusion_objective' says which objective it is. With standard errors (cloze): the
+    crossover's 2-SE bracket and the 2-SE test against AR's best (`dllm_jax.study.crossover`)."""
     from dllm_jax.study.crossover import HIGHER_IS_BETTER, best_point, find_crossover, passes_best
 
     higher = HIGHER_IS_BETTER[metric]
     rows, marks = [], {}
+    compared, picks = _series_panels(panel_map, metric)
     for (params, unique), series in panel_map.items():
-        ars, mdms = _split(series)
+        ars, mdms = compared[(params, unique)]
+        n_ar = len(_split(series)[0])
         for a_name, a in ars.items():
             for m_name, m in mdms.items():
                 ae, _, av = a.curve(metric)
@@ -216,7 +240,8 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
                 # a run still training (or stopped) is compared up to its last evaluation: say so
                 unfinished = [f"{r.series} at epoch {e[-1]:.3g}" for r, e in ((a, ae), (m, me)) if not r.done]
                 rows.append({"params": params, "unique_tokens": unique, "epochs": max(a.epochs, m.epochs), "unfinished": unfinished,
-                             "ar_series": a_name, "mdm_series": m_name, "diffusion_objective": m.objective,
+                             "ar_series": a_name, "ar_pick": picks.get((params, unique, a_name)), "ar_series_compared": n_ar,
+                             "mdm_series": m_name, "mdm_pick": picks.get((params, unique, m_name)), "diffusion_objective": m.objective,
                              "ar_best": a_best[:2], "mdm_best": m_best[:2], "ar_best_stderr": a_best[2], "mdm_best_stderr": m_best[2],
                              "crossover_epoch": cross.epoch, "crossover": cross.describe(), "ar_final": av[-1], "mdm_final": mv[-1],
                              "crossover_low": _json_float(cross.low), "crossover_high": _json_float(cross.high),
@@ -229,12 +254,17 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
 def ratio_groups(panel_map, metric: str, n_boot: int | None = None) -> list:
     """The data ratio (`dllm_jax.study.crossover.data_ratios`) of every (model, AR series,
     diffusion series) across budgets: [(params, ar_series, mdm_series, ar_bests, mdm_bests,
-    [DataRatio])], bests = {U: (value, epoch, stderr)}."""
+    [DataRatio])], bests = {U: (value, epoch, stderr)}. A tuning family counts once, as its
+    '<family>-tuned' series (`dllm_jax.study.series`)."""
+    from dllm_jax.study import series as series_lib
     from dllm_jax.study.crossover import HIGHER_IS_BETTER, N_BOOT, best_per_budget, data_ratios
 
     higher, n_boot = HIGHER_IS_BETTER[metric], n_boot or N_BOOT
     curves = {}  # (params, 'ar' | 'mdm', series) -> {U: (epochs, values, stderr)}
-    for (params, unique), series in panel_map.items():
+    tuned, picks = series_lib.with_tuned(panel_map, metric, higher)
+    for (params, unique), series in tuned.items():
+        # a tuning family counts as its tuned series (the best variant at each U)
+        series = series_lib.represented(series, {k[2]: v for k, v in picks.items() if k[:2] == (params, unique)})
         for side, runs in zip(("ar", "mdm"), _split(series)):
             for name, r in runs.items():
                 e, _, v = r.curve(metric)
@@ -374,6 +404,18 @@ def _fmt_best(b, metric, stderr=None):
     return f"{b[0]:.4f}" + (f" +-{stderr:.4f}" if stderr is not None else "") + f" (ep {b[1]:.1f})"
 
 
+def _series_cell(row: dict, side: str) -> str:
+    """A crossover row's series, with the variant a tuned series picked and, for AR, how many
+    series the strongest was chosen from: 'ar-tuned (ar weight_decay=0.8; strongest of 4)'."""
+    from dllm_jax.study.series import describe
+
+    text = describe(row[f"{side}_series"], row.get(f"{side}_pick"))
+    n = row.get("ar_series_compared", 1) if side == "ar" else 1
+    if n > 1:
+        text = text[:-1] + f"; strongest of {n})" if text.endswith(")") else f"{text} (strongest of {n})"
+    return text
+
+
 def _fmt_se(point):
     """(value, epoch, stderr) -> '0.4264 +-0.0226 (ep 10.0)'."""
     return "-" if point is None else _fmt_best(point[:2], None, point[2])
@@ -463,6 +505,10 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
            f"made from held-out text: {task}; {source}). Validation loss is **not** a fair AR-vs-MDM comparison: AR reports an exact NLL, the "
            "MDM an ELBO (an upper bound on its NLL), and AR validation loss can rise with repetition while its downstream "
            "accuracy still improves. Its table is given for completeness.", "",
+           "Series: a sweep's variants of one series over the tuning keys (weight decay, MIR: `--grid weight_decays=...`) "
+           "form a family, and '<family>-tuned' is the best of them at each budget (Kim, Kotha et al.'s \"AR tuned\"); "
+           "where a budget has several AR series, each diffusion series is compared with AR's strongest series there, "
+           "named with the variant it picked and the number of AR series it was chosen from (`dllm_jax.study.series`).", "",
            "Uncertainty (downstream metrics, from each evaluation's binomial standard error SE): the crossover's 2-SE "
            "bracket [a..b]: a = the last epoch at which AR is ahead by more than 2 SE of the difference "
            "(sqrt(SE_ar^2 + SE_mdm^2)), b = the epoch from which the MDM is ahead by more than 2 SE at every later "
@@ -490,7 +536,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
                "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             epochs = f"{row['epochs']:.3g}" + (f" (unfinished: {', '.join(row['unfinished'])})" if row["unfinished"] else "")
-            md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {epochs} | {row['ar_series']} | {row['mdm_series']} | "
+            md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {epochs} | {_series_cell(row, 'ar')} | {_series_cell(row, 'mdm')} | "
                       f"{_fmt_best(row['ar_best'], metric, row['ar_best_stderr'])} | {_fmt_best(row['mdm_best'], metric, row['mdm_best_stderr'])} | "
                       f"{row['crossover_interval']} | {row['passes_ar_best']} |")
         missing = [r.name for r in runs if not r.curve(metric)[2]]

@@ -30,7 +30,10 @@ Grouping (decided here): a run's *model* is its parameter count; its *budget* is
 tokens U; its *series* is the objective plus every setting that differs from the defaults
 among the keys that vary across the sweep, other than the model shape, U, epochs and
 bookkeeping keys (e.g. 'ar input_mask_rate=0.3' in the ablation grid). Within one
-(model, budget) panel the AR series are compared with the MDM series.
+(model, budget) panel the AR series are compared with the MDM series. A run's *family* is its
+series without the tuning keys (`TUNING_KEYS`: weight decay, MIR): the variants of a tuning
+sweep form one family, whose best run at each budget is the '<family>-tuned' series
+(`dllm_jax.study.series`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ CLOZE_KEYS = ("cloze_acc", "cloze_acc_norm", "cloze_acc_stderr", "cloze_acc_norm
 _NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_steps",
                "model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.head_dim", "model.d_ff",
                "model.num_experts", "model.experts_per_token", "model.scan_layers", "model.dtype")
+# keys a tuning sweep varies (Kim, Kotha et al.: weight decay; Xu et al.: MIR): they name a series,
+# but not its family (`Run.family`)
+TUNING_KEYS = ("train.weight_decay", "ar.mir_weight", "ar.mir_rate", "ar.mir_rate_min", "ar.mir_prefix")
 
 
 @dataclasses.dataclass
@@ -72,6 +78,7 @@ class Run:
     data_stats: dict = dataclasses.field(default_factory=dict)  # data_stats.json (data_fingerprint, corpus_tokens, ...)
     cloze_config: dict | None = None  # the task of the cloze records when they come from eval files ('eval.cloze_*' keys)
     eval_cloze_tasks: list = dataclasses.field(default_factory=list)  # the cloze rescoring tasks in <workdir>/eval/
+    family: str = ""  # the series without the tuning keys (TUNING_KEYS)
 
     @property
     def corpus(self) -> str:
@@ -345,8 +352,9 @@ def assign_series(runs) -> None:
     varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
                and k not in _NOT_SERIES and not how_key(k)]
     for r in runs:
-        extras = [f"{k.split('.')[-1]}={r.config.get(k)}" for k in varying if r.config.get(k) != defaults.get(k)]
-        r.series = " ".join([r.objective] + extras)
+        differ = [k for k in varying if r.config.get(k) != defaults.get(k)]
+        r.series = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ])
+        r.family = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ if k not in TUNING_KEYS])
 
 
 def model_label(params: int) -> str:

@@ -431,3 +431,19 @@ def test_extension_warns_when_the_schedule_of_the_new_total_moves_the_lr(tmp_pat
     lr_old = float(optim.lr_schedule(cfg.train, 8)(7))
     assert m and float(m.group(1)) == pytest.approx(lr_new, rel=1e-2) and float(m.group(2)) == pytest.approx(lr_old, rel=1e-2)
     assert lr_new / lr_old > 2
+
+
+def test_demo_hints_name_a_real_extension_and_how_to_get_tensorboard(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dllm_demo", os.path.join(os.path.dirname(__file__), "..", "scripts", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    cmd = demo.extend_command("experiments/tiny.py", "runs/demo/mdm", 195, ["--config.train.num_steps=195", "--config.seed=1"])
+    assert cmd == (".venv/bin/dllm-jax train --config experiments/tiny.py "
+                   "--workdir runs/demo/mdm --config.objective=mdm --config.seed=1 --config.train.num_steps=390")
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find(name, *a))
+    assert demo.tensorboard_hint("/r") == "pip install -e '.[tensorboard]' (not installed), then tensorboard --logdir /r"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert demo.tensorboard_hint("/r") == "tensorboard --logdir /r"

@@ -137,9 +137,9 @@ def _already_finished(workdir: str, resume_step: int, saved: dict, config) -> di
     _, new = check_run_length(saved, config, done["steps_per_epoch"], resume_step)
     if new != resume_step:
         return None
+    epochs = "" if config.train.num_steps else f" or --config.data.epochs=E (E > {config.data.epochs})"  # num_steps wins over epochs
     print(f"{workdir} already finished at step {resume_step} (DONE); nothing to do. To train on from its checkpoint, rerun with "
-          f"more steps: --config.train.num_steps=M (M > {resume_step}) or --config.data.epochs=E (E > {config.data.epochs})",
-          flush=True)
+          f"more steps: --config.train.num_steps=M (M > {resume_step}){epochs}", flush=True)
     return {**done, "already_finished": True}
 
 

@@ -52,7 +52,7 @@ least 100), the warmup round(50 x s) steps (the run is s times as long; override
 log-spaced evaluation is kept, k = ceil(1 / s) (always the first, at epoch 1; the end is
 always evaluated): evaluation and checkpoints (one per evaluation, plus the end) then cost a
 share of the run that does not grow as B shrinks. At B >= B0 nothing changes. The smoke test
-(2 points, 1e5 tokens, ~2 minutes on 2 cores):
+(2 points, 1e5 tokens; 231 s on 2 cores shared at load average ~10):
 
     dllm-jax sweep --config experiments/cpu_grid.py --root runs/smoke --grid tokens=1e5 --grid budgets=8e3
 

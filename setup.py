@@ -38,6 +38,7 @@ setup(
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.10"],  # gs:// paths (fsspec); TensorBoard on gs:// (tensorboardX)
         "test": ["pytest>=8", "pytest-xdist>=3"],
         "docs": ["mkdocs>=1.6"],  # `make docs`: the guides under docs/ as a site (tests/test_docs.py runs its strict build)
+        "tensorboard": ["tensorboard>=2.15"],  # the viewer (`tensorboard --logdir RUN`); training writes event files with tensorboardX
         "wandb": ["wandb>=0.17"],  # train.wandb_project: log to Weights & Biases
         "hf": ["transformers>=4.50"],  # config classes for the interop tests; running exported checkpoints also needs torch
         "hf-test": ["transformers>=4.50", "torch>=2.4"],  # also check logits against transformers' PyTorch models (~3 GB of wheels)

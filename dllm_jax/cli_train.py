@@ -76,7 +76,7 @@ def run_train(args) -> int:
     if not paths.isdir(checkpoint_dir(args.workdir)):  # a new run: an override that contradicts init.* is an error
         hf.resolve_init(cfg, explicit={key for key, _ in args.overrides})
     summary = train(cfg, args.workdir)
-    if summary.get("interrupted"):
+    if summary.get("interrupted") or summary.get("already_finished"):  # their one line is printed already
         return 0
     final = summary.get("final", {})
     print(json.dumps({"workdir": paths.absolute(args.workdir), "objective": cfg.objective, "step": summary["step"], **final}, indent=2))

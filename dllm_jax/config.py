@@ -277,6 +277,12 @@ HOW_KEYS = ("model.remat", "model.loss_chunk", "model.attention_impl", "train.gr
 # then rerun"): changeable on resume, where the remaining steps use the new values. They do
 # name a series in a sweep (an LR sweep varies them on purpose).
 RECOVERY_KEYS = ("train.lr", "train.warmup_steps", "train.clip_norm")
+# The run's length: may GROW on resume, of an unfinished or a finished run (an extension, with
+# its optimiser state; `train` refuses a shorter run). Batches 1..N keep their data (the loader's
+# order is per global step, each epoch a shuffle seeded by (seed, epoch)); the LR schedule is
+# that of the new total from the current step on (`dllm_jax.train.check_run_length`). They name
+# a series in a sweep (a longer run is another point).
+EXTEND_KEYS = ("train.num_steps", "data.epochs")
 # Where a NEW run takes its first weights from: ignored once the run has a checkpoint (which
 # wins), so they may differ on resume; they do name a series (from scratch vs adapted).
 INIT_KEYS = ("init.",)
@@ -293,7 +299,7 @@ def how_key(key: str) -> bool:
 
 def resume_changeable(key: str) -> bool:
     """True if `key` may differ between a run's checkpoint and the command resuming it."""
-    return _matches(key, HOW_KEYS + RECOVERY_KEYS + INIT_KEYS)
+    return _matches(key, HOW_KEYS + RECOVERY_KEYS + EXTEND_KEYS + INIT_KEYS)
 
 
 def check_ranges(cfg: ml_collections.ConfigDict) -> None:

@@ -89,8 +89,58 @@ def check_resume_compatible(saved: dict, config, changeable=config_lib.resume_ch
         raise ConfigError(
             f"the workdir holds a run with a different config ({shown}); resuming would mix two experiments. "
             "Use a new --workdir, or rerun with the saved values (see config.json in the workdir). "
-            "Only the keys in dllm_jax.config.HOW_KEYS and RECOVERY_KEYS may change on resume."
+            "Only the keys in dllm_jax.config.HOW_KEYS, RECOVERY_KEYS and EXTEND_KEYS (a longer run) may change on resume."
         )
+
+
+def run_length(config, steps_per_epoch: int) -> int:
+    """A run's optimiser steps: `train.num_steps`, or (0) `data.epochs` x `steps_per_epoch`."""
+    return int(config.train.num_steps) or int(steps_per_epoch) * int(config.data.epochs)
+
+
+def check_run_length(saved: dict, config, steps_per_epoch: int, resume_step: int) -> tuple[int, int]:
+    """(saved length, new length) in steps of a run resumed at `resume_step`; ConfigError when
+    `config` makes it shorter than the `saved` config did. Decided (issue 27): a run's length
+    (`train.num_steps`, or `data.epochs` that derives it) may grow on resume, finished or not:
+    an extension. It continues with its optimiser state; batches 1..N are those it trained on
+    (the loader's order is per global step, see `data.pipeline.train_loader`) and the new
+    steps read on, into further epochs' shuffles; the LR schedule is that of the NEW total,
+    evaluated from the current step on (constant: no change; cosine/WSD: the LR may jump back
+    up, which `train` warns about when by more than 2x). A shorter run is refused: its schedule
+    would have decayed earlier than the steps already trained."""
+    old, new = run_length(config_lib.complete(saved), steps_per_epoch), run_length(config, steps_per_epoch)
+    if new < old:
+        raise ConfigError(
+            f"train.num_steps={config.train.num_steps} / data.epochs={config.data.epochs} give this run {new} steps, fewer than the "
+            f"{old} it was started with (it is at step {resume_step}); a run may be extended on resume, not shortened. Rerun with "
+            "the saved values (config.json in the workdir) or more steps, or use a new --workdir"
+        )
+    return old, new
+
+
+def _read_done(workdir: str) -> dict | None:
+    path = paths.join(workdir, DONE_FILE)
+    if not paths.exists(path):
+        return None
+    try:
+        return json.loads(paths.read_text(path))
+    except (OSError, ValueError):
+        return None
+
+
+def _already_finished(workdir: str, resume_step: int, saved: dict, config) -> dict | None:
+    """The DONE summary when the run in `workdir` finished at `resume_step` and `config` asks
+    for no more steps (after printing one line saying so, and how to extend); else None."""
+    done = _read_done(workdir)
+    if not done or done.get("step") != resume_step or not done.get("steps_per_epoch"):
+        return None
+    _, new = check_run_length(saved, config, done["steps_per_epoch"], resume_step)
+    if new != resume_step:
+        return None
+    epochs = "" if config.train.num_steps else f" or --config.data.epochs=E (E > {config.data.epochs})"  # num_steps wins over epochs
+    print(f"{workdir} already finished at step {resume_step} (DONE); nothing to do. To train on from its checkpoint, rerun with "
+          f"more steps: --config.train.num_steps=M (M > {resume_step}){epochs}", flush=True)
+    return {**done, "already_finished": True}
 
 
 class _StopSignal:
@@ -146,6 +196,10 @@ def train(config, workdir: str, stop_after: int | None = None, *, clock=time.per
     """Train (or resume) the run in `workdir`. Returns the final summary (also written to
     DONE), with `timing`: the run's `*_seconds_total` (see `metrics.StepTimer`).
 
+    A finished run (DONE) rerun with the same length returns its DONE summary with
+    `already_finished: True` after printing one line, and writes nothing. A longer
+    `train.num_steps` / `data.epochs` extends it (or an unfinished run): see `check_run_length`.
+
     `stop_after`: run at most this many steps in this call, then checkpoint and return (the
     schedule still spans `num_steps`; rerun to continue). For time-sliced jobs and tests.
     `clock`: the timer's clock (seconds; tests inject one).
@@ -188,6 +242,10 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
         saved_config, saved_tokenizer = saved
         hf.resolve_init(config, saved=saved_config)  # resuming: the run's own checkpoint wins over init.*
         check_resume_compatible(saved_config, config)
+        done = _already_finished(workdir, resume_step, saved_config, config)
+        if done is not None:
+            ckpt.close()
+            return done
         saved_tok = tokenizer_from_bytes(saved_tokenizer, **tokenizer_names(config_lib.complete(saved_config).data))
         if config.data.tokenizer:
             given = load_tokenizer(config.data.tokenizer, **tokenizer_names(config.data))
@@ -213,6 +271,7 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
     check_warmup(tcfg, num_steps)
     seq_len, batch_size = config.data.seq_len, tcfg.batch_size
     steps_per_epoch = max(stats["train_sequences"] // batch_size, 1)
+    extended = check_run_length(saved_config, config, steps_per_epoch, resume_step) if resume_step is not None else None
 
     mesh = sharding.make_mesh(dict(config.mesh))
     batch_shards = sharding.batch_shards(mesh)
@@ -233,7 +292,8 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
 
     # each process reads only the rows of every global batch that its devices hold
     shard_index, shard_count = distributed.data_shard(mesh, batch_size)
-    loader = train_loader(dataset.train, global_batch=batch_size, epochs=config.data.epochs, seed=config.seed,
+    # long enough for num_steps (train.num_steps may exceed data.epochs' steps): later epochs are further shuffles
+    loader = train_loader(dataset.train, global_batch=batch_size, epochs=max(config.data.epochs, -(-num_steps // steps_per_epoch)), seed=config.seed,
                           process_index=shard_index, process_count=shard_count)
     data_iter = iter(loader.to_iter_dataset(LOADER_READ_OPTIONS))  # prefetch threads read ahead from the store
     if hasattr(data_iter, "close"):
@@ -275,6 +335,8 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
 
             cloze = ClozeEvaluator(model, config, tokenizer, dataset.val, mesh)
         start = int(state.step)
+        if extended and extended[0] != num_steps:
+            _note_extension(saved_config, extended[0], num_steps, start, lr_fn, workdir)
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
         objective = objectives.build(config)
         flops_per_token = objective.train_flops_per_token(model.cfg, seq_len)
@@ -401,6 +463,23 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, DONE_FILE), json.dumps(summary, indent=2))
     return summary
+
+
+def _note_extension(saved_config: dict, old_steps: int, num_steps: int, start: int, lr_fn, workdir: str) -> None:
+    """Log an extension from `old_steps` to `num_steps` at step `start`, warn when the schedule
+    of the new total moves the LR by more than 2x from what the run's last step used, and drop
+    the DONE file of a finished run (it is finished again at the new end)."""
+    saved_train = config_lib.complete(saved_config).train
+    before = float(optim.lr_schedule(saved_train, old_steps)(max(start - 1, 0)))
+    after = float(lr_fn(start))
+    log.info("extending the run from %d to %d steps at step %d (LR %.3g -> %.3g)", old_steps, num_steps, start, before, after)
+    if min(before, after) > 0 and max(before, after) / min(before, after) > 2:
+        log.warning("extending from %d to %d steps: the %r schedule of %d steps gives LR %.3g at step %d, where the run's last step "
+                    "used %.3g (x%.1f); an extension follows the schedule of its new total from the current step on "
+                    "(a 'constant' schedule continues unchanged)", old_steps, num_steps, saved_train.schedule, num_steps, after,
+                    start + 1, before, after / before)
+    if jax.process_index() == 0 and paths.exists(paths.join(workdir, DONE_FILE)):
+        paths.remove(paths.join(workdir, DONE_FILE))
 
 
 def _speed(timing: dict, tokens_per_step: int, flops_per_token: float, device_kind: str, num_devices: int) -> dict:

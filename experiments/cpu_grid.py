@@ -45,6 +45,17 @@ Xu et al. arXiv:2606.06888) and `tune` (the objectives swept, default ar). The p
 base weight decay (0.1) without MIR keeps its name, e.g. U8000_ar; the others are
 U8000_ar_wd0.8, U8000_ar_wd0.8_mir0.4, ...; `dllm-jax report` compares the MDM with AR's
 strongest series at each budget ('ar-tuned', the best variant there).
+Smaller budgets get smaller evaluation and checkpoint costs (`scaled_costs`): below the
+reference B0 = 1e6 tokens, with s = B / B0, the cloze task has round(2,500 x s) items (at
+least 100), the warmup round(50 x s) steps (the run is s times as long; overrides of
+`eval.cloze_examples` or `train.warmup_steps` are kept as given), and only every k-th
+log-spaced evaluation is kept, k = ceil(1 / s) (always the first, at epoch 1; the end is
+always evaluated): evaluation and checkpoints (one per evaluation, plus the end) then cost a
+share of the run that does not grow as B shrinks. At B >= B0 nothing changes. The smoke test
+(2 points, 1e5 tokens; 231 s on 2 cores shared at load average ~10):
+
+    dllm-jax sweep --config experiments/cpu_grid.py --root runs/smoke --grid tokens=1e5 --grid budgets=8e3
+
 Run it without the 8-fake-device XLA flag the test suite uses: on 2 cores one device is
 fastest.
 """
@@ -105,6 +116,30 @@ def eval_epochs(epochs: float, ratio: float = math.sqrt(2)) -> str:
     return ",".join(out)
 
 
+REFERENCE_TOKENS = 1_000_000  # B0: the budget the evaluation costs above are set for
+FILE_CLOZE_EXAMPLES = 2500  # get_config()'s eval.cloze_examples (an override of it is kept)
+FILE_WARMUP_STEPS = 50  # get_config()'s train.warmup_steps (an override of it is kept)
+
+
+def scaled_costs(config, total: int) -> tuple[dict, int]:
+    """(point overrides, k) for a token budget `total` below REFERENCE_TOKENS, s = total /
+    REFERENCE_TOKENS: the cloze items x s (at least 100) and the warmup x s (at least 1 step;
+    the run is s times as long) unless eval.cloze_examples / train.warmup_steps were
+    overridden, and k = ceil(1 / s): keep every k-th log-spaced evaluation. ({}, 1) at or
+    above the reference budget."""
+    if total >= REFERENCE_TOKENS:
+        return {}, 1
+    scale = total / REFERENCE_TOKENS
+    out = {}
+    items = max(100, round(FILE_CLOZE_EXAMPLES * scale))
+    if config.eval.cloze_examples == FILE_CLOZE_EXAMPLES and items != FILE_CLOZE_EXAMPLES:
+        out["eval.cloze_examples"] = items
+    warmup = max(1, round(FILE_WARMUP_STEPS * scale))
+    if config.train.warmup_steps == FILE_WARMUP_STEPS and warmup != FILE_WARMUP_STEPS:
+        out["train.warmup_steps"] = warmup
+    return out, math.ceil(1 / scale)
+
+
 def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objectives="ar,mdm", eval_ratio="1.4142",
              weight_decays="", mir_weights="", tune="ar"):
     per_step = config.train.batch_size * config.data.seq_len
@@ -121,6 +156,7 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
     names = [o.strip() for o in objectives.split(",") if o.strip()]
     if not names:
         raise ConfigError(f"--grid objectives={objectives!r} names no objective; e.g. objectives=ar,mdm")
+    costs, every = scaled_costs(config, total)
     points, seen = {}, {}
     for requested in parse_numbers(budgets, "budgets"):
         unique, epochs = budget_epochs(requested, total, per_step)
@@ -138,6 +174,6 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
             for suffix, tuning in tuning_variants(config, objective, weight_decays, mir_weights, tune):
                 points[f"U{short_number(requested)}_{objective}{suffix}"] = {
                     "objective": objective, "data.unique_tokens": unique, "data.epochs": epochs,
-                    "eval.at_epochs": eval_epochs(epochs, ratio), **tuning,
+                    "eval.at_epochs": ",".join(eval_epochs(epochs, ratio).split(",")[::every]), **costs, **tuning,
                 }
     return points

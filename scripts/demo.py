@@ -23,6 +23,26 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def tensorboard_hint(logdir: str) -> str:
+    """`tensorboard --logdir DIR`, preceded by how to install it when it is not importable (training
+    writes the event files with tensorboardX; the viewer is the `tensorboard` extra)."""
+    import importlib.util
+
+    command = f"tensorboard --logdir {logdir}"
+    if importlib.util.find_spec("tensorboard") is None:
+        return f"pip install -e '.[tensorboard]' (not installed), then {command}"
+    return command
+
+
+def extend_command(config: str, workdir: str, steps: int, extra: list[str]) -> str:
+    """The command that trains the finished demo run in `workdir` on for as many steps again
+    (`train.num_steps` may grow on resume: an extension, see dllm_jax.train.check_run_length;
+    rerunning the same command alone only says that the run is finished)."""
+    kept = [a for a in extra if not a.startswith("--config.train.num_steps")]
+    return " ".join([".venv/bin/dllm-jax", "train", "--config", config, "--workdir", workdir, "--config.objective=mdm",
+                     *kept, f"--config.train.num_steps={2 * int(steps)}"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="runs/demo")
@@ -61,8 +81,9 @@ def main() -> int:
     print("AR val loss is the exact NLL per token; MDM val loss is the ELBO (an upper bound on the NLL), in nats.")
     for objective, (text, nfe, tps) in samples.items():
         print(f"\n-- {objective} sample (prompt 'def ', {nfe} network calls, {tps:.0f} tokens/s):\n{text}")
-    print(f"\nmetrics: <workdir>/metrics.jsonl, TensorBoard: tensorboard --logdir {os.path.abspath(args.workdir)}")
-    print(f"resume/extend: .venv/bin/dllm-jax train --config {args.config} --workdir {args.workdir}/mdm --config.objective=mdm")
+    print(f"\nmetrics: <workdir>/metrics.jsonl, TensorBoard: {tensorboard_hint(os.path.abspath(args.workdir))}")
+    print(f"train on (resumes with its optimiser state; docs/training.md): "
+          f"{extend_command(args.config, os.path.join(args.workdir, 'mdm'), results['mdm']['step'], extra)}")
     return 0
 
 

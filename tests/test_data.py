@@ -370,3 +370,20 @@ def test_iterator_state_resume(built):
     for a in rest:
         np.testing.assert_array_equal(next(resumed), a)
     np.testing.assert_array_equal(rest[0], loader[5])
+
+
+def test_more_epochs_keep_the_batches_of_the_first_ones():
+    """Issue 27 (extending a run): element s of the loader is global batch s whatever
+    data.epochs is, so a run extended from E to E' epochs trains steps 1..N on the same
+    batches; each epoch is a permutation of all rows, and epochs differ."""
+    rows = np.arange(24 * 3, dtype=np.int32).reshape(24, 3)  # row i = (3i, 3i+1, 3i+2)
+    short = [np.asarray(b) for b in train_loader(rows, global_batch=4, epochs=2, seed=5)]
+    long = [np.asarray(b) for b in train_loader(rows, global_batch=4, epochs=5, seed=5)]
+    assert len(short) == 12 and len(long) == 30
+    for a, b in zip(short, long):
+        np.testing.assert_array_equal(a, b)
+    epochs = [np.sort(np.concatenate(long[e * 6:(e + 1) * 6])[:, 0] // 3) for e in range(5)]
+    for e in epochs:
+        np.testing.assert_array_equal(e, np.arange(24))
+    orders = {tuple(np.concatenate(long[e * 6:(e + 1) * 6])[:, 0]) for e in range(5)}
+    assert len(orders) == 5

@@ -583,6 +583,29 @@ def test_cpu_grid_shape(tmp_path):
             grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params=params)
 
 
+def test_cpu_grid_evaluation_costs_scale_with_the_token_budget(tmp_path):
+    """Issue 27: below 1e6 tokens (s = B / 1e6) the cloze items (x s, >= 100), the log-spaced
+    evaluations (every ceil(1/s)-th, so the checkpoints too) and the warmup (x s) shrink;
+    overrides are kept; at 1e6 and above nothing changes."""
+    path = os.path.join(EXPERIMENTS, "cpu_grid.py")
+
+    def point(tokens, budgets, overrides=()):
+        g = grid_lib.load_grid(path, str(tmp_path), list(overrides), params={"tokens": tokens, "budgets": budgets, "objectives": "mdm"})
+        return g.points[0].config
+
+    full = point("1e6", "8e3")
+    assert (full.eval.cloze_examples, full.train.warmup_steps) == (2500, 50)
+    assert full.eval.at_epochs == "1,1.41,2,2.83,4,5.66,8,11.3,16,22.6,32,45.3,64,90.5"
+    c = point("2.5e5", "8e3")  # s = 1/4: E = 31, every 4th of 1,1.41,...,22.6
+    assert (c.eval.cloze_examples, c.train.warmup_steps, c.eval.at_epochs) == (625, 12, "1,4,16")
+    c = point("1e5", "8e3")  # the smoke sweep: s = 1/10, 48 steps
+    assert (c.eval.cloze_examples, c.train.warmup_steps, c.eval.at_epochs) == (250, 5, "1")
+    c = point("1e4", "2048")  # s = 1/100: floors
+    assert (c.eval.cloze_examples, c.train.warmup_steps) == (100, 1)
+    c = point("1e5", "8e3", [("eval.cloze_examples", "300"), ("train.warmup_steps", "3")])
+    assert (c.eval.cloze_examples, c.train.warmup_steps) == (300, 3)
+
+
 def test_ar_ablation_grid_shares_its_baselines_with_the_cpu_grid(tmp_path):
     cpu = {p.name: p for p in grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path)).points}
     abl = grid_lib.load_grid(os.path.join(EXPERIMENTS, "ar_ablations.py"), str(tmp_path)).points

@@ -350,3 +350,100 @@ def test_cudnn_attention_without_a_gpu_is_a_clear_error():
         pytest.skip("a GPU is present: cuDNN is allowed")
     with pytest.raises(ConfigError, match="attention_impl='cudnn' needs a GPU.*'xla'"):
         build_model(c, 100)
+
+
+def _variant(cfg, **overrides):
+    """A copy of `cfg` with `overrides` (double underscores for nesting, as tiny_config)."""
+    c = C.complete(cfg.to_dict())
+    for key, value in overrides.items():
+        C.set_key(c, key.replace("__", "."), value)
+    return c
+
+
+def test_extending_a_finished_run_equals_training_to_the_new_length_in_one_go(tmp_path, corpus, capsys):
+    """Issue 27: a run finished at N steps (1 epoch) extended to 2 epochs continues with its
+    optimiser state and the data of steps N+1..M that a 2-epoch run has; with a constant
+    schedule the losses of those steps equal the one-go run's, bit for bit."""
+    paths, cache = corpus
+    cfg = tiny_config(paths, cache, "mdm", train__log_every=1, train__eval_every=0, train__checkpoint_every=100,
+                      train__schedule="constant", eval__at_epoch_end=False)
+    full = str(tmp_path / "full")
+    assert train(cfg, full)["num_steps"] == 16
+    ext = str(tmp_path / "ext")
+    assert train(_variant(cfg, data__epochs=1), ext)["step"] == 8
+    assert os.path.exists(os.path.join(ext, "DONE"))
+    s = train(cfg, ext)  # data.epochs 1 -> 2: an extension
+    assert s["step"] == 16 and not s.get("already_finished")
+    assert _train_losses(ext) == _train_losses(full)
+    for a, b in zip(jax.tree.leaves(_params(ext)), jax.tree.leaves(_params(full))):
+        np.testing.assert_array_equal(a, b)
+    with open(os.path.join(ext, "DONE")) as f:
+        assert json.load(f)["step"] == 16
+    # and train.num_steps (beyond data.epochs' steps: the loader reads on into a third epoch's shuffle)
+    assert train(_variant(cfg, train__num_steps=20), ext)["step"] == 20
+    assert [r["step"] for r in read_metrics(ext) if "loss" in r] == list(range(1, 21))
+    # shorter than it was: refused, nothing written
+    before = open(os.path.join(ext, "metrics.jsonl")).read()
+    with pytest.raises(ConfigError, match=r"give this run 16 steps, fewer than the 20 it was started with .*extended on resume, not shortened"):
+        train(_variant(cfg, train__num_steps=16), ext)
+    assert open(os.path.join(ext, "metrics.jsonl")).read() == before
+
+
+def test_rerunning_a_finished_run_does_nothing_but_say_so(tmp_path, corpus, capsys):
+    import subprocess
+    import sys
+
+    paths, cache = corpus
+    cfg = tiny_config(paths, cache, "ar", train__eval_every=0, data__epochs=1)
+    workdir = str(tmp_path / "run")
+    first = train(cfg, workdir)
+    files = {f: open(os.path.join(workdir, f), "rb").read() for f in ("metrics.jsonl", "DONE", "config.json", "run.json")}
+    capsys.readouterr()
+    again = train(_variant(cfg, train__log_every=2, eval__cloze_every=4), workdir)  # HOW keys may differ: still the same run
+    out = capsys.readouterr().out
+    assert again["already_finished"] and again["step"] == first["step"] == 8
+    assert out.count("\n") == 1 and re.fullmatch(
+        rf"{re.escape(workdir)} already finished at step 8 \(DONE\); nothing to do\. .*--config\.train\.num_steps=M \(M > 8\) "
+        r"or --config\.data\.epochs=E \(E > 1\)\n", out)
+    assert {f: open(os.path.join(workdir, f), "rb").read() for f in files} == files  # nothing appended or rewritten
+    # the command line: that line, exit status 0, no JSON summary
+    cfg_file = tmp_path / "exp.py"
+    cfg_file.write_text("import json\nfrom dllm_jax.config import complete\n"
+                        f"def get_config():\n    return complete(json.loads({json.dumps(json.dumps(cfg.to_dict()))}))\n")
+    r = subprocess.run([sys.executable, "-m", "dllm_jax", "train", "--config", str(cfg_file), "--workdir", workdir],
+                       capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{workdir} already finished at step 8") and r.stdout.count("\n") == 1
+    assert {f: open(os.path.join(workdir, f), "rb").read() for f in files} == files
+
+
+def test_extension_warns_when_the_schedule_of_the_new_total_moves_the_lr(tmp_path, corpus, caplog):
+    paths, cache = corpus
+    cfg = tiny_config(paths, cache, "ar", train__eval_every=0, data__epochs=1, train__schedule="cosine", train__min_lr_ratio=0.1)
+    workdir = str(tmp_path / "run")
+    train(cfg, workdir)  # cosine decayed to ~0.1 lr at step 8
+    with caplog.at_level("WARNING", logger="dllm_jax"):
+        train(_variant(cfg, train__num_steps=32), workdir)
+    warned = [r.getMessage() for r in caplog.records if "extending from 8 to 32 steps" in r.getMessage()]
+    assert len(warned) == 1 and "'cosine' schedule of 32 steps" in warned[0]
+    m = re.search(r"gives LR ([\d.e-]+) at step 9, where the run's last step used ([\d.e-]+)", warned[0])
+    lr_new = float(optim.lr_schedule(cfg.train, 32)(8))
+    lr_old = float(optim.lr_schedule(cfg.train, 8)(7))
+    assert m and float(m.group(1)) == pytest.approx(lr_new, rel=1e-2) and float(m.group(2)) == pytest.approx(lr_old, rel=1e-2)
+    assert lr_new / lr_old > 2
+
+
+def test_demo_hints_name_a_real_extension_and_how_to_get_tensorboard(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dllm_demo", os.path.join(os.path.dirname(__file__), "..", "scripts", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    cmd = demo.extend_command("experiments/tiny.py", "runs/demo/mdm", 195, ["--config.train.num_steps=195", "--config.seed=1"])
+    assert cmd == (".venv/bin/dllm-jax train --config experiments/tiny.py "
+                   "--workdir runs/demo/mdm --config.objective=mdm --config.seed=1 --config.train.num_steps=390")
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find(name, *a))
+    assert demo.tensorboard_hint("/r") == "pip install -e '.[tensorboard]' (not installed), then tensorboard --logdir /r"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert demo.tensorboard_hint("/r") == "tensorboard --logdir /r"

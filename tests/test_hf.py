@@ -259,6 +259,115 @@ def test_import_errors_name_the_key(tmp_path, corpus):
             _import(hf_dir, corpus)
 
 
+def test_a_tied_config_with_a_different_lm_head_is_refused(tmp_path, corpus):
+    """tie_word_embeddings=true plus a stored lm_head.weight: transformers 5 keeps that head
+    (untied) when it differs from the embedding, transformers >= 4.54 overwrites it, so a
+    differing head is a CheckpointError naming both tensors and the difference; an equal one
+    (torch .bin conversions store both) loads as the tied model HF computes."""
+    hf_dir, cfg, tensors = make_hf_dir(tmp_path / "tied", "llama", tie_word_embeddings=True)
+    emb = tensors["model.embed_tokens.weight"]
+    for head, ok in ((emb.copy(), True), (emb + np.where(np.arange(emb.size).reshape(emb.shape) == 77, 0.25, 0).astype(np.float32), False),
+                     (np.zeros_like(emb[:-1]), False)):
+        safetensors_numpy.save_file(dict(tensors, **{"lm_head.weight": head}), os.path.join(hf_dir, "model.safetensors"))
+        if ok:
+            config, model, params, tok = _import(hf_dir, corpus)
+            assert config.model.tie_embeddings and "lm_head" not in params
+            ids = np.random.default_rng(1).integers(0, tok.vocab_size, (1, 8))
+            np.testing.assert_allclose(_logits(model, params, ids)[..., :tok.vocab_size],
+                                       hf_reference_logits(cfg, tensors, ids)[..., :tok.vocab_size], atol=1e-4, rtol=0)
+            continue
+        message = ("'lm_head.weight' differs from 'model.embed_tokens.weight' \\(max \\|difference\\| 0.25\\)" if head.shape == emb.shape
+                   else r"'lm_head.weight' \[319, 64\] and 'model.embed_tokens.weight' \[320, 64\] differ in shape")
+        with pytest.raises(CheckpointError, match=message):
+            _import(hf_dir, corpus)
+    if HAVE_TORCH:  # the premise: transformers 5 keeps a differing stored head
+        import torch
+
+        safetensors_numpy.save_file(dict(tensors, **{"lm_head.weight": emb + 1.0}), os.path.join(hf_dir, "model.safetensors"))
+        m = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+        assert not torch.equal(m.lm_head.weight, m.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("extra,theta", [
+    ({"rope_scaling": {"rope_type": "default", "rope_theta": 500000.0}}, 500000.0),  # the base only inside the legacy dict
+    ({"rope_scaling": {"type": "default", "rope_theta": 250000.0}}, 250000.0),
+    ({"rope_scaling": {"rope_type": "default"}, "rope_theta": 30000.0}, 30000.0),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}}, 20000.0),
+    ({"rope_theta": 1000000.0}, 1000000.0),
+    ({}, 10000.0),
+    ({"rope_theta": 10000.0, "rope_scaling": {"rope_type": "default", "rope_theta": 500000.0}}, "gives the RoPE base 2 times"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1.0}, "rope_scaling": {"rope_type": "default", "rope_theta": 2.0}}, "gives the RoPE base 2 times"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_type='linear'"),
+    ({"rope_scaling": {"rope_type": "default", "rope_theta": 5.0}, "rope_parameters": {"rope_type": "yarn", "rope_theta": 5.0}}, 5.0),
+])
+def test_rope_base_is_read_where_transformers_reads_it(extra, theta):
+    """Every place a config.json can give the RoPE base, checked against transformers' own
+    config class; values that disagree (transformers 4 and 5 would differ) are refused."""
+    base = {k: v for k, v in hf_config("llama").to_dict().items() if k not in ("rope_parameters", "rope_theta", "rope_scaling")}
+    cfg = dict(base, architectures=["LlamaForCausalLM"], **extra)
+    if isinstance(theta, str):
+        with pytest.raises(ConfigError, match=theta):
+            hf.hf_model_settings(cfg, "x")
+        return
+    assert hf.hf_model_settings(cfg, "x")["rope_base"] == theta
+    theirs = transformers.LlamaConfig.from_dict(cfg)
+    assert theirs.rope_parameters["rope_type"] == "default" and theirs.rope_parameters["rope_theta"] == theta
+
+
+def test_index_and_shards_that_disagree_are_one_checkpoint_error(tmp_path, capsys):
+    """Sharded checkpoints: every inconsistency between model.safetensors.index.json and the
+    shards (or a directory holding two checkpoints) is a CheckpointError naming the tensor and
+    the file, never a safetensors traceback; `dllm-jax import` prints one error line."""
+    from dllm_jax.cli import main
+
+    src, _, tensors = make_hf_dir(tmp_path / "src", "llama", shards=2)
+    index = json.loads(open(os.path.join(src, "model.safetensors.index.json")).read())
+    wm = index["weight_map"]
+    first, second = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    moved = next(k for k, v in sorted(wm.items()) if v == first)
+
+    def variant(name, change):
+        import shutil
+
+        d = str(tmp_path / name)
+        shutil.copytree(src, d)
+        change(d)
+        return d
+
+    def write_index(d, weight_map):
+        with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+    cases = {
+        "wrong_shard": (lambda d: write_index(d, dict(wm, **{moved: second})),
+                        f"maps tensor '{moved}' to shard '{second}', which does not hold it \\(it is in '{first}'\\)"),
+        "unlisted_tensor": (lambda d: write_index(d, {k: v for k, v in wm.items() if k != moved}),
+                            f"shard '{first}' .* holds tensor '{moved}' .* does not list it"),
+        "missing_shard": (lambda d: os.remove(os.path.join(d, second)), f"lists '{second}', which is missing"),
+        "unknown_shard": (lambda d: write_index(d, dict(wm, **{moved: "model-00009-of-00009.safetensors"})),
+                          "lists 'model-00009-of-00009.safetensors', which is missing"),
+        "stale_shard": (lambda d: safetensors_numpy.save_file({"x": np.zeros(2, np.float32)}, os.path.join(d, "model-00001-of-00003.safetensors")),
+                        "shard 'model-00001-of-00003.safetensors' is not listed"),
+        "both_layouts": (lambda d: safetensors_numpy.save_file(tensors, os.path.join(d, "model.safetensors")), "holds two checkpoints"),
+        "bad_index": (lambda d: open(os.path.join(d, "model.safetensors.index.json"), "w").write("{"), "not a readable safetensors index"),
+        "bad_shard": (lambda d: open(os.path.join(d, second), "wb").write(b"nonsense"), f"{second}' is not a readable safetensors file"),
+        "no_index": (lambda d: os.remove(os.path.join(d, "model.safetensors.index.json")), "has shards .* but no model.safetensors.index.json"),
+    }
+    with hf.SafetensorsReader(src) as reader:  # the consistent original reads
+        assert reader.names() == set(tensors)
+        np.testing.assert_array_equal(reader.get(moved), tensors[moved])
+    for name, (change, message) in cases.items():
+        d = variant(name, change)
+        with pytest.raises(CheckpointError, match=message):
+            hf.SafetensorsReader(d)
+    # through the CLI: one error line, exit 2, no traceback, nothing written
+    capsys.readouterr()
+    assert main(["import", "--hf", str(tmp_path / "wrong_shard"), "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert "error: " in err and err.count("\n") == 1 and "Traceback" not in err and moved in err and second in err, err
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
 def test_from_hf_run_trains_and_resumes_exactly(tmp_path, corpus):
     from dllm_jax.metrics import read_metrics
     from dllm_jax.train import train
@@ -356,11 +465,10 @@ def test_export_refuses_moe_and_the_cli_writes_files(tmp_path, trained_runs):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["dllm_jax"]["objective"] == "mdm" and cfg["dllm_jax"]["attention"] == "bidirectional"
     files = set(os.listdir(out))
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"} <= files
-    if "tokenizer.json" in files:  # written when transformers could convert tokenizer.model (protobuf >= 7): it must encode as ours
-        tok, ours = transformers.AutoTokenizer.from_pretrained(str(out)), load_run(trained_runs["mdm"]).tokenizer
-        for text in TEXTS[:2] + ["def f(x):\n    return  x\t# ok\n"]:
-            assert tok.encode(text, add_special_tokens=False) == ours.encode(text)
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "tokenizer.json"} == files
+    tok, ours = transformers.AutoTokenizer.from_pretrained(str(out)), load_run(trained_runs["mdm"]).tokenizer
+    for text in TEXTS[:2] + ["def f(x):\n    return  x\t# ok\n"]:
+        assert tok.encode(text, add_special_tokens=False) == ours.encode(text)
     assert main(["export", "--workdir", str(tmp_path / "nothing"), "--output", str(tmp_path / "o2")]) == 2
     # dllm-jax import: the export becomes a step-0 MDM run with the same parameters, which samples as the original
     from dllm_jax.sampling import generate
@@ -374,6 +482,139 @@ def test_export_refuses_moe_and_the_cli_writes_files(tmp_path, trained_runs):
     kw = dict(objective="mdm", max_new_tokens=8, temperature=0.0)
     assert generate(a.model, a.params, a.tokenizer, ["The"], **kw).texts == generate(b.model, b.params, b.tokenizer, ["The"], **kw).texts
     assert main(["import", "--hf", str(out), "--workdir", workdir]) == 2  # never over an existing run
+
+
+def test_export_over_an_earlier_checkpoint_replaces_it(tmp_path, trained_runs, monkeypatch):
+    """`dllm-jax export` into a directory holding an older sharded HF checkpoint: the new
+    model.safetensors replaces it and the old index + shards are removed (else transformers
+    reads the new file and an index-based reader the old shards); unrelated files stay. A
+    dllm-jax run directory is refused, and a failing export leaves the directory as it was."""
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    out, _, _ = make_hf_dir(tmp_path / "out", "llama", shards=2)
+    for name in ("README.md", "notes.txt"):
+        (tmp_path / "out" / name).write_text("kept")
+    before = sorted(os.listdir(out))
+    monkeypatch.setattr(hf.export, "_write_tokenizer", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        hf.export_run(trained_runs["ar"], out)
+    assert sorted(os.listdir(out)) == before  # nothing removed, no staging directory left
+    monkeypatch.undo()
+    info = hf.export_run(trained_runs["ar"], out)
+    assert info["removed"] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    assert sorted(os.listdir(out)) == sorted(set(info["files"]) | {"README.md", "notes.txt"})
+    assert "tokenizer.json" in info["files"]  # rewritten from the run's tokenizer, not the old one
+    run = load_run(trained_runs["ar"])
+    text = "The river runs under the old stone bridge.\n"
+    assert Tokenizer.from_file(os.path.join(out, "tokenizer.json")).encode(text, add_special_tokens=False).ids == run.tokenizer.encode(text)
+    want = hf.export_params(run.params, run.model.cfg)
+    with hf.SafetensorsReader(out) as reader:
+        assert reader.names() == set(want)
+    got = load_file(os.path.join(out, "model.safetensors"))
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    # a run directory (or anything that is not an HF checkpoint) is never exported over
+    listing = sorted(os.listdir(trained_runs["mdm"]))
+    with pytest.raises(ConfigError, match="is not a Hugging Face checkpoint"):
+        hf.export_run(trained_runs["ar"], trained_runs["mdm"])
+    assert sorted(os.listdir(trained_runs["mdm"])) == listing
+
+
+# texts the exported tokenizer.json must encode as our SentencePiece tokenizer: code, unicode,
+# whitespace runs, newlines / tabs, characters outside the vocabulary (byte pieces), a literal '▁'
+TOKENIZER_TEXTS = [
+    "def f(x):\n    return  x\t# ok\n\n\tpass\n", "Ünïcode café, naïve façade — “quotes” ½ ☃\n",
+    "a  b   c    d     e      f        g         h\n", "\n\n\t\t \t\n  \n ", "emoji 😀 日本語 \x01 𝔘 end",
+    "a\u2581b \u2581\u2581 c\u2581", "The river runs under the old stone bridge.", "",
+]
+
+
+@pytest.mark.parametrize("kind", ["unigram", "bpe"])
+def test_sentencepiece_runs_export_a_tokenizer_json_without_protobuf(tmp_path, corpus, monkeypatch, kind):
+    """A run with a SentencePiece tokenizer trained by dllm_jax (data.tokenizer_type unigram or
+    bpe) exports a tokenizer.json built with `tokenizers` alone (transformers' converter, which
+    needs protobuf >= 7, is made to fail here), and `tokenizers.Tokenizer.from_file` encodes
+    and decodes like our tokenizer."""
+    import glob
+    import inspect
+    import json.decoder
+
+    from tokenizers import Tokenizer
+
+    from dllm_jax.data.tokenizer import train_tokenizer
+    from dllm_jax.hf.spm_json import read_spm_model
+
+    paths, _ = corpus
+    docs = [open(p, encoding="utf-8").read() for p in sorted(glob.glob(paths))] + [inspect.getsource(json.decoder)]
+    src, _, _ = make_hf_dir(tmp_path / "hf", "llama", vocab=512)
+    os.remove(os.path.join(src, "tokenizer.json"))
+    train_tokenizer(docs, 512, os.path.join(src, "tokenizer.model"), kind)
+    workdir = hf.import_run(src, str(tmp_path / "run"))["workdir"]  # a step-0 run with that tokenizer
+    ours = load_run(workdir).tokenizer
+    assert ours.kind == "sentencepiece"
+
+    def no_converter(*a, **k):
+        raise RuntimeError("transformers' converter must not be needed")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_converter)
+    out = tmp_path / "export"
+    info = hf.export_run(workdir, str(out))
+    monkeypatch.undo()
+    assert {"tokenizer.json", "tokenizer.model"} <= set(info["files"])
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    theirs = Tokenizer.from_file(str(out / "tokenizer.json"))
+    texts = TOKENIZER_TEXTS + [inspect.getsource(json.decoder)[:4000]]
+    for text in texts:
+        ids = ours.encode(text)
+        assert theirs.encode(text, add_special_tokens=False).ids == ids, text
+        assert theirs.decode(ids) == text
+    assert theirs.encode("x</s>y", add_special_tokens=False).ids == ours.encode("x</s>y", split_special_tokens=False)
+    auto = transformers.AutoTokenizer.from_pretrained(str(out))  # transformers reads it (no protobuf needed)
+    assert auto.encode(texts[0], add_special_tokens=False) == ours.encode(texts[0]) and auto.eos_token == "</s>"
+    # whitespace runs after any character: BPE exactly; unigram up to ties (module docstring of spm_json):
+    # a different segmentation only where SentencePiece's float32 sums break an exact tie
+    scores = [s for _, s, _ in read_spm_model(ours.model_bytes)["pieces"]]
+    for text in [c + " " * n + d for n in range(1, 41) for c in ("", "x", "0", "(") for d in ("", "y", "return")]:
+        a, b = theirs.encode(text, add_special_tokens=False).ids, ours.encode(text)
+        if a != b:
+            assert kind == "unigram" and theirs.decode(a) == text, (text, a, b)
+            assert abs(sum(scores[i] for i in a) - sum(scores[i] for i in b)) < 1e-4 and sorted(a) == sorted(b), (text, a, b)
+
+
+def test_sentencepiece_models_not_trained_here_fall_back(tmp_path, caplog):
+    """A SentencePiece model with other text handling (SentencePiece's defaults: NFKC, dummy
+    prefix) is not converted by dllm_jax; the export then tries transformers' converter and,
+    where that fails (protobuf < 7 or no transformers), writes no tokenizer.json and says so."""
+    import io
+    import logging
+
+    import sentencepiece as spm
+
+    from dllm_jax.data.tokenizer import Tokenizer
+    from dllm_jax.hf.export import _spm_tokenizer_json
+    from dllm_jax.hf.spm_json import BPE, UNIGRAM, read_spm_model, spm_tokenizer_json
+
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.Train(sentence_iterator=iter(TEXTS * 5), model_writer=writer, vocab_size=60, model_type="bpe",
+                                   pad_id=0, unk_id=1, eos_id=2, bos_id=-1, minloglevel=2)
+    m = read_spm_model(writer.getvalue())
+    assert m["model_type"] == BPE and m["normalizer"]["name"] == "nmt_nfkc" and m["normalizer"]["add_dummy_prefix"]
+    assert not m["byte_fallback"] and [p for p, _, _ in m["pieces"][:3]] == ["<pad>", "<unk>", "</s>"]
+    assert spm_tokenizer_json(writer.getvalue())[0] is None
+    assert "normalization rule 'nmt_nfkc'" in spm_tokenizer_json(writer.getvalue())[1]
+    from dllm_jax.data.tokenizer import train_tokenizer
+
+    ours = read_spm_model(train_tokenizer(TEXTS, 320, None, "unigram").model_bytes)
+    assert ours["model_type"] == UNIGRAM and ours["byte_fallback"] and ours["normalizer"]["name"] == "identity"
+    tok = Tokenizer(writer.getvalue())
+    caplog.set_level(logging.INFO, logger="dllm_jax")
+    tok.save(str(tmp_path / "tokenizer.model"))
+    written = _spm_tokenizer_json(str(tmp_path), tok)
+    assert written == os.path.isfile(tmp_path / "tokenizer.json")
+    if not written:
+        assert "tokenizer.json not written (normalization rule 'nmt_nfkc'" in caplog.text
+
 
 
 # ---------------------------------------------------------------- AR-to-MDM adaptation

@@ -6,6 +6,11 @@ Import (`--config.init.from_hf=DIR`): DIR is a local Hugging Face model director
 model.safetensors.index.json, tokenizer.json) of one of `FAMILIES`. `resolve_init` maps
 its config.json onto `model.*` and its tokenizer onto `data.tokenizer`; `load_hf_params`
 reads the weights with the `safetensors` library and places them on the mesh.
+`SafetensorsReader` refuses (CheckpointError) a directory with both layouts and any
+disagreement between the index and the shards; `hf_model_settings` reads the RoPE base where
+transformers 5 does (refusing values that disagree), and `load_hf_params` refuses a tied
+config whose stored lm_head.weight differs from the embedding (transformers 4 and 5 disagree
+on that model).
 
 Both families use the same rotary convention as `dllm_jax.models.transformer.rope`: the
 rotate-half form on the two halves of each head (not interleaved pairs), with frequencies
@@ -42,7 +47,9 @@ it and `init.*` is ignored (the saved run's `init.*` and model settings are kept
 
 Export (`dllm-jax export --workdir DIR --output OUT [--step N]`, `export_run`): config.json,
 model.safetensors (float32, one file, gathered to the host: export is not streamed) and
-the tokenizer files. The class is the HF family that represents our model exactly:
+the tokenizer files (for a SentencePiece run also a tokenizer.json built without protobuf:
+`dllm_jax.hf.spm_json`), staged and then moved into OUT, where the files of an earlier
+checkpoint that the export does not write are removed. The class is the HF family that represents our model exactly:
 `LlamaForCausalLM` (no QK-norm, no biases), `Qwen2ForCausalLM` (q/k/v biases) or
 `Qwen3ForCausalLM` (QK-norm: Qwen3 applies a per-head RMSNorm with a learned scale to q
 and k after the projections and before RoPE, exactly as our `qk_norm`); MoE models are

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 
 from dllm_jax import config as config_lib
-from dllm_jax.errors import ConfigError
 from dllm_jax.hf.export import export_run
 from dllm_jax.hf.init import import_run
 
@@ -32,8 +30,6 @@ def run_import(args) -> int:
 
 
 def run_export(args) -> int:
-    if os.path.isdir(args.output) and os.listdir(args.output) and not os.path.isfile(os.path.join(args.output, "config.json")):
-        raise ConfigError(f"--output {args.output!r} exists and is not an exported checkpoint; give a new or empty directory")
     info = export_run(args.workdir, args.output, args.step)
     print(json.dumps(info, indent=2))
     return 0

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -83,6 +86,7 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "pad_token_id": tokenizer.pad_id,  # our padding id (an embedding row past [MASK] when the tokenizer has no pad piece)
         "tokenizer_names": dict(getattr(tokenizer, "overrides", {})),  # the run's data.eos_token / data.pad_token (set again on import)
         "tokenizer_vocab_size": tokenizer.vocab_size,
+        "tokenizer_file": getattr(tokenizer, "filename", None),  # the run's own tokenizer (import reads it, not a converted tokenizer.json)
         "shift_logits": shift,
         "vocab_multiple": int(config.model.get("vocab_multiple", 1)),
         "mdm_schedule": None if obj.causal else config.mdm.schedule,
@@ -93,7 +97,8 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
 
 def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
     """tokenizer.json (+ tokenizer_config.json) for a Hugging Face tokenizer; tokenizer.model +
-    tokenizer_config.json (LlamaTokenizer) for a SentencePiece one."""
+    tokenizer_config.json, and tokenizer.json when `_spm_tokenizer_json` can write it, for a
+    SentencePiece one. Returns the file names written."""
     special = {"eos_token": tokenizer.id_to_piece(tokenizer.eos_id)}
     if _hf_pad_id(tokenizer) is not None:  # else no pad token: "[PAD]" is no piece of the exported tokenizer
         special["pad_token"] = tokenizer.id_to_piece(tokenizer.pad_id)
@@ -101,7 +106,7 @@ def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
         tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
         tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **special}
         files = ["tokenizer.json"]
-    else:  # + tokenizer.json when transformers can convert it (see _spm_tokenizer_json)
+    else:  # + tokenizer.json when it can be converted exactly (see _spm_tokenizer_json)
         tokenizer.save(os.path.join(out_dir, "tokenizer.model"))
         unk = tokenizer.id_to_piece(tokenizer.unk_id) if tokenizer.unk_id >= 0 else None
         # transformers 5's LlamaTokenizer re-reads a .model as BPE and encodes our unigram models
@@ -123,26 +128,53 @@ def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
     return files
 
 
-# texts on which a converted tokenizer must encode exactly as SentencePiece
-_PROBES = ("The river runs under the old stone bridge.", "def main(x):\n    return  x\t# ok\n\n", "  Ünïcode ☃, ok?")
+# texts on which a converted tokenizer must encode exactly as SentencePiece (see `_probes`)
+_PROBES = ("The river runs under the old stone bridge.", "def main(x):\n    return  x\t# ok\n\n", "  Ünïcode ☃, ok?",
+           "emoji 😀 and 日本語 outside the vocabulary\n")
+
+
+def _probes(tokenizer) -> list[str]:
+    """`_PROBES`, a literal '▁' when our tokenizer keeps it (a model trained by dllm_jax
+    encodes it as its UTF-8 byte pieces; the tokenizer.json must then too), and the strings
+    of the special pieces between text."""
+    probes = list(_PROBES)
+    if tokenizer.keeps_u2581:
+        probes.append("a\u2581b \u2581\u2581 c\u2581")
+    probes += [f"x{piece}y {piece}" for piece in tokenizer.special_pieces()]
+    return probes
 
 
 def _spm_tokenizer_json(out_dir: str, tokenizer) -> bool:
-    """Also write tokenizer.json: transformers' own conversion of tokenizer.model (it needs
-    transformers and protobuf >= 7), kept only if it encodes `_PROBES` exactly as
-    SentencePiece. Then readers need neither sentencepiece nor protobuf."""
-    try:
-        import transformers
+    """Also write tokenizer.json for a SentencePiece tokenizer, so readers need neither
+    sentencepiece nor protobuf. A model with dllm_jax's text handling (every model its trainer
+    writes) is converted by `dllm_jax.hf.spm_json` with the `tokenizers` package only (no
+    protobuf); others by transformers' converter (needs transformers and protobuf >= 7).
+    Kept only if it encodes `_probes` exactly as our tokenizer with
+    `split_special_tokens=False` (special-piece strings map to their ids, as transformers'
+    tokenizers do by default); else not written, with a log line."""
+    from dllm_jax.hf.spm_json import spm_tokenizer_json
 
-        tok = transformers.AutoTokenizer.from_pretrained(out_dir)
-        same = all(tok.encode(t, add_special_tokens=False) == tokenizer.encode(t) for t in _PROBES)
-    except Exception as e:  # transformers absent, or it cannot parse the proto (protobuf < 7)
-        log.info("tokenizer.json not written (transformers could not convert tokenizer.model: %s)", str(e)[:200])
-        return False
-    if not same:
-        log.warning("tokenizer.json not written: transformers' conversion of tokenizer.model encodes differently")
-        return False
-    tok.backend_tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    try:
+        text, why = spm_tokenizer_json(tokenizer.model_bytes)
+    except ImportError:
+        text, why = None, "the tokenizers package is not installed"
+    if text is not None:
+        from tokenizers import Tokenizer
+
+        backend, how = Tokenizer.from_str(text), "dllm_jax's conversion"
+    else:
+        try:  # transformers' own converter, for models not trained by dllm_jax
+            import transformers
+
+            backend, how = transformers.AutoTokenizer.from_pretrained(out_dir).backend_tokenizer, "transformers' conversion"
+        except Exception as e:  # transformers absent, or it cannot parse the proto (protobuf < 7)
+            log.info("tokenizer.json not written (%s; transformers could not convert tokenizer.model: %s)", why, str(e)[:200])
+            return False
+    for probe in _probes(tokenizer):
+        if backend.encode(probe, add_special_tokens=False).ids != tokenizer.encode(probe, split_special_tokens=False):
+            log.warning("tokenizer.json not written: %s of tokenizer.model encodes %r differently", how, probe)
+            return False
+    backend.save(os.path.join(out_dir, "tokenizer.json"))
     return True
 
 
@@ -160,29 +192,81 @@ def export_params(params, model_cfg) -> dict:
     return tensors
 
 
+# files of a Hugging Face checkpoint directory that an export replaces or that readers would
+# take instead of what it writes (weights, configs, tokenizer files); other files are kept
+_HF_FILES = frozenset({
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model.bin.index.json", "tf_model.h5", "tf_model.h5.index.json", "flax_model.msgpack",
+    "flax_model.msgpack.index.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "chat_template.json"})
+_HF_SHARD = re.compile(r"^(model|pytorch_model|tf_model|flax_model)-\d+-of-\d+\.(safetensors|bin|h5|msgpack)$")
+
+
+def _check_output(output: str) -> None:
+    """An export goes into a new or empty directory, or over an earlier Hugging Face
+    checkpoint (its config.json is a transformers config: it has `model_type` or
+    `architectures`); ConfigError otherwise, e.g. for a dllm-jax run directory (nothing is
+    read or deleted)."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output!r} is a file; give a new or empty directory")
+    if not os.path.isdir(output) or not os.listdir(output):
+        return
+    hf = None
+    try:
+        with open(os.path.join(output, "config.json"), encoding="utf-8") as f:
+            hf = json.load(f)
+    except (OSError, ValueError):
+        pass
+    looks_hf = isinstance(hf, dict) and ("model_type" in hf or "architectures" in hf)
+    if not looks_hf or os.path.isdir(os.path.join(output, "checkpoints")):
+        raise ConfigError(f"--output {output!r} exists and is not a Hugging Face checkpoint (no transformers config.json, or it "
+                          "holds a dllm-jax run); give a new or empty directory")
+
+
 def export_run(workdir: str, output: str, step: int | None = None) -> dict:
     """Write run `workdir` (latest or `step` checkpoint) as a Hugging Face checkpoint in `output`.
-    Returns {'output', 'architecture', 'step', 'files'}."""
+    Returns {'output', 'architecture', 'step', 'files', 'removed'}.
+
+    `output` is new, empty, or holds an earlier Hugging Face checkpoint (`_check_output`;
+    else ConfigError before anything is read or written). Everything is first written to a
+    staging directory inside `output`, then moved in (config.json last); only then are the
+    earlier checkpoint's files that this export does not write removed (`_HF_FILES`, e.g.
+    an older sharded model-0000X-of-0000Y.safetensors + index, or a tokenizer.json that
+    readers would prefer to the new tokenizer.model), listed in 'removed' and logged. Other
+    files (a README, ...) are kept. A failure before the move leaves `output` as it was."""
     from safetensors.numpy import save_file
 
     from dllm_jax.checkpoint import load_run
 
+    _check_output(output)
     run = load_run(workdir, step=step)
     model_cfg = run.model.cfg
     hf_cfg = export_config(run.config, model_cfg, run.tokenizer, run.step)
     tensors = export_params(run.params, model_cfg)
     os.makedirs(output, exist_ok=True)
-    tmp = os.path.join(output, ".model.safetensors.tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    os.replace(tmp, os.path.join(output, "model.safetensors"))
-    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_cfg, f, indent=2)
-    gen = {"eos_token_id": run.tokenizer.eos_id}
-    if _hf_pad_id(run.tokenizer) is not None:
-        gen["pad_token_id"] = _hf_pad_id(run.tokenizer)
-    if run.tokenizer.bos_id >= 0:
-        gen["bos_token_id"] = run.tokenizer.bos_id
-    with open(os.path.join(output, "generation_config.json"), "w", encoding="utf-8") as f:
-        json.dump(gen, f, indent=2)
-    files = ["config.json", "generation_config.json", "model.safetensors"] + _write_tokenizer(run.tokenizer, output, hf_cfg)
-    return {"output": os.path.abspath(output), "architecture": hf_cfg["architectures"][0], "step": run.step, "files": files}
+    stage = tempfile.mkdtemp(prefix=".dllm_jax_export-", dir=output)
+    try:
+        save_file(tensors, os.path.join(stage, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(stage, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_cfg, f, indent=2)
+        gen = {"eos_token_id": run.tokenizer.eos_id}
+        if _hf_pad_id(run.tokenizer) is not None:
+            gen["pad_token_id"] = _hf_pad_id(run.tokenizer)
+        if run.tokenizer.bos_id >= 0:
+            gen["bos_token_id"] = run.tokenizer.bos_id
+        with open(os.path.join(stage, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump(gen, f, indent=2)
+        files = ["config.json", "generation_config.json", "model.safetensors"] + _write_tokenizer(run.tokenizer, stage, hf_cfg)
+        stale = sorted(n for n in os.listdir(output) if (n in _HF_FILES or _HF_SHARD.match(n)) and n not in files
+                       and os.path.isfile(os.path.join(output, n)))
+        for name in sorted(files, key=lambda n: n == "config.json"):  # config.json last: the checkpoint is complete
+            os.replace(os.path.join(stage, name), os.path.join(output, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for name in stale:
+        os.remove(os.path.join(output, name))
+    if stale:
+        log.warning("export: removed %d file(s) of the earlier checkpoint in %s that this export does not write: %s",
+                    len(stale), output, ", ".join(stale))
+    return {"output": os.path.abspath(output), "architecture": hf_cfg["architectures"][0], "step": run.step, "files": files,
+            "removed": stale}

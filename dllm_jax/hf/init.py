@@ -38,18 +38,22 @@ def _hf_values(hf_dir: str, config) -> dict:
     if FAMILIES.get((hf.get("architectures") or [None])[0]) == "mistral" and window and config.data.seq_len > int(window):
         raise ConfigError(f"{where}: sliding_window={window} < data.seq_len={config.data.seq_len}; dllm_jax attention is full, so "
                           f"it equals Mistral's only for sequences <= {window}: set --config.data.seq_len={window} or less")
-    values["data.tokenizer"] = _source_tokenizer(os.path.expanduser(hf_dir), where, config, values)
+    # our export of a SentencePiece run has tokenizer.model (the run's tokenizer) and a tokenizer.json converted from it
+    first = (ours.get("tokenizer_file") or "tokenizer.model",) if ours else ()
+    values["data.tokenizer"] = _source_tokenizer(os.path.expanduser(hf_dir), where, config, values, first)
     return values
 
 
-def _source_tokenizer(directory: str, where: str, config, values: dict) -> str:
-    """The source's tokenizer file (or data.tokenizer, if it is the same tokenizer), both read
-    with the EOS / pad names the new run will have (`values` from the source, else the config)."""
+def _source_tokenizer(directory: str, where: str, config, values: dict, first: tuple = ()) -> str:
+    """The source's tokenizer file (the first of `first`, tokenizer.json, tokenizer.model that
+    exists; or data.tokenizer, if it is the same tokenizer), both read with the EOS / pad names
+    the new run will have (`values` from the source, else the config)."""
     from dllm_jax.data.tokenizer import load_tokenizer
 
     names = {k: values.get(f"data.{k}", config.data.get(k, "")) or None for k in ("eos_token", "pad_token")}
 
-    path = next((os.path.join(directory, n) for n in ("tokenizer.json", "tokenizer.model") if os.path.isfile(os.path.join(directory, n))), None)
+    candidates = tuple(first) + ("tokenizer.json", "tokenizer.model")
+    path = next((os.path.join(directory, n) for n in candidates if os.path.isfile(os.path.join(directory, n))), None)
     if path is None:
         if config.data.tokenizer:
             return config.data.tokenizer

@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from contextlib import ExitStack
 
 import jax
@@ -25,13 +26,41 @@ def read_hf_config(hf_dir: str) -> dict:
 
 
 def _rope_theta(hf: dict, where: str) -> float:
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    """The RoPE base of a config.json, read as transformers 5 reads it
+    (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict`): the RoPE dict is the legacy
+    `rope_scaling` when it is non-empty, else `rope_parameters`; the base is that dict's
+    `rope_theta`, else the top-level `rope_theta`, else 10000. transformers 4 read only the
+    top-level `rope_theta`, so a config.json that gives the base in several places with
+    different values is ambiguous: ConfigError naming them. A RoPE type other than 'default'
+    (scaling), or per-layer RoPE dicts, are refused (ConfigError)."""
+    legacy, params = hf.get("rope_scaling"), hf.get("rope_parameters")
+    for name, value in (("rope_scaling", legacy), ("rope_parameters", params)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{where}: {name}={value!r} is not a JSON object; fix config.json")
+    chosen = legacy or params or {}
+    if any(isinstance(v, dict) for v in chosen.values()):
+        raise ConfigError(f"{where}: per-layer RoPE parameters ({sorted(chosen)}) are not supported; dllm_jax has one RoPE for all layers")
+    rope_type = chosen.get("rope_type", chosen.get("type", "default"))
     if rope_type != "default":
         raise ConfigError(f"{where}: rope_type={rope_type!r} (RoPE scaling) is not supported; dllm_jax's RoPE is the plain "
                           "(default) one. Use a checkpoint without rope_scaling / rope_parameters.rope_type")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    def number(name, value):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {name}={value!r} is not a number; fix config.json") from None
+
+    given = {name: number(f"{name}.rope_theta", d["rope_theta"]) for name, d in (("rope_scaling", legacy), ("rope_parameters", params))
+             if d and d.get("rope_theta") is not None}
+    if hf.get("rope_theta") is not None:
+        given["rope_theta"] = number("rope_theta", hf["rope_theta"])
+    chosen_name = "rope_scaling" if legacy else "rope_parameters"
+    theta = given[chosen_name] if chosen.get("rope_theta") is not None else given.get("rope_theta", 10000.0)
+    if len(set(given.values())) > 1:
+        shown = ", ".join(f"{k if k == 'rope_theta' else k + '.rope_theta'}={v:g}" for k, v in given.items())
+        raise ConfigError(f"{where}: config.json gives the RoPE base {len(given)} times with different values ({shown}); "
+                          f"transformers 5 uses {theta:g}, transformers 4 the top-level rope_theta: make them agree in config.json")
+    return theta
 
 
 def hf_model_settings(hf: dict, where: str) -> dict:
@@ -75,35 +104,107 @@ def hf_model_settings(hf: dict, where: str) -> dict:
     }
 
 
+def _read_index(path: str) -> dict:
+    """The `weight_map` of a model.safetensors.index.json; CheckpointError when it is not one."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+        ok = isinstance(weight_map, dict) and all(isinstance(k, str) and isinstance(v, str) and v == os.path.basename(v)
+                                                  for k, v in weight_map.items())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path!r} is not a readable safetensors index ({type(e).__name__}: {e}); download it again") from e
+    if not ok or not weight_map:
+        raise CheckpointError(f"{path!r}: weight_map must map tensor names to shard file names in the same directory; download it again")
+    return weight_map
+
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+
+
 class SafetensorsReader:
     """Tensors of an HF directory by name, read with `safetensors.safe_open` (numpy), one
-    tensor or row range at a time; shapes without reading data."""
+    tensor or row range at a time; shapes without reading data.
+
+    The weights are `model.safetensors`, or the shards listed by
+    `model.safetensors.index.json` (the two layouts transformers reads; other *.safetensors
+    files, e.g. Mistral's consolidated.safetensors, are not weights of the model and are
+    ignored, as transformers does). CheckpointError, before any tensor is read, when the
+    directory holds no weights, or both layouts (transformers would read model.safetensors,
+    an index-based reader the shards: e.g. an export into a directory holding an older
+    sharded checkpoint), or when the index and the shards disagree in any way: a listed
+    shard is missing or unreadable, a tensor is not in the shard the index names, a shard
+    holds a tensor the index does not map to it, or a `model-*-of-*.safetensors` shard
+    beside the index is not listed by it."""
 
     def __init__(self, hf_dir: str):
         from safetensors import safe_open
 
         self.dir = os.path.expanduser(hf_dir)
-        index = os.path.join(self.dir, "model.safetensors.index.json")
+        index, single = os.path.join(self.dir, INDEX_FILE), os.path.join(self.dir, SINGLE_FILE)
+        shards = sorted(n for n in os.listdir(self.dir) if _SHARD.match(n)) if os.path.isdir(self.dir) else []
+        if os.path.isfile(index) and os.path.isfile(single):
+            raise CheckpointError(f"{self.dir!r} holds two checkpoints: {SINGLE_FILE} and the sharded {INDEX_FILE} "
+                                  f"({len(shards)} shards); transformers reads {SINGLE_FILE}, so they may be different models "
+                                  "(e.g. an export written over an older checkpoint): delete the stale one")
         if os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = _read_index(index)
             files = sorted(set(weight_map.values()))
+            unlisted = [n for n in shards if n not in files]
+            if unlisted:
+                raise CheckpointError(f"{self.dir!r}: shard {unlisted[0]!r} is not listed by {INDEX_FILE} ({len(unlisted)} unlisted "
+                                      "in all); it is left from another checkpoint: delete it, or restore the index that lists it")
+        elif os.path.isfile(single):
+            if shards:
+                raise CheckpointError(f"{self.dir!r} holds {SINGLE_FILE} and shards such as {shards[0]!r} of another checkpoint; "
+                                      "delete the stale ones")
+            files, weight_map = [SINGLE_FILE], None
         else:
-            files = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.dir, "*.safetensors")))
-            weight_map = None
-        if not files:
-            raise CheckpointError(f"{self.dir!r} has no *.safetensors files; download the safetensors weights "
-                                  "(PyTorch .bin checkpoints are not read: convert them with transformers' save_pretrained)")
+            others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.dir, "*.safetensors")))
+            if shards:
+                hint = f"has shards ({shards[0]!r}...) but no {INDEX_FILE}; download the index too"
+            elif others:
+                hint = f"has no {SINGLE_FILE} (only {others}, which transformers does not read as the model's weights)"
+            else:
+                hint = ("has no model.safetensors; download the safetensors weights (PyTorch .bin checkpoints are not read: "
+                        "convert them with transformers' save_pretrained)")
+            raise CheckpointError(f"{self.dir!r} {hint}")
         self._stack = ExitStack()
         self._files = {}
-        for name in files:
-            path = os.path.join(self.dir, name)
-            if not os.path.isfile(path):
-                raise CheckpointError(f"{index!r} lists {name!r}, which is missing from {self.dir!r}; the download is incomplete")
-            self._files[name] = self._stack.enter_context(safe_open(path, framework="numpy"))
-        if weight_map is None:
-            weight_map = {k: name for name, f in self._files.items() for k in f.keys()}
+        try:
+            for name in files:
+                path = os.path.join(self.dir, name)
+                if not os.path.isfile(path):
+                    raise CheckpointError(f"{index!r} lists {name!r}, which is missing from {self.dir!r}; the download is incomplete")
+                try:
+                    self._files[name] = self._stack.enter_context(safe_open(path, framework="numpy"))
+                except Exception as e:  # safetensors.SafetensorError: not a safetensors file, truncated header...
+                    raise CheckpointError(f"{path!r} is not a readable safetensors file ({e}); download it again") from e
+            if weight_map is None:
+                weight_map = {k: SINGLE_FILE for k in self._files[SINGLE_FILE].keys()}
+            else:
+                self._check_index(weight_map)
+        except BaseException:
+            self._stack.close()
+            raise
         self.weight_map = weight_map
+
+    def _check_index(self, weight_map: dict) -> None:
+        held = {name: set(f.keys()) for name, f in self._files.items()}
+        for tensor, name in sorted(weight_map.items()):
+            if tensor not in held[name]:
+                where = [n for n, keys in held.items() if tensor in keys]
+                found = f"it is in {where[0]!r}" if where else "no shard holds it"
+                raise CheckpointError(f"{INDEX_FILE} in {self.dir!r} maps tensor {tensor!r} to shard {name!r}, which does not hold it "
+                                      f"({found}); the index and the shards are of different checkpoints: download them again")
+        for name, keys in sorted(held.items()):
+            extra = sorted(k for k in keys if weight_map.get(k) != name)
+            if extra:
+                other = weight_map.get(extra[0])
+                said = f"maps it to {other!r}" if other else "does not list it"
+                raise CheckpointError(f"shard {name!r} in {self.dir!r} holds tensor {extra[0]!r} ({len(extra)} such in all), but "
+                                      f"{INDEX_FILE} {said}; the index and the shards are of different checkpoints: download them again")
 
     def names(self) -> set:
         return set(self.weight_map)
@@ -112,10 +213,17 @@ class SafetensorsReader:
         return tuple(self._files[self.weight_map[name]].get_slice(name).get_shape())
 
     def get(self, name: str) -> np.ndarray:
-        return np.asarray(self._files[self.weight_map[name]].get_tensor(name), dtype=np.float32)
+        return self._read(name, lambda f: f.get_tensor(name))
 
     def rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._files[self.weight_map[name]].get_slice(name)[start:stop], dtype=np.float32)
+        return self._read(name, lambda f: f.get_slice(name)[start:stop])
+
+    def _read(self, name: str, read) -> np.ndarray:
+        file = self.weight_map[name]
+        try:
+            return np.asarray(read(self._files[file]), dtype=np.float32)
+        except Exception as e:  # safetensors.SafetensorError: truncated or corrupt data
+            raise CheckpointError(f"cannot read tensor {name!r} from {os.path.join(self.dir, file)!r} ({e}); download it again") from e
 
     def close(self):
         self._stack.close()
@@ -125,6 +233,30 @@ class SafetensorsReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _check_tied_head(reader: SafetensorsReader, hf_dir: str, chunk_rows: int) -> None:
+    """A tied config (tie_word_embeddings=true) whose checkpoint also holds `lm_head.weight`:
+    fine when it equals the embedding bit for bit (torch .bin conversions store both); else
+    CheckpointError naming both tensors and the largest difference, because transformers
+    versions disagree on which head that model has (transformers 5 keeps the stored
+    lm_head.weight, untied, with a warning; 4.x from 4.54 overwrites it with the embedding),
+    so no choice here is "what transformers does". Compared in chunks of rows."""
+    head, emb = "lm_head.weight", "model.embed_tokens.weight"
+    shapes = reader.shape(head), reader.shape(emb)
+    if shapes[0] != shapes[1]:
+        raise CheckpointError(f"{hf_dir!r}: config.json has tie_word_embeddings=true, but {head!r} {list(shapes[0])} and {emb!r} "
+                              f"{list(shapes[1])} differ in shape; set tie_word_embeddings=false in config.json if {head} is the head")
+    worst = 0.0
+    for a in range(0, shapes[1][0], chunk_rows):
+        b = min(a + chunk_rows, shapes[1][0])
+        diff = np.abs(reader.rows(head, a, b) - reader.rows(emb, a, b))
+        worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)))
+    if worst > 0:
+        raise CheckpointError(f"{hf_dir!r}: config.json has tie_word_embeddings=true, but the checkpoint's {head!r} differs from "
+                              f"{emb!r} (max |difference| {worst:.4g}); transformers 5 then uses {head} (untied) and transformers 4 "
+                              f"the embedding, so the model is ambiguous: set tie_word_embeddings=false in config.json to use {head}, "
+                              f"or remove {head} from the checkpoint to tie the head to the embedding")
 
 
 def _indices(index_slice: slice, n: int) -> range:
@@ -153,6 +285,8 @@ def load_hf_params(hf_dir: str, abstract_params, tokenizer_vocab: int, chunk_row
         if extra:
             raise CheckpointError(f"{hf_dir!r}: unexpected tensor {extra[0]!r} ({len(extra)} in all) that dllm_jax's model has no "
                                   "place for; the checkpoint's config.json does not describe it (e.g. biases, a different family)")
+        if tied and "lm_head.weight" in present:
+            _check_tied_head(reader, hf_dir, chunk_rows)
         vocab_name = "model.embed_tokens.weight"
         hf_rows = reader.shape(vocab_name)[0]
         if tokenizer_vocab > hf_rows:

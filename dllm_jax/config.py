@@ -32,7 +32,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def default_config() -> ml_collections.ConfigDict:
     """All keys a run has, with their defaults. Experiments override a subset."""
     c = ml_collections.ConfigDict()
-    c.objective = "mdm"  # 'ar' (next-token), 'mdm' (absorbing-state masked diffusion) or 'block_diffusion' (BD3-LM)
+    c.objective = "mdm"  # 'ar' (next-token), 'mdm' (absorbing-state masked diffusion), 'block_diffusion' (BD3-LM), 'uniform' (uniform-state diffusion, UDLM/DUO) or 'gidd' (GIDD mask + uniform hybrid)
     c.seed = 0  # fixes init, data order and masks
 
     c.model = ml_collections.ConfigDict()
@@ -73,6 +73,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.block_diffusion.block_size = 16  # tokens per block; divides data.seq_len (= seq_len: MDM; 1: AR)
     c.block_diffusion.grow_steps = 0  # > 0: AR-to-block-diffusion (NBDiff): block size doubles 1, 2, 4, ..., block_size in equal phases over this many steps; 0 = off
     c.block_diffusion.ar_loss_weight = 0.0  # > 0: NBDiff's auxiliary next-token loss on the clean half (weight; `loss` stays the NELBO)
+
+    c.gidd = ml_collections.ConfigDict()  # objective='gidd' (time draws and schedule: the mdm group)
+    c.gidd.p_u = 0.2  # uniform-noise proportion: the share of tokens replaced by uniform noise at t = 1/2 (0 = the MDM)
+    c.gidd.gamma = 1.0  # mixing exponent: uniform share c / (1 + c), c = B (tau (1 - tau))^(gamma/2), B = 2^gamma p_u / (1 - p_u)
+    c.gidd.weighting = "elbo"  # training weight: 'elbo', 'clip' (ELBO weight clipped to [min, max]) or 'dynamic' (GIDD's reference weighting)
+    c.gidd.min_weight = 0.0  # lower clip of 'clip' / 'dynamic'
+    c.gidd.max_weight = 2.0  # upper clip of 'clip' / 'dynamic' (GIDD: 2)
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
@@ -224,6 +231,8 @@ RULES = {
     "mdm.antithetic": BOOL, "mdm.weighting": _one_of(*WEIGHTINGS), "mdm.random_length_prob": UNIT,
     "ar.input_mask_rate": HALF_OPEN_UNIT, "block_diffusion.block_size": _int(1),
     "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
+    "gidd.p_u": HALF_OPEN_UNIT, "gidd.gamma": _float(0.0, 2.0, lo_open=True), "gidd.weighting": _one_of("elbo", "clip", "dynamic"),
+    "gidd.min_weight": _float(0.0), "gidd.max_weight": POSITIVE,
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1, 10**6), "data.val_tokens": _int(0),

@@ -298,3 +298,99 @@ def test_bad_settings_are_clear_errors(overrides, match):
         node[last] = value
     with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace("[", r"\[")):
         validate(c)
+
+
+# ---------------------------------------------------------------- sampling
+import dataclasses  # noqa: E402
+
+from dllm_jax.sampling.api import generate_tokens  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _FixedModel:
+    """Predicts the same distribution exp(log_row) everywhere, whatever the input: for i.i.d.
+    tokens that is the exact model, whose every reverse step is exact."""
+
+    log_row: tuple
+    cfg: _Cfg = _Cfg(8)
+
+    def apply(self, variables, x, **kwargs):
+        return jnp.broadcast_to(jnp.asarray(self.log_row, jnp.float32), x.shape + (len(self.log_row),))
+
+
+_PARAMS = {"w": jnp.zeros((1,))}
+_FIXED = _FixedModel(tuple(float(v) for v in np.concatenate([LOG_P, [30.0]])))
+
+
+@pytest.mark.parametrize("proc,sampler", [(Process("uniform"), "ancestral"), (Process("uniform"), "renoise"),
+                                          (Process("gidd", p_u=0.3), "ancestral"), (Process("gidd", "cosine", p_u=0.3), "renoise")])
+def test_samplers_with_the_exact_model_draw_the_data_distribution(proc, sampler):
+    # exact reverse steps (see the ELBO test): whatever the number of steps, the generated
+    # tokens are i.i.d. P; no [MASK], padding or EOS survives the last step
+    name = proc.kind
+    res = generate_tokens(_FIXED, _PARAMS, IDS, [[]] * 96, objective=name, sampler=sampler, max_new_tokens=24, steps=5, seed=1,
+                          process=proc)
+    region = res.canvas[:, -24:]
+    counts = np.bincount(region.ravel(), minlength=N + 1)
+    assert counts[5:].sum() == 0
+    expected = P[:5] * region.size
+    chi2 = float(((counts[:5] - expected) ** 2 / expected).sum())
+    assert chi2 < 4 + 6 * math.sqrt(8), (counts, expected)
+    assert res.nfe == 5
+
+
+@pytest.mark.parametrize("name,sampler", [("uniform", "ancestral"), ("gidd", "renoise")])
+def test_a_prompt_samples_the_same_alone_or_in_a_batch(name, sampler):
+    model = Transformer(ModelConfig(vocab_size=56, d_model=32, n_layers=2, n_heads=4, d_ff=64))
+    params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32), causal=False)["params"])
+    ids = objectives.TokenIds(pad_id=0, eos_id=2, mask_id=50)
+    rng = np.random.RandomState(1)
+    others = [list(rng.randint(3, 50, rng.randint(1, 12))) for _ in range(9)]
+    mine = [30, 31, 32, 33, 34]
+    kw = dict(objective=name, sampler=sampler, max_new_tokens=8, steps=4, correction_steps=2, temperature=1.0, seed=7)
+    alone = generate_tokens(model, params, ids, [mine], **kw)
+    batch = generate_tokens(model, params, ids, others[:4] + [mine] + others[4:] + [mine], **kw)
+    np.testing.assert_array_equal(batch.canvas[4, -8:], alone.canvas[0, -8:])
+    assert not np.array_equal(batch.canvas[10, -8:], batch.canvas[4, -8:])  # the second copy has its own key
+    for i, p in enumerate(others[:4] + [mine] + others[4:]):  # prompts untouched, just before the region
+        assert list(batch.canvas[i, -8 - len(p) - 1:-8]) == [ids.eos_id] + p
+    assert np.all(batch.canvas[:, -8:] < ids.mask_id) and np.all(batch.canvas[:, -8:] != ids.pad_id)
+    assert batch.nfe == 4 + 2
+
+
+def test_self_correction_replaces_one_position_per_step_by_the_models_choice():
+    # the fixed model's favourite is token 0 (P = 0.5; at temperature 0.01 every candidate is 0):
+    # each correction step turns exactly one non-0 free token per row into 0, the rest of the
+    # sample (same seed, same steps) is unchanged, and given tokens never change
+    kw = dict(objective="gidd", max_new_tokens=16, steps=4, seed=3, process=Process("gidd", p_u=0.3), correction_temperature=0.01)
+    prompts = [[1, 2, 3], [4]] * 4
+    template = [IDS.mask_id] * 6 + [4, 4] + [IDS.mask_id] * 8
+    base = generate_tokens(_FIXED, _PARAMS, IDS, prompts, infill_tokens=template, **kw)
+    fixed = generate_tokens(_FIXED, _PARAMS, IDS, prompts, infill_tokens=template, correction_steps=3, **kw)
+    a, b = base.canvas[:, -16:], fixed.canvas[:, -16:]
+    changed = a != b
+    nonzero_free = ((a != 0) & (np.array(template) == IDS.mask_id)).sum(axis=1)
+    np.testing.assert_array_equal(changed.sum(axis=1), np.minimum(3, nonzero_free))
+    assert np.all(b[changed] == 0)
+    assert np.all(b[:, 6:8] == 4) and np.all(base.canvas[:, :-16] == fixed.canvas[:, :-16])
+    assert fixed.nfe == 4 + 3
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(objective="uniform", block_length=4), "block_length=4 does not apply"),
+    (dict(objective="gidd", sampler="topk_confidence"), "not a sampler of objective='gidd'"),
+    (dict(objective="mdm", sampler="renoise"), "samples uniform-state"),
+    (dict(objective="mdm", correction_steps=2), "correction_steps=2 is the self-correction"),
+    (dict(objective="gidd", correction_steps=-1), "correction_steps=-1"),
+    (dict(objective="uniform", cfg=1.0), "guidance is not implemented"),
+])
+def test_bad_sampling_arguments_are_clear_errors(kw, match):
+    from dllm_jax.sampling.options import resolve
+
+    with pytest.raises(ConfigError, match=match):
+        resolve(max_new_tokens=8, **kw)

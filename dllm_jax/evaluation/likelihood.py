@@ -189,7 +189,7 @@ class Scorer:
 
     def __init__(self, logits_fn: LogitsFn, spec: ScoreSpec, *, batch_size: int = 64, mesh=None):
         overrides = {"block_diffusion.block_size": spec.block_size} if spec.block_size else {}
-        self.objective = objectives.by_name(spec.objective, **overrides, **dict(spec.objective_config))  # ValueError for an unknown name
+        self.objective = objectives.by_name(spec.objective, **{**dict(spec.objective_config), **overrides})  # ValueError for an unknown name
         if self.objective.block_size and not spec.block_size:  # rows are scored in whole blocks of the objective's size
             spec = dataclasses.replace(spec, block_size=self.objective.block_size)
         self.logits_fn = logits_fn

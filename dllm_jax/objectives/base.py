@@ -38,6 +38,9 @@ class Objective:
     linestyle: str = "-"  # how the study's plots draw its runs
     block_size: int = 0  # block diffusion's block; 0 = none (scorers pad rows to whole blocks)
     ar_adaptation: bool = False  # accepts model.shift_logits / mdm.anneal_steps (AR-to-diffusion adaptation)
+    mask_input: bool = False  # the network reads [MASK] tokens (an export's tokenizer_config names the mask id)
+    defining_keys: tuple = ()  # config keys (besides `objective`) that define what the network learns to predict:
+    #                            recorded in an export's `dllm_jax` entry (restored on import) and carried into Scorers
 
     def __init__(self, config=None):
         """`config`: a run config (ConfigDict); None = the defaults (`dllm_jax.config.default_config`)."""
@@ -118,11 +121,6 @@ class Objective:
         (value, greedy) for a pair estimator."""
         return None
 
-    @property
-    def defining_keys(self) -> tuple:
-        """Config keys (besides `objective`) that define what the network learns to predict,
-        recorded in an export's `dllm_jax` entry and restored on import."""
-        return ()
 
     # ---- cost ---------------------------------------------------------------------------
     def network_length(self, seq_len: int) -> int:

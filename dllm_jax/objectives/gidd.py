@@ -46,14 +46,12 @@ class GiddDiffusion(InterpolatingDiffusion):
     name = "gidd"
     description = "GIDD hybrid noise (mask + uniform with proportion gidd.p_u; self-correcting; ELBO)"
     linestyle = (0, (3, 1, 1, 1, 1, 1))  # dash-dot-dot
+    mask_input = True
+    defining_keys = ("gidd.p_u", "gidd.gamma", "mdm.schedule")
 
     def process(self) -> Process:
         g = self.config.gidd
         return Process("gidd", schedule=str(self.config.mdm.schedule), p_u=float(g.p_u), gamma=float(g.gamma))
-
-    @property
-    def defining_keys(self) -> tuple:
-        return ("gidd.p_u", "gidd.gamma", "mdm.schedule")
 
     def validate(self, config) -> None:
         super().validate(config)

@@ -95,6 +95,8 @@ class MaskedDiffusion(Objective):
     val_metrics = ("val_loss", "val_masked_ce", "val_ppl_bound")
     linestyle = "--"
     ar_adaptation = True
+    mask_input = True
+    defining_keys = ("mdm.schedule",)
 
     def prepare_fn(self, ids, train: bool = True):
         m, doc = self.config.mdm, bool(self.config.data.document_attention)

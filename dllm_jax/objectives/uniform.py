@@ -35,10 +35,7 @@ class UniformDiffusion(InterpolatingDiffusion):
     name = "uniform"
     description = "uniform-state diffusion (UDLM/DUO: tokens replaced by uniform noise, no [MASK]; ELBO)"
     linestyle = ":"
+    defining_keys = ("mdm.schedule",)
 
     def process(self) -> Process:
         return Process("uniform", schedule=str(self.config.mdm.schedule))
-
-    @property
-    def defining_keys(self) -> tuple:
-        return ("mdm.schedule",)

@@ -58,8 +58,9 @@ cross-entropy. Times are t = eps + (1 - 2 eps) u (GIDD's range: both ends are si
 Time draws for gidd with p_u > 0. GIDD's c' grows like t^(-1/2) at t = 0, and so does the ELBO's
 integrand (the weight of a uniformly noised token is ~ 1 / (2 t) while a_u ~ B sqrt(t)): the
 mass below a cut-off eps is ~ B sqrt(eps) * CE, 1.6% of the bound at eps = 1e-3 and p_u = 0.2,
-and a bound truncated there is no longer a bound (on i.i.d. tokens with the exact model it
-comes out 4% BELOW the entropy at p_u = 0.2). So that process runs its schedule at t^2
+and a bound truncated there is no longer a bound (on i.i.d. tokens of a 7-id vocabulary with
+the exact model it comes out 4% BELOW the entropy at p_u = 0.2; GIDD's code draws t uniformly
+with eps = 1e-4). So that process runs its schedule at t^2
 (`Process.squared_time`: tau = p(t^2), d tau / dt = 2 t p'(t^2)): in t the integrand is bounded,
 the cut-off costs O(eps) as for the MDM, and the ELBO is unchanged (a change of variable). The
 uniform process (bounded integrand) and gidd with p_u = 0 (the MDM) keep tau = p(t).

@@ -271,7 +271,7 @@ def test_gidd_training_weightings():
     clip = _obj("gidd", **{"gidd.p_u": 0.3, "gidd.weighting": "clip", "gidd.min_weight": 0.5, "gidd.max_weight": 3.0})
     np.testing.assert_allclose(clip.prepare_fn(IDS)(tokens, key).weights, np.clip(w, 0.5, 3.0))
     dyn = _obj("gidd", **{"gidd.p_u": 0.3, "gidd.weighting": "dynamic", "gidd.max_weight": 1.5}).prepare_fn(IDS)(tokens, key)
-    z, t = np.asarray(base.inputs), np.asarray(base.extras["t"])[:, None]
+    z, t = np.asarray(base.inputs), np.asarray(base.extras["t"])[:, None] ** 2  # GIDD's own time (p_u > 0: t^2)
     b = 2.0 * 0.3 / 0.7
     x_scale = b / 8 * np.exp(0.5 / (1 + np.exp(t)))  # B / len(tokenizer) * exp(gamma/2 * sigmoid(-t)), as the reference
     want = np.where(z == np.asarray(tokens), x_scale, np.where(z == IDS.mask_id, 1.5, 1.0))  # 2 on [MASK], clipped to 1.5

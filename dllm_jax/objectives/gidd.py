@@ -21,8 +21,8 @@ estimator always use the ELBO weight):
     'elbo'     the ELBO weight (the default here, as the MDM's 'elbo': `loss` is the NELBO);
     'clip'     the ELBO weight clipped to [gidd.min_weight, gidd.max_weight];
     'dynamic'  GIDD's reference weighting (its configs' default): 2 on [MASK], 1 on a noise
-               id, (B / (N + 1)) exp(gamma / 2 * sigmoid(-t)) on a kept token (the reference
-               code's stand-in for the log-SNR, reproduced as written), clipped to
+               id, (B / (N + 1)) exp(gamma / 2 * sigmoid(-t)) on a kept token (t: GIDD's own time
+               tau; the reference code's stand-in for the log-SNR, reproduced as written), clipped to
                [gidd.min_weight, gidd.max_weight] (GIDD: 0 and 2).
 
 Sampling (dllm_jax.sampling.interpolating): GIDD's ancestral sampler from all-[MASK], then
@@ -72,8 +72,8 @@ class GiddDiffusion(InterpolatingDiffusion):
         p_u, gamma = float(g.p_u), float(g.gamma)
         b = 2.0 ** gamma * p_u / (1.0 - p_u)
 
-        def dynamic(t, coef, z, x, elbo_w, mask_id):
-            x_scale = b / (mask_id + 1) * jnp.exp(0.5 * gamma * jax.nn.sigmoid(-t))  # mask_id + 1: the reference's len(tokenizer)
+        def dynamic(tau, coef, z, x, elbo_w, mask_id):  # tau: GIDD's own time
+            x_scale = b / (mask_id + 1) * jnp.exp(0.5 * gamma * jax.nn.sigmoid(-tau))  # mask_id + 1: the reference's len(tokenizer)
             is_mask, is_x = z == mask_id, z == x
             w = jnp.where(is_x, x_scale, jnp.where(is_mask, 2.0, 1.0))
             return jnp.clip(w, lo, hi)

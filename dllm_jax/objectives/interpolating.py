@@ -120,15 +120,6 @@ class Process:
     gamma: float = 1.0  # gidd: the mixing exponent
 
     @property
-    def uses_mask(self) -> bool:
-        """The noise can produce [MASK] (gidd); uniform noise never does."""
-        return self.kind == "gidd"
-
-    @property
-    def uses_uniform(self) -> bool:
-        return self.kind == "uniform" or self.p_u > 0.0
-
-    @property
     def squared_time(self) -> bool:
         """gidd with p_u > 0 runs its schedule at t^2 (see the module docstring: c' ~ t^(-1/2))."""
         return self.kind == "gidd" and self.p_u > 0.0
@@ -241,7 +232,8 @@ def prepare_interpolating(tokens, rng, ids: TokenIds, process: Process, *, eps: 
     """The batch of one step: one t per sequence (`draw_times`), z ~ q_t(. | x) per token.
 
     Returns Prepared with inputs = z [B, L] (padding stays padding), targets = x, weights = the
-    training weight per position (`train_weight(t [B, 1], coef, z, x, elbo_w, mask_id) -> [B, L]`; None = the ELBO
+    training weight per position (`train_weight(tau [B, 1], coef, z, x, elbo_w, mask_id) -> [B, L]`, tau = the
+    process's own time; None = the ELBO
     weight), denom = number of real tokens, and extras: 'elbo_weights' (w_t(z, x), 0 on padding),
     'alpha', 'nu' ([B, L] float32: what `divergences` needs), 'noised' (z != x), 't' [B]."""
     k_t, k_mask, k_len, k_noise = jax.random.split(rng, 4)  # the first two as prepare_mdm's: times, then masks
@@ -257,7 +249,7 @@ def prepare_interpolating(tokens, rng, ids: TokenIds, process: Process, *, eps: 
     inputs = jnp.where(valid, z, ids.pad_id)
     validf = valid.astype(jnp.float32)
     elbo_w = elbo_weights(coef, z, tokens, ids.mask_id, ids.mask_id) * validf
-    weights = elbo_w if train_weight is None else train_weight(t[:, None], coef, z, tokens, elbo_w, ids.mask_id) * validf
+    weights = elbo_w if train_weight is None else train_weight(process.tau(t)[0][:, None], coef, z, tokens, elbo_w, ids.mask_id) * validf
     segment_ids = None
     if document_attention or random_length_prob > 0.0:
         seg = segment_ids_from_eos(tokens, ids.eos_id) if document_attention else jnp.ones_like(tokens)
@@ -334,7 +326,8 @@ class InterpolatingDiffusion(Objective):
         raise NotImplementedError
 
     def train_weight(self):
-        """`(t [B, 1], coef, z, x, elbo_w, mask_id) -> [B, L]` training weight per position, or None (the ELBO's)."""
+        """`(tau [B, 1], coef, z, x, elbo_w, mask_id) -> [B, L]` training weight per position (tau: the
+        process's own time, GIDD's t), or None (the ELBO's)."""
         return None
 
     def validate(self, config) -> None:

@@ -1,6 +1,6 @@
-"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR, MDM and
-block-diffusion runs (the objective's `sampler_family` picks the decoder: ar.py,
-diffusion.py or block.py).
+"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR, MDM,
+block-diffusion, uniform-state and GIDD runs (the objective's `sampler_family` picks the
+decoder: ar.py, diffusion.py, block.py or interpolating.py).
 
 Decisions the issue left open:
 - Every prompt starts with EOS, the document separator of the packed training data, so an

@@ -34,7 +34,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 def default_config() -> ml_collections.ConfigDict:
     """All keys a run has, with their defaults. Experiments override a subset."""
     c = ml_collections.ConfigDict()
-    c.objective = "mdm"  # 'ar' (next-token), 'mdm' (absorbing-state masked diffusion) or 'block_diffusion' (BD3-LM)
+    c.objective = "mdm"  # 'ar' (next-token), 'mdm' (absorbing-state masked diffusion), 'block_diffusion' (BD3-LM), 'uniform' (uniform-state diffusion, UDLM/DUO) or 'gidd' (GIDD mask + uniform hybrid)
     c.seed = 0  # fixes init, data order and masks
 
     c.model = ml_collections.ConfigDict()
@@ -61,12 +61,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.experts_per_token = 2  # top-k experts per token (MoE)
     c.model.capacity_factor = 1.25  # MoE expert capacity = factor * tokens * k / experts (per device); 0 = dropless
     c.model.router_aux_weight = 0.01  # weight of the MoE load-balancing loss added to the train loss
-    c.model.loss_chunk = 0  # 0 = plain loss; > 0 = cross-entropy over chunks of this many positions (no [B, L, V] logits)
+    c.model.loss_chunk = 0  # 0 = plain loss; > 0 = the loss over chunks of this many positions (no [B, L, V] logits)
 
     c.mdm = ml_collections.ConfigDict()
-    c.mdm.schedule = "linear"  # masking schedule alpha(t): 'linear' (mask prob t) or 'cosine'
-    c.mdm.eps = 1e-3  # t ~ U(eps, 1)
-    c.mdm.antithetic = True  # stratified t across the batch
+    c.mdm.schedule = "linear"  # masking schedule alpha(t): 'linear' (mask prob t) or 'cosine' (uniform / gidd: their time warp tau = p(t))
+    c.mdm.eps = 1e-3  # t ~ U(eps, 1) (uniform / gidd: U(eps, 1 - eps))
+    c.mdm.antithetic = True  # stratified t across the batch (every diffusion objective)
     c.mdm.weighting = "elbo"  # 'elbo': CE/p(t); 'realized': CE/(realised masked fraction), as the study's code
     c.mdm.random_length_prob = 0.01  # fraction of steps trained at a random shorter length
     c.mdm.anneal_steps = 0  # > 0: attention annealed from causal to bidirectional over this many steps (DiffuLLaMA); 0 = off
@@ -81,6 +81,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.block_diffusion.block_size = 16  # tokens per block; divides data.seq_len (= seq_len: MDM; 1: AR)
     c.block_diffusion.grow_steps = 0  # > 0: AR-to-block-diffusion (NBDiff): block size doubles 1, 2, 4, ..., block_size in equal phases over this many steps; 0 = off
     c.block_diffusion.ar_loss_weight = 0.0  # > 0: NBDiff's auxiliary next-token loss on the clean half (weight; `loss` stays the NELBO)
+
+    c.gidd = ml_collections.ConfigDict()  # objective='gidd' (time draws and schedule: the mdm group)
+    c.gidd.p_u = 0.2  # uniform-noise proportion in [0, 1): the share of tokens that are uniform noise at the schedule's midpoint tau = 1/2 (0 = the MDM)
+    c.gidd.gamma = 1.0  # mixing exponent in (0, 2]: uniform share c / (1 + c), c = B (tau (1 - tau))^(gamma/2), B = 2^gamma p_u / (1 - p_u)
+    c.gidd.weighting = "elbo"  # training weight: 'elbo', 'clip' (ELBO weight clipped to [min, max]) or 'dynamic' (GIDD's reference weighting)
+    c.gidd.min_weight = 0.0  # lower clip of 'clip' / 'dynamic'
+    c.gidd.max_weight = 2.0  # upper clip of 'clip' / 'dynamic' (GIDD: 2)
 
     c.ar = ml_collections.ConfigDict()
     c.ar.input_mask_rate = 0.0  # AR regularisation ablation: replace this fraction of inputs by [MASK]
@@ -145,9 +152,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval.cloze_choices = 4  # choices per cloze item (1 true + distractors)
     c.eval.cloze_length = 0  # tokens in each choice; 0 = data.seq_len // 4
     c.eval.cloze_context = "left"  # 'left': the choice ends the passage; 'both': a one-token blank inside it, text on both sides (needs cloze_length=1; AR and MDM)
-    c.eval.mc_samples = 16  # MDM Monte Carlo samples per choice (LLaDA estimator) or per sequence (ELBO)
+    c.eval.mc_samples = 16  # diffusion Monte Carlo samples per choice (LLaDA / answer ELBO) or per sequence (ELBO)
     c.eval.batch_size = 64  # rows per scoring batch
-    c.eval.val_draws = 4  # MDM: (t, mask) draws per validation row in training-time validation (Monte Carlo ELBO)
+    c.eval.val_draws = 4  # diffusion: (t, noise) draws per validation row in training-time validation (Monte Carlo ELBO)
 
     c.init = ml_collections.ConfigDict()  # start a NEW run from existing weights (ignored on resume: the run's checkpoint wins)
     c.init.from_hf = ""  # local Hugging Face checkpoint dir (Llama/Mistral/Qwen2/Qwen3): sets model.*, weights, tokenizer
@@ -247,6 +254,8 @@ RULES = {
     "ar.input_mask_rate": HALF_OPEN_UNIT, "ar.mir_weight": _float(0.0), "ar.mir_rate": UNIT, "ar.mir_rate_min": UNIT,
     "ar.mir_prefix": _int(0), "block_diffusion.block_size": _int(1),
     "block_diffusion.grow_steps": _int(0), "block_diffusion.ar_loss_weight": _float(0.0),
+    "gidd.p_u": HALF_OPEN_UNIT, "gidd.gamma": _float(0.0, 2.0, lo_open=True), "gidd.weighting": _one_of("elbo", "clip", "dynamic"),
+    "gidd.min_weight": _float(0.0), "gidd.max_weight": POSITIVE,
     "data.source": _one_of(*SOURCES), "data.paths": STR, "data.text_split": _one_of("file", "paragraph", "line"),
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1, 10**6), "data.val_tokens": _int(0),

@@ -114,4 +114,29 @@ def chunked_token_cross_entropy(hidden, head, targets, vocab_limit: int, chunk: 
     return _ce(hidden, head, targets.astype(jnp.int32), int(vocab_limit), int(min(chunk, hidden.shape[1])))
 
 
-__all__ = ["chunked_token_cross_entropy"]
+def chunked_logits_map(hidden, head, fn, per_position, chunk: int):
+    """`fn(logits, per_position)` computed `chunk` positions at a time, for a per-position loss
+    that needs the whole predicted distribution (e.g. uniform / GIDD diffusion's KL).
+
+    hidden [B, L, D], head [D, V], `per_position` a pytree of [B, L] arrays, `fn(logits
+    [B, c, V] float32, pytree of [B, c]) -> pytree of [B, c]`. Returns the pytree of [B, L]
+    that `fn(hidden @ head, per_position)` gives. A `lax.scan` over chunks whose body is
+    rematerialised (`jax.checkpoint`): the backward pass recomputes a chunk's logits and
+    `fn`, so peak memory holds one chunk's [B, c, V] intermediates, not [B, L, V]. The logits
+    carry the same logical sharding constraint as the chunked cross-entropy's."""
+    if chunk <= 0:
+        raise ValueError(f"chunk={chunk} must be > 0 (model.loss_chunk=0 means: use the plain loss)")
+    length = hidden.shape[1]
+    chunk = int(min(chunk, length))
+
+    @jax.checkpoint
+    def body(_, xs):
+        h, pp = xs
+        logits = nn.with_logical_constraint(jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype)).astype(jnp.float32), _LOGIT_AXES)
+        return None, fn(logits, pp)
+
+    _, out = jax.lax.scan(body, None, (_split(hidden, chunk), jax.tree.map(lambda a: _split(a, chunk), per_position)))
+    return jax.tree.map(lambda o: _merge(o, length), out)
+
+
+__all__ = ["chunked_token_cross_entropy", "chunked_logits_map"]

@@ -25,6 +25,7 @@ EVAL_TIME = "eval/time"  # MDM ELBO: t of each (row, draw)
 EVAL_MASK = "eval/mask"  # MDM ELBO and LLaDA: per-position mask uniforms of each (row, draw)
 EVAL_LENGTH = "eval/length"  # LLaDA: number of masked answer tokens l of each (pair, draw)
 EVAL_BLOCK_TIME = "eval/block_time"  # block diffusion ELBO: per-block time shifts of each (row, draw)
+EVAL_NOISE = "eval/noise"  # uniform / gidd ELBO: the uniform noise ids of each (row, draw)
 
 
 def stream(key, name: str):
@@ -34,4 +35,5 @@ def stream(key, name: str):
     return jax.random.fold_in(key, zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF)
 
 
-__all__ = ["stream", "INIT", "TRAIN", "TRAIN_MIR_RATE", "TRAIN_MIR_MASK", "TRAIN_ANNEAL", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH", "EVAL_BLOCK_TIME"]
+__all__ = ["stream", "INIT", "TRAIN", "TRAIN_MIR_RATE", "TRAIN_MIR_MASK", "TRAIN_ANNEAL", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH",
+           "EVAL_BLOCK_TIME", "EVAL_NOISE"]

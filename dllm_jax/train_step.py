@@ -19,7 +19,7 @@ from flax import linen as nn
 from flax import struct
 
 from dllm_jax.errors import ConfigError
-from dllm_jax import losses, objectives, sharding
+from dllm_jax import objectives, sharding
 from dllm_jax import rng as rng_lib
 from dllm_jax.models import ModelConfig, Transformer
 from dllm_jax.models.transformer import output_head
@@ -96,8 +96,9 @@ def state_from_params(tx, params, shardings) -> TrainState:
 
 def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objective: objectives.Objective | None = None,
                vocab_limit: int, loss_chunk: int = 0, causal: bool | None = None, **apply_kwargs):
-    """Per-position cross-entropy [B, L] (L = prep.targets.shape[1]) and the MoE
-    load-balancing loss summed over layers (0.0 for a dense model). The network call is the
+    """Per-position cross-entropy [B, L] (L = prep.targets.shape[1]; more generally what the
+    objective's `token_loss` returns: uniform / gidd give a dict of [B, L] statistics) and the
+    MoE load-balancing loss summed over layers (0.0 for a dense model). The network call is the
     objective's (`Objective.forward`: its attention pattern). `loss_chunk > 0` uses the
     chunked loss (`dllm_jax.losses`), which never holds the [B, L, V] logits; 0 the plain
     one. Same values either way. (`causal` without an objective: a plain causal/bidirectional call.)"""
@@ -110,11 +111,8 @@ def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objecti
     if moe:
         out, state = out
         aux = sum(jnp.sum(v) for v in jax.tree.leaves(state.get("intermediates", {})))
-    if loss_chunk:
-        ce = losses.chunked_token_cross_entropy(out, output_head(params, model.cfg), prep.targets, vocab_limit, loss_chunk)
-    else:
-        ce = objectives.token_cross_entropy(out, prep.targets, vocab_limit)
-    return ce, aux
+    head = output_head(params, model.cfg) if loss_chunk else None
+    return objective.token_loss(out, prep, vocab_limit, head=head, chunk=loss_chunk), aux
 
 
 def _split_micro(x, accum: int):

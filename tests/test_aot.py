@@ -124,3 +124,17 @@ def test_block_diffusion_step_compiles_with_its_own_flops():
     assert bd["kernel_attention_flops"] == flops.train_attention_flops_per_token(model.cfg, 128, 256) * tokens_per_chip
     assert 0.9 < bd["xla_flops"] / bd["model_flops"] < 1.6
     assert (bd["xla_flops"] - bd["kernel_attention_flops"]) / bd["model_flops"] < 0.8  # what XLA alone sees
+
+
+@pytest.mark.parametrize("objective", ["uniform", "gidd"])
+def test_uniform_and_gidd_steps_compile_with_the_chunked_loss(objective):
+    """Their loss reads the whole predicted distribution (KL over the vocabulary), here in
+    chunks of 32 positions (a rematerialised scan); the step compiles for the topology, fits,
+    and its model FLOPs are the MDM's (one pass of L tokens)."""
+    cfg = _config(model__loss_chunk=32)
+    cfg.objective = objective
+    rep = aot.compile_report(cfg, TOPOLOGY, cost_probe=False)
+    model = build_model(cfg, cfg.data.vocab_size)
+    tokens_per_chip = cfg.train.batch_size * cfg.data.seq_len / 4
+    assert rep["objective"] == objective and rep["fits"] is True
+    assert rep["model_flops"] == pytest.approx(flops.train_flops_per_token(model.cfg, 128) * tokens_per_chip)

@@ -45,7 +45,7 @@ def test_unknown_key_suggests_the_closest():
 @pytest.mark.parametrize(
     "key,value,pattern",
     [
-        ("objective", "gpt", r"objective='gpt' is not one of \['ar', 'mdm', 'block_diffusion'\]"),
+        ("objective", "gpt", r"objective='gpt' is not one of \['ar', 'mdm', 'block_diffusion', 'uniform', 'gidd'\]"),
         ("train.lr", "fast", r"train\.lr.*'fast'.*float"),
         ("data.epochs", "0", r"data\.epochs=0 is out of range: it must be an integer in \[1, 1,000,000\]"),
         ("mdm.schedule", "square", r"mdm\.schedule='square'"),

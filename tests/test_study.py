@@ -650,24 +650,26 @@ def test_paper_grid_budgets(tmp_path):
     assert uniques == {5e8, 1e9, 1.5e9, 1e10, 9.6e10}
 
 
-def test_cpu_grid_takes_block_diffusion_as_a_third_objective(tmp_path):
-    g = grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path), params={"objectives": "ar,mdm,block_diffusion"})
+def test_cpu_grid_takes_block_diffusion_uniform_and_gidd_as_more_objectives(tmp_path):
+    g = grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path),
+                           params={"objectives": "ar,mdm,block_diffusion,uniform,gidd"})
     by_budget = {}
     for p in g.points:
         by_budget.setdefault(p.config.data.unique_tokens, set()).add(p.config.objective)
-    assert all(objs == {"ar", "mdm", "block_diffusion"} for objs in by_budget.values()) and len(by_budget) == 5
+    assert all(objs == {"ar", "mdm", "block_diffusion", "uniform", "gidd"} for objs in by_budget.values()) and len(by_budget) == 5
     bd = [p for p in g.points if p.config.objective == "block_diffusion"][0]
     assert bd.config.data.seq_len % bd.config.block_diffusion.block_size == 0
 
 
-def test_report_compares_ar_with_both_diffusion_objectives(tmp_path):
-    """Three objectives at one budget: a crossover row for AR vs MDM and one for AR vs block
-    diffusion, each found at its planted epoch, and the figures drawn."""
+def test_report_compares_ar_with_every_diffusion_objective(tmp_path):
+    """Five objectives at one budget: a crossover row for AR vs each of MDM, block diffusion,
+    uniform and GIDD diffusion, each found at its planted epoch, and the figures drawn."""
     from dllm_jax.cli import main
 
     root = str(tmp_path / "runs")
     grid = np.arange(1, 33, dtype=float)
-    planted = {"ar": np.minimum(0.3 + grid / 50, 0.5), "mdm": 0.25 + grid / 80, "block_diffusion": 0.3 + grid / 100}
+    planted = {"ar": np.minimum(0.3 + grid / 50, 0.5), "mdm": 0.25 + grid / 80, "block_diffusion": 0.3 + grid / 100,
+               "uniform": 0.3 + grid / 100, "gidd": 0.25 + grid / 80}
     for objective, acc in planted.items():  # MDM passes AR at epoch 20, block diffusion at epoch 20 as well (0.5 = 0.3 + 20/100)
         loss = scaling.predict_loss(6400, grid * 6400, 1.5, 400.0, 0.35, 15.0)
         val = [{"epoch": float(e), "val_loss": float(v), "cloze_acc": float(a)} for e, v, a in zip(grid, loss, acc)]
@@ -676,9 +678,9 @@ def test_report_compares_ar_with_both_diffusion_objectives(tmp_path):
     assert main(["report", "--root", root, "--out", out]) == 0
     summary = json.load(open(os.path.join(out, "report.json")))
     rows = {r["diffusion_objective"]: r for r in summary["crossovers"]["cloze_acc"]}
-    assert set(rows) == {"mdm", "block_diffusion"} and all(r["ar_series"] == "ar" for r in rows.values())
-    assert rows["mdm"]["crossover_epoch"] == pytest.approx(20.0)
-    assert rows["block_diffusion"]["crossover_epoch"] == pytest.approx(20.0)
+    assert set(rows) == {"mdm", "block_diffusion", "uniform", "gidd"} and all(r["ar_series"] == "ar" for r in rows.values())
+    for objective in rows:  # a row per diffusion series, each crossing at its planted epoch
+        assert rows[objective]["crossover_epoch"] == pytest.approx(20.0)
     assert os.path.getsize(os.path.join(out, "crossover_cloze_acc_epochs.png")) > 10_000
 
 

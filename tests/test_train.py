@@ -56,7 +56,7 @@ def _assert_params_close(a, b):
         assert np.abs(x - y).mean() < 1e-6
 
 
-@pytest.mark.parametrize("objective", ["ar", "mdm", "block_diffusion"])
+@pytest.mark.parametrize("objective", ["ar", "mdm", "block_diffusion", "uniform", "gidd"])
 def test_sharded_2x2x2_equals_single_device(objective):
     l1, p1, _ = _steps(objective, (1, 1, 1))
     l8, p8, state8 = _steps(objective, (2, 2, 2))
@@ -67,7 +67,7 @@ def test_sharded_2x2x2_equals_single_device(objective):
     assert tuple(spec) == (None, "fsdp", "tensor")
 
 
-@pytest.mark.parametrize("objective", ["mdm", "block_diffusion"])
+@pytest.mark.parametrize("objective", ["mdm", "block_diffusion", "gidd"])
 def test_gradient_accumulation_gives_the_same_update(objective):
     l1, p1, _ = _steps(objective, (2, 2, 2), accum=1)
     l2, p2, _ = _steps(objective, (2, 2, 2), accum=2)
@@ -83,7 +83,7 @@ def _train_losses(workdir):
     return [(r["step"], r["loss"]) for r in read_metrics(workdir) if "loss" in r]
 
 
-@pytest.mark.parametrize("objective", ["mdm", "ar", "block_diffusion"])
+@pytest.mark.parametrize("objective", ["mdm", "ar", "block_diffusion", "gidd"])  # gidd: mask + uniform noise, the superset of uniform
 def test_resume_is_exact(tmp_path, corpus, objective):
     paths, cache = corpus
     cfg = tiny_config(paths, cache, objective, train__log_every=1, train__eval_every=0, train__checkpoint_every=100)

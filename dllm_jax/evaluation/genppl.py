@@ -74,7 +74,7 @@ def evaluate_generation(run, reference, *, num_samples: int = 16, prompt: str = 
     res = generate(run.model, run.params, run.tokenizer, [prompt] * num_samples, objective=run.config.objective,
                    sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length or defaults.get("block_length"),
                    threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                   context_length=int(run.config.data.seq_len))
+                   context_length=int(run.config.data.seq_len), process=defaults.get("process"))
     lengths = np.asarray(res.lengths)
     samples = [np.asarray(row)[:n] for row, n in zip(res.tokens, lengths)]
     ref_scorer = Scorer.for_model(reference.model, reference.config, reference.tokenizer, batch_size=batch_size, mesh=reference.mesh)

@@ -1,4 +1,6 @@
-"""Likelihood estimators for AR and masked-diffusion LMs, jitted and batched.
+"""Likelihood estimators for AR and masked-diffusion LMs, jitted and batched (uniform and
+GIDD diffusion supply their own per-batch estimator through `Objective.score_fn`:
+dllm_jax.objectives.interpolating.elbo_rows; the orchestration below serves them unchanged).
 
 Three estimators (field notes section 5), all over real tokens only (ids >= the tokenizer's
 vocabulary, i.e. [MASK] and padding rows, are excluded from every softmax):
@@ -86,6 +88,7 @@ class ScoreSpec:
     eps: float = 1e-3  # MDM t ~ U(eps, 1) (the run's mdm.eps)
     document_attention: bool = False  # every estimator: attention within EOS-delimited documents (segment ids from EOS), as in training
     block_size: int = 0  # block diffusion: rows are padded to a multiple of it (the run's block_diffusion.block_size)
+    objective_config: tuple = ()  # ((dotted key, value), ...): the run's values of the objective's `defining_keys` (e.g. gidd.p_u)
 
 
 @dataclasses.dataclass
@@ -232,7 +235,7 @@ class Scorer:
 
     def __init__(self, logits_fn: LogitsFn, spec: ScoreSpec, *, batch_size: int = 64, mesh=None, members: int = 1):
         overrides = {"block_diffusion.block_size": spec.block_size} if spec.block_size else {}
-        self.objective = objectives.by_name(spec.objective, **overrides)  # ValueError for an unknown name
+        self.objective = objectives.by_name(spec.objective, **{**dict(spec.objective_config), **overrides})  # ValueError for an unknown name
         if self.objective.block_size and not spec.block_size:  # rows are scored in whole blocks of the objective's size
             spec = dataclasses.replace(spec, block_size=self.objective.block_size)
         self.logits_fn = logits_fn
@@ -256,6 +259,7 @@ class Scorer:
             eos_id=tokenizer.eos_id, max_len=int(config.data.seq_len), schedule=config.mdm.schedule,
             eps=float(config.mdm.eps), document_attention=bool(config.data.document_attention),
             block_size=objective.block_size,
+            objective_config=tuple((key, _get(config, key)) for key in objective.defining_keys),
         )
         return logits_fn, spec
 
@@ -309,7 +313,12 @@ class Scorer:
         key = (kind, float(cfg_scale))
         if key not in self._jitted:
             spec, lf = self.spec, self.logits_fn
-            if kind == "ar":
+            own = self.objective.score_fn(kind, lf, spec)  # an objective's own estimator (uniform, gidd)
+            if own is not None:
+                if cfg_scale:
+                    raise ValueError(f"classifier-free guidance is not implemented for objective {spec.objective!r}; use cfg_scale=0")
+                fn = own
+            elif kind == "ar":
                 fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit)
             elif kind in ("next_ar", "next_llada"):
                 fn = lambda p, tok, seg, aux, sc, seed, ids: next_token_batch(lf, p, tok, seg, aux, spec, kind == "next_llada")
@@ -453,7 +462,7 @@ class Scorer:
             tokens, keep, _ = fitted[k]
             ans = np.zeros(len(tokens), bool)
             ans[len(tokens) - keep:] = True
-            draws = 1 if keep == 1 else n
+            draws = 1 if keep == 1 and self.objective.single_token_exact else n
             g = group_of[k]
             # l stratified over the draws: u_j = (u + j/N) mod 1 -> l = 1 + floor(u_j * L)
             u = np.asarray(objectives.sample_times(jax.random.fold_in(key, g), draws, 0.0, True), np.float64)
@@ -603,6 +612,13 @@ class Scorer:
                "perplexity_bound": float(np.exp(min(per, 50.0))),
                "masked_ce": float(ce_sums.sum() / max(n_masked.sum(), 1.0))}
         return out
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def rolling_windows(tokens: Sequence[int], max_len: int, prefix_id: int) -> list[tuple[list[int], list[int]]]:

@@ -76,7 +76,8 @@ def score_items(scorer: Scorer, params, items: list[TokenItem], *, mc_samples: i
         "acc_norm_stderr": math.sqrt(acc_norm * (1 - acc_norm) / n),
         "chance": float(np.mean([1.0 / len(it.choices) for it in items])),
         "truncated_items": truncated,
-        "estimator": {"ar": "exact", "llada": "llada_mc", "block_llada": "block_llada_mc"}[scorer.objective.pair_estimator],
+        "estimator": {"ar": "exact", "llada": "llada_mc", "block_llada": "block_llada_mc"}.get(
+            scorer.objective.pair_estimator, f"{scorer.objective.pair_estimator}_mc"),
     }
     if any(two_sided) or scorer.objective.pair_estimator == "llada" and not cfg_scale and all(x.tokens == 1 for x in scores):
         out["estimator"] = "exact"  # one-token answers: the LLaDA estimate is the exact log-prob (one pass, no draws)

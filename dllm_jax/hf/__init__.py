@@ -54,7 +54,9 @@ checkpoint that the export does not write are removed. The class is the HF famil
 `Qwen3ForCausalLM` (QK-norm: Qwen3 applies a per-head RMSNorm with a learned scale to q
 and k after the projections and before RoPE, exactly as our `qk_norm`); MoE models are
 refused. config.json also has a `dllm_jax` entry: objective, mask id, attention pattern
-('causal' for AR, 'bidirectional' for MDM), shift, tokenizer vocabulary; an MDM export
+('causal' for AR, 'bidirectional' for MDM), shift, tokenizer vocabulary, and
+`objective_config`: the run's values of the objective's `defining_keys` (e.g. gidd.p_u,
+mdm.schedule), which `import_run` restores; an MDM export
 has the AR class's weights layout but must be run with bidirectional attention.
 """
 

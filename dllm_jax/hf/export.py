@@ -90,9 +90,18 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "shift_logits": shift,
         "vocab_multiple": int(config.model.get("vocab_multiple", 1)),
         "mdm_schedule": None if obj.causal else config.mdm.schedule,
+        # what else defines the learned distribution (gidd: gidd.p_u, gidd.gamma, mdm.schedule); restored on import
+        "objective_config": {key: _get(config, key) for key in obj.defining_keys},
         "step": step,
     }
     return out
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
@@ -114,7 +123,9 @@ def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
         tok_cfg = {"tokenizer_class": "TokenizersBackend", "add_bos_token": False, "add_eos_token": False,
                    "unk_token": unk, "bos_token": None, **special}
         files = ["tokenizer.model"]
-    if hf_cfg["dllm_jax"]["objective"] == "mdm":
+    from dllm_jax import objectives
+
+    if objectives.get(hf_cfg["dllm_jax"]["objective"]).mask_input:
         tok_cfg["mask_token_id"] = tokenizer.mask_id  # one past the tokenizer: not a piece of it
     tok_cfg["model_max_length"] = hf_cfg["max_position_embeddings"]
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:

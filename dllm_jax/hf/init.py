@@ -138,8 +138,9 @@ def initial_params(config, model, abstract_params, mesh, tokenizer):
 def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
     """Write an HF checkpoint as a step-0 run in `workdir` (config, tokenizer, parameters,
     fresh optimizer), so `dllm-jax sample` / `eval` read it like a trained run, and
-    `dllm-jax train --workdir` continues it. The objective and shift of a checkpoint
-    written by `export_run` are taken from its config.json unless `config` sets them."""
+    `dllm-jax train --workdir` continues it. The objective, shift and the objective's
+    `defining_keys` (the entry's `objective_config`, e.g. gidd.p_u) of a checkpoint written by
+    `export_run` are taken from its config.json unless `config` sets them."""
     from dllm_jax import optim, sharding, train_step
     from dllm_jax.checkpoint import Checkpointer, checkpoint_dir
     from dllm_jax.data.tokenizer import load_tokenizer, tokenizer_names
@@ -153,6 +154,9 @@ def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
         config.objective = ours["objective"]
     if "shift_logits" in ours and "model.shift_logits" not in explicit:
         config.model.shift_logits = bool(ours["shift_logits"])
+    for key, value in (ours.get("objective_config") or {}).items():  # e.g. gidd.p_u: what the network learned to predict
+        if key not in explicit:
+            config_lib.set_key(config, key, value)
     with config.init.unlocked():
         config.init.from_hf = os.path.abspath(os.path.expanduser(hf_dir))
     resolve_init(config, explicit=explicit)

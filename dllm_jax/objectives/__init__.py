@@ -7,6 +7,9 @@ Read in this order: `common` (shared pieces: Prepared, schedules, cross-entropy)
     mdm.py              'mdm'              bidirectional, one t per sequence, ELBO
     time_proposal.py    (shared)           where MDM / block diffusion draw t in training
     block_diffusion.py  'block_diffusion'  BD3-LM: one t per block, [x_t ; x_0] in one pass, NELBO
+    uniform.py          'uniform'          uniform-state diffusion (UDLM/DUO): no [MASK], ELBO
+    gidd.py             'gidd'             GIDD: mask + uniform noise (gidd.p_u), ELBO, self-correction
+                                           (the math of both: interpolating.py)
 
 `REGISTRY` maps each config.objective name to its class; `build(config)` makes the run's
 objective. Config validation, train, eval, sampling, FLOPs and the study ask the object,
@@ -20,10 +23,14 @@ from dllm_jax.objectives.base import Objective
 from dllm_jax.objectives.block_diffusion import BlockDiffusion, block_attention_mask, prepare_block_diffusion
 from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, random_length_valid, sample_times,
                                         segment_ids_from_eos, token_cross_entropy)
+from dllm_jax.objectives.gidd import GiddDiffusion
+from dllm_jax.objectives.interpolating import InterpolatingDiffusion, Process, prepare_interpolating
 from dllm_jax.objectives.mdm import MaskedDiffusion, anneal_mask, prepare_mdm
 from dllm_jax.objectives.time_proposal import TimeProposal
+from dllm_jax.objectives.uniform import UniformDiffusion
 
-REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (AutoRegressive, MaskedDiffusion, BlockDiffusion)}
+REGISTRY: dict[str, type[Objective]] = {cls.name: cls for cls in (AutoRegressive, MaskedDiffusion, BlockDiffusion, UniformDiffusion,
+                                                                    GiddDiffusion)}
 
 
 def names() -> tuple[str, ...]:
@@ -77,7 +84,8 @@ def _obj(objective) -> Objective:
     return objective if isinstance(objective, Objective) else by_name(objective)
 
 
-__all__ = ["REGISTRY", "Objective", "anneal_mask", "AutoRegressive", "MaskedDiffusion", "BlockDiffusion", "Prepared", "TokenIds", "build", "by_name",
+__all__ = ["REGISTRY", "Objective", "anneal_mask", "AutoRegressive", "MaskedDiffusion", "BlockDiffusion", "UniformDiffusion",
+           "GiddDiffusion", "InterpolatingDiffusion", "Process", "prepare_interpolating", "Prepared", "TokenIds", "build", "by_name",
            "get", "names", "prepare_ar", "mir_masked_copy", "prepare_mdm", "prepare_block_diffusion", "block_attention_mask", "mask_prob", "elbo_weight",
            "sample_times", "segment_ids_from_eos", "random_length_valid", "token_cross_entropy", "prepare_fn", "metrics_from_ce",
            "finalize", "is_causal", "TimeProposal"]

@@ -30,13 +30,17 @@ class Objective:
     exact_likelihood: bool = False  # log-likelihoods are exact (a reference model for genppl)
     sampler_family: str = ""  # 'ar' | 'mdm' | 'block' (dllm_jax.sampling dispatches on it)
     default_sampler: str = ""  # what sampler='auto' means ('threshold' instead when a threshold is given, diffusion only)
-    pair_estimator: str = ""  # Scorer kind for log p(answer | context): 'ar' | 'llada' | 'block_llada'
-    sequence_estimator: str = ""  # Scorer kind for sequence NLL: 'ar' | 'elbo' | 'block_elbo'
+    pair_estimator: str = ""  # Scorer kind for log p(answer | context): 'ar' | 'llada' | 'block_llada' | one of `score_fn`'s
+    sequence_estimator: str = ""  # Scorer kind for sequence NLL: 'ar' | 'elbo' | 'block_elbo' | one of `score_fn`'s
+    single_token_exact: bool = True  # the pair estimator is exact for a one-token answer (one draw suffices)
     train_metrics: tuple = ("loss",)  # keys of `finalize`
     val_metrics: tuple = ("val_loss",)  # keys of `val_record`
     linestyle: str = "-"  # how the study's plots draw its runs
     block_size: int = 0  # block diffusion's block; 0 = none (scorers pad rows to whole blocks)
     ar_adaptation: bool = False  # accepts model.shift_logits / mdm.anneal_steps (AR-to-diffusion adaptation)
+    mask_input: bool = False  # the network reads [MASK] tokens (an export's tokenizer_config names the mask id)
+    defining_keys: tuple = ()  # config keys (besides `objective`) that define what the network learns to predict:
+    #                            recorded in an export's `dllm_jax` entry (restored on import) and carried into Scorers
 
     def __init__(self, config=None):
         """`config`: a run config (ConfigDict); None = the defaults (`dllm_jax.config.default_config`)."""
@@ -76,8 +80,23 @@ class Objective:
         size, [1, 1, 2L, 2L]), or None (the default: none)."""
         return None
 
+    def token_loss(self, out, prep: Prepared, vocab_limit: int, head=None, chunk: int = 0):
+        """The per-position statistics `metrics_from_ce` reads, from the network's output `out`:
+        logits [B, L, V], or with `chunk` > 0 hidden states [B, L, D] and the output `head`
+        [D, V] (the loss is then computed `chunk` positions at a time, no [B, L, V] logits).
+        Default: the cross-entropy of `prep.targets` over ids < vocab_limit, [B, L] float32
+        (`dllm_jax.losses.chunked_token_cross_entropy` when chunked). An objective whose loss
+        needs the whole predicted distribution returns what its `metrics_from_ce` takes."""
+        from dllm_jax import losses
+        from dllm_jax.objectives.common import token_cross_entropy
+
+        if chunk:
+            return losses.chunked_token_cross_entropy(out, head, prep.targets, vocab_limit, chunk)
+        return token_cross_entropy(out, prep.targets, vocab_limit)
+
     def metrics_from_ce(self, ce, prep: Prepared) -> dict:
-        """Sums (not means) so that micro-batches and hosts add up exactly; see `finalize`."""
+        """Sums (not means) so that micro-batches and hosts add up exactly; see `finalize`.
+        `ce`: what `token_loss` returned."""
         return {"loss_sum": jnp.sum(prep.weights * ce), "denom": prep.denom}
 
     def finalize(self, sums: dict) -> dict:
@@ -92,6 +111,16 @@ class Objective:
     def val_record(self, metrics: dict) -> dict:
         """Validation record (keys `val_metrics`) from `finalize`d validation sums."""
         return {"val_loss": metrics["loss"]}
+
+    def score_fn(self, kind: str, logits_fn, spec):
+        """A per-batch scoring function for the estimator `kind` (one of `pair_estimator`,
+        `sequence_estimator`) when this objective supplies its own, else None (the Scorer's
+        built-in 'ar' / 'elbo' / 'llada' / 'block_*'). Signature and outputs: those of
+        `dllm_jax.evaluation.likelihood.Scorer._fn` (`(params, tokens, segment_ids, aux, scalar,
+        seed, sample_ids) -> tuple`): (value, count, CE sum) for a sequence estimator,
+        (value, greedy) for a pair estimator."""
+        return None
+
 
     # ---- cost ---------------------------------------------------------------------------
     network_copies: int = 1  # sequences the network runs per training row (AR with MIR: 2, the clean row and its masked copy)

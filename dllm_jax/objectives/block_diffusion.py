@@ -223,6 +223,7 @@ class BlockDiffusion(MaskedDiffusion):
     pair_estimator = "block_llada"
     sequence_estimator = "block_elbo"
     linestyle = "-."
+    defining_keys = ("mdm.schedule", "block_diffusion.block_size")
 
     @property
     def block_size(self) -> int:

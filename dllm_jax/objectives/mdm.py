@@ -110,6 +110,8 @@ class MaskedDiffusion(Objective):
     val_metrics = ("val_loss", "val_masked_ce", "val_ppl_bound")
     linestyle = "--"
     ar_adaptation = True
+    mask_input = True
+    defining_keys = ("mdm.schedule",)
 
     @property
     def time_proposal(self) -> TimeProposal:

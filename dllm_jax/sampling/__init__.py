@@ -6,7 +6,8 @@
     res.texts, res.tokens, res.lengths, res.nfe, res.seconds, res.tokens_per_sec
 
 `generate_tokens` is the same on token ids. Layout: categorical.py (tail-exact draws and
-logit filters), ar.py (AR loop), diffusion.py (MDM loop, all samplers), options.py (names
+logit filters), ar.py (AR loop), diffusion.py (MDM loop, all samplers), block.py (block
+diffusion), interpolating.py (uniform-state / GIDD: ancestral, renoise, self-correction), options.py (names
 and argument checks), api.py (batching, timing, results), cli.py (`dllm-jax sample`).
 """
 

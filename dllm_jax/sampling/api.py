@@ -1,6 +1,6 @@
-"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR, MDM and
-block-diffusion runs (the objective's `sampler_family` picks the decoder: ar.py,
-diffusion.py or block.py).
+"""`generate` (text in, text out) and `generate_tokens` (ids in, ids out) for AR, MDM,
+block-diffusion, uniform-state and GIDD runs (the objective's `sampler_family` picks the
+decoder: ar.py, diffusion.py, block.py or interpolating.py).
 
 Decisions the issue left open:
 - Every prompt starts with EOS, the document separator of the packed training data, so an
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.sampling import ar, block, diffusion
+from dllm_jax.sampling import ar, block, diffusion, interpolating
 from dllm_jax.sampling.options import Options, resolve
 
 INFILL_SPAN = re.compile(r"\[MASK(?::(\d+))?\]")
@@ -137,7 +137,8 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
              steps: int | None = None, block_length: int | None = None, threshold: float | None = None, cfg: float = 0.0,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0, infill: str | None = None,
              kv_cache: bool = True, prefix_cache: bool = False, eos_last: bool = True, schedule: str = "linear",
-             batch_size: int | None = None, trace: bool = False, context_length: int | None = None) -> SampleResult:
+             batch_size: int | None = None, trace: bool = False, context_length: int | None = None, correction_steps: int = 0,
+             correction_temperature: float = 0.1, process=None) -> SampleResult:
     """Generate one continuation per prompt (repeat a prompt for several samples).
 
     objective: the run's config.objective ('ar', 'mdm', 'block_diffusion'). sampler: 'auto', 'ar', or an MDM
@@ -155,6 +156,10 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
     this many rows (default: all at once). trace: MDM, keep the canvas after each step.
     context_length: the run's trained context (data.seq_len); a warning names both numbers
     when [EOS] + prompt + new tokens is longer (positions never trained: expect worse text).
+    Uniform / gidd runs (interpolating.py): sampler 'ancestral' or 'renoise', `steps` over the
+    whole region; correction_steps / correction_temperature: GIDD's self-correction after the
+    last step; process: the run's noise process (`Objective.sample_defaults(config)['process']`;
+    None = the objective's default settings, e.g. gidd.p_u=0.2).
     """
     if isinstance(prompts, str):
         raise ConfigError("prompts must be a list of strings, e.g. [prompt]; got a single string")
@@ -165,7 +170,8 @@ def generate(model, params, tokenizer, prompts: Sequence[str], *, objective: str
         max_new_tokens=max_new_tokens, steps=steps, block_length=block_length, threshold=threshold, cfg=cfg,
         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, infill_tokens=template, kv_cache=kv_cache,
         prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, batch_size=batch_size, trace=trace,
-        context_length=context_length)
+        context_length=context_length, correction_steps=correction_steps, correction_temperature=correction_temperature,
+        process=process)
     res.texts = [tokenizer.decode(row[:n]) for row, n in zip(res.tokens, res.lengths)]
     return res
 
@@ -175,7 +181,8 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                     infill_tokens: Sequence[int] | None = None, kv_cache: bool = True, prefix_cache: bool = False,
                     eos_last: bool = True, schedule: str = "linear", batch_size: int | None = None,
-                    trace: bool = False, shared_blocks: bool = False, context_length: int | None = None) -> SampleResult:
+                    trace: bool = False, shared_blocks: bool = False, context_length: int | None = None,
+                    correction_steps: int = 0, correction_temperature: float = 0.1, process=None) -> SampleResult:
     """Token-level `generate`: `ids` is anything with pad_id, eos_id and mask_id (a Tokenizer or
     objectives.TokenIds); prompts are lists of ids (no EOS needed, one is put in front);
     `infill_tokens` is a template of ids with mask_id where tokens are to be filled.
@@ -187,8 +194,13 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
         max_new_tokens = len(infill_tokens)
     opts = resolve(objective=objective, sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length,
                    threshold=threshold, cfg=cfg, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, kv_cache=kv_cache,
-                   prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, infill=infill_tokens is not None)
+                   prefix_cache=prefix_cache, eos_last=eos_last, schedule=schedule, infill=infill_tokens is not None,
+                   correction_steps=correction_steps, correction_temperature=correction_temperature)
     opts = dataclasses.replace(opts, shared_blocks=bool(shared_blocks))
+    from dllm_jax import objectives
+
+    if objectives.get(objective).sampler_family == "interpolating":
+        opts = dataclasses.replace(opts, process=process if process is not None else objectives.by_name(objective).process())
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 (or None for one batch)")
     if ids.pad_id == ids.eos_id:
@@ -210,8 +222,6 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
                     "was trained on (data.seq_len): positions past %d were never trained, expect worse text; shorten the "
                     "prompt or max_new_tokens", longest - max_new_tokens, max_new_tokens, longest, context_length, context_length)
     params, device = _place(params)
-    from dllm_jax import objectives
-
     run = _RUNNERS[objectives.get(objective).sampler_family]
     key = jax.random.key(opts.seed)
     keys = row_keys(key, prompts)  # for the samplers with per-row progress (block diffusion, MDM semi-AR)
@@ -332,7 +342,37 @@ def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, k
     return res
 
 
-_RUNNERS = {"ar": _run_ar, "mdm": _run_mdm, "block": _run_block}  # objective.sampler_family -> decoder
+# ---------------------------------------------------------------- uniform / gidd
+def _run_interp(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, keys=None) -> SampleResult:
+    if trace:
+        raise ConfigError("trace is not implemented for uniform / gidd sampling (every position may change at every step)")
+    b, n = len(rows), opts.max_new_tokens
+    p = max(len(r) for r in rows)
+    canvas = np.full((b, p + n), ids.pad_id, np.int32)
+    given = np.zeros((b, p + n), bool)
+    for i, r in enumerate(rows):
+        canvas[i, p - len(r):p] = r
+        given[i, p - len(r):p] = True
+    template = np.full((n,), ids.mask_id, np.int32) if infill_tokens is None else np.asarray(infill_tokens, np.int32)
+    canvas[:, p:] = template
+    given[:, p:] = template != ids.mask_id
+    pad = p - np.array([len(r) for r in rows])
+    real = np.arange(p + n)[None, :] >= pad[:, None]  # segment 0 on the left padding
+    positions = np.maximum(np.arange(p + n)[None, :] - pad[:, None], 0).astype(np.int32)
+    plan = interpolating.Plan(kind=opts.sampler, process=opts.process, gen_start=p, steps=opts.steps, correction_steps=opts.correction_steps,
+                              greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=ids.mask_id,
+                              pad_id=ids.pad_id)
+    f32 = jnp.float32
+    args = (params, _put(canvas, device), _put(given, device), _put(real.astype(np.int32), device), _put(positions, device),
+            _put(keys, device), f32(opts.temperature), f32(opts.top_p), f32(opts.correction_temperature))
+    out, times = _call(interpolating.decode, args, dict(model=model, plan=plan))
+    final = np.asarray(out["canvas"])
+    res = _finish(final[:, p:], np.full((b,), n), int(out["nfe"]), times, b * n, opts, ids, cut_at_eos=infill_tokens is None)
+    res.canvas, res.given = final, given
+    return res
+
+
+_RUNNERS = {"ar": _run_ar, "mdm": _run_mdm, "block": _run_block, "interpolating": _run_interp}  # objective.sampler_family -> decoder
 
 
 # ---------------------------------------------------------------- results

@@ -19,7 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--sampler", default="auto", help=f"auto | {' | '.join(SAMPLERS)}")
-    parser.add_argument("--steps", type=int, default=None, help="MDM decoding steps over the whole output (default: one token per step)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="diffusion decoding steps over the whole output (default: --max-new-tokens; MDM: one token per step)")
     parser.add_argument("--block-length", type=int, default=None, help="MDM semi-autoregressive block size (divides --max-new-tokens)")
     parser.add_argument("--threshold", type=float, default=None, help="confidence threshold for --sampler threshold (default 0.9)")
     parser.add_argument("--prefix-cache", action="store_true", help="MDM: approximate KV cache refreshed at each block start")
@@ -30,6 +31,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--infill", default=None, help='MDM: text after the prompt with gaps to fill: "[MASK]" = 1 token, "[MASK:n]" = n tokens')
+    parser.add_argument("--correction-steps", type=int, default=0,
+                        help="uniform / gidd runs: GIDD self-correction steps after sampling (each resamples one position per row)")
+    parser.add_argument("--correction-temperature", type=float, default=0.1, help="uniform / gidd: temperature of the correction draws")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -42,7 +46,7 @@ def run(args) -> int:
         raise ConfigError(f"--num-samples={args.num_samples} must be >= 1")
     run_ = load_run(args.workdir, step=args.step)
     objective = run_.config.objective
-    defaults = objectives.build(run_.config).sample_defaults(run_.config)  # schedule, block size of the run
+    defaults = objectives.build(run_.config).sample_defaults(run_.config)  # schedule, block size, noise process of the run
     prompts = [p for p in (args.prompt or [""]) for _ in range(args.num_samples)]
     res = generate(
         run_.model, run_.params, run_.tokenizer, prompts, objective=objective, sampler=args.sampler,
@@ -51,6 +55,7 @@ def run(args) -> int:
         cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, infill=args.infill,
         kv_cache=not args.no_kv_cache, prefix_cache=args.prefix_cache,
         schedule=defaults.get("schedule", "linear"), context_length=int(run_.config.data.seq_len),
+        correction_steps=args.correction_steps, correction_temperature=args.correction_temperature, process=defaults.get("process"),
     )
     stats = {"objective": objective, "step": run_.step, "sampler": res.sampler, "nfe": res.nfe, "seconds": round(res.seconds, 4),
              "tokens_per_sec": round(res.tokens_per_sec, 1), "compile_seconds": round(res.compile_seconds, 2),

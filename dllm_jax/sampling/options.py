@@ -7,9 +7,10 @@ import math
 
 from dllm_jax.errors import ConfigError
 from dllm_jax.sampling.diffusion import KINDS as MDM_SAMPLERS
+from dllm_jax.sampling.interpolating import KINDS as INTERP_SAMPLERS
 
 AR_SAMPLERS = ("ar",)
-SAMPLERS = AR_SAMPLERS + MDM_SAMPLERS
+SAMPLERS = AR_SAMPLERS + MDM_SAMPLERS + tuple(k for k in INTERP_SAMPLERS if k not in MDM_SAMPLERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,18 +33,24 @@ class Options:
     eos_last: bool
     schedule: str
     shared_blocks: bool = False  # MDM semi-AR: rows share the current block (the pre-per-row baseline; benchmarks)
+    correction_steps: int = 0  # uniform / gidd: self-correction steps after the last step (GIDD)
+    correction_temperature: float = 0.1  # uniform / gidd: temperature of the self-correction draws (GIDD: 0.1)
+    process: object = None  # uniform / gidd: the run's noise process (objectives.interpolating.Process; set by generate_tokens)
 
 
 def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_length=None, threshold=None, cfg=0.0,
             temperature=1.0, top_k=0, top_p=1.0, seed=0, kv_cache=True, prefix_cache=False, eos_last=True,
-            schedule="linear", infill=False) -> Options:
+            schedule="linear", infill=False, correction_steps=0, correction_temperature=0.1) -> Options:
     """Validate the user's arguments and fill the defaults:
     sampler 'auto' -> 'ar' for AR runs; for diffusion runs (MDM, block diffusion)
     'threshold' if a threshold is given, else 'topk_confidence'. steps defaults to
     max_new_tokens (one token per step); block_length to max_new_tokens (one block) for
     MDM, and must be given (the run's block size) for block diffusion, where it need not
     divide max_new_tokens (blocks are aligned to the row start, as in training);
-    threshold to 0.9 for 'threshold'."""
+    threshold to 0.9 for 'threshold'. Uniform / gidd runs (sampler family 'interpolating'):
+    'ancestral' (auto) or 'renoise', `steps` (default max_new_tokens) over the whole region,
+    no blocks, threshold, guidance or prefix cache; `correction_steps` >= 0 self-correction
+    steps at `correction_temperature` >= 0 (those two apply to these runs only)."""
     from dllm_jax import objectives
 
     if objective not in objectives.names():
@@ -57,9 +64,21 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
         sampler = "threshold" if threshold is not None and family != "ar" else obj.default_sampler
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)} (or 'auto')")
+    if not isinstance(correction_steps, int) or isinstance(correction_steps, bool) or correction_steps < 0:
+        raise ConfigError(f"correction_steps={correction_steps!r} must be an integer >= 0 (0 = no self-correction)")
+    if correction_temperature is None or not math.isfinite(correction_temperature) or correction_temperature < 0:
+        raise ConfigError(f"correction_temperature={correction_temperature!r} must be a finite number >= 0 (0 = greedy)")
+    if family == "interpolating" and sampler not in INTERP_SAMPLERS:
+        raise ConfigError(f"sampler {sampler!r} is not a sampler of objective={objective!r}; use one of: {', '.join(INTERP_SAMPLERS)}")
+    if family != "interpolating" and sampler in INTERP_SAMPLERS and sampler not in MDM_SAMPLERS:
+        raise ConfigError(f"sampler {sampler!r} samples uniform-state / GIDD runs, not objective={objective!r}; "
+                          f"use one of: {', '.join(AR_SAMPLERS if family == 'ar' else MDM_SAMPLERS)}")
+    if correction_steps and family != "interpolating":
+        raise ConfigError(f"correction_steps={correction_steps} is the self-correction of uniform / gidd runs; "
+                          f"a run with objective={objective!r} cannot revise committed tokens: drop it")
     if family == "ar" and sampler != "ar":
         raise ConfigError(f"sampler {sampler!r} is a masked-diffusion sampler but this run is autoregressive (objective={objective!r}); use sampler='ar'")
-    if family != "ar" and sampler == "ar":
+    if family not in ("ar", "interpolating") and sampler == "ar":
         raise ConfigError(f"sampler 'ar' needs an autoregressive run but this run is a diffusion run (objective={objective!r}); "
                           f"use one of: {', '.join(MDM_SAMPLERS)}")
     if temperature is None or not math.isfinite(temperature) or temperature < 0:
@@ -75,6 +94,9 @@ def resolve(*, objective, sampler="auto", max_new_tokens=64, steps=None, block_l
     if block_length is not None and (not isinstance(block_length, int) or block_length < 1):
         raise ConfigError(f"block_length={block_length!r} must be an integer >= 1")
 
+    if family == "interpolating":
+        return _resolve_interpolating(objective, sampler, max_new_tokens, steps, block_length, threshold, cfg, temperature, top_k,
+                                      top_p, seed, prefix_cache, schedule, correction_steps, correction_temperature)
     if family == "ar":
         for name, value, off in (("steps", steps, None), ("block_length", block_length, None), ("threshold", threshold, None)):
             if value is not off:
@@ -144,9 +166,23 @@ def _resolve_block(objective, sampler, max_new_tokens, steps, block_length, thre
                    float(top_p), int(seed), bool(kv_cache), False, bool(eos_last), schedule)
 
 
+def _resolve_interpolating(objective, sampler, max_new_tokens, steps, block_length, threshold, cfg, temperature, top_k, top_p, seed,
+                           prefix_cache, schedule, correction_steps, correction_temperature) -> Options:
+    for name, value in (("block_length", block_length), ("threshold", threshold)):
+        if value is not None:
+            raise ConfigError(f"{name}={value!r} does not apply to objective={objective!r}: every step updates the whole region; drop it")
+    if cfg:
+        raise ConfigError(f"cfg={cfg!r}: classifier-free guidance is not implemented for objective={objective!r}; use cfg=0")
+    if prefix_cache:
+        raise ConfigError(f"prefix_cache is the MDM's block cache; objective={objective!r} calls the network on the whole canvas")
+    return Options(objective, sampler, max_new_tokens, max_new_tokens if steps is None else steps, max_new_tokens, 0.0, 0.0,
+                   float(temperature), top_k, float(top_p), int(seed), False, False, False, schedule,
+                   correction_steps=int(correction_steps), correction_temperature=float(correction_temperature))
+
+
 def _divisor_near(n: int, target: int) -> int:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - target), d))
 
 
-__all__ = ["Options", "resolve", "SAMPLERS", "AR_SAMPLERS", "MDM_SAMPLERS"]
+__all__ = ["Options", "resolve", "SAMPLERS", "AR_SAMPLERS", "MDM_SAMPLERS", "INTERP_SAMPLERS"]

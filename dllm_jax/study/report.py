@@ -369,7 +369,8 @@ def flops_section(models: list, prompt_len: int) -> tuple[list, dict]:
     lines = ["## FLOPs", "",
              "From `dllm_jax.flops` (the module the train loop uses for MFU). Training: forward + backward model FLOPs per "
              "token, full [L, L] attention counted; AR and MDM run the same network on the same shapes, so they cost the same per "
-             "token: what differs is how many tokens each needs to use the data (see the crossover tables).", "",
+             "token: what differs is how many tokens each needs to use the data (see the crossover tables). Uniform-state and "
+             "GIDD diffusion cost what the MDM costs (their KL over the vocabulary adds elementwise work, no matmuls).", "",
              "Block diffusion runs 2L tokens ([x_t ; x_0]) through the network per L training tokens.", "",
              "| model | matmul params (active) | seq len | AR train FLOPs/token | MDM train FLOPs/token | block diffusion train FLOPs/token |",
              "|---|---|---|---|---|---|"]

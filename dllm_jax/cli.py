@@ -94,6 +94,9 @@ def _setup_logging(program: bool = False):
     threading.excepthook = thread_failed
 
 
+TEXT_NAMES = ("prompt", "infill")  # free text (not a path) among the arguments checked
+
+
 def check_text_arguments(args, names) -> None:
     """ConfigError for the first argument in `names` (argparse dests) whose text is not valid
     UTF-8. Python decodes the command line with surrogateescape, so bytes that are not UTF-8
@@ -112,6 +115,8 @@ def check_text_arguments(args, names) -> None:
                     f"--{name.replace('_', '-')} is not valid UTF-8 ({where}): the text "
                     "was written in another encoding (e.g. Latin-1). Pass it as UTF-8: convert it with "
                     "`iconv -f latin1 -t utf-8`, or use a UTF-8 terminal/locale"
+                    + ("" if name in TEXT_NAMES else "; a file or folder whose name is not UTF-8 must be renamed "
+                       "(e.g. `convmv -f latin1 -t utf8 --notest NAME`)")
                 )
 
 
@@ -172,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.unknown = unknown
         check_text_arguments(args, text_args[args.verb])
+        # every other string argument too (paths: --workdir, --output, --root, --data, ...): JAX,
+        # Orbax and tensorstore cannot take a name that is not UTF-8, and would fail late
+        check_text_arguments(args, [k for k, v in sorted(vars(args).items()) if k not in ("overrides", "unknown", "verb")
+                                    and (isinstance(v, str) or isinstance(v, (list, tuple)) and any(isinstance(x, str) for x in v))])
         if program:
             from dllm_jax.distributed import prefer_cpu_without_accelerator
 

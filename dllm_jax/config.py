@@ -239,11 +239,14 @@ POSITIVE = _float(0.0, lo_open=True)  # (0, inf)
 RULES = {
     "objective": STR,  # one of the registered objectives (dllm_jax.objectives.names()), checked in validate()
     "seed": _int(0, 2**31 - 1),
-    "model.d_model": _int(1), "model.n_layers": _int(1), "model.n_heads": _int(1), "model.n_kv_heads": _int(0),
-    "model.head_dim": _int(0), "model.d_ff": _int(0), "model.rope_base": POSITIVE, "model.norm_eps": POSITIVE,
+    # upper bounds far above any real model (the largest have d_model ~ 2^14, d_ff ~ 2^16, ~128 layers): a
+    # mistyped size is refused here, before JAX sees a number it cannot represent; the memory check
+    # (dllm_jax/memory.py) refuses what is representable but does not fit
+    "model.d_model": _int(1, 1 << 20), "model.n_layers": _int(1, 1 << 14), "model.n_heads": _int(1, 1 << 14),
+    "model.n_kv_heads": _int(0, 1 << 14), "model.head_dim": _int(0, 1 << 16), "model.d_ff": _int(0, 1 << 24), "model.rope_base": POSITIVE, "model.norm_eps": POSITIVE,
     "model.qk_norm": BOOL, "model.init_std": POSITIVE, "model.dtype": _one_of(*DTYPES), "model.scan_layers": BOOL,
     "model.remat": _one_of(*REMAT_POLICIES), "model.dropout": HALF_OPEN_UNIT, "model.attention_impl": _one_of("auto", "xla", "cudnn", "splash"),
-    "model.vocab_multiple": _int(1), "model.num_experts": _int(0), "model.experts_per_token": _int(1),
+    "model.vocab_multiple": _int(1, 1 << 20), "model.num_experts": _int(0, 1 << 16), "model.experts_per_token": _int(1, 1 << 16),
     "model.capacity_factor": _float(0.0), "model.router_aux_weight": _float(0.0), "model.loss_chunk": _int(0),
     "model.attention_bias": BOOL, "model.tie_embeddings": BOOL, "model.shift_logits": BOOL, "mdm.anneal_steps": _int(0),
     "init.from_hf": STR, "init.from_workdir": STR,
@@ -313,8 +316,14 @@ def resume_changeable(key: str) -> bool:
 
 def check_ranges(cfg: ml_collections.ConfigDict) -> None:
     """Every key's value against `RULES`; ConfigError naming the key, the value and the fix."""
+    from dllm_jax.files import not_utf8
+
     defaults = flatten(default_config().to_dict())
     for key, value in flatten(cfg.to_dict()).items():
+        where = not_utf8(value) if isinstance(value, str) else None
+        if where is not None:  # e.g. a file name in Latin-1 bytes, given on a UTF-8 command line
+            raise ConfigError(f"{key} is not valid UTF-8 ({where}); give UTF-8 text, and rename a file or folder "
+                              "whose name is not UTF-8 (e.g. `convmv -f latin1 -t utf8 --notest NAME`)")
         rule = RULES.get(key)
         if rule is not None and not rule.accepts(value):
             raise ConfigError(

@@ -340,7 +340,8 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
         objective = objectives.build(config)
         flops_per_token = objective.train_flops_per_token(model.cfg, seq_len)
-        summary = {"params": n_params, "flops_per_token": flops_per_token, "num_steps": num_steps, **stats}
+        # num_steps last: the run's steps (train.num_steps wins over the data's derived count in stats)
+        summary = {"params": n_params, "flops_per_token": flops_per_token, **stats, "num_steps": num_steps}
         if jax.process_index() == 0:
             paths.write_text(paths.join(workdir, "run.json"), json.dumps(summary, indent=2))
 
@@ -352,6 +353,9 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
         tokens_per_step = batch_size * seq_len
         last_good = resume_step
         profile = config_lib.parse_profile_steps(tcfg.profile_steps)
+        if profile and (profile[0] > num_steps or profile[1] <= start):
+            log.warning("train.profile_steps=%r lies outside the steps this call trains (%d-%d): no trace is written",
+                        tcfg.profile_steps, start + 1, num_steps)
         timer = StepTimer(clock, totals=resume_totals(read_metrics(workdir)) if start else None, extra_kinds=("profile",) if profile else ())
         device_kind, num_devices = jax.devices()[0].device_kind, jax.device_count()
         if flops.peak_flops_per_chip(device_kind) is None:
@@ -385,12 +389,13 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
         def save(step):
             nonlocal last_good
             settle()
-            with _SaveErrors(ckpt, step, lambda: last_good), timer.pause("checkpoint"):
+            # a background save's failure surfaces at the next save: _SaveErrors tells which from the disk
+            with _SaveErrors(ckpt, step, pending=last_good), timer.pause("checkpoint"):
                 ckpt.save(step, state, data_iter, config, tokenizer.model_bytes)
             last_good = step
 
         def finish():  # waits for a background save: its I/O errors surface here
-            with _SaveErrors(ckpt, last_good, lambda: _previous(ckpt, last_good)), timer.pause("checkpoint"):
+            with _SaveErrors(ckpt, last_good, pending=last_good), timer.pause("checkpoint"):
                 ckpt.close()
 
         def diverged(step, metrics):
@@ -517,8 +522,10 @@ class _Profiler:
                     log.warning("train.profile_steps: the profiler did not start (%s); training goes on without a trace", _short(e))
 
     def after(self, step: int) -> None:
-        if self.active and step >= self.steps[1]:
-            self.stop(step)
+        if self.active:
+            self.last = step
+            if step >= self.steps[1]:
+                self.stop(step)
 
     def stop(self, step: int | None = None) -> None:
         if not self.active:
@@ -531,7 +538,8 @@ class _Profiler:
             except Exception as e:  # noqa: BLE001
                 log.warning("train.profile_steps: writing the trace to %s failed (%s); training goes on", self.directory, _short(e))
                 return
-        log.info("profile of steps %d-%s written to %s", self.first, step if step is not None else "?", self.directory)
+        last = step if step is not None else getattr(self, "last", self.first)
+        log.info("profile of steps %d-%d written to %s", self.first, last, self.directory)
 
     def __enter__(self):
         return self
@@ -631,19 +639,29 @@ def _previous(ckpt: Checkpointer, step):
 
 class _SaveErrors:
     """Turns any failure while writing checkpoint `step` (disk full, permissions, a lost
-    mount) into one CheckpointError naming the last good checkpoint. Before raising it waits
-    (at most `join_s` seconds) for the threads started during the save: a failed write does
-    not stop Orbax's other writer threads, which would otherwise go on (and print) while the
-    process reports the error and exits."""
+    mount) into one CheckpointError naming the checkpoint that failed and the newest one that
+    is complete on disk. Saves run in the background, so a failure of the previous save
+    (`pending`) surfaces while the next one starts: whichever of the two is not a finished
+    checkpoint on disk (Orbax lists only finalised steps, not `*.orbax-checkpoint-tmp`
+    folders) is the one named. Before raising it waits (at most `join_s` seconds) for the
+    threads started during the save: a failed write does not stop Orbax's other writer
+    threads, which would otherwise go on (and print) while the process reports the error."""
 
     join_s = 60.0
 
-    def __init__(self, ckpt: Checkpointer, step, last_good):
-        self.ckpt, self.step, self.last_good = ckpt, step, last_good
+    def __init__(self, ckpt: Checkpointer, step, pending=None):
+        self.ckpt, self.step, self.pending = ckpt, step, pending
 
     def __enter__(self):
         self._threads = set(threading.enumerate())
         return self
+
+    def _finished(self) -> list[int]:
+        try:
+            self.ckpt.manager.reload()
+            return sorted(self.ckpt.all_steps())
+        except Exception:  # noqa: BLE001 - the disk is failing: nothing can be said to be complete
+            return []
 
     def __exit__(self, kind, error, tb):
         if error is None or not isinstance(error, Exception) or isinstance(error, CheckpointError):
@@ -655,11 +673,14 @@ class _SaveErrors:
                     thread.join(max(0.0, deadline - time.monotonic()))
                 except Exception:  # noqa: BLE001 - Orbax's threads re-raise their own failure on join
                     pass
-        good = self.last_good()
+        finished = self._finished()
+        failed = self.pending if self.pending is not None and self.pending not in finished else self.step
+        good = max((s for s in finished if failed is None or s < failed), default=None)
         where = (f"the last good checkpoint is step {good} in {self.ckpt.directory}" if good is not None
                  else "no checkpoint was saved before it")
-        raise CheckpointError(f"saving checkpoint {self.step} failed ({_short(error)}); {where}. "
-                              "Fix the cause (e.g. free disk space) and rerun the same command to resume from it") from None
+        raise CheckpointError(f"saving checkpoint {failed} failed ({_short(error)}); {where}. "
+                              "Fix the cause (e.g. free disk space) and rerun the same command to resume"
+                              + (" from it" if good is not None else " (it starts again from step 0)")) from None
 
 
 def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):

@@ -38,7 +38,9 @@ def test_get_config_that_fails_names_the_file_and_line(tmp_path, body, message):
         config_lib.load_config(str(path))
 
 
-@pytest.mark.parametrize("key,value", [("data.epochs", "1e20"), ("data.vocab_size", "1e9")])
+@pytest.mark.parametrize("key,value", [("data.epochs", "1e20"), ("data.vocab_size", "1e9"), ("model.d_model", "1e30"),
+                                       ("model.d_model", "1e19"), ("model.n_layers", "1e12"), ("model.d_ff", "1e25"),
+                                       ("model.num_experts", "1e9"), ("model.head_dim", "1e18")])
 def test_absurd_sizes_are_refused_up_front(key, value):
     with pytest.raises(ConfigError, match=rf"{key}=.* is out of range"):
         config_lib.load_config(os.path.join(EXPERIMENTS, "tiny.py"), [(key, value)])
@@ -295,3 +297,21 @@ def test_every_experiment_passes_the_memory_check_on_its_hardware(name):
         est = memory.estimate(model, tx, mesh, cfg.data.seq_len, micro)
         memory.check_fits(est, jax.devices(), model.cfg)
         assert est["total"] < 1 * memory.GIB
+
+
+def test_names_that_are_not_utf8_are_one_error_before_any_work(tmp_path, capsys, corpus):
+    """A workdir, output or corpus path whose name is Latin-1 bytes (legal on Linux; Python gives
+    them as lone surrogates) cannot reach Orbax, tensorstore or SentencePiece: one error naming
+    the argument or key, before anything is read or written."""
+    paths, cache = corpus
+    tiny = os.path.join(EXPERIMENTS, "tiny.py")
+    bad = str(tmp_path / "caf\udce9")
+    common = [f"--config.data.cache_dir={cache}", "--config.train.num_steps=4", "--config.train.warmup_steps=1"]
+    assert main(["train", "--config", tiny, "--workdir", bad, f"--config.data.paths={paths}", *common]) == 2
+    _one_error_line(capsys, "--workdir is not valid UTF-8 (byte 0xe9", "renamed")
+    assert main(["train", "--config", tiny, "--workdir", str(tmp_path / "run"), f"--config.data.paths={bad}.txt", *common]) == 2
+    _one_error_line(capsys, "data.paths is not valid UTF-8 (byte 0xe9", "rename")
+    assert main(["prepare", "--config", tiny, "--output", str(tmp_path / "store"), "--in-process",
+                 f"--config.data.paths={bad}.txt", f"--config.data.cache_dir={cache}"]) == 2
+    _one_error_line(capsys, "data.paths is not valid UTF-8")
+    assert not os.path.exists(bad) and not os.path.exists(tmp_path / "run") and not os.path.exists(tmp_path / "store")

@@ -419,3 +419,21 @@ def test_array_record_that_is_not_utf8_names_the_record(tmp_path):
     writer.close()
     with pytest.raises(DataError, match=r"record 2 \(counting from 0\) of '.*x\.array_record' is not valid UTF-8 \(byte offset 3: e9\)"):
         load_documents(make_config(source="array_record", paths=path).data)
+
+
+def test_a_compressed_file_in_another_encoding_gets_a_pipeline_that_decompresses_first(tmp_path):
+    """iconv on compressed bytes would make garbage: the advice decompresses, then converts."""
+    import bz2
+    import gzip
+    import lzma
+
+    from dllm_jax.data.sources import load_documents
+
+    cases = [("lat.txt.gz", gzip.compress("café\n".encode("latin-1")), r"gzip -dc lat\.txt\.gz \| iconv -f LATIN1 -t UTF-8 > lat\.txt\.gz\.utf8\.txt"),
+             ("lat.txt.bz2", bz2.compress("café\n".encode("latin-1")), r"bzip2 -dc lat\.txt\.bz2 \| iconv -f LATIN1"),
+             ("u16.txt.xz", lzma.compress("wide text\n".encode("utf-16")), r"\(after decompression\).*`xz -dc u16\.txt\.xz \| iconv -f UTF-16 -t UTF-8 > u16\.txt\.xz\.utf8\.txt`")]
+    for name, data, advice in cases:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=advice) as e:
+            load_documents(make_config(paths=str(tmp_path / name)).data)
+        assert f"iconv -f LATIN1 -t UTF-8 {name} >" not in str(e.value) and f"iconv -f UTF-16 -t UTF-8 {name} >" not in str(e.value)

@@ -934,3 +934,20 @@ def test_report_reads_cloze_rescoring_files(tmp_path, capsys):
     _fake_run(bare, "U6400_ar", "ar", 6400, 2, [{"epoch": 1.0, "val_loss": 3.0}])
     with pytest.raises(ConfigError, match="no run has cloze rescoring files"):
         build_report(bare, str(tmp_path / "bad"), cloze_from="eval")
+
+
+def test_sweep_checks_warmup_against_every_point_before_any(grid_file, tmp_path, capsys):
+    """A warmup not shorter than a point's run is refused once, up front, for all such points
+    (train would refuse each after preparing its data); the steps are those build_dataset derives."""
+    from dllm_jax.cli import main
+    from dllm_jax.data.pipeline import build_dataset
+
+    root = tmp_path / "r"
+    points = grid_lib.load_grid(grid_file, str(root)).points
+    assert sweep.point_steps(points[0].config) == build_dataset(points[0].config, None).stats["num_steps"]
+    steps = min(sweep.point_steps(p.config) for p in points)
+    assert main(["sweep", "--config", grid_file, "--root", str(root), f"--config.train.warmup_steps={steps}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "error:" in err.strip().splitlines()[-1]
+    assert f"train.warmup_steps={steps} is not shorter than the run of" in err and "No point was started" in err
+    assert not root.exists() or not any(root.iterdir())

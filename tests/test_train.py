@@ -305,6 +305,20 @@ def test_disk_full_while_saving_ends_with_one_line_naming_the_last_good_checkpoi
     assert lines[-1].startswith("dllm-jax train: error: ") and err.count("error:") == 1 and "Traceback" not in err, err
     assert f"saving checkpoint 8 failed (OSError: [Errno {errno.ENOSPC}] No space left on device); the last good checkpoint is step 4 in {ckpt_dir}" in err
 
+    # saves run in the background: the write of step 4 fails unseen (no finished folder) and its
+    # error surfaces when step 8 starts; the message names step 4 and says nothing was saved
+    def late(self, step, *args, **kwargs):
+        if step >= 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return True  # step 4's write "started" and never finished
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", late)
+    workdir2 = str(tmp_path / "run2")
+    assert main(["train", "--config", str(exp), "--workdir", workdir2]) == 2
+    err = capsys.readouterr().err
+    assert ("saving checkpoint 4 failed (OSError: [Errno 28] No space left on device); no checkpoint was saved before it. "
+            "Fix the cause (e.g. free disk space) and rerun the same command to resume (it starts again from step 0)") in err, err
+
 
 def test_resume_on_moved_data_is_accepted_and_on_other_data_refused(tmp_path, corpus):
     """data.paths may change on resume only to the same content: a copy of the corpus at

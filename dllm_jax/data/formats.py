@@ -253,6 +253,23 @@ def _after(path: str) -> str:
         return ""
 
 
+_DECOMPRESS = {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc", "zstd": "zstd -dc", "lzma": "xz --format=lzma -dc"}
+
+
+def convert_command(path: str, encoding: str) -> str:
+    """The shell command that converts ``path`` from ``encoding`` to UTF-8. A compressed file is
+    decompressed first (iconv on its compressed bytes would make garbage): e.g.
+    `gzip -dc a.txt.gz | iconv -f LATIN1 -t UTF-8 > a.txt.gz.utf8.txt`."""
+    name = paths.basename(path)
+    try:
+        kind = compression(path)
+    except (DataError, OSError):
+        kind = None
+    if kind in _DECOMPRESS:
+        return f"{_DECOMPRESS[kind]} {name} | iconv -f {encoding} -t UTF-8 > {name}.utf8.txt"
+    return f"iconv -f {encoding} -t UTF-8 {name} > {name}.utf8"
+
+
 def check_not_utf16_32(head: bytes, path: str) -> None:
     """DataError if ``head`` (the first bytes of a file) is UTF-16 or UTF-32."""
     encoding = next((enc for bom, enc in _UTF32_BOMS.items() if head.startswith(bom)), None)
@@ -270,9 +287,8 @@ def check_not_utf16_32(head: bytes, path: str) -> None:
             encoding = "UTF-16LE" if sample[0::2].count(0) < sample[1::2].count(0) else "UTF-16BE"
         how, src = f"has {100 * nul // len(sample)}% NUL bytes", encoding
     raise DataError(
-        f"{path!r} looks like {encoding}, not UTF-8 (it {how}); dllm_jax reads UTF-8 only. Convert it, "
-        f"e.g. `iconv -f {src} -t UTF-8 "
-        f"{paths.basename(path)} > {paths.basename(path)}.utf8`, and use the converted file."
+        f"{path!r} looks like {encoding}, not UTF-8 (it {how}{_after(path)}); dllm_jax reads UTF-8 only. Convert it, "
+        f"e.g. `{convert_command(path, src)}`, and use the converted file."
     )
 
 
@@ -282,8 +298,8 @@ def _utf8_error(path: str, raw: bytes, e: UnicodeDecodeError, base: int = 0, lin
     bad = raw[e.start:e.start + 4].hex(" ")
     return DataError(
         f"{path!r} is not valid UTF-8: line {line}, byte offset {off}{_after(path)} (bytes {bad}); dllm_jax "
-        f"reads UTF-8 only. Convert the file from its encoding, e.g. `iconv -f LATIN1 -t UTF-8 "
-        f"{paths.basename(path)} > {paths.basename(path)}.utf8` (LATIN1 = ISO-8859-1; use the file's real encoding)."
+        f"reads UTF-8 only. Convert the file from its encoding, e.g. `{convert_command(path, 'LATIN1')}` "
+        "(LATIN1 = ISO-8859-1; use the file's real encoding)."
     )
 
 

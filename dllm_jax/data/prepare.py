@@ -174,7 +174,7 @@ def resolve_tokenizer(data_cfg, given=None, reuse_from=None):
         raise DataError(f"cannot train a tokenizer: data.paths={data_cfg.paths!r} holds no text; point it at files with text.")
     tok = train_tokenizer(docs, int(data_cfg.vocab_size), None, data_cfg.tokenizer_type)
     if any(names.values()):  # data.eos_token / data.pad_token name pieces of the trained model
-        tok = tokenizer_from_bytes(tok.model_bytes, source="the tokenizer trained here", **names)
+        tok = tokenizer_from_bytes(tok.model_bytes, source="trained here", **names)
     logger.info("tokenizer trained in %.1fs", time.perf_counter() - t0)
     return tok, recipe
 

@@ -267,6 +267,23 @@ def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key,
 
 
 # ---------------------------------------------------------------- MDM
+def _left_padded_canvas(rows, n: int, ids, infill_tokens):
+    """The diffusion samplers' canvas: prompts right-aligned at column p = the longest prompt
+    (left padding with pad_id), then n generated positions holding [MASK] (or the infill
+    template, whose non-mask ids are given). Returns (canvas [b, p+n] int32, given [b, p+n]
+    bool, p, pad [b]: each row's left padding)."""
+    b, p = len(rows), max(len(r) for r in rows)
+    canvas = np.full((b, p + n), ids.pad_id, np.int32)
+    given = np.zeros((b, p + n), bool)
+    for i, r in enumerate(rows):
+        canvas[i, p - len(r):p] = r
+        given[i, p - len(r):p] = True
+    template = np.full((n,), ids.mask_id, np.int32) if infill_tokens is None else np.asarray(infill_tokens, np.int32)
+    canvas[:, p:] = template
+    given[:, p:] = template != ids.mask_id
+    return canvas, given, p, p - np.array([len(r) for r in rows])
+
+
 def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, row_keys=None) -> SampleResult:
     lengths = sorted({len(r) for r in rows})
     if opts.prefix_cache and len(lengths) > 1:
@@ -277,17 +294,9 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
                  for g, L in zip(groups, lengths)]
         order = np.argsort(np.concatenate([np.array(g) for g in groups]), kind="stable")
         return _take(_concat(parts, ids.pad_id), None, order)
-    b, n, p = len(rows), opts.max_new_tokens, lengths[-1]
-    canvas = np.full((b, p + n), ids.pad_id, np.int32)
-    given = np.zeros((b, p + n), bool)
-    for i, r in enumerate(rows):
-        canvas[i, p - len(r):p] = r
-        given[i, p - len(r):p] = True
-    template = np.full((n,), ids.mask_id, np.int32) if infill_tokens is None else np.asarray(infill_tokens, np.int32)
-    canvas[:, p:] = template
-    given[:, p:] = template != ids.mask_id
+    b, n = len(rows), opts.max_new_tokens
+    canvas, given, p, pad = _left_padded_canvas(rows, n, ids, infill_tokens)
     segment_ids = None
-    pad = p - np.array([len(r) for r in rows])
     if len(lengths) > 1:
         real = np.arange(p + n)[None, :] >= pad[:, None]  # 0 on the left padding
         segment_ids = _put(real.astype(np.int32), device)
@@ -347,16 +356,7 @@ def _run_interp(model, params, device, ids, rows, opts: Options, infill_tokens, 
     if trace:
         raise ConfigError("trace is not implemented for uniform / gidd sampling (every position may change at every step)")
     b, n = len(rows), opts.max_new_tokens
-    p = max(len(r) for r in rows)
-    canvas = np.full((b, p + n), ids.pad_id, np.int32)
-    given = np.zeros((b, p + n), bool)
-    for i, r in enumerate(rows):
-        canvas[i, p - len(r):p] = r
-        given[i, p - len(r):p] = True
-    template = np.full((n,), ids.mask_id, np.int32) if infill_tokens is None else np.asarray(infill_tokens, np.int32)
-    canvas[:, p:] = template
-    given[:, p:] = template != ids.mask_id
-    pad = p - np.array([len(r) for r in rows])
+    canvas, given, p, pad = _left_padded_canvas(rows, n, ids, infill_tokens)
     real = np.arange(p + n)[None, :] >= pad[:, None]  # segment 0 on the left padding
     positions = np.maximum(np.arange(p + n)[None, :] - pad[:, None], 0).astype(np.int32)
     plan = interpolating.Plan(kind=opts.sampler, process=opts.process, gen_start=p, steps=opts.steps, correction_steps=opts.correction_steps,

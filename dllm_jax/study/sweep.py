@@ -21,6 +21,7 @@ this process (what a job array wants: one point per task, no second interpreter)
 Checked before any point starts (each a single `error:`, exit 2, nothing started or written):
 - every finished point's saved config against the point's config now, and every unfinished
   one's as a resume would check it (`check_finished_configs`: all differing points listed at once);
+- train.warmup_steps is shorter than each point still to run (`check_warmups`);
 - each corpus the points still to run use: its files exist (`check_corpus_paths`) and it holds
   their largest unique-token budget U (`check_corpus_budgets`: the corpus is tokenised into
   the store the points will use, in data.cache_dir, and split as they split it; costs what one
@@ -133,6 +134,38 @@ def check_corpus_budgets(points) -> None:
             f"(data.val_tokens={int(cfg.data.val_tokens):,}); {len(over)} of {len(group)} points are over it ({names}). "
             f"No point was started. Drop the budgets above {available:,} from the grid (its --grid parameters), "
             "lower data.val_tokens, or use a larger corpus."
+        )
+
+
+def point_steps(config) -> int | None:
+    """The optimiser steps a point will run: train.num_steps, else derived from its budget as
+    `build_dataset` derives it (U rounded down to whole batches of train.batch_size x
+    data.seq_len tokens, times data.epochs); None when U is 0 (all of the corpus: known only
+    once it is tokenised)."""
+    if int(config.train.num_steps or 0) > 0:
+        return int(config.train.num_steps)
+    u = int(config.data.unique_tokens or 0)
+    if u <= 0:
+        return None
+    return max(u // (int(config.train.batch_size) * int(config.data.seq_len)), 1) * int(config.data.epochs)
+
+
+def check_warmups(points) -> None:
+    """Before any point starts: train.warmup_steps is shorter than every point's run (as
+    `train` checks it, point by point, after preparing its data). One ConfigError listing the
+    points whose warmup is not shorter, with their steps, and the fix."""
+    bad = []
+    for p in points:
+        steps, warmup = point_steps(p.config), int(p.config.train.warmup_steps)
+        if steps is not None and warmup and warmup >= steps:
+            bad.append((p, steps))
+    if bad:
+        listed = ", ".join(f"{p.name} ({steps} steps)" for p, steps in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        shortest = min(steps for _, steps in bad)
+        raise ConfigError(
+            f"train.warmup_steps={int(bad[0][0].config.train.warmup_steps)} is not shorter than the run of {len(bad)} point(s): "
+            f"{listed}; train would refuse each of them. No point was started. Set --config.train.warmup_steps below "
+            f"{shortest} (e.g. {max(shortest // 10, 1) if shortest > 1 else 0}), or give the grid more tokens."
         )
 
 
@@ -356,6 +389,7 @@ def run(args) -> int:
     check_finished_configs(points)
     todo = [p for p in points if point_status(p.workdir) != "done"]
     check_corpus_paths(todo)
+    check_warmups(todo)
     check_corpus_budgets(todo)
     write_plan(grid)
     results = run_points(grid, points, in_process=args.in_process or args.index is not None)

@@ -172,7 +172,7 @@ def test_resume_changeable_is_decided_once_in_the_schema(key):
     new = C.default_config()
     new.data.paths = "x/*.txt"
     current = C.flatten(new.to_dict())[key]
-    changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 0.5 + 0.25, str: lambda v: v + "_"}[type(current)](current)
+    changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 0.5 + 0.25 if v != 0.5 else 0.375, str: lambda v: v + "_"}[type(current)](current)
     C.set_key(new, key, changed)
     if C.resume_changeable(key):
         check_resume_compatible(saved.to_dict(), new)
@@ -272,6 +272,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, corp
     # no readable checkpoint at all: say what to remove, delete nothing
     damaged = [_truncate_largest_state_file(os.path.join(ckpt_dir, str(step))) for step in (12, 16)]
     folders = " ".join(os.path.join(ckpt_dir, str(step)) for step in (16, 12))
+    os.remove(os.path.join(workdir, "DONE"))  # as if stopped before its end (a finished run's rerun reads no checkpoint)
     with pytest.raises(CheckpointError, match=rf"no checkpoint in .* can be read \(step 16: .*; step 12: .*\)\. Nothing was deleted.*move or remove {folders}"):
         train(cfg(), workdir)
     assert all(os.path.exists(p) for p in damaged)

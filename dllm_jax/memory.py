@@ -1,7 +1,7 @@
 """Training memory per device, from shapes only (nothing is allocated), and the check that
 refuses a model that cannot fit before `train` initialises it.
 
-An absurd size (`--config.model.d_model=1e7`) would otherwise be allocated: XLA fails deep
+An absurd size (`--config.model.d_model=1e6`, within the key's range) would otherwise be allocated: XLA fails deep
 inside the first jitted call, or the host swaps and the kernel kills the process.
 
 `estimate(model, tx, mesh, seq_len, micro_batch)` gives bytes per device:

@@ -138,16 +138,12 @@ def check_corpus_budgets(points) -> None:
 
 
 def point_steps(config) -> int | None:
-    """The optimiser steps a point will run: train.num_steps, else derived from its budget as
-    `build_dataset` derives it (U rounded down to whole batches of train.batch_size x
-    data.seq_len tokens, times data.epochs); None when U is 0 (all of the corpus: known only
-    once it is tokenised)."""
-    if int(config.train.num_steps or 0) > 0:
-        return int(config.train.num_steps)
-    u = int(config.data.unique_tokens or 0)
-    if u <= 0:
-        return None
-    return max(u // (int(config.train.batch_size) * int(config.data.seq_len)), 1) * int(config.data.epochs)
+    """The optimiser steps a point will run, as `dllm-jax config` derives them before reading
+    data (`cli_train.derived_values`: train.num_steps, else U rounded down to whole batches x
+    data.epochs); None when U is 0 (all of the corpus: known only once it is tokenised)."""
+    from dllm_jax.cli_train import derived_values
+
+    return derived_values(config)["num_steps"] or None
 
 
 def check_warmups(points) -> None:

@@ -130,6 +130,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.decay_fraction = 0.2  # WSD: final fraction of steps spent decaying
     c.train.b1 = 0.9  # AdamW beta1
     c.train.b2 = 0.95  # AdamW beta2
+    c.train.member_seed = 0  # ensemble member: > 0 draws another init, dropout / noise and data order (never which tokens are U or validation); the members of an ensemble differ only in it
     c.train.weight_decay = 0.1  # decoupled, on weight matrices and embeddings (not norms)
     c.train.clip_norm = 1.0  # global gradient-norm clipping
     c.train.log_every = 10  # steps per metrics record (averaged over the window)
@@ -268,7 +269,7 @@ RULES = {
     "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
     "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),
     "train.decay_fraction": _float(0.0, 1.0, lo_open=True), "train.b1": HALF_OPEN_UNIT, "train.b2": HALF_OPEN_UNIT,
-    "train.weight_decay": _float(0.0), "train.clip_norm": POSITIVE, "train.log_every": _int(1), "train.eval_every": _int(0),
+    "train.weight_decay": _float(0.0), "train.member_seed": _int(0, 2**31 - 1), "train.clip_norm": POSITIVE, "train.log_every": _int(1), "train.eval_every": _int(0),
     "train.eval_batches": _int(0), "train.checkpoint_every": _int(1), "train.keep_last": _int(1), "train.keep_every": _int(0),
     "train.async_checkpoint": BOOL, "train.progress": BOOL, "train.tensorboard": BOOL, "train.profile_steps": STR, "train.wandb_project": STR,
     "eval.at_epoch_end": BOOL, "eval.at_epochs": STR, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),

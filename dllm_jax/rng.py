@@ -26,6 +26,7 @@ EVAL_MASK = "eval/mask"  # MDM ELBO and LLaDA: per-position mask uniforms of eac
 EVAL_LENGTH = "eval/length"  # LLaDA: number of masked answer tokens l of each (pair, draw)
 EVAL_BLOCK_TIME = "eval/block_time"  # block diffusion ELBO: per-block time shifts of each (row, draw)
 EVAL_NOISE = "eval/noise"  # uniform / gidd ELBO: the uniform noise ids of each (row, draw)
+MEMBER = "member"  # an ensemble member's own root key (train.member_seed > 0)
 
 
 def stream(key, name: str):
@@ -35,5 +36,24 @@ def stream(key, name: str):
     return jax.random.fold_in(key, zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF)
 
 
-__all__ = ["stream", "INIT", "TRAIN", "TRAIN_MIR_RATE", "TRAIN_MIR_MASK", "TRAIN_ANNEAL", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH",
+def run_key(seed: int, member: int = 0):
+    """The root key of a run's model randomness (init, per-step masks / t / dropout):
+    `key(seed)` for member 0 (every run before `train.member_seed` existed), else
+    `fold_in(stream(seed, MEMBER), member)`. Members of an ensemble share `seed`, so they share
+    the data split (which tokens are U and validation: `config.seed` alone fixes it)."""
+    root = jax.random.key(int(seed))
+    return root if not member else jax.random.fold_in(stream(root, MEMBER), int(member))
+
+
+def data_order_seed(seed: int, member: int = 0) -> int:
+    """The seed of the training loader's per-epoch shuffles: `seed` for member 0, else an int
+    derived from (seed, member) (numpy SeedSequence), so each ensemble member sees U in its own order."""
+    if not member:
+        return int(seed)
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(member)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+__all__ = ["stream", "run_key", "data_order_seed", "MEMBER", "INIT", "TRAIN", "TRAIN_MIR_RATE", "TRAIN_MIR_MASK", "TRAIN_ANNEAL", "EVAL_TIME", "EVAL_MASK", "EVAL_LENGTH",
            "EVAL_BLOCK_TIME", "EVAL_NOISE"]

@@ -23,6 +23,7 @@ from flax import linen as nn
 from dllm_jax import config as config_lib
 from dllm_jax import paths
 from dllm_jax import distributed, flops, hf, memory, objectives, optim, sharding, train_step
+from dllm_jax import rng as rng_lib
 from dllm_jax.checkpoint import Checkpointer
 from dllm_jax.errors import CheckpointError, ConfigError, TrainingDivergedError
 from dllm_jax.metrics import MetricsWriter, Progress, StepTimer, read_metrics, require_wandb, resume_totals
@@ -293,7 +294,8 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
     # each process reads only the rows of every global batch that its devices hold
     shard_index, shard_count = distributed.data_shard(mesh, batch_size)
     # long enough for num_steps (train.num_steps may exceed data.epochs' steps): later epochs are further shuffles
-    loader = train_loader(dataset.train, global_batch=batch_size, epochs=max(config.data.epochs, -(-num_steps // steps_per_epoch)), seed=config.seed,
+    loader = train_loader(dataset.train, global_batch=batch_size, epochs=max(config.data.epochs, -(-num_steps // steps_per_epoch)),
+                          seed=rng_lib.data_order_seed(config.seed, config.train.member_seed),
                           process_index=shard_index, process_count=shard_count)
     data_iter = iter(loader.to_iter_dataset(LOADER_READ_OPTIONS))  # prefetch threads read ahead from the store
     if hasattr(data_iter, "close"):
@@ -316,7 +318,7 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
             state = train_step.state_from_params(tx, params, shardings)
             log.info("new run initialised from %s", config.init.from_hf or config.init.from_workdir)
         else:
-            state = train_step.init_state(model, tx, mesh, seq_len, config.seed)
+            state = train_step.init_state(model, tx, mesh, seq_len, rng_lib.run_key(config.seed, config.train.member_seed))
         step_fn = train_step.make_train_step(model, tx, config, ids, mesh, shardings, lr_fn)
         from dllm_jax.evaluation.likelihood import Scorer
 

@@ -78,7 +78,8 @@ def abstract_state(model: Transformer, tx, mesh, seq_len: int):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def init_state(model: Transformer, tx, mesh, seq_len: int, seed: int) -> TrainState:
+def init_state(model: Transformer, tx, mesh, seq_len: int, seed) -> TrainState:
+    """The step-0 state; `seed`: an int seed or a root key (`rng.run_key`)."""
     shardings = state_shardings(model, tx, mesh, seq_len)
     init = _init_fn(model, tx, seq_len)
     with jax.set_mesh(mesh):
@@ -124,7 +125,7 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
     objective = objectives.build(config)
     prepare = objective.train_prepare_fn(ids)  # (tokens, rng, step) -> Prepared
     accum = config.train.grad_accum
-    base_key = rng_lib.stream(config.seed, rng_lib.TRAIN)
+    base_key = rng_lib.stream(rng_lib.run_key(config.seed, config.train.member_seed), rng_lib.TRAIN)
     use_dropout = config.model.dropout > 0.0
 
     moe = model.cfg.num_experts > 0

@@ -65,7 +65,7 @@ import math
 from dllm_jax.config import default_config
 from dllm_jax.errors import ConfigError
 from dllm_jax.data.sources import stdlib_corpus
-from dllm_jax.study.grid import budget_epochs, parse_numbers, short_number, tuning_variants
+from dllm_jax.study.grid import budget_epochs, parse_numbers, series_points, short_number
 
 
 def get_config():
@@ -141,7 +141,7 @@ def scaled_costs(config, total: int) -> tuple[dict, int]:
 
 
 def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objectives="ar,mdm", eval_ratio="1.4142",
-             weight_decays="", mir_weights="", tune="ar"):
+             weight_decays="", mir_weights="", tune="ar", members="1", ensemble=""):
     per_step = config.train.batch_size * config.data.seq_len
     totals = parse_numbers(tokens, "tokens")
     if len(totals) != 1:
@@ -153,9 +153,7 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
         ratio = 0.0
     if not 1.01 <= ratio < 100.0:  # closer to 1, the 3-digit epochs repeat (and the list grows without bound)
         raise ConfigError(f"--grid eval_ratio={eval_ratio!r} must be a number in [1.01, 100), e.g. 1.4142 (evaluations at 1, 1.41, 2, ... epochs)")
-    names = [o.strip() for o in objectives.split(",") if o.strip()]
-    if not names:
-        raise ConfigError(f"--grid objectives={objectives!r} names no objective; e.g. objectives=ar,mdm")
+    runs = series_points(config, objectives, weight_decays, mir_weights, tune, members, ensemble)
     costs, every = scaled_costs(config, total)
     points, seen = {}, {}
     for requested in parse_numbers(budgets, "budgets"):
@@ -170,10 +168,9 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
             raise ConfigError(f"--grid tokens={tokens}: U={unique} would be repeated {epochs:.3g} times (at most 1e6 epochs); "
                               "lower tokens or raise the budgets")
         seen[unique] = requested
-        for objective in names:
-            for suffix, tuning in tuning_variants(config, objective, weight_decays, mir_weights, tune):
-                points[f"U{short_number(requested)}_{objective}{suffix}"] = {
-                    "objective": objective, "data.unique_tokens": unique, "data.epochs": epochs,
-                    "eval.at_epochs": ",".join(eval_epochs(epochs, ratio).split(",")[::every]), **costs, **tuning,
-                }
+        for suffix, overrides in runs:
+            points[f"U{short_number(requested)}{suffix}"] = {
+                "data.unique_tokens": unique, "data.epochs": epochs,
+                "eval.at_epochs": ",".join(eval_epochs(epochs, ratio).split(",")[::every]), **costs, **overrides,
+            }
     return points

@@ -17,7 +17,7 @@ tuning axis as in experiments/cpu_grid.py: `weight_decays`, `mir_weights`, `tune
 
 from dllm_jax.config import default_config
 from dllm_jax.study import paper
-from dllm_jax.study.grid import parse_numbers, short_number, tuning_variants
+from dllm_jax.study.grid import parse_numbers, series_points, short_number
 
 
 def get_config():
@@ -32,15 +32,13 @@ def _default_sizes() -> str:
 
 
 def get_grid(config, sizes=None, unique="0.5e9,1e9,1.5e9,10e9,96e9", objectives="ar,mdm", tokens="96e9",
-             weight_decays="", mir_weights="", tune="ar"):
+             weight_decays="", mir_weights="", tune="ar", members="1", ensemble=""):
     total = parse_numbers(tokens, "tokens")[0]
     points = {}
     for size in (sizes or _default_sizes()).split(","):
         model = paper.model_overrides(size.strip())
         for u in parse_numbers(unique, "unique"):
             budget = paper.budget_overrides(u, total)
-            for objective in objectives.split(","):
-                for suffix, tuning in tuning_variants(config, objective.strip(), weight_decays, mir_weights, tune):
-                    points[f"{size.strip()}_U{short_number(u)}_{objective.strip()}{suffix}"] = {
-                        "objective": objective.strip(), **model, **budget, **tuning}
+            for suffix, overrides in series_points(config, objectives, weight_decays, mir_weights, tune, members, ensemble):
+                points[f"{size.strip()}_U{short_number(u)}{suffix}"] = {**model, **budget, **overrides}
     return points

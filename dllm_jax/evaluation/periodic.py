@@ -15,12 +15,14 @@ from dllm_jax.evaluation.multiple_choice import score_items
 
 
 class ClozeEvaluator:
-    def __init__(self, model, config, tokenizer, val, mesh=None):
+    def __init__(self, model, config, tokenizer, val, mesh=None, scorer=None):
+        """`scorer`: score with this Scorer (e.g. an ensemble's, `Scorer.for_models`) instead of
+        one built for `model`; the items still come from `config`, `tokenizer` and `val`."""
         e = config.eval
         self.items = build_cloze(val, tokenizer, n_examples=e.cloze_examples, n_choices=e.cloze_choices,
                                  length=e.cloze_length, seed=config.seed,
                                  context=e.cloze_context)
-        self.scorer = Scorer.for_model(model, config, tokenizer, batch_size=e.batch_size, mesh=mesh)
+        self.scorer = scorer or Scorer.for_model(model, config, tokenizer, batch_size=e.batch_size, mesh=mesh)
         self.mc_samples = e.mc_samples
         self.seed = config.seed
 

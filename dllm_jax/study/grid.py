@@ -208,6 +208,84 @@ def tuning_variants(base, objective: str, weight_decays: str = "", mir_weights: 
     return out
 
 
+_VALUE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def series_specs(text: str) -> list:
+    """The grid's series, '<objective>[+KEY=VALUE...]' comma-separated ->
+    [(objective, {KEY: VALUE}, name suffix)]: 'ar,mdm,mdm+mdm.t_proposal=beta,gidd+gidd.p_u=0.1'
+    is AR, the MDM, the MDM with Beta-distributed training t and GIDD at p_u = 0.1. A series with
+    overrides is named '<objective>+<last key part>=<value>...' ('mdm+t_proposal=beta'); the
+    keys must be config keys (checked when the points' configs are built) and the values plain
+    (letters, digits, '._-', which name directories). Raises ConfigError naming the entry."""
+    from dllm_jax import objectives
+
+    out, seen = [], set()
+    for entry in (e.strip() for e in str(text).split(",")):
+        if not entry:
+            continue
+        objective, *pairs = [part.strip() for part in entry.split("+")]
+        if objective not in objectives.names():
+            raise ConfigError(f"--grid objectives: {entry!r} names no objective {objective!r}; give some of "
+                              f"{', '.join(objectives.names())}, each optionally with +KEY=VALUE, e.g. mdm+mdm.t_proposal=beta")
+        overrides, suffix = {}, ""
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip() or not _VALUE.match(value.strip()) or key.strip() == "objective":
+                raise ConfigError(f"--grid objectives: {entry!r}: {pair!r} must be KEY=VALUE with a config key and a plain value "
+                                  "(letters, digits, '._-'), e.g. mdm+mdm.t_proposal=beta")
+            overrides[key.strip()] = value.strip()
+            suffix += f"+{key.strip().split('.')[-1]}={value.strip()}"
+        if objective + suffix in seen:
+            raise ConfigError(f"--grid objectives: {entry!r} is listed twice; drop one")
+        seen.add(objective + suffix)
+        out.append((objective, overrides, suffix))
+    if not out:
+        raise ConfigError(f"--grid objectives={text!r} names no objective; e.g. objectives=ar,mdm")
+    return out
+
+
+def member_variants(base, members: str = "1") -> list:
+    """Ensemble members of one point: [(name suffix, overrides)], K = `members` (an int >= 1):
+    member 0 is the point itself, member k > 0 adds `train.member_seed` = base + k and the suffix
+    '_m<k>' (another init, noise and data order on the same unique tokens: `rng.run_key`)."""
+    try:
+        k = int(str(members).strip())
+    except ValueError:
+        k = 0
+    if not 1 <= k <= 64:
+        raise ConfigError(f"--grid members={members!r} must be an integer in [1, 64] (the runs per ensemble; 1 = no ensembles)")
+    first = int(base.train.member_seed)
+    return [("", {})] + [(f"_m{i}", {"train.member_seed": first + i}) for i in range(1, k)]
+
+
+def series_points(base, objectives: str = "ar,mdm", weight_decays: str = "", mir_weights: str = "", tune: str = "ar",
+                  members: str = "1", ensemble: str = "") -> list:
+    """Every run of one budget: [(name suffix, overrides)] for the grid's series (`series_specs`),
+    each with its tuning variants (`tuning_variants`) and, for the series listed in `ensemble`
+    (series specs as in `objectives`, e.g. 'ar,mdm'; '' = every series), `members` - 1 more members of its untuned
+    point (`member_variants`; decided: only the point at the base config's tuning keys is
+    replicated, so K members cost K runs, not K per tuning variant; to ensemble another recipe,
+    set its keys sweep-wide, e.g. --config.train.weight_decay=0.8). The suffix starts with
+    '_<objective>'; the overrides include 'objective'. `dllm-jax sweep` evaluates each finished
+    group of members as one ensemble (`dllm_jax.study.ensemble`)."""
+    specs = series_specs(objectives)
+    names = [objective + suffix for objective, _, suffix in specs]
+    chosen = {objective + suffix for objective, _, suffix in series_specs(ensemble)} if str(ensemble).strip() else set(names)
+    if chosen - set(names):
+        raise ConfigError(f"--grid ensemble={ensemble!r}: {sorted(chosen - set(names))[0]!r} is not a series of the grid; "
+                          f"give some of --grid objectives ({', '.join(names)})")
+    variants = member_variants(base, members)
+    out = []
+    for objective, overrides, spec_suffix in specs:
+        for tuning_suffix, tuning in tuning_variants(base, objective, weight_decays, mir_weights, tune):
+            replicated = not tuning_suffix and objective + spec_suffix in chosen
+            for member_suffix, member in (variants if replicated else variants[:1]):
+                out.append((f"_{objective}{spec_suffix}{tuning_suffix}{member_suffix}",
+                            {"objective": objective, **overrides, **tuning, **member}))
+    return out
+
+
 def short_number(n: float) -> str:
     """1e5 -> '1e5', 250000 -> '2.5e5', 1.5e9 -> '1.5e9', 4096 -> '4096' (for point names)."""
     if float(n) < 1e4 and float(n).is_integer():

@@ -33,7 +33,9 @@ bookkeeping keys (e.g. 'ar input_mask_rate=0.3' in the ablation grid). Within on
 (model, budget) panel the AR series are compared with the MDM series. A run's *family* is its
 series without the tuning keys (`TUNING_KEYS`: weight decay, MIR): the variants of a tuning
 sweep form one family, whose best run at each budget is the '<family>-tuned' series
-(`dllm_jax.study.series`).
+(`dllm_jax.study.series`). Ensembles (`dllm_jax.study.ensemble`): a run whose run.json lists
+`ensemble` members is the series '<member 0's series>-ensemble' (a family of its own); members
+other than member 0 (`train.member_seed` > 0, never a series key) are left out of the panels.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ _NOT_SERIES = ("objective", "data.unique_tokens", "data.epochs", "train.num_step
 # keys a tuning sweep varies (Kim, Kotha et al.: weight decay; Xu et al.: MIR): they name a series,
 # but not its family (`Run.family`)
 TUNING_KEYS = ("train.weight_decay", "ar.mir_weight", "ar.mir_rate", "ar.mir_rate_min", "ar.mir_prefix")
+# the ensemble member key: runs that differ only in it are replicates of one series, not series
+REPLICATE_KEYS = ("train.member_seed",)
+ENSEMBLE_SUFFIX = "-ensemble"
 
 
 @dataclasses.dataclass
@@ -79,6 +84,17 @@ class Run:
     cloze_config: dict | None = None  # the task of the cloze records when they come from eval files ('eval.cloze_*' keys)
     eval_cloze_tasks: list = dataclasses.field(default_factory=list)  # the cloze rescoring tasks in <workdir>/eval/
     family: str = ""  # the series without the tuning keys (TUNING_KEYS)
+
+    @property
+    def ensemble(self) -> list:
+        """The member runs' names when this is an ensemble's directory (`study.ensemble`), else []."""
+        members = self.info.get("ensemble")
+        return list(members) if isinstance(members, list) else []
+
+    @property
+    def replicate(self) -> bool:
+        """An ensemble member other than member 0 (train.member_seed > 0): not a series of its own."""
+        return not self.ensemble and bool(self.config.get("train.member_seed"))
 
     @property
     def corpus(self) -> str:
@@ -350,11 +366,12 @@ def assign_series(runs) -> None:
     defaults = flatten(default_config().to_dict())
     keys = sorted({k for r in runs for k in r.config})
     varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
-               and k not in _NOT_SERIES and not how_key(k)]
+               and k not in _NOT_SERIES and k not in REPLICATE_KEYS and not how_key(k)]
     for r in runs:
         differ = [k for k in varying if r.config.get(k) != defaults.get(k)]
-        r.series = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ])
-        r.family = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ if k not in TUNING_KEYS])
+        tail = ENSEMBLE_SUFFIX if r.ensemble else ""  # an ensemble is a series of its own, and a family of its own
+        r.series = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ]) + tail
+        r.family = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ if k not in TUNING_KEYS]) + tail
 
 
 def model_label(params: int) -> str:
@@ -362,9 +379,13 @@ def model_label(params: int) -> str:
 
 
 def panels(runs) -> dict:
-    """{(params, unique_tokens): {series: run}} (a later run of the same series wins, with a warning)."""
+    """{(params, unique_tokens): {series: run}} (a later run of the same series wins, with a warning).
+    Ensemble members other than member 0 (`Run.replicate`) are in no panel: their series is
+    member 0's, and the ensemble's directory stands for them together."""
     out = {}
     for r in runs:
+        if r.replicate:
+            continue
         cell = out.setdefault((r.params, r.unique_tokens), {})
         if r.series in cell:
             log.warning("runs %s and %s are the same series %r at U=%d; using %s", cell[r.series].name, r.name, r.series, r.unique_tokens, r.name)

@@ -29,6 +29,11 @@ Checked before any point starts (each a single `error:`, exit 2, nothing started
 Then the sweep records its grid in ROOT/sweep_plan.json (`write_plan`; `dllm-jax report` lists
 the planned points that never started).
 
+Ensembles (`dllm_jax.study.ensemble`): after its points, the sweep scores each group of
+points that differ only in `train.member_seed` (`--grid members=K`) once all of them are
+finished, into ROOT/<member 0>_ens<K>/ (with --index: the groups of that point). `--list`
+shows them too.
+
 Output: each point's training prints its progress prefixed with `point i/N NAME` (i counts
 the points of this invocation; `train` reads the label from $DLLM_JAX_RUN_LABEL): plain lines
 (step, loss, tokens/s, MFU, lr, elapsed, ETA) when the sweep's output is not a terminal, a
@@ -365,9 +370,39 @@ def _record_attempt(workdir: str, outcome: str, seconds: float) -> None:
 
 
 def _print_list(grid) -> None:
+    from dllm_jax.study import ensemble
+
     for p in grid.points:
         sets = " ".join(f"{k}={v}" for k, v in p.overrides.items())
         print(f"{p.index:3d}  {point_status(p.workdir):8s} {p.name:24s} {sets}")
+    for g in ensemble.groups(grid):
+        print(f"  -  {ensemble.status(g):8s} {g.name:24s} ensemble of {', '.join(p.name for p in g.members)}")
+
+
+def run_ensembles(grid, points) -> list[dict]:
+    """Score every ensemble (`dllm_jax.study.ensemble`) that has a member among `points` and
+    whose members are all finished, in this process; one result per ensemble scored."""
+    from dllm_jax.study import ensemble
+
+    selected, results = {p.name for p in points}, []
+    for g in ensemble.groups(grid):
+        if not selected & {p.name for p in g.members} or ensemble.status(g) != "todo":
+            continue
+        print(f"[sweep] ensemble {g.name}: scoring {len(g.members)} members at their shared evaluation steps", flush=True)
+        t0 = time.perf_counter()
+        try:
+            n = ensemble.evaluate_group(g)
+            outcome = "finished"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except DllmError as e:
+            log.error("ensemble %s failed: %s", g.name, e)
+            n, outcome = 0, f"failed ({type(e).__name__})"
+        seconds = round(time.perf_counter() - t0, 1)
+        _record_attempt(g.workdir, outcome, seconds)
+        print(f"[sweep] ensemble {g.name}: {outcome} in {seconds:.1f} s ({n} steps scored)", flush=True)
+        results.append({"index": "-", "name": g.name, "status": outcome, "seconds": seconds})
+    return results
 
 
 def run(args) -> int:
@@ -389,10 +424,13 @@ def run(args) -> int:
     check_corpus_budgets(todo)
     write_plan(grid)
     results = run_points(grid, points, in_process=args.in_process or args.index is not None)
+    if len(results) == len(points):  # not after an interruption
+        results += run_ensembles(grid, points)
     print("[sweep] summary:")
     for r in results:
-        print(f"  {r['index']:3d} {r['name']:24s} {r['status']:24s} {r['seconds']:9.1f}s")
+        print(f"  {r['index']:>3} {r['name']:24s} {r['status']:24s} {r['seconds']:9.1f}s")
     bad = [r for r in results if not (r["status"] == "finished" or r["status"].startswith("skipped"))]
-    if len(results) < len(points):
-        print(f"[sweep] {len(points) - len(results)} point(s) not started")
-    return 1 if bad or len(results) < len(points) else 0
+    started = [r for r in results if r["index"] != "-"]
+    if len(started) < len(points):
+        print(f"[sweep] {len(points) - len(started)} point(s) not started")
+    return 1 if bad or len(started) < len(points) else 0

@@ -36,8 +36,12 @@ Why these choices (see the README's study section for the measurements behind th
   a finished schedule at its own (U, E), the point the R* fit needs.
 
 Grid parameters (--grid NAME=VALUE): `budgets` (U, comma-separated), `tokens` (B),
-`objectives` (default ar,mdm; `ar,mdm,block_diffusion` adds block diffusion with blocks of
-`block_diffusion.block_size` = 16), `eval_ratio` (spacing of the log-spaced evaluations),
+`objectives` (the series, default ar,mdm; `ar,mdm,block_diffusion` adds block diffusion with
+blocks of `block_diffusion.block_size` = 16; an entry may carry overrides,
+`mdm+mdm.t_proposal=beta` or `gidd+gidd.p_u=0.1`: `dllm_jax.study.grid.series_specs`),
+`members` and `ensemble` (K-member ensembles of the series listed, default every series:
+`series_points`; the sweep scores them, the report names them '<series>-ensemble'),
+`eval_ratio` (spacing of the log-spaced evaluations),
 and the tuning axis (`dllm_jax.study.grid.tuning_variants`): `weight_decays` (e.g.
 0.1,0.8,3.2: "AR tuned" is the best of a weight-decay sweep at each U, Kim, Kotha et al.
 arXiv:2509.14786), `mir_weights` (e.g. 0,0.4: AR with masked-input regularisation on top,

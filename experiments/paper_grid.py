@@ -11,8 +11,10 @@ optimiser and WSD schedule: dllm_jax.study.paper.
 
 Grid parameters (--grid NAME=VALUE): `sizes` (e.g. 1b,8b; also 1.7b, the study's script
 example), `unique` (tokens, comma-separated), `objectives`, `tokens` (the budget), and the
-tuning axis as in experiments/cpu_grid.py: `weight_decays`, `mir_weights`, `tune`
-(`dllm_jax.study.grid.tuning_variants`; e.g. weight_decays=0.1,0.8,3.2 for "AR tuned").
+tuning axis and ensembles as in experiments/cpu_grid.py: `weight_decays`, `mir_weights`, `tune`
+(`dllm_jax.study.grid.tuning_variants`; e.g. weight_decays=0.1,0.8,3.2 for "AR tuned"), `members`,
+`ensemble` (`dllm_jax.study.grid.series_points`); `objectives` entries may carry overrides
+(e.g. mdm+mdm.t_proposal=beta).
 """
 
 from dllm_jax.config import default_config

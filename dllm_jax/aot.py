@@ -260,16 +260,13 @@ def dcn_collectives(hlo_text: str) -> dict:
     transfers in the program, 'unknown_trip_counts': int}."""
     comps: dict[str, list[str]] = {}
     entry, current = None, None
-    for line in hlo_text.splitlines():
-        if current is None:
-            m = _HEADER.match(line)
-            if m:
-                current = m.group(2)
-                comps[current] = []
-                entry = current if m.group(1) else entry
-        elif line.startswith("}"):
-            current = None
-        else:
+    for line in hlo_text.splitlines():  # a computation: a header at column 0, its instructions indented
+        m = _HEADER.match(line) if line[:1] in ("%", "E") else None
+        if m:
+            current = m.group(2)
+            comps[current] = []
+            entry = current if m.group(1) else entry
+        elif current is not None and line.startswith("  "):  # (a kernel's multi-line config may hold a '}' line)
             comps[current].append(line)
     callers: dict[str, list[tuple[str, int]]] = {}
     unknown = 0

@@ -503,7 +503,7 @@ def format_report(r: dict) -> str:
         "  XLA step time       " + ("n/a" if r["xla_seconds"] is None else f"{r['xla_seconds'] * 1e3:10.2f} ms " + (
             "(cost model estimate + the kernel's attention FLOPs at peak)" if kernel else "(cost model estimate)")),
         "  estimated MFU       " + ("n/a" if r["mfu"] is None else f"{100 * r['mfu']:9.1f} %  (model FLOPs / (step time x peak))"),
-        "  tokens/s (slice)    " + ("n/a" if r["tokens_per_sec"] is None else f"{r['tokens_per_sec']:12,.0f}"),
+        ("  tokens/s (slice)    " if slices == 1 else "  tokens/s (slices)   ") + ("n/a" if r["tokens_per_sec"] is None else f"{r['tokens_per_sec']:12,.0f}"),
     ]
     dcn = r.get("dcn_collectives")
     if dcn is not None:

@@ -161,7 +161,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.init.from_workdir = ""  # a dllm-jax run dir: its latest params (fresh optimizer, step 0), model.* and tokenizer
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # -1 = fill with the remaining devices
+    c.mesh.data = -1  # -1 = fill with the remaining devices (of each slice: these four sizes are per slice)
     c.mesh.fsdp = 1  # fully-sharded data parallelism (parameters split over it)
     c.mesh.tensor = 1  # tensor parallelism (heads, MLP, vocab)
     c.mesh.expert = 1  # expert parallelism (MoE weights are split over it; it also shards the batch)

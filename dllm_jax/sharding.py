@@ -93,10 +93,16 @@ def resolve_mesh_shape(axis_sizes: dict[str, int], num_devices: int, num_slices:
     return tuple(sizes)
 
 
+def _tpu_slices(devices) -> bool:
+    """Whether the slices come from the devices: TPU devices carry their slice_index (other
+    platforms' devices are grouped only by mesh.num_slices)."""
+    return all(getattr(d, "platform", "tpu") == "tpu" and hasattr(d, "slice_index") for d in devices)
+
+
 def device_slices(devices, num_slices: int = 0) -> list[list]:
     """The devices grouped into slices, in slice order.
 
-    Devices with a `slice_index` (TPU) are grouped by it; `num_slices` > 0 must then match.
+    TPU devices are grouped by their `slice_index`; `num_slices` > 0 must then match.
     Devices without one (CPU, GPU) are one slice, or with `num_slices=N` (config key
     mesh.num_slices) N contiguous blocks of `devices` (simulated slices, for tests and
     experiments). ConfigError when the count does not fit the devices."""
@@ -104,7 +110,7 @@ def device_slices(devices, num_slices: int = 0) -> list[list]:
     num_slices = int(num_slices or 0)
     if num_slices < 0:
         raise ConfigError(f"mesh.num_slices={num_slices} must be 0 (read the slices from the devices) or a positive count")
-    if all(hasattr(d, "slice_index") for d in devices):
+    if _tpu_slices(devices):
         groups: dict[int, list] = {}
         for d in devices:
             groups.setdefault(int(d.slice_index), []).append(d)
@@ -165,7 +171,7 @@ def make_mesh(axis_sizes: dict[str, int], devices=None) -> jax.sharding.Mesh:
     ici_shape = tuple(ici[a] for a in DEVICE_ORDER)
     dcn_shape = tuple(dcn.get(a, 1) for a in DEVICE_ORDER)
     split = devices[0].device_kind in ("TPU v5 lite", "TPU v5e")  # as jax.make_mesh decides it
-    if all(hasattr(d, "slice_index") for d in devices):
+    if _tpu_slices(devices):
         grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, allow_split_physical_axes=split)
     else:  # simulated slices: each block laid out as one slice, blocks slice-major
         per_slice = [mesh_utils.create_device_mesh(ici_shape, s, allow_split_physical_axes=split) for s in slices]

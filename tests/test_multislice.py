@@ -2,6 +2,7 @@
 (8 CPU devices as slices through mesh.num_slices), its errors, each slice's rows of the batch,
 and a run saved on 2 slices that resumes on 1 with the losses of an uninterrupted run."""
 
+import os
 import types
 
 import jax
@@ -129,3 +130,33 @@ def test_run_on_two_slices_resumes_on_one_with_the_losses_of_an_uninterrupted_ru
     assert len(_losses(full)) == 16 and _losses(parts) == _losses(full)
     for a, b in zip(jax.tree.leaves(load_run(parts).params), jax.tree.leaves(load_run(full).params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow  # a 2-process run: ~30 s of CPU
+def test_two_processes_as_two_slices_each_read_their_half_of_every_batch(tmp_path, corpus):
+    """2 processes of 2 CPU devices, each process one simulated slice (mesh.num_slices=2: the
+    blocks of jax.devices(), which JAX orders by process), FSDP over a slice's 2 devices, data
+    across the slices: each process loads only its half of every global batch (its data
+    position is saved as shard i of 2), and the losses equal one process's on 8 devices."""
+    from test_multihost import _launch_two, _losses as mh_losses, _wait
+
+    from dllm_jax.data.pipeline import build_dataset
+
+    paths, cache = corpus
+    common = dict(train__num_steps=4, train__log_every=1, train__checkpoint_every=4, train__eval_every=0, data__val_tokens=0)
+    cfg = tiny_config(paths, cache, "mdm", mesh__data=1, mesh__fsdp=2, mesh__dcn_data=2, mesh__num_slices=2, **common)
+    build_dataset(cfg, None)  # tokenizer and token store built once, before the children read them
+    config_file = tmp_path / "ms_config.py"
+    config_file.write_text(f"from dllm_jax.config import complete\ndef get_config():\n    return complete({cfg.to_dict()!r})\n")
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    runs = {"two": _launch_two(str(config_file), two, str(tmp_path))}
+    try:
+        train(tiny_config(paths, cache, "mdm", mesh__data=-1, mesh__fsdp=2, **common), one)
+    finally:
+        _wait(runs, str(tmp_path))
+    ref, got = mh_losses(one), mh_losses(two)
+    assert sorted(got) == sorted(ref) == [1, 2, 3, 4]
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=2e-5), step
+    data_dir = os.path.join(two, "checkpoints", "4", "data")
+    assert sorted(f for f in os.listdir(data_dir) if f.endswith(".json")) == ["process_0-of-2.json", "process_1-of-2.json"]

@@ -172,7 +172,12 @@ def make_mesh(axis_sizes: dict[str, int], devices=None) -> jax.sharding.Mesh:
     dcn_shape = tuple(dcn.get(a, 1) for a in DEVICE_ORDER)
     split = devices[0].device_kind in ("TPU v5 lite", "TPU v5e")  # as jax.make_mesh decides it
     if _tpu_slices(devices):
-        grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, allow_split_physical_axes=split)
+        try:
+            grid = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, allow_split_physical_axes=split)
+        except (ValueError, NotImplementedError) as e:  # a per-slice shape the slice's physical topology cannot hold
+            raise ConfigError(f"mesh {ici} per slice (over ICI) cannot be laid out on a slice of {len(slices[0])} "
+                              f"{devices[0].device_kind} chips: {e}. Choose other mesh.data/fsdp/expert/tensor sizes "
+                              "(e.g. --config.mesh.data=1 --config.mesh.fsdp=-1)") from None
     else:  # simulated slices: each block laid out as one slice, blocks slice-major
         per_slice = [mesh_utils.create_device_mesh(ici_shape, s, allow_split_physical_axes=split) for s in slices]
         blocks = np.empty(dcn_shape, dtype=object)

@@ -37,6 +37,22 @@ def test_hybrid_mesh_of_a_two_slice_topology_keeps_each_slice_on_its_own_data_bl
         aot.topology_devices(TOPOLOGY, 0)
 
 
+def test_a_per_slice_shape_the_physical_slice_cannot_hold_is_a_config_error(monkeypatch):
+    """JAX's physical layout refuses some per-slice shapes (ValueError / NotImplementedError): one
+    ConfigError naming the mesh keys, not a traceback."""
+    from jax.experimental import mesh_utils
+
+    from dllm_jax.errors import ConfigError
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("Failed to find assignment for logical_axis_index 1 of size 4")
+
+    monkeypatch.setattr(mesh_utils, "create_hybrid_device_mesh", refuse)
+    with pytest.raises(ConfigError, match=r"per slice \(over ICI\) cannot be laid out on a slice of 4 TPU v5 chips: "
+                                          r"Failed to find .* Choose other mesh.data/fsdp/expert/tensor sizes"):
+        sharding.make_mesh(dict(_config().mesh), aot.topology_devices(TOPOLOGY, 2))
+
+
 @pytest.mark.parametrize("objective", ["ar", "mdm", "block_diffusion"])
 def test_two_slices_compile_and_only_gradient_all_reduces_cross_dcn(reports, objective):
     """Data over DCN, FSDP inside the slices: the only transfers between slices are all-reduces

@@ -107,8 +107,9 @@ def _losses(workdir):
     return [(r["step"], r["loss"]) for r in read_metrics(workdir) if "loss" in r]
 
 
+@pytest.mark.slow  # three tiny runs: ~40 s of CPU
 def test_run_on_two_slices_resumes_on_one_with_the_losses_of_an_uninterrupted_run(tmp_path, corpus, monkeypatch):
-    """8 CPU devices as 2 slices of 4 (ICI data 2 x fsdp 2, DCN data 2), stopped at step 8 and
+    """8 CPU devices as 2 slices of 4 (ICI data 2 x fsdp 2, DCN data 2), stopped at step 4 of 8 and
     checkpointed; resumed as 1 slice of 8 (data 4 x fsdp 2) at the same global batch: every
     logged loss and the final parameters equal those of a run on 2 slices throughout."""
     from dllm_jax.checkpoint import load_run
@@ -116,18 +117,18 @@ def test_run_on_two_slices_resumes_on_one_with_the_losses_of_an_uninterrupted_ru
     paths, cache = corpus
     two = dict(mesh__data=2, mesh__fsdp=2, mesh__dcn_data=2, mesh__num_slices=2)
     one = dict(mesh__data=-1, mesh__fsdp=2)
-    common = dict(train__log_every=1, train__eval_every=0, train__checkpoint_every=100)
+    common = dict(train__log_every=1, train__eval_every=0, train__checkpoint_every=100, data__epochs=1, data__val_tokens=0)
     built = []
     make_mesh = sharding.make_mesh
     monkeypatch.setattr(sharding, "make_mesh", lambda sizes, devices=None: built.append(dict(sizes)) or make_mesh(sizes, devices))
     full = str(tmp_path / "full")
     s = train(tiny_config(paths, cache, "mdm", **two, **common), full)
-    assert s["num_steps"] == 16 and built[-1]["num_slices"] == 2
+    assert s["num_steps"] == 8 and built[-1]["num_slices"] == 2
     parts = str(tmp_path / "parts")
-    train(tiny_config(paths, cache, "mdm", **two, **common), parts, stop_after=8)
+    train(tiny_config(paths, cache, "mdm", **two, **common), parts, stop_after=4)
     train(tiny_config(paths, cache, "mdm", **one, **common), parts)
     assert built[-1]["num_slices"] == 0 and built[-1]["dcn_data"] == -1
-    assert len(_losses(full)) == 16 and _losses(parts) == _losses(full)
+    assert len(_losses(full)) == 8 and _losses(parts) == _losses(full)
     for a, b in zip(jax.tree.leaves(load_run(parts).params), jax.tree.leaves(load_run(full).params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

@@ -17,8 +17,8 @@ the number of slices; the default dcn_data=-1 puts every slice on the data axis,
 all-reduces cross DCN). A mesh axis is then dcn x ici long, slice-major: slice s holds the data
 indices [s * data, (s + 1) * data), hence a contiguous block of every global batch. Tensor and
 expert axes never span slices (there are no DCN keys for them). The slices are read from the
-devices' `slice_index` (TPU; `jax.experimental.mesh_utils.create_hybrid_device_mesh` lays the
-mesh out); devices without one (CPU, GPU) are one slice, unless `mesh.num_slices=N` groups them
+TPU devices' `slice_index` (`jax.experimental.mesh_utils.create_hybrid_device_mesh` lays the
+mesh out); other devices (CPU, GPU) are one slice, unless `mesh.num_slices=N` groups them
 into N contiguous blocks of `jax.devices()` (simulated slices: how the tests run a 2-slice mesh on
 8 CPU devices). One slice (the default everywhere but a multi-slice TPU job) is the plain
 `jax.make_mesh` of before.

@@ -21,6 +21,21 @@ XLA:TPU. The report gives, per device (a chip, or a core where libtpu exposes co
   model count (`Objective.train_attention_flops_per_token`, forward + backward) to XLA's FLOPs and
   that work at the chip's peak to its step time (`kernel_attention_flops`, and the text says so).
 
+Several slices (`--num-slices N`, docs/pods.md): libtpu describes N copies of the topology
+joined over the data-center network (DCN), each device with its `slice_index`; the mesh is the
+hybrid mesh of `sharding.make_mesh` (mesh.* sizes per slice, mesh.dcn_data / mesh.dcn_fsdp
+across slices). XLA:TPU lowers every collective that crosses slices to "megascale" host
+transfers (send/recv with `_xla_megascale_transfer_type` ALL_REDUCE, ALL_GATHER, ...), which
+`dcn_collectives` counts in the compiled HLO: per step (a transfer inside the scanned-layer loop
+counts once per layer) and in bytes per chip (the payload each chip sends). With the default
+mesh.dcn_data only gradient all-reduces cross DCN; a mesh.dcn_fsdp > 1 is compiled and reported
+(its parameter all-gathers then cross DCN every step, and the report says so), not refused.
+Measured with libtpu 0.0.52: v5p multi-slice steps compile with any mesh; on v5e and v6e,
+XLA:TPU refuses a multi-slice step whose scanned parameters are replicated within a slice
+(mesh.fsdp=1: "UNIMPLEMENTED: AllReduceScatterFusion not implemented for 2nd-minor
+compaction"), which is a CompileError advising FSDP inside the slices (mesh.fsdp=-1, what the
+paper configs use) or model.scan_layers=False.
+
 Decisions where the task was silent: the model is sized from `data.vocab_size` (no
 tokenizer is loaded); HBM and peak bf16 FLOP/s per chip come from the table below
 (published figures; override with --hbm-gib / --peak-tflops); a config that compiles but
@@ -58,6 +73,9 @@ class CompileError(DllmError):
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment file with get_config(), e.g. experiments/paper_1b.py")
     parser.add_argument("--topology", required=True, help=f"TPU topology name libtpu knows, e.g. {EXAMPLES}")
+    parser.add_argument("--num-slices", type=int, default=1,
+                        help="slices of --topology joined over DCN (multi-slice); mesh.dcn_data / mesh.dcn_fsdp spread the "
+                             "data / fsdp axis over them (default: data)")
     parser.add_argument("--hbm-gib", type=float, default=None, help="HBM per chip in GiB (default: from the chip kind)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s per chip (default: from the chip kind)")
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
@@ -82,8 +100,9 @@ def _quiet_libtpu() -> None:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def topology_devices(name: str):
-    """The devices of a TPU topology, from libtpu; CompileError if unknown or libtpu is missing."""
+def topology_devices(name: str, num_slices: int = 1):
+    """The devices of a TPU topology, from libtpu (`num_slices` copies of it joined over DCN, each
+    device with its `slice_index`); CompileError if unknown or libtpu is missing."""
     _quiet_libtpu()
     from jax.experimental import topologies
 
@@ -92,7 +111,10 @@ def topology_devices(name: str):
     except ImportError:
         raise CompileError("compiling for a TPU topology needs libtpu: pip install libtpu (about 0.5 GB)") from None
     try:
-        return topologies.get_topology_desc(topology_name=name, platform="tpu").devices
+        if num_slices < 1:
+            raise CompileError(f"--num-slices {num_slices}: give a number of slices >= 1")
+        kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
+        return topologies.get_topology_desc(topology_name=name, platform="tpu", **kwargs).devices
     except Exception as e:  # libtpu reports bad names as runtime errors
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "INVALID_ARGUMENT" in detail:
@@ -182,8 +204,109 @@ def _compile(config, devices, topology: str):
             if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text:
                 first = next((line for line in text.splitlines() if "memory" in line.lower()), text.splitlines()[0])
                 raise CompileError(f"{topology}: the train step does not fit in HBM ({first.strip()}). " + _advice(config)) from None
+            slices = len({getattr(d, "slice_index", 0) for d in devices})
+            if slices > 1 and "2nd-minor compaction" in text:
+                raise CompileError(
+                    f"{topology} x {slices} slices: XLA:TPU cannot compile this multi-slice step ({text.splitlines()[0].strip()}); "
+                    f"libtpu does so on {devices[0].device_kind} when the scanned parameters are replicated within a slice "
+                    f"(mesh.fsdp={mesh.shape['fsdp']}). Shard them inside each slice (--config.mesh.data=1 --config.mesh.fsdp=-1) "
+                    "or unroll the layers (--config.model.scan_layers=false)") from None
             raise
     return compiled, abstract, model, mesh, time.perf_counter() - t0
+
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "s4": 0.5, "u4": 0.5}
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$")
+_CALLEE = re.compile(r"\b(condition|body|calls|to_apply|true_computation|false_computation)=%([^\s,)}]+)")
+_BRANCHES = re.compile(r"\bbranch_computations=\{([^}]*)\}")
+_ATTR = re.compile(r'(_xla_megascale_transfer_type|_xla_host_transfer_rendezvous)="([^"]*)"')
+
+
+def _array_bytes(text: str) -> int:
+    """Bytes of the first array shape in `text` (e.g. 'f32[8,128]{1,0:T(8,128)}' -> 4096)."""
+    m = _ARRAY.search(text)
+    if not m or m.group(1) not in _DTYPE_BYTES:
+        return 0
+    return int(math.prod(int(v) for v in m.group(2).split(",") if v) * _DTYPE_BYTES[m.group(1)])
+
+
+def _trip_count(cond_lines: list[str]) -> int | None:
+    """Trips of a while loop from its condition `counter < constant` (how scans are lowered); None if not that form."""
+    consts = {}
+    for line in cond_lines:
+        m = re.match(r"\s*%(\S+) = s32\[\]\S* constant\((-?\d+)\)", line)
+        if m:
+            consts[m.group(1)] = int(m.group(2))
+    root = next((line for line in cond_lines if line.lstrip().startswith("ROOT")), "")
+    m = re.search(r"compare\(%(\S+), %(\S+)\), direction=LT", root)
+    if m and m.group(2) in consts:
+        return consts[m.group(2)]
+    return None
+
+
+def dcn_collectives(hlo_text: str) -> dict:
+    """The collectives of a compiled XLA:TPU program that cross slices (DCN), per step.
+
+    XLA:TPU lowers them to host transfers to the megascale runtime (`send` instructions with
+    `_xla_host_transfer_handler_name="xla_megascale_runtime"` and a `_xla_megascale_transfer_type`:
+    ALL_REDUCE, ALL_GATHER, REDUCE_SCATTER, ALL_TO_ALL, ...). Each is counted as often as it runs
+    in one step: a transfer inside a while loop (the scan over layers) once per trip, the trip
+    count read from the loop condition (`i < N`; `unknown_trip_counts` counts loops of another
+    form, whose transfers are counted once). Bytes are what one chip sends (the payload shape).
+
+    Returns {'count': int, 'bytes': int, 'by_type': {TYPE: {'count', 'bytes'}}, 'ops': distinct
+    transfers in the program, 'unknown_trip_counts': int}."""
+    comps: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo_text.splitlines():  # a computation: a header at column 0, its instructions indented
+        m = _HEADER.match(line) if line[:1] in ("%", "E") else None
+        if m:
+            current = m.group(2)
+            comps[current] = []
+            entry = current if m.group(1) else entry
+        elif current is not None and line.startswith("  "):  # (a kernel's multi-line config may hold a '}' line)
+            comps[current].append(line)
+    callers: dict[str, list[tuple[str, int]]] = {}
+    unknown = 0
+    for name, lines in comps.items():
+        for line in lines:
+            callees = dict((k, v) for k, v in _CALLEE.findall(line))
+            trips = 1
+            if "body" in callees:
+                trips = _trip_count(comps.get(callees.get("condition", ""), []))
+                if trips is None:
+                    unknown, trips = unknown + 1, 1
+            for kind, callee in _CALLEE.findall(line):
+                callers.setdefault(callee, []).append((name, trips if kind == "body" else 1))
+            for group in _BRANCHES.findall(line):
+                for callee in re.findall(r"%([^\s,}]+)", group):
+                    callers.setdefault(callee, []).append((name, 1))
+    memo: dict[str, int] = {}
+
+    def runs(name: str, depth: int = 0) -> int:
+        if name == entry:
+            return 1
+        if name not in memo:
+            memo[name] = 0 if depth > 200 else sum(runs(c, depth + 1) * f for c, f in callers.get(name, []))
+        return memo[name]
+
+    by_type: dict[str, dict[str, int]] = {}
+    ops = 0
+    for name, lines in comps.items():
+        for line in lines:
+            if "xla_megascale_runtime" not in line or " send(" not in line:
+                continue
+            attrs = dict(_ATTR.findall(line))
+            kind = attrs.get("_xla_megascale_transfer_type", "UNKNOWN")
+            n = runs(name)
+            entry_ = by_type.setdefault(kind, {"count": 0, "bytes": 0})
+            entry_["count"] += n
+            entry_["bytes"] += n * _array_bytes(line.split(" send(")[0].split("=", 1)[1])
+            ops += 1
+    return {"count": sum(v["count"] for v in by_type.values()), "bytes": sum(v["bytes"] for v in by_type.values()),
+            "by_type": by_type, "ops": ops, "unknown_trip_counts": unknown}
 
 
 def _layer_probe(config):
@@ -197,19 +320,21 @@ def _layer_probe(config):
 
 
 def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_tflops: float | None = None,
-                   cost_probe: bool = True) -> dict:
+                   cost_probe: bool = True, num_slices: int = 1) -> dict:
     """Compile `config`'s train step for `topology` and return the report (see module doc).
 
     XLA's cost model counts the body of a loop once, so with `scan_layers` it sees one layer.
     `cost_probe` compiles the same step once more with 2 unrolled layers and extrapolates:
     cost = cost(scanned) + (n_layers - 1) * (cost(2 unrolled) - cost(scanned)). Other loops
-    (loss chunks, gradient accumulation) are still counted once (flagged in the report)."""
+    (loss chunks, gradient accumulation) are still counted once (flagged in the report).
+    `num_slices` > 1 compiles for that many copies of `topology` joined over DCN and adds
+    'dcn_collectives' (`dcn_collectives`) and 'dcn_axes' (how many slices each mesh axis spans)."""
     import jax
 
     config_lib.validate(config)
-    devices = topology_devices(topology)
+    devices = topology_devices(topology, num_slices)
     kind = devices[0].device_kind
-    chips = _chips_in(topology) or len(devices)
+    chips = (_chips_in(topology) or len(devices) // num_slices) * num_slices
     per_chip = max(len(devices) // chips, 1)
     hbm_chip, peak_chip = CHIPS.get(kind, (None, None))
     if hbm_gib:
@@ -267,8 +392,15 @@ def compile_report(config, topology: str, *, hbm_gib: float | None = None, peak_
             xla_flops = xla_flops + kernel_flops
         if seconds is not None:
             seconds = seconds + kernel_flops / peak if peak else None  # the kernel at the chip's peak: optimistic
+    from dllm_jax import sharding
+
+    slices = sharding.device_slices(devices, config.mesh.get("num_slices", 0))
+    dcn_axes = sharding.resolve_dcn_shape(dict(config.mesh), len(slices))
     report = {
         "topology": topology,
+        "num_slices": num_slices,
+        "dcn_axes": dcn_axes,
+        "dcn_collectives": dcn_collectives(compiled.as_text()) if num_slices > 1 else None,
         "device_kind": kind,
         "devices": n_dev,
         "devices_per_chip": per_chip,
@@ -343,8 +475,10 @@ def format_report(r: dict) -> str:
     kernel = r.get("kernel_attention_flops") or 0.0
     mesh = " ".join(f"{k}={v}" for k, v in r["mesh"].items())
     unit = "chip" if r["devices_per_chip"] == 1 else f"core (1/{r['devices_per_chip']} chip)"
+    slices = r.get("num_slices", 1)
+    where = r["topology"] if slices == 1 else f"{slices} x {r['topology']} (over DCN)"
     lines = [
-        f"{r['topology']}: {r['devices']} x {r['device_kind']}, mesh {mesh}; compiled in {r['compile_seconds']} s",
+        f"{where}: {r['devices']} x {r['device_kind']}, mesh {mesh}; compiled in {r['compile_seconds']} s",
         f"model: {_count(r['params'])} params, {r['objective']}, batch {r['global_batch']} x {r['seq_len']}, "
         f"{r['dtype']}, remat={r['remat']}, scan_layers={r['scan_layers']}, loss_chunk={r['loss_chunk']}, "
         f"attention={r.get('attention_impl', '?')}"
@@ -369,8 +503,19 @@ def format_report(r: dict) -> str:
         "  XLA step time       " + ("n/a" if r["xla_seconds"] is None else f"{r['xla_seconds'] * 1e3:10.2f} ms " + (
             "(cost model estimate + the kernel's attention FLOPs at peak)" if kernel else "(cost model estimate)")),
         "  estimated MFU       " + ("n/a" if r["mfu"] is None else f"{100 * r['mfu']:9.1f} %  (model FLOPs / (step time x peak))"),
-        "  tokens/s (slice)    " + ("n/a" if r["tokens_per_sec"] is None else f"{r['tokens_per_sec']:12,.0f}"),
+        ("  tokens/s (slice)    " if slices == 1 else "  tokens/s (slices)   ") + ("n/a" if r["tokens_per_sec"] is None else f"{r['tokens_per_sec']:12,.0f}"),
     ]
+    dcn = r.get("dcn_collectives")
+    if dcn is not None:
+        spans = ", ".join(f"{a} over {n}" for a, n in r["dcn_axes"].items() if n > 1)
+        kinds = "; ".join(f"{k.lower().replace('_', '-')} {v['count']} ({_gib(v['bytes']).strip()})" for k, v in sorted(dcn["by_type"].items()))
+        lines.append(f"across slices (DCN; mesh axes {spans} slices), per chip and step: {dcn['count']} transfers, "
+                     f"{_gib(dcn['bytes']).strip()}" + (f": {kinds}" if kinds else ""))
+        if r["dcn_axes"].get("fsdp", 1) > 1:
+            lines.append("  note: mesh.dcn_fsdp > 1 puts FSDP across slices: parameters are all-gathered over DCN every step "
+                         "(slow); prefer mesh.dcn_data (data parallelism across slices, FSDP inside each)")
+        if dcn["unknown_trip_counts"]:
+            lines.append(f"  ({dcn['unknown_trip_counts']} loop(s) of unknown length: their transfers are counted once)")
     if r["cost_extrapolated_from_layer_probe"]:
         lines.append(f"  (XLA counts a loop body once: cost = scanned step + {r['n_layers'] - 1} x the extra layer of a 2-layer unrolled probe)")
     if r["loops_counted_once"]:
@@ -381,7 +526,8 @@ def format_report(r: dict) -> str:
 def run(args) -> int:
     _quiet_libtpu()
     cfg = config_lib.load_config(args.config, args.overrides)
-    report = compile_report(cfg, args.topology, hbm_gib=args.hbm_gib, peak_tflops=args.peak_tflops, cost_probe=not args.no_cost_probe)
+    report = compile_report(cfg, args.topology, hbm_gib=args.hbm_gib, peak_tflops=args.peak_tflops, cost_probe=not args.no_cost_probe,
+                            num_slices=args.num_slices)
     print(format_report(report))
     if args.json:
         from dllm_jax import paths
@@ -393,4 +539,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["compile_report", "format_report", "topology_devices", "CHIPS", "CompileError"]
+__all__ = ["compile_report", "format_report", "topology_devices", "dcn_collectives", "CHIPS", "CompileError"]

@@ -162,10 +162,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.init.from_workdir = ""  # a dllm-jax run dir: its latest params (fresh optimizer, step 0), model.* and tokenizer
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # -1 = fill with the remaining devices
+    c.mesh.data = -1  # -1 = fill with the remaining devices (of each slice: these four sizes are per slice)
     c.mesh.fsdp = 1  # fully-sharded data parallelism (parameters split over it)
     c.mesh.tensor = 1  # tensor parallelism (heads, MLP, vocab)
     c.mesh.expert = 1  # expert parallelism (MoE weights are split over it; it also shards the batch)
+    # several slices joined over DCN (docs/pods.md): the four sizes above are per slice (ICI); these spread the data / fsdp axis over slices
+    c.mesh.dcn_data = -1  # slices along the data axis (-1 = every slice not on dcn_fsdp; dcn_data * dcn_fsdp = the number of slices)
+    c.mesh.dcn_fsdp = 1  # slices along the fsdp axis (parameters all-gathered over DCN: slow; prefer dcn_data)
+    c.mesh.num_slices = 0  # 0 = the devices' slice_index (TPU) or one slice; N on devices without one (CPU, GPU) = N contiguous simulated slices
     return c
 
 
@@ -275,6 +279,7 @@ RULES = {
     "eval.at_epoch_end": BOOL, "eval.at_epochs": STR, "eval.cloze_every": _int(0), "eval.cloze_examples": _int(0), "eval.cloze_choices": _int(2),
     "eval.cloze_length": _int(0), "eval.cloze_context": _one_of("left", "both"), "eval.mc_samples": _int(1), "eval.batch_size": _int(1), "eval.val_draws": _int(1),
     "mesh.data": MESH, "mesh.fsdp": MESH, "mesh.tensor": MESH, "mesh.expert": MESH,
+    "mesh.dcn_data": MESH, "mesh.dcn_fsdp": MESH, "mesh.num_slices": _int(0, 1 << 16),
 }
 
 # ---------------------------------------------------------------- what may change on one run

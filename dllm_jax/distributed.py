@@ -163,7 +163,9 @@ def data_shard(mesh, global_batch: int) -> tuple[int, int]:
     if covered != stop or global_batch % rows or start % rows:
         raise ConfigError(
             f"this process's devices hold batch rows {spans} of {global_batch}: not one aligned block. "
-            "Order the mesh so each process's devices are contiguous along the batch axes (data, fsdp, expert)."
+            "Order the mesh so each process's devices are contiguous along the batch axes (data, fsdp, expert)"
+            " (several slices: mesh.dcn_fsdp > 1 with mesh.data > 1 interleaves the slices' rows; put the slices on"
+            " mesh.dcn_data instead)."
         )
     return start // rows, global_batch // rows
 

@@ -36,6 +36,9 @@ PLAN = [
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 8192, "train.batch_size": 64, "model.attention_impl": "xla"}),
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16}),
     ("paper_1b", "v5p:2x2x2", {"objective": "mdm", "data.seq_len": 32768, "train.batch_size": 16, "model.attention_impl": "xla"}),
+    # several slices over DCN (`--num-slices`): data parallelism across slices, FSDP inside each; the same 32 chips as one slice
+    ("paper_8b", "v5p:2x2x4", {"objective": "mdm", "num_slices": 2}),
+    ("paper_8b", "v5p:2x4x4", {"objective": "mdm"}),
 ]
 OBJECTIVES = ("ar", "mdm")  # the default; --objectives ar,mdm,block_diffusion adds the third
 
@@ -51,7 +54,9 @@ def summary_row(name: str, r: dict) -> str:
                                             f"**no** ({100 * b['total'] / r['hbm_bytes']:.0f}%)")
     step = "n/a" if r["xla_seconds"] is None else f"{r['xla_seconds']:.2f}"
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.0f}%"
-    return (f"| {name} | {r['objective']} | {r['topology']} | {mesh} | {r['params'] / 1e9:.2f}B | {_gib(b['params'])} | "
+    slices = r.get("num_slices", 1)
+    topology = r["topology"] if slices == 1 else f"{slices} x {r['topology']}"
+    return (f"| {name} | {r['objective']} | {topology} | {mesh} | {r['params'] / 1e9:.2f}B | {_gib(b['params'])} | "
             f"{_gib(b['opt_state'])} | {_gib(b['temp'])} | {_gib(b['total'])} | {fits} | {r['model_flops'] / 1e12:.0f} | "
             f"{step} | {mfu} | {r['compile_seconds']:.0f} |")
 
@@ -73,22 +78,24 @@ def main() -> int:
         if args.only and not size.startswith(args.only):
             continue
         overrides = dict(overrides)
+        num_slices = int(overrides.pop("num_slices", 1))
         requested = [o.strip() for o in args.objectives.split(",") if o.strip()]
         objectives = [overrides.pop("objective")] if "objective" in overrides else requested
-        label = name + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items())
+        label = name + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items()) + (f" {num_slices} slices" if num_slices > 1 else "")
         for objective in objectives:
             sets = [f"--config.objective={objective}"] + [f"--config.{k}={v}" for k, v in overrides.items()]
             cfg = config_lib.load_config(os.path.join(ROOT, "experiments", f"{name}.py"), config_lib.parse_overrides(sets)[0])
             print(f"== {name} {objective} on {topology}", flush=True)
             try:
-                report = aot.compile_report(cfg, topology)
+                report = aot.compile_report(cfg, topology, num_slices=num_slices)
             except aot.CompileError as e:
                 print(f"   error: {e}", flush=True)
                 entries.append({"name": label, "topology": topology, "objective": objective, "error": str(e)})
                 continue
             print(aot.format_report(report), flush=True)
             entries.append({"name": label, "topology": topology, "objective": objective, "report": report,
-                            "command": f"dllm-jax compile --config experiments/{name}.py --topology {topology} " + " ".join(sets)})
+                            "command": f"dllm-jax compile --config experiments/{name}.py --topology {topology} "
+                                       + (f"--num-slices {num_slices} " if num_slices > 1 else "") + " ".join(sets)})
             write(entries, args.out, time.perf_counter() - t_all)  # after every entry: a crash loses nothing
     write(entries, args.out, time.perf_counter() - t_all)
     print(f"wrote {args.out}.md and .json")

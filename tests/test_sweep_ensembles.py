@@ -140,3 +140,13 @@ def test_report_names_the_ensemble_series_and_leaves_members_out(tmp_path):
     assert sorted(cell) == ["ar", "ar-ensemble", "mdm"]  # member 1 is in no panel: no series collision
     (row,) = crossover_rows(panels(list(runs.values())), "cloze_acc")[0]
     assert row["ar_series"] == "ar-ensemble" and row["ar_best"][0] == pytest.approx(0.56) and row["ar_series_compared"] == 2
+    # the table of every series at its best: AR's strongest marked, the ensemble's member count given
+    from dllm_jax.study.report import series_best_rows
+
+    best = {r["series"]: r for r in series_best_rows(panels(list(runs.values())), ["cloze_acc", "val_loss"])}
+    assert list(best) == ["ar", "ar-ensemble", "mdm"]
+    assert best["ar-ensemble"]["members"] == 2 and best["ar"]["members"] == 1
+    assert best["ar-ensemble"]["strongest_ar"]["cloze_acc"] and not best["ar"]["strongest_ar"]["cloze_acc"]
+    assert best["ar"]["best"]["cloze_acc"][:2] == (pytest.approx(0.5), 10.0)  # min(0.3 + e/50, 0.5) first reaches 0.5 at e = 10
+    assert best["mdm"]["best"]["cloze_acc"][:2] == (pytest.approx(0.25 + 16 / 40), 16.0) and best["mdm"]["side"] == "diffusion"
+    assert best["mdm"]["best"]["val_loss"][:2] == (pytest.approx(3.0 - 0.16), 16.0)

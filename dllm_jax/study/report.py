@@ -251,6 +251,68 @@ def crossover_rows(panel_map, metric: str) -> tuple[list, dict]:
     return rows, marks
 
 
+def series_best_rows(panel_map, metrics) -> list:
+    """Each series of each panel at its best: one row per (model, budget, series), the series
+    including '<family>-tuned' (picked per metric) and ensembles, with {metric: (value, epoch,
+    stderr) or None} for each of `metrics`, 'picks' {metric: the variant a tuned series
+    picked}, 'members' (the runs an ensemble averages, else 1), 'side' ('ar' / 'diffusion') and
+    'strongest_ar' {metric: bool}: whether it is AR's strongest series there on that metric
+    (`dllm_jax.study.series.strongest`, as the crossover tables use it)."""
+    from dllm_jax.study import series as series_lib
+    from dllm_jax.study.crossover import HIGHER_IS_BETTER, best_point
+
+    cells = {m: series_lib.with_tuned(panel_map, m, HIGHER_IS_BETTER[m]) for m in metrics}
+    rows = []
+    for key in panel_map:
+        names = sorted({n for m in metrics for n in cells[m][0][key]})
+        ars = {m: _split(cells[m][0][key])[0] for m in metrics}
+        strongest = {m: series_lib.strongest(ars[m], m, HIGHER_IS_BETTER[m]) for m in metrics}
+        ar_names = {n for m in metrics for n in ars[m]}
+        for name in sorted(names, key=lambda n: (n not in ar_names, n)):
+            row = {"params": key[0], "unique_tokens": key[1], "series": name, "side": "ar" if name in ar_names else "diffusion",
+                   "best": {}, "picks": {}, "strongest_ar": {}, "members": 1}
+            for m in metrics:
+                run = cells[m][0][key].get(name)
+                if run is None:
+                    row["best"][m] = None
+                    continue
+                row["members"] = max(1, len(run.ensemble))
+                e, _, v = run.curve(m)
+                row["best"][m] = best_point(e, v, run.curve_stderr(m), HIGHER_IS_BETTER[m]) if v else None
+                row["picks"][m] = cells[m][1].get(key + (name,))
+                row["strongest_ar"][m] = name == strongest[m]
+            rows.append(row)
+    return rows
+
+
+def series_best_section(panel_map, metrics) -> tuple[list, list]:
+    """(markdown lines, rows) of the table of every series at its best (`series_best_rows`)."""
+    from dllm_jax.study.crossover import METRIC_TITLES
+    from dllm_jax.study.runs import model_label
+    from dllm_jax.study.series import describe
+
+    rows = series_best_rows(panel_map, metrics)
+    if not rows:
+        return [], rows
+    md = ["## Each series at its best", "",
+          "Every series at each budget with its best evaluation (value +-SE, epoch); '-tuned' series are the best variant "
+          "of their family on that metric (the variant in brackets), '-ensemble' series average K members' "
+          "probabilities. **AR's strongest** series on a metric (the one the crossover tables compare with) is in bold.", "",
+          "| model | U | series | runs averaged | " + " | ".join(f"best {METRIC_TITLES[m]}" for m in metrics) + " |",
+          "|---" * (4 + len(metrics)) + "|"]
+    for row in rows:
+        cells = []
+        for m in metrics:
+            b = row["best"][m]
+            text = "-" if b is None else _fmt_se(b)
+            if row["picks"].get(m):
+                text += f" [{row['picks'][m]}]"
+            cells.append(f"**{text}**" if row["strongest_ar"].get(m) and b is not None else text)
+        md.append(f"| {model_label(row['params'])} | {row['unique_tokens']:,} | {describe(row['series'], None)} | {row['members']} | "
+                  + " | ".join(cells) + " |")
+    return md + [""], rows
+
+
 def ratio_groups(panel_map, metric: str, n_boot: int | None = None) -> list:
     """The data ratio (`dllm_jax.study.crossover.data_ratios`) of every (model, AR series,
     diffusion series) across budgets: [(params, ar_series, mdm_series, ar_bests, mdm_bests,
@@ -498,6 +560,8 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     if missing_points:
         md += ["", f"Not started: {len(missing_points)} of the {planned} points the sweep planned ({PLAN_NAME}) have no run here: "
                + ", ".join(f"{p['name']} ({' '.join(f'{k}={v}' for k, v in p.get('overrides', {}).items())})" for p in missing_points) + "."]
+    best_lines, best_rows = series_best_section(panel_map, metrics)
+    md += [""] + best_lines if best_lines else []
     source = (f"accuracies from the `dllm-jax eval --task cloze --step all` rescoring files in each run's eval/ folder "
               f"(--cloze-from {cloze_from})" if from_eval else "accuracies logged during training")
     md += ["", "## Crossover", "",
@@ -587,7 +651,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
     summary = {"root": paths.absolute(root), "machine": mach, "runs": run_rows, "headline_metric": headline,
                "cloze_task": task, "cloze_from": cloze_from, "corpora": corpus_groups, "corpus_warnings": corpus_warnings,
                "planned": planned, "not_started": missing_points,
-               "crossovers": crossovers, "data_ratios": ratios, "fits": fits, "flops": flops_json, "figures": figures}
+               "series_best": best_rows, "crossovers": crossovers, "data_ratios": ratios, "fits": fits, "flops": flops_json, "figures": figures}
     paths.write_text(paths.join(out, "report.md"), "\n".join(md) + "\n")
     paths.write_text(paths.join(out, "report.json"), json.dumps(summary, indent=1, default=str))
     return summary

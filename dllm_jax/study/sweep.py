@@ -29,10 +29,10 @@ Checked before any point starts (each a single `error:`, exit 2, nothing started
 Then the sweep records its grid in ROOT/sweep_plan.json (`write_plan`; `dllm-jax report` lists
 the planned points that never started).
 
-Ensembles (`dllm_jax.study.ensemble`): after its points, the sweep scores each group of
-points that differ only in `train.member_seed` (`--grid members=K`) once all of them are
-finished, into ROOT/<member 0>_ens<K>/ (with --index: the groups of that point). `--list`
-shows them too.
+Ensembles (`dllm_jax.study.ensemble`): the sweep scores each group of points that differ
+only in `train.member_seed` (`--grid members=K`) as soon as all of them are finished (after
+the point that finished last, or a skipped finished point of a group not yet scored), into
+ROOT/<member 0>_ens<K>/; with --index, the groups of that point. `--list` shows them too.
 
 Output: each point's training prints its progress prefixed with `point i/N NAME` (i counts
 the points of this invocation; `train` reads the label from $DLLM_JAX_RUN_LABEL): plain lines
@@ -321,7 +321,8 @@ def point_summary(workdir: str) -> str:
 
 
 def run_points(grid, points, in_process: bool) -> list[dict]:
-    """Run (or skip) each point; returns one {'index', 'name', 'status', 'seconds'} per point."""
+    """Run (or skip) each point, and score each ensemble once its members are finished; returns one
+    {'index', 'name', 'status', 'seconds'} per point and per ensemble scored (index '-')."""
     results = []
     for i, point in enumerate(points, 1):
         label = f"point {i}/{len(points)} {point.name}"
@@ -353,6 +354,8 @@ def run_points(grid, points, in_process: bool) -> list[dict]:
             detail = point_summary(point.workdir)
             print(f"[sweep] {label}: {outcome} in {seconds:.1f} s" + (f"; {detail}" if detail else ""), flush=True)
         results.append({"index": point.index, "name": point.name, "status": outcome, "seconds": seconds})
+        if outcome == "finished" or outcome.startswith("skipped"):  # an ensemble whose last member this was
+            results += run_ensembles(grid, [point])
         if outcome == "interrupted":
             print(f"[sweep] point {point.name} was interrupted (checkpoint saved); stopping. Rerun the same command to resume.", flush=True)
             break
@@ -424,8 +427,6 @@ def run(args) -> int:
     check_corpus_budgets(todo)
     write_plan(grid)
     results = run_points(grid, points, in_process=args.in_process or args.index is not None)
-    if len(results) == len(points):  # not after an interruption
-        results += run_ensembles(grid, points)
     print("[sweep] summary:")
     for r in results:
         print(f"  {r['index']:>3} {r['name']:24s} {r['status']:24s} {r['seconds']:9.1f}s")

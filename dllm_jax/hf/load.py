@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from dllm_jax.errors import CheckpointError, ConfigError
-from dllm_jax.hf.layout import _IGNORED_SUFFIXES, FAMILIES, _flat, _unflat, hf_shape, tensor_plan, to_ours
+from dllm_jax.hf.layout import _IGNORED_SUFFIXES, DIFFUSION_ARCH, DIFFUSION_MODEL_TYPE, FAMILIES, _flat, _unflat, hf_shape, tensor_plan, to_ours
 
 # ---------------------------------------------------------------- reading HF directories
 def read_hf_config(hf_dir: str) -> dict:
@@ -67,6 +67,8 @@ def hf_model_settings(hf: dict, where: str) -> dict:
     """`model.*` values of a Hugging Face config.json (a dict); ConfigError/CheckpointError
     when the architecture cannot be represented exactly."""
     arch = (hf.get("architectures") or [None])[0]
+    if arch == DIFFUSION_ARCH:  # our diffusion export: QK-norm and q/k/v biases are config keys, not the class
+        return _diffusion_settings(hf, where)
     if arch not in FAMILIES:
         raise CheckpointError(f"{where}: architecture {arch!r} is not supported; init.from_hf reads {sorted(FAMILIES)} "
                               "checkpoints (convert others with transformers first)")
@@ -102,6 +104,20 @@ def hf_model_settings(hf: dict, where: str) -> dict:
         "num_experts": 0,
         "experts_per_token": 2,
     }
+
+
+def _diffusion_settings(hf: dict, where: str) -> dict:
+    """`model.*` values of a config.json written for `DIFFUSION_ARCH` (dllm_jax's own modeling
+    file): the Llama keys plus `qk_norm` and `attention_bias` (q/k/v biases only)."""
+    if hf.get("model_type") != DIFFUSION_MODEL_TYPE:
+        raise CheckpointError(f"{where}: architecture {DIFFUSION_ARCH!r} with model_type={hf.get('model_type')!r}; "
+                              f"a dllm_jax diffusion export has model_type={DIFFUSION_MODEL_TYPE!r}: export it again")
+    for key in ("qk_norm", "attention_bias"):
+        if not isinstance(hf.get(key), bool):
+            raise ConfigError(f"{where}: {key}={hf.get(key)!r} must be true or false in a dllm_jax diffusion export's config.json")
+    settings = hf_model_settings({**hf, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False}, where)
+    settings.update(qk_norm=hf["qk_norm"], attention_bias=hf["attention_bias"])
+    return settings
 
 
 def _read_index(path: str) -> dict:

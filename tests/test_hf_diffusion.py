@@ -1,0 +1,222 @@
+"""Diffusion exports (dllm_jax.hf.export for MDM / block-diffusion runs): their own transformers
+class (config.json `auto_map` -> dllm_jax/hf/remote/modeling_dllm_jax.py, trust_remote_code),
+import -> export -> import round trips, and, with torch installed (extra 'hf-test'), the
+modeling file's logits and `generate` against our model and samplers."""
+import filecmp
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from dllm_jax import hf
+from dllm_jax.checkpoint import load_run
+from dllm_jax.config import default_config
+from dllm_jax.hf.layout import DIFFUSION_ARCH, REMOTE_FILES
+from dllm_jax.models import Transformer
+from dllm_jax.models.transformer import ModelConfig
+from dllm_jax.objectives.block_diffusion import block_causal_mask
+
+REMOTE_DIR = os.path.join(os.path.dirname(hf.export.__file__), "remote")
+
+
+def _params_equal(a, b):
+    fa, fb = hf._flat(a), hf._flat(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+
+
+def _tensors(out):
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(out, "model.safetensors"))
+
+
+def _block_config(block_size: int):
+    config = default_config()
+    config.objective = "block_diffusion"
+    config.block_diffusion.block_size = block_size
+    return config, {"objective", "block_diffusion.block_size"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, trained_runs):
+    """{'mdm': export of the trained MDM run, 'block': export of that run imported as block
+    diffusion (block 4), 'block_run': that imported run}."""
+    root = tmp_path_factory.mktemp("diffusion_exports")
+    out = {"mdm": str(root / "mdm"), "block": str(root / "block"), "block_run": str(root / "block_run")}
+    hf.export_run(trained_runs["mdm"], out["mdm"])
+    config, explicit = _block_config(4)
+    hf.import_run(out["mdm"], out["block_run"], config, explicit=explicit)
+    hf.export_run(out["block_run"], out["block"])
+    return out
+
+
+# ---------------------------------------------------------------- export files and round trips (no torch)
+def test_diffusion_export_writes_its_modeling_file_and_config(exports, trained_runs):
+    out = exports["mdm"]
+    run = load_run(trained_runs["mdm"])
+    for name in REMOTE_FILES:  # copied verbatim from the package
+        assert filecmp.cmp(os.path.join(out, name), os.path.join(REMOTE_DIR, name), shallow=False)
+    cfg = json.loads(open(os.path.join(out, "config.json")).read())
+    assert cfg["architectures"] == [DIFFUSION_ARCH] and cfg["model_type"] == "dllm_jax"
+    assert cfg["auto_map"]["AutoModel"] == "modeling_dllm_jax.DllmJaxDiffusionLM"
+    assert cfg["auto_map"]["AutoConfig"] == "configuration_dllm_jax.DllmJaxConfig"
+    assert (cfg["objective"], cfg["attention"], cfg["block_size"]) == ("mdm", "bidirectional", None)
+    assert cfg["mask_token_id"] == run.tokenizer.mask_id and cfg["dllm_pad_token_id"] == run.tokenizer.pad_id
+    assert cfg["qk_norm"] is True and cfg["attention_bias"] is False and cfg["shift_logits"] is False
+    assert cfg["generation_defaults"]["sampler"] == "topk_confidence" and cfg["generation_defaults"]["temperature"] == 0.0
+    block = json.loads(open(os.path.join(exports["block"], "config.json")).read())
+    assert (block["objective"], block["attention"], block["block_size"]) == ("block_diffusion", "block_causal", 4)
+    assert block["generation_defaults"]["block_length"] == 4 and block["dllm_jax"]["objective_config"]["block_diffusion.block_size"] == 4
+    transformers = pytest.importorskip("transformers")
+    auto = transformers.AutoConfig.from_pretrained(exports["block"], trust_remote_code=True)  # needs transformers only
+    assert type(auto).__name__ == "DllmJaxConfig" and auto.block_size == 4 and auto.mask_token_id == run.tokenizer.mask_id
+    assert auto.eos_token_id == run.tokenizer.eos_id and auto.num_key_value_heads == run.model.cfg.kv_heads
+
+
+def test_import_export_import_is_bitwise(tmp_path, exports, trained_runs):
+    """MDM: run -> export -> import -> export -> import keeps every parameter bit for bit
+    (mask / padding rows included) and the tensors of both exports are identical; the block
+    run (imported as block diffusion) round-trips with its objective and block size."""
+    w1, out2, w2 = str(tmp_path / "w1"), str(tmp_path / "out2"), str(tmp_path / "w2")
+    hf.import_run(exports["mdm"], w1)
+    a, b = load_run(trained_runs["mdm"]), load_run(w1)
+    assert b.config.objective == "mdm"
+    _params_equal(a.params, b.params)
+    hf.export_run(w1, out2)
+    t1, t2 = _tensors(exports["mdm"]), _tensors(out2)
+    assert t1.keys() == t2.keys()
+    for k in t1:
+        np.testing.assert_array_equal(t1[k], t2[k], err_msg=k)
+    c1, c2 = (json.loads(open(os.path.join(d, "config.json")).read()) for d in (exports["mdm"], out2))
+    c1["dllm_jax"].pop("step"), c2["dllm_jax"].pop("step")
+    assert c1 == c2
+    hf.import_run(out2, w2)
+    _params_equal(b.params, load_run(w2).params)
+    # block diffusion
+    wb = str(tmp_path / "wb")
+    hf.import_run(exports["block"], wb)
+    rb = load_run(wb)
+    assert rb.config.objective == "block_diffusion" and rb.config.block_diffusion.block_size == 4
+    _params_equal(load_run(exports["block_run"]).params, rb.params)
+    # an AR export over a diffusion export removes the modeling files it does not write
+    info = hf.export_run(trained_runs["ar"], out2)
+    assert set(REMOTE_FILES) <= set(info["removed"]) and not any(os.path.exists(os.path.join(out2, n)) for n in REMOTE_FILES)
+
+
+# ---------------------------------------------------------------- the modeling file under torch
+def _torch_model(path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoModel.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
+
+
+class _Tok:
+    bos_id, eos_id, pad_id, vocab_size, mask_id = -1, 2, 0, 64, 64
+
+
+def _write_random_export(path, objective, mc, params, block_size=4, seq_len=16):
+    config = default_config()
+    config.objective = objective
+    config.data.seq_len = seq_len
+    config.block_diffusion.block_size = block_size
+    config.model.shift_logits = mc.shift_logits
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf.export_config(config, mc, _Tok, 0), f)
+    from safetensors.numpy import save_file
+
+    save_file(hf.export_params(params, mc), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    for name in REMOTE_FILES:
+        with open(os.path.join(REMOTE_DIR, name)) as src, open(os.path.join(path, name), "w") as dst:
+            dst.write(src.read())
+    return str(path)
+
+
+@pytest.mark.parametrize("objective,qk_norm,bias,tied,kv,shift", [
+    ("mdm", True, True, True, 2, False),  # QK-norm with q/k/v biases (no Llama / Qwen class has both), GQA, tied head
+    ("mdm", False, False, False, 4, True),  # Llama-like with shift_logits
+    ("block_diffusion", True, False, False, 1, False),  # block-causal pattern, MQA
+])
+def test_modeling_file_gives_our_logits(tmp_path, objective, qk_norm, bias, tied, kv, shift):
+    torch = pytest.importorskip("torch")
+    mc = ModelConfig(vocab_size=72, d_model=32, n_layers=2, n_heads=4, n_kv_heads=kv, d_ff=64, rope_base=500.0, norm_eps=1e-5,
+                     qk_norm=qk_norm, attention_bias=bias, tie_embeddings=tied, shift_logits=shift)
+    model = Transformer(mc)
+    ids = np.random.default_rng(0).integers(0, 64, (2, 16))
+    params = nn.meta.unbox(jax.jit(lambda x: model.init(jax.random.key(1), x, causal=False)["params"])(jnp.asarray(ids)))
+    params = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(jax.random.key(2), x.shape), params)  # non-trivial norms, biases
+    path = _write_random_export(tmp_path / "export", objective, mc, params)
+    kw = {"attention_mask": block_causal_mask(16, 4)} if objective == "block_diffusion" else {}
+    ours = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, causal=False, **kw))(params, jnp.asarray(ids)))
+    theirs = _torch_model(path)
+    with torch.no_grad():
+        got = theirs(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(got, ours, atol=1e-4, rtol=0)
+    if objective == "mdm":  # padding as segment ids: tokens see tokens, padding sees padding
+        seg = np.ones_like(ids)
+        seg[1, :5] = 0
+        ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), causal=False, segment_ids=jnp.asarray(seg)))
+        with torch.no_grad():
+            got = theirs(torch.tensor(ids), attention_mask=torch.tensor(seg)).logits.numpy()
+        np.testing.assert_allclose(got, ours, atol=1e-4, rtol=0)
+
+
+PROMPTS = ["The river", "A quiet city wakes over the old stone", ""]
+
+
+def _compare_generate(run, model, objective, prompts, ours_kw=None, **kw):
+    from dllm_jax.sampling import generate_tokens
+
+    ours = generate_tokens(run.model, run.params, run.tokenizer, prompts, objective=objective, temperature=0.0, **kw, **(ours_kw or {}))
+    theirs = model.generate([list(p) for p in prompts], temperature=0.0, return_dict_in_generate=True, **kw)
+    assert theirs.tokens.tolist() == ours.tokens.tolist(), kw
+    assert theirs.lengths.tolist() == ours.lengths.tolist() and theirs.stopped_at_eos.tolist() == ours.stopped_at_eos.tolist()
+    return ours, theirs
+
+
+def test_generate_gives_our_mdm_tokens(exports, trained_runs):
+    """MDM at temperature 0: one block, semi-AR blocks (rows advance on their own, RoPE from
+    each row's first token), the threshold and margin samplers; prompts of different lengths
+    in one batch (left padding as its own segment)."""
+    torch = pytest.importorskip("torch")
+    run = load_run(trained_runs["mdm"])
+    model = _torch_model(exports["mdm"])
+    prompts = [run.tokenizer.encode(p) for p in PROMPTS]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompts[1]])).logits.numpy()
+    np.testing.assert_allclose(logits, np.asarray(run.model.apply({"params": run.params}, jnp.asarray([prompts[1]]), causal=False)),
+                               atol=1e-4, rtol=0)
+    for kw in (dict(max_new_tokens=12), dict(max_new_tokens=12, block_length=4), dict(max_new_tokens=12, steps=6, block_length=6),
+               dict(max_new_tokens=12, block_length=4, sampler="threshold", threshold=0.3),
+               dict(max_new_tokens=8, sampler="margin")):
+        ours, theirs = _compare_generate(run, model, "mdm", prompts, **kw)
+    # tensor input with left padding and an attention mask: the same rows; sequences = prompt + tokens up to EOS
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    seq = model.generate(ids, attention_mask=mask, max_new_tokens=8, sampler="margin", temperature=0.0)
+    assert seq.shape == (3, width + 8) and seq[:, :width].tolist() == ids.tolist()
+    for i in range(3):
+        n = int(ours.lengths[i])
+        assert seq[i, width:width + n].tolist() == ours.tokens[i, :n].tolist()
+        if ours.stopped_at_eos[i]:
+            assert int(seq[i, width + n]) == run.tokenizer.eos_id
+
+
+def test_generate_gives_our_block_diffusion_tokens(exports):
+    """Block diffusion at temperature 0 with the KV cache (ours with and without it): rows of
+    different prompt lengths, blocks aligned to each row's start, stop at a block with EOS."""
+    pytest.importorskip("torch")
+    run = load_run(exports["block_run"])
+    model = _torch_model(exports["block"])
+    prompts = [run.tokenizer.encode(p) for p in PROMPTS]
+    for kw in (dict(max_new_tokens=12, block_length=4), dict(max_new_tokens=10, block_length=4, steps=5),
+               dict(max_new_tokens=12, block_length=4, sampler="threshold", threshold=0.3)):
+        _compare_generate(run, model, "block_diffusion", prompts, **kw)
+        _compare_generate(run, model, "block_diffusion", prompts, ours_kw={"kv_cache": False}, **kw)

@@ -167,56 +167,102 @@ def test_modeling_file_gives_our_logits(tmp_path, objective, qk_norm, bias, tied
         np.testing.assert_allclose(got, ours, atol=1e-4, rtol=0)
 
 
-PROMPTS = ["The river", "A quiet city wakes over the old stone", ""]
+class _GenTok:
+    """Ids of the random generation models: 24 tokens, [MASK] = 24, padding the extra id 25."""
+    bos_id, eos_id, pad_id, vocab_size, mask_id, pad_is_extra = -1, 2, 25, 24, 24, True
 
 
-def _compare_generate(run, model, objective, prompts, ours_kw=None, **kw):
+GEN_PROMPTS = [[5, 9], [7, 1, 13, 3, 22, 8, 17], []]
+
+
+def _random_generation_model(tmp_path, objective, seed):
+    """(our model, params, path of its export): a random dense model (GQA, QK-norm) over the
+    32 rows of _GenTok's vocabulary, logits spread enough that tokens (EOS included) differ."""
+    mc = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, rope_base=100.0, norm_eps=1e-5)
+    model = Transformer(mc)
+    params = nn.meta.unbox(jax.jit(lambda x: model.init(jax.random.key(seed), x, causal=False)["params"])(jnp.zeros((1, 8), jnp.int32)))
+    keys = iter(jax.random.split(jax.random.key(seed + 1), 100))
+    params = jax.tree.map(lambda x: x + 0.4 * jax.random.normal(next(keys), x.shape), params)
+    params["embedding"] = jax.random.normal(next(keys), params["embedding"].shape)  # distinct tokens, distinct predictions
+    config = default_config()
+    config.objective = objective
+    config.data.seq_len = 32
+    config.block_diffusion.block_size = 4
+    path = str(tmp_path / f"{objective}_{seed}")
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf.export_config(config, mc, _GenTok, 0), f)
+    from safetensors.numpy import save_file
+
+    save_file(hf.export_params(params, mc), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    for name in REMOTE_FILES:
+        with open(os.path.join(REMOTE_DIR, name)) as src, open(os.path.join(path, name), "w") as dst:
+            dst.write(src.read())
+    return model, params, path
+
+
+def _compare_generate(model, params, hf_model, objective, ours_kw=None, **kw):
+    """Our sampler and the modeling file's generate at temperature 0 on GEN_PROMPTS: the same
+    tokens, lengths and EOS stops. Returns our result."""
     from dllm_jax.sampling import generate_tokens
 
-    ours = generate_tokens(run.model, run.params, run.tokenizer, prompts, objective=objective, temperature=0.0, **kw, **(ours_kw or {}))
-    theirs = model.generate([list(p) for p in prompts], temperature=0.0, return_dict_in_generate=True, **kw)
+    ours = generate_tokens(model, params, _GenTok, GEN_PROMPTS, objective=objective, temperature=0.0, **kw, **(ours_kw or {}))
+    theirs = hf_model.generate(GEN_PROMPTS, temperature=0.0, return_dict_in_generate=True, **kw)
+    print("DBG", kw, ours_kw, ours.tokens.tolist(), ours.lengths.tolist(), theirs.tokens.tolist())
     assert theirs.tokens.tolist() == ours.tokens.tolist(), kw
     assert theirs.lengths.tolist() == ours.lengths.tolist() and theirs.stopped_at_eos.tolist() == ours.stopped_at_eos.tolist()
-    return ours, theirs
+    return ours
 
 
-def test_generate_gives_our_mdm_tokens(exports, trained_runs):
+def test_trained_mdm_export_gives_our_logits(exports, trained_runs):
+    torch = pytest.importorskip("torch")
+    run = load_run(trained_runs["mdm"])
+    model = _torch_model(exports["mdm"])
+    ids = [run.tokenizer.encode("A quiet city wakes over the old stone")]
+    with torch.no_grad():
+        logits = model(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(logits, np.asarray(run.model.apply({"params": run.params}, jnp.asarray(ids), causal=False)),
+                               atol=1e-4, rtol=0)
+
+
+def test_generate_gives_our_mdm_tokens(tmp_path):
     """MDM at temperature 0: one block, semi-AR blocks (rows advance on their own, RoPE from
     each row's first token), the threshold and margin samplers; prompts of different lengths
     in one batch (left padding as its own segment)."""
     torch = pytest.importorskip("torch")
-    run = load_run(trained_runs["mdm"])
-    model = _torch_model(exports["mdm"])
-    prompts = [run.tokenizer.encode(p) for p in PROMPTS]
-    with torch.no_grad():
-        logits = model(torch.tensor([prompts[1]])).logits.numpy()
-    np.testing.assert_allclose(logits, np.asarray(run.model.apply({"params": run.params}, jnp.asarray([prompts[1]]), causal=False)),
-                               atol=1e-4, rtol=0)
-    for kw in (dict(max_new_tokens=12), dict(max_new_tokens=12, block_length=4), dict(max_new_tokens=12, steps=6, block_length=6),
-               dict(max_new_tokens=12, block_length=4, sampler="threshold", threshold=0.3),
-               dict(max_new_tokens=8, sampler="margin")):
-        ours, theirs = _compare_generate(run, model, "mdm", prompts, **kw)
+    model, params, path = _random_generation_model(tmp_path, "mdm", 3)
+    hf_model = _torch_model(path)
+    results = [_compare_generate(model, params, hf_model, "mdm", **kw) for kw in (
+        dict(max_new_tokens=12), dict(max_new_tokens=12, block_length=4), dict(max_new_tokens=12, steps=6, block_length=6),
+        dict(max_new_tokens=12, block_length=4, sampler="threshold", threshold=0.2), dict(max_new_tokens=8, sampler="margin"),
+        dict(max_new_tokens=8, sampler="entropy", eos_last=False))]
+    stops = np.concatenate([r.stopped_at_eos for r in results])
+    assert stops.any() and not stops.all()  # rows that stop at EOS and rows that run to the end
     # tensor input with left padding and an attention mask: the same rows; sequences = prompt + tokens up to EOS
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    seq = model.generate(ids, attention_mask=mask, max_new_tokens=8, sampler="margin", temperature=0.0)
+    ours = results[-2]
+    width = max(len(p) for p in GEN_PROMPTS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in GEN_PROMPTS])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in GEN_PROMPTS])
+    seq = hf_model.generate(ids, attention_mask=mask, max_new_tokens=8, sampler="margin", temperature=0.0)
     assert seq.shape == (3, width + 8) and seq[:, :width].tolist() == ids.tolist()
     for i in range(3):
         n = int(ours.lengths[i])
         assert seq[i, width:width + n].tolist() == ours.tokens[i, :n].tolist()
         if ours.stopped_at_eos[i]:
-            assert int(seq[i, width + n]) == run.tokenizer.eos_id
+            assert int(seq[i, width + n]) == _GenTok.eos_id
 
 
-def test_generate_gives_our_block_diffusion_tokens(exports):
+def test_generate_gives_our_block_diffusion_tokens(tmp_path):
     """Block diffusion at temperature 0 with the KV cache (ours with and without it): rows of
     different prompt lengths, blocks aligned to each row's start, stop at a block with EOS."""
     pytest.importorskip("torch")
-    run = load_run(exports["block_run"])
-    model = _torch_model(exports["block"])
-    prompts = [run.tokenizer.encode(p) for p in PROMPTS]
-    for kw in (dict(max_new_tokens=12, block_length=4), dict(max_new_tokens=10, block_length=4, steps=5),
-               dict(max_new_tokens=12, block_length=4, sampler="threshold", threshold=0.3)):
-        _compare_generate(run, model, "block_diffusion", prompts, **kw)
-        _compare_generate(run, model, "block_diffusion", prompts, ours_kw={"kv_cache": False}, **kw)
+    model, params, path = _random_generation_model(tmp_path, "block_diffusion", 3)
+    hf_model = _torch_model(path)
+    stops = []
+    for kw in (dict(max_new_tokens=12), dict(max_new_tokens=10, steps=5), dict(max_new_tokens=12, sampler="threshold", threshold=0.2),
+               dict(max_new_tokens=9, sampler="margin", eos_last=False)):
+        kw["block_length"] = 4
+        stops.append(_compare_generate(model, params, hf_model, "block_diffusion", **kw).stopped_at_eos)
+        _compare_generate(model, params, hf_model, "block_diffusion", ours_kw={"kv_cache": False}, **kw)
+    stops = np.concatenate(stops)
+    assert stops.any() and not stops.all()

@@ -43,6 +43,10 @@ def _block_config(block_size: int):
     return config, {"objective", "block_diffusion.block_size"}
 
 
+class _Tok:
+    bos_id, eos_id, pad_id, vocab_size, mask_id = -1, 2, 0, 64, 64
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, trained_runs):
     """{'mdm': export of the trained MDM run, 'block': export of that run imported as block
@@ -109,15 +113,51 @@ def test_import_export_import_is_bitwise(tmp_path, exports, trained_runs):
     assert set(REMOTE_FILES) <= set(info["removed"]) and not any(os.path.exists(os.path.join(out2, n)) for n in REMOTE_FILES)
 
 
+@pytest.mark.parametrize("qk_norm,bias", [(True, True), (False, False), (True, False)])
+def test_diffusion_config_reads_back_as_model_settings(qk_norm, bias):
+    """A diffusion export's config.json gives back the architecture (QK-norm and q/k/v biases
+    are config keys there, any combination); a wrong model_type or a non-boolean switch is refused."""
+    from dllm_jax.errors import CheckpointError, ConfigError
+
+    mc = ModelConfig(vocab_size=72, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=64, rope_base=500.0, norm_eps=1e-5,
+                     qk_norm=qk_norm, attention_bias=bias, tie_embeddings=bias)
+    config = default_config()
+    config.objective = "mdm"
+    cfg = hf.export_config(config, mc, _Tok, 0)
+    got = hf.hf_model_settings(cfg, "x")
+    assert (got["qk_norm"], got["attention_bias"], got["tie_embeddings"]) == (qk_norm, bias, bias)
+    assert (got["n_layers"], got["n_kv_heads"], got["d_ff"], got["rope_base"], got["norm_eps"]) == (3, 2, 64, 500.0, 1e-5)
+    with pytest.raises(CheckpointError, match="model_type"):
+        hf.hf_model_settings({**cfg, "model_type": "llama"}, "x")
+    with pytest.raises(ConfigError, match="qk_norm"):
+        hf.hf_model_settings({**cfg, "qk_norm": "yes"}, "x")
+    assert hf.hf_family(mc, causal=False) == DIFFUSION_ARCH
+    if qk_norm and bias:  # no stock class has both: only a diffusion run exports it
+        with pytest.raises(ConfigError, match="qk_norm"):
+            hf.hf_family(mc, causal=True)
+
+
+def test_modeling_file_parses_and_mirrors_our_sampler_constants():
+    """Without torch (CI): the shipped modeling file is valid Python whose excluded-logit value
+    and sampler names are ours (a sampler added to dllm_jax must be added there too)."""
+    import ast
+
+    from dllm_jax.sampling import categorical, diffusion
+
+    tree = ast.parse(open(os.path.join(REMOTE_DIR, "modeling_dllm_jax.py"), encoding="utf-8").read())
+    consts = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and node.targets[0].id in ("NEG", "SAMPLERS")}
+    assert consts["NEG"] == categorical.NEG and set(consts["SAMPLERS"]) == set(diffusion.KINDS)
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert hf.layout.AUTO_MAP["AutoModel"].split(".")[1] in classes
+    ast.parse(open(os.path.join(REMOTE_DIR, "configuration_dllm_jax.py"), encoding="utf-8").read())
+
+
 # ---------------------------------------------------------------- the modeling file under torch
 def _torch_model(path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     return transformers.AutoModel.from_pretrained(path, trust_remote_code=True, dtype=torch.float32).eval()
-
-
-class _Tok:
-    bos_id, eos_id, pad_id, vocab_size, mask_id = -1, 2, 0, 64, 64
 
 
 def _write_random_export(path, objective, mc, params, block_size=4, seq_len=16):

@@ -114,5 +114,6 @@ def tensor_plan(param_paths, n_layers: int) -> dict:
 DIFFUSION_ARCH = "DllmJaxDiffusionLM"
 DIFFUSION_MODEL_TYPE = "dllm_jax"
 REMOTE_FILES = ("configuration_dllm_jax.py", "modeling_dllm_jax.py")
+FAMILIES[DIFFUSION_ARCH] = DIFFUSION_MODEL_TYPE  # read back like Llama, QK-norm and biases from config keys (load.hf_model_settings)
 AUTO_MAP = {"AutoConfig": "configuration_dllm_jax.DllmJaxConfig", "AutoModel": "modeling_dllm_jax.DllmJaxDiffusionLM",
             "AutoModelForMaskedLM": "modeling_dllm_jax.DllmJaxDiffusionLM"}

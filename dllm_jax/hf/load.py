@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from dllm_jax.errors import CheckpointError, ConfigError
-from dllm_jax.hf.layout import _IGNORED_SUFFIXES, DIFFUSION_ARCH, DIFFUSION_MODEL_TYPE, FAMILIES, _flat, _unflat, hf_shape, tensor_plan, to_ours
+from dllm_jax.hf.layout import _IGNORED_SUFFIXES, FAMILIES, _flat, _unflat, hf_shape, tensor_plan, to_ours
 
 # ---------------------------------------------------------------- reading HF directories
 def read_hf_config(hf_dir: str) -> dict:
@@ -67,8 +67,6 @@ def hf_model_settings(hf: dict, where: str) -> dict:
     """`model.*` values of a Hugging Face config.json (a dict); ConfigError/CheckpointError
     when the architecture cannot be represented exactly."""
     arch = (hf.get("architectures") or [None])[0]
-    if arch == DIFFUSION_ARCH:  # our diffusion export: QK-norm and q/k/v biases are config keys, not the class
-        return _diffusion_settings(hf, where)
     if arch not in FAMILIES:
         raise CheckpointError(f"{where}: architecture {arch!r} is not supported; init.from_hf reads {sorted(FAMILIES)} "
                               "checkpoints (convert others with transformers first)")
@@ -78,6 +76,8 @@ def hf_model_settings(hf: dict, where: str) -> dict:
         raise ConfigError(f"{where}: hidden_act={act!r}; dllm_jax's MLP is SwiGLU (silu); this checkpoint cannot be represented")
     if hf.get("mlp_bias"):
         raise ConfigError(f"{where}: mlp_bias=true is not supported (dllm_jax's MLP has no biases)")
+    if family == "dllm_jax":  # our diffusion export (layout.DIFFUSION_ARCH): QK-norm and q/k/v biases are config keys
+        return _diffusion_settings(hf, where)
     bias = bool(hf.get("attention_bias", False))
     if family in ("llama", "mistral", "qwen3") and bias:
         raise ConfigError(f"{where}: attention_bias=true ({arch} then also has an output-projection bias) is not supported; "
@@ -109,6 +109,8 @@ def hf_model_settings(hf: dict, where: str) -> dict:
 def _diffusion_settings(hf: dict, where: str) -> dict:
     """`model.*` values of a config.json written for `DIFFUSION_ARCH` (dllm_jax's own modeling
     file): the Llama keys plus `qk_norm` and `attention_bias` (q/k/v biases only)."""
+    from dllm_jax.hf.layout import DIFFUSION_ARCH, DIFFUSION_MODEL_TYPE
+
     if hf.get("model_type") != DIFFUSION_MODEL_TYPE:
         raise CheckpointError(f"{where}: architecture {DIFFUSION_ARCH!r} with model_type={hf.get('model_type')!r}; "
                               f"a dllm_jax diffusion export has model_type={DIFFUSION_MODEL_TYPE!r}: export it again")

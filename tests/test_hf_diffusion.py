@@ -215,10 +215,11 @@ class _GenTok:
 GEN_PROMPTS = [[5, 9], [7, 1, 13, 3, 22, 8, 17], []]
 
 
-def _random_generation_model(tmp_path, objective, seed):
+def _random_generation_model(tmp_path, objective, seed, shift=False):
     """(our model, params, path of its export): a random dense model (GQA, QK-norm) over the
     32 rows of _GenTok's vocabulary, logits spread enough that tokens (EOS included) differ."""
-    mc = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, rope_base=100.0, norm_eps=1e-5)
+    mc = ModelConfig(vocab_size=32, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64, rope_base=100.0, norm_eps=1e-5,
+                     shift_logits=shift)
     model = Transformer(mc)
     params = nn.meta.unbox(jax.jit(lambda x: model.init(jax.random.key(seed), x, causal=False)["params"])(jnp.zeros((1, 8), jnp.int32)))
     keys = iter(jax.random.split(jax.random.key(seed + 1), 100))
@@ -228,7 +229,8 @@ def _random_generation_model(tmp_path, objective, seed):
     config.objective = objective
     config.data.seq_len = 32
     config.block_diffusion.block_size = 4
-    path = str(tmp_path / f"{objective}_{seed}")
+    config.model.shift_logits = shift
+    path = str(tmp_path / f"{objective}_{seed}_{shift}")
     os.makedirs(path)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf.export_config(config, mc, _GenTok, 0), f)
@@ -268,8 +270,8 @@ def test_trained_mdm_export_gives_our_logits(exports, trained_runs):
 
 def test_generate_gives_our_mdm_tokens(tmp_path):
     """MDM at temperature 0: one block, semi-AR blocks (rows advance on their own, RoPE from
-    each row's first token), the threshold and margin samplers; prompts of different lengths
-    in one batch (left padding as its own segment)."""
+    each row's first token), the threshold, margin and entropy samplers, EOS last or not, a
+    shift_logits model; prompts of different lengths in one batch (left padding as its own segment)."""
     torch = pytest.importorskip("torch")
     model, params, path = _random_generation_model(tmp_path, "mdm", 3)
     hf_model = _torch_model(path)
@@ -279,6 +281,8 @@ def test_generate_gives_our_mdm_tokens(tmp_path):
         dict(max_new_tokens=8, sampler="entropy", eos_last=False))]
     stops = np.concatenate([r.stopped_at_eos for r in results])
     assert stops.any() and not stops.all()  # rows that stop at EOS and rows that run to the end
+    shifted, shifted_params, shifted_path = _random_generation_model(tmp_path, "mdm", 3, shift=True)  # Dream-style shift
+    _compare_generate(shifted, shifted_params, _torch_model(shifted_path), "mdm", max_new_tokens=8, block_length=4)
     # tensor input with left padding and an attention mask: the same rows; sequences = prompt + tokens up to EOS
     ours = results[-2]
     width = max(len(p) for p in GEN_PROMPTS)

@@ -10,6 +10,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.12",
     packages=find_packages(include=["dllm_jax", "dllm_jax.*"]),
+    # the transformers modeling file a diffusion export ships (dllm_jax.hf.export copies it verbatim)
+    package_data={"dllm_jax.hf": ["remote/*.py"]},
     install_requires=[
         "jax>=0.12",
         "flax>=0.12",
@@ -41,7 +43,8 @@ setup(
         "tensorboard": ["tensorboard>=2.15"],  # the viewer (`tensorboard --logdir RUN`); training writes event files with tensorboardX
         "wandb": ["wandb>=0.17"],  # train.wandb_project: log to Weights & Biases
         "hf": ["transformers>=4.50"],  # config classes for the interop tests; running exported checkpoints also needs torch
-        "hf-test": ["transformers>=4.50", "torch>=2.4"],  # also check logits against transformers' PyTorch models (~3 GB of wheels)
+        # also check logits against transformers' PyTorch models, and a diffusion export's modeling file (~3 GB of wheels)
+        "hf-test": ["transformers>=4.50", "torch>=2.4"],
     },
     entry_points={"console_scripts": ["dllm-jax=dllm_jax.cli:main"]},
     classifiers=["License :: OSI Approved :: Apache Software License", "Programming Language :: Python :: 3.12"],

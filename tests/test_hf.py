@@ -465,7 +465,8 @@ def test_export_refuses_moe_and_the_cli_writes_files(tmp_path, trained_runs):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["dllm_jax"]["objective"] == "mdm" and cfg["dllm_jax"]["attention"] == "bidirectional"
     files = set(os.listdir(out))
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "tokenizer.json"} == files
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json", "tokenizer.json",
+            "configuration_dllm_jax.py", "modeling_dllm_jax.py"} == files  # a diffusion export ships its modeling file
     tok, ours = transformers.AutoTokenizer.from_pretrained(str(out)), load_run(trained_runs["mdm"]).tokenizer
     for text in TEXTS[:2] + ["def f(x):\n    return  x\t# ok\n"]:
         assert tok.encode(text, add_special_tokens=False) == ours.encode(text)

@@ -49,15 +49,22 @@ Export (`dllm-jax export --workdir DIR --output OUT [--step N]`, `export_run`): 
 model.safetensors (float32, one file, gathered to the host: export is not streamed) and
 the tokenizer files (for a SentencePiece run also a tokenizer.json built without protobuf:
 `dllm_jax.hf.spm_json`), staged and then moved into OUT, where the files of an earlier
-checkpoint that the export does not write are removed. The class is the HF family that represents our model exactly:
-`LlamaForCausalLM` (no QK-norm, no biases), `Qwen2ForCausalLM` (q/k/v biases) or
+checkpoint that the export does not write are removed. An AR run's class is the HF family
+that represents our model exactly: `LlamaForCausalLM` (no QK-norm, no biases), `Qwen2ForCausalLM` (q/k/v biases) or
 `Qwen3ForCausalLM` (QK-norm: Qwen3 applies a per-head RMSNorm with a learned scale to q
 and k after the projections and before RoPE, exactly as our `qk_norm`); MoE models are
-refused. config.json also has a `dllm_jax` entry: objective, mask id, attention pattern
-('causal' for AR, 'bidirectional' for MDM), shift, tokenizer vocabulary, and
+refused. A diffusion run (MDM, block diffusion, uniform, GIDD) is written as
+`DllmJaxDiffusionLM`, model_type 'dllm_jax': the same tensor names, plus the modeling file
+dllm_jax/hf/remote/modeling_dllm_jax.py and its configuration file (package data, copied
+verbatim; config.json's `auto_map` points at them, loaded with trust_remote_code=True), whose
+forward runs the run's attention pattern (bidirectional, or block-causal for block diffusion)
+and shift, and whose `generate` is our MDM / block-diffusion sampler (same tokens at
+temperature 0 for the deterministic samplers; docs/huggingface.md). config.json also has a
+`dllm_jax` entry: objective, mask id, attention pattern ('causal' for AR, 'bidirectional'
+for MDM, 'block_causal' for block diffusion), shift, tokenizer vocabulary, and
 `objective_config`: the run's values of the objective's `defining_keys` (e.g. gidd.p_u,
-mdm.schedule), which `import_run` restores; an MDM export
-has the AR class's weights layout but must be run with bidirectional attention.
+mdm.schedule, block_diffusion.block_size), which `import_run` restores; `dllm-jax import`
+reads both kinds of export back (import -> export -> import is bitwise).
 """
 
 from dllm_jax.hf.export import export_config, export_params, export_run, hf_family

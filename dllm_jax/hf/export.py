@@ -14,15 +14,19 @@ import jax
 import numpy as np
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.hf.layout import FAMILIES, _flat, tensor_plan, to_hf
+from dllm_jax.hf.layout import AUTO_MAP, DIFFUSION_ARCH, DIFFUSION_MODEL_TYPE, FAMILIES, REMOTE_FILES, _flat, tensor_plan, to_hf
 
 log = logging.getLogger("dllm_jax")
 
 # ---------------------------------------------------------------- export
-def hf_family(model_cfg) -> str:
-    """The transformers class that represents our model exactly; ConfigError if none does."""
+def hf_family(model_cfg, causal: bool = True) -> str:
+    """The transformers class that represents our model exactly; ConfigError if none does.
+    `causal=False` (a diffusion run): `DIFFUSION_ARCH`, our own modeling file, which runs the
+    run's attention pattern and has every combination of QK-norm and q/k/v biases."""
     if model_cfg.num_experts:
         raise ConfigError("MoE runs (model.num_experts > 0) cannot be exported: no transformers class has this router")
+    if not causal:
+        return DIFFUSION_ARCH
     if model_cfg.qk_norm and model_cfg.attention_bias:
         raise ConfigError("model.qk_norm with model.attention_bias has no exact transformers class (Qwen3's bias includes o_proj)")
     if model_cfg.qk_norm:
@@ -39,9 +43,14 @@ def _hf_pad_id(tokenizer):
 def export_config(config, model_cfg, tokenizer, step: int) -> dict:
     """config.json of an exported run (transformers keys plus a `dllm_jax` entry). `eos_token_id`
     is the run's EOS (the document separator it learnt to emit); `pad_token_id` its pad piece,
-    or null when the run padded with the extra id (recorded as `dllm_jax.pad_token_id`)."""
-    arch = hf_family(model_cfg)
-    family = FAMILIES[arch]
+    or null when the run padded with the extra id (recorded as `dllm_jax.pad_token_id`).
+    A diffusion run (not `objective.causal`) gets `model_type` 'dllm_jax', `auto_map` to the
+    modeling file export_run copies, and the keys its config class reads (`_diffusion_keys`)."""
+    from dllm_jax import objectives
+
+    obj = objectives.build(config)
+    arch = hf_family(model_cfg, obj.causal)
+    family = FAMILIES.get(arch, DIFFUSION_MODEL_TYPE)
     out = {
         "architectures": [arch],
         "model_type": family,
@@ -73,9 +82,8 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
     if family in ("qwen2", "qwen3"):
         out.update(use_sliding_window=False, sliding_window=None, max_window_layers=model_cfg.n_layers)
     shift = bool(config.model.get("shift_logits", False))
-    from dllm_jax import objectives
-
-    obj = objectives.build(config)
+    if family == DIFFUSION_MODEL_TYPE:
+        out.update(_diffusion_keys(config, model_cfg, tokenizer, obj, shift))
     out["dllm_jax"] = {
         "objective": config.objective,
         # AR: causal; MDM: bidirectional; block diffusion: bidirectional within blocks of
@@ -95,6 +103,29 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "step": step,
     }
     return out
+
+
+def _diffusion_keys(config, model_cfg, tokenizer, obj, shift: bool) -> dict:
+    """config.json keys of a diffusion export read by configuration_dllm_jax.DllmJaxConfig:
+    the architecture switches the Llama / Qwen classes express by their class (QK-norm, q/k/v
+    biases), the attention pattern, the ids the samplers need, and `generate`'s defaults:
+    dllm-jax sample's (the objective's default sampler, steps = max_new_tokens, one block for
+    MDM and the run's block size for block diffusion, EOS last), except temperature 0 (greedy:
+    the setting at which the modeling file reproduces our tokens)."""
+    return {
+        "auto_map": dict(AUTO_MAP),
+        "qk_norm": bool(model_cfg.qk_norm),
+        "attention_bias": bool(model_cfg.attention_bias),
+        "objective": config.objective,
+        "attention": "block_causal" if obj.block_size else "bidirectional",
+        "block_size": obj.block_size or None,
+        "mask_token_id": tokenizer.mask_id,
+        "dllm_pad_token_id": tokenizer.pad_id,
+        "shift_logits": shift,
+        "schedule": config.mdm.schedule,
+        "generation_defaults": {"sampler": obj.default_sampler, "max_new_tokens": 64, "steps": None,
+                                "block_length": obj.block_size or None, "threshold": None, "eos_last": True, "temperature": 0.0},
+    }
 
 
 def _get(config, dotted: str):
@@ -205,7 +236,7 @@ def export_params(params, model_cfg) -> dict:
 
 # files of a Hugging Face checkpoint directory that an export replaces or that readers would
 # take instead of what it writes (weights, configs, tokenizer files); other files are kept
-_HF_FILES = frozenset({
+_HF_FILES = frozenset({*REMOTE_FILES,
     "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
     "pytorch_model.bin.index.json", "tf_model.h5", "tf_model.h5.index.json", "flax_model.msgpack",
     "flax_model.msgpack.index.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
@@ -268,6 +299,10 @@ def export_run(workdir: str, output: str, step: int | None = None) -> dict:
         with open(os.path.join(stage, "generation_config.json"), "w", encoding="utf-8") as f:
             json.dump(gen, f, indent=2)
         files = ["config.json", "generation_config.json", "model.safetensors"] + _write_tokenizer(run.tokenizer, stage, hf_cfg)
+        if hf_cfg["architectures"][0] == DIFFUSION_ARCH:  # its own modeling file (package data), copied verbatim
+            for name in REMOTE_FILES:
+                shutil.copyfile(os.path.join(os.path.dirname(__file__), "remote", name), os.path.join(stage, name))
+            files += list(REMOTE_FILES)
         stale = sorted(n for n in os.listdir(output) if (n in _HF_FILES or _HF_SHARD.match(n)) and n not in files
                        and os.path.isfile(os.path.join(output, n)))
         for name in sorted(files, key=lambda n: n == "config.json"):  # config.json last: the checkpoint is complete

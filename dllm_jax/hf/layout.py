@@ -105,3 +105,15 @@ def tensor_plan(param_paths, n_layers: int) -> dict:
                 "only dense models (model.num_experts=0) map onto Llama / Qwen2 / Qwen3"
             )
     return plan
+
+
+# ---------------------------------------------------------------- diffusion exports (dllm_jax's own transformers class)
+# A non-AR run is exported with its own PyTorch modeling file (trust_remote_code): the Llama /
+# Qwen tensor names above, config.json `model_type` DIFFUSION_MODEL_TYPE and `auto_map`; the
+# two files under dllm_jax/hf/remote/ (package data) are copied verbatim next to the weights.
+DIFFUSION_ARCH = "DllmJaxDiffusionLM"
+DIFFUSION_MODEL_TYPE = "dllm_jax"
+REMOTE_FILES = ("configuration_dllm_jax.py", "modeling_dllm_jax.py")
+FAMILIES[DIFFUSION_ARCH] = DIFFUSION_MODEL_TYPE  # read back like Llama, QK-norm and biases from config keys (load.hf_model_settings)
+AUTO_MAP = {"AutoConfig": "configuration_dllm_jax.DllmJaxConfig", "AutoModel": "modeling_dllm_jax.DllmJaxDiffusionLM",
+            "AutoModelForMaskedLM": "modeling_dllm_jax.DllmJaxDiffusionLM"}

@@ -76,6 +76,8 @@ def hf_model_settings(hf: dict, where: str) -> dict:
         raise ConfigError(f"{where}: hidden_act={act!r}; dllm_jax's MLP is SwiGLU (silu); this checkpoint cannot be represented")
     if hf.get("mlp_bias"):
         raise ConfigError(f"{where}: mlp_bias=true is not supported (dllm_jax's MLP has no biases)")
+    if family == "dllm_jax":  # our diffusion export (layout.DIFFUSION_ARCH): QK-norm and q/k/v biases are config keys
+        return _diffusion_settings(hf, where)
     bias = bool(hf.get("attention_bias", False))
     if family in ("llama", "mistral", "qwen3") and bias:
         raise ConfigError(f"{where}: attention_bias=true ({arch} then also has an output-projection bias) is not supported; "
@@ -102,6 +104,22 @@ def hf_model_settings(hf: dict, where: str) -> dict:
         "num_experts": 0,
         "experts_per_token": 2,
     }
+
+
+def _diffusion_settings(hf: dict, where: str) -> dict:
+    """`model.*` values of a config.json written for `DIFFUSION_ARCH` (dllm_jax's own modeling
+    file): the Llama keys plus `qk_norm` and `attention_bias` (q/k/v biases only)."""
+    from dllm_jax.hf.layout import DIFFUSION_ARCH, DIFFUSION_MODEL_TYPE
+
+    if hf.get("model_type") != DIFFUSION_MODEL_TYPE:
+        raise CheckpointError(f"{where}: architecture {DIFFUSION_ARCH!r} with model_type={hf.get('model_type')!r}; "
+                              f"a dllm_jax diffusion export has model_type={DIFFUSION_MODEL_TYPE!r}: export it again")
+    for key in ("qk_norm", "attention_bias"):
+        if not isinstance(hf.get(key), bool):
+            raise ConfigError(f"{where}: {key}={hf.get(key)!r} must be true or false in a dllm_jax diffusion export's config.json")
+    settings = hf_model_settings({**hf, "architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False}, where)
+    settings.update(qk_norm=hf["qk_norm"], attention_bias=hf["attention_bias"])
+    return settings
 
 
 def _read_index(path: str) -> dict:

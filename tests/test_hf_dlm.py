@@ -299,6 +299,29 @@ def test_round_trip_import_export_import_is_bitwise(tmp_path, family):
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
 
 
+@pytest.mark.slow  # two short trainings with a resume: ~30 s each on 2 CPU cores
+@pytest.mark.parametrize("family", ["llada", "sdar"])
+def test_train_continues_a_released_dlm_on_a_corpus(tmp_path, corpus, family):
+    """`train --config.init.from_hf=DIR` on a corpus: the run is the checkpoint's objective with
+    its own [MASK] (also when it resumes), and its first step starts from the released weights."""
+    from conftest import tiny_config
+    from dllm_jax.metrics import read_metrics
+    from dllm_jax.train import train
+
+    hf_dir, _, tensors, ids = make_released_dir(tmp_path / family, family)
+    paths, cache = corpus
+    cfg = tiny_config(paths, cache, "ar", init__from_hf=hf_dir, train__num_steps=2, train__warmup_steps=1, train__log_every=1, train__eval_every=0,
+                      train__checkpoint_every=1, data__epochs=1)
+    workdir = str(tmp_path / "run")
+    train(cfg, workdir, stop_after=1)
+    train(cfg, workdir)  # resumes: the saved objective and mask win over the experiment's objective='ar'
+    run = load_run(workdir)
+    assert run.step == 2 and run.config.objective == EXPECTED[family][0] and run.tokenizer.mask_id == ids["mask"]
+    assert all(np.isfinite(r["loss"]) for r in read_metrics(workdir) if "loss" in r)
+    emb = tensors["model.transformer.wte.weight" if family == "llada" else "model.embed_tokens.weight"]
+    np.testing.assert_allclose(np.asarray(run.params["embedding"])[:ids["size"]], emb[:ids["size"]], atol=0.05)
+
+
 # ---------------------------------------------------------------- the mask id is never predicted, sampled or scored
 def test_cross_entropy_excludes_an_in_vocabulary_mask():
     logits = np.random.default_rng(0).normal(0, 2, (2, 5, 12)).astype(np.float32)

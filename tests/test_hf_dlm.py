@@ -356,7 +356,7 @@ class MaskLoving(Transformer):
         return (bump(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else bump(out)
 
 
-@pytest.mark.parametrize("family", ["llada", "sdar"])
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
 def test_samplers_never_emit_the_checkpoint_mask(tmp_path, family):
     from dllm_jax.sampling.api import generate_tokens
 
@@ -370,6 +370,29 @@ def test_samplers_never_emit_the_checkpoint_mask(tmp_path, family):
     out = np.asarray(res.tokens)
     assert out.size and not (out == ids["mask"]).any()
     assert ((out >= 0) & (out < ids["size"])).all() or (out == tid.pad_id).any()
+
+
+@pytest.mark.parametrize("family", ["llada", "sdar"])
+def test_scores_do_not_count_the_checkpoint_mask(tmp_path, family):
+    """Sequence NELBO, answer log-likelihoods and one-token choices of the model whose [MASK]
+    logit dominates equal the plain model's: the mask's probability is never in a score."""
+    from dllm_jax.evaluation.likelihood import Scorer
+
+    hf_dir, _, _, ids = make_released_dir(tmp_path / family, family)
+    hf.import_run(hf_dir, str(tmp_path / "run"), _run_config())
+    run = load_run(str(tmp_path / "run"))
+    seqs = np.random.default_rng(3).integers(0, ids["mask"], (2, 16))
+    pairs = [(list(seqs[0, :6]), list(seqs[0, 6:9])), (list(seqs[1, :5]), [int(ids["eot"])])]
+    results = []
+    for model in (run.model, MaskLoving(run.model.cfg, mask_id=ids["mask"])):
+        scorer = Scorer.for_model(model, run.config, run.tokenizer, batch_size=4)
+        nll = scorer.sequence_nll(run.params, seqs, mc_samples=2, seed=0)["nats_per_token"]
+        lls = [(p.logprob, p.greedy) for p in scorer.loglikelihood(run.params, pairs, mc_samples=2, seed=0, greedy=True)]
+        results.append((nll, lls))
+    assert np.isfinite(results[0][0]) and results[0][0] < 50
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    for (a, ga), (b, gb) in zip(results[0][1], results[1][1]):
+        assert ga == gb and abs(a - b) < 1e-4 * max(1.0, abs(a))
 
 
 def test_uniform_objectives_refuse_an_in_vocabulary_mask():

@@ -89,7 +89,7 @@ def _llada_settings(hf: dict, where: str) -> dict:
     need("activation_type", lambda v: v == "silu", "silu", "dllm_jax's MLP is silu(gate) * up")
     need("layer_norm_type", lambda v: v == "rms", "rms", "dllm_jax's norms are RMSNorm with a scale")
     need("layer_norm_with_affine", lambda v: v in (None, True), True, "dllm_jax's RMSNorm has a learned scale")
-    need("bias_for_layer_norm", lambda v: not v and (v is not None or not hf.get("include_bias")), False, "norms have no bias")
+    need("bias_for_layer_norm", lambda v: not v, False, "dllm_jax's norms have no bias")
     need("include_bias", lambda v: not v, False, "only q/k/v biases (include_qkv_bias) are supported")
     need("attention_layer_norm", lambda v: not v, False,
          "LLaDA's q/k norm spans the whole projection; dllm_jax's qk_norm is per head (Qwen3)")

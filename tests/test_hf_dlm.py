@@ -421,3 +421,26 @@ def test_llada_moe_and_a_missing_mask_are_checkpoint_errors(tmp_path):
         json.dump({k: v for k, v in cfg.items() if k != "mask_token_id"}, f)
     with pytest.raises(CheckpointError, match="mask"):
         hf.resolve_init(_run_config(**{"init.from_hf": hf_dir}))
+
+
+def test_mask_token_must_be_a_special_token_other_than_eos(tmp_path):
+    from dllm_jax.data.tokenizer import load_tokenizer
+
+    path = str(tmp_path / "tokenizer.json")
+    ids = make_tokenizer(path, "<|mdm_mask|>")
+    tok = load_tokenizer(path, mask_token="<|mdm_mask|>")
+    assert (tok.mask_id, tok.mask_is_extra, tok.mask_names) == (ids["mask"], False, {"mask_token": "<|mdm_mask|>"})
+    assert tok.id_to_piece(ids["mask"]) == "<|mdm_mask|>" and tok.decode([5, ids["mask"], 6]) == tok.decode([5, 6])
+    plain = load_tokenizer(path)
+    assert plain.mask_id == plain.vocab_size and plain.fingerprint == tok.fingerprint  # the mask changes no token data
+    with pytest.raises(ConfigError, match="data.mask_token='<\\|endoftext\\|>' is the EOS token"):
+        load_tokenizer(path, mask_token="<|endoftext|>")
+    with pytest.raises(ConfigError, match="ordinary piece"):
+        load_tokenizer(path, mask_token=plain.id_to_piece(40))
+
+
+def test_an_explicit_objective_that_contradicts_a_released_dlm_is_refused(tmp_path):
+    hf_dir, _, _, _ = make_released_dir(tmp_path / "dream", "dream")
+    with pytest.raises(ConfigError, match="model.shift_logits"):
+        hf.import_run(hf_dir, str(tmp_path / "run"), _run_config(**{"model.shift_logits": False}), explicit={"model.shift_logits"})
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")

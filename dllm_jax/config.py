@@ -114,6 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.split_special_tokens = True  # True: special-token strings in corpus text (e.g. '</s>') are text, as transformers' split_special_tokens; False: they become their ids
     c.data.eos_token = ""  # the special token that ends every document (a real, trained token); '' = the tokenizer's own
     c.data.pad_token = ""  # the special token used for padding only (never EOS); '' = the tokenizer's own, else an extra id
+    c.data.mask_token = ""  # the special token that is [MASK] (a released diffusion LM's own, set by init.from_hf); '' = an extra id past the vocabulary
     c.data.store = ""  # a token store made by `dllm-jax prepare` to train from; '' = prepare the source into data.cache_dir
     c.data.cache_dir = ""  # where sources are prepared into token stores; '' = $DLLM_JAX_CACHE or ~/.cache/dllm_jax
     c.data.max_docs = 0  # use only the first N documents of the source (0 = all)
@@ -268,7 +269,7 @@ RULES = {
     "data.tfds_name": STR, "data.tfds_split": STR, "data.tfds_data_dir": STR, "data.text_key": STR,
     "data.seq_len": _int(2), "data.unique_tokens": _int(0), "data.epochs": _int(1, 10**6), "data.val_tokens": _int(0),
     "data.tokenizer": STR, "data.vocab_size": _int(1, 1 << 20), "data.tokenizer_type": _one_of("unigram", "bpe"), "data.split_special_tokens": BOOL,
-    "data.eos_token": STR, "data.pad_token": STR,
+    "data.eos_token": STR, "data.pad_token": STR, "data.mask_token": STR,
     "data.cache_dir": STR, "data.store": STR, "data.max_docs": _int(0), "data.document_attention": BOOL,
     "train.batch_size": _int(1), "train.grad_accum": _int(1), "train.num_steps": _int(0), "train.lr": POSITIVE,
     "train.min_lr_ratio": UNIT, "train.warmup_steps": _int(0), "train.schedule": _one_of(*SCHEDULES),

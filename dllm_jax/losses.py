@@ -1,10 +1,10 @@
 """Memory-lean cross-entropy: the output head and the softmax computed a chunk of positions
 at a time, so the full [batch, length, vocab] logits never exist at once.
 
-`chunked_token_cross_entropy(hidden, head, targets, vocab_limit, chunk)` returns the same
-per-position cross-entropy [B, L] as
+`chunked_token_cross_entropy(hidden, head, targets, vocab_limit, chunk, mask_id)` returns the
+same per-position cross-entropy [B, L] as
 
-    objectives.token_cross_entropy(einsum(hidden, head), targets, vocab_limit)
+    objectives.token_cross_entropy(einsum(hidden, head), targets, vocab_limit, mask_id)
 
 (the model's own head: `hidden @ head.astype(hidden.dtype)`, then float32), so every
 objective's weighting and metric works unchanged on top of it. The forward pass keeps only
@@ -33,11 +33,12 @@ _LOGIT_AXES = ("activation_batch", "activation_length", "activation_vocab")
 
 
 def _chunk_logits(h, head, vocab_limit):
+    """`vocab_limit`: (limit, mask_id or None), static; columns that are no real token get _NEG."""
+    from dllm_jax.objectives.common import mask_unreal
+
     logits = jnp.einsum("bcd,dv->bcv", h, head.astype(h.dtype)).astype(jnp.float32)
     logits = nn.with_logical_constraint(logits, _LOGIT_AXES)
-    if vocab_limit < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, _NEG)
-    return logits
+    return mask_unreal(logits, *vocab_limit, fill=_NEG)
 
 
 def _split(x, chunk):
@@ -102,8 +103,9 @@ def _ce_bwd(vocab_limit, chunk, residuals, g):
 _ce.defvjp(_ce_fwd, _ce_bwd)
 
 
-def chunked_token_cross_entropy(hidden, head, targets, vocab_limit: int, chunk: int):
-    """Per-position -log softmax(hidden @ head)[target] over ids < vocab_limit; [B, L] float32.
+def chunked_token_cross_entropy(hidden, head, targets, vocab_limit: int, chunk: int, mask_id: int | None = None):
+    """Per-position -log softmax(hidden @ head)[target] over the real ids (< vocab_limit, !=
+    mask_id: `objectives.common.real_ids`); [B, L] float32.
 
     hidden [B, L, D] (compute dtype), head [D, V] (any float dtype; cast to hidden's),
     targets [B, L] int, chunk = positions per chunk (> 0)."""
@@ -111,7 +113,8 @@ def chunked_token_cross_entropy(hidden, head, targets, vocab_limit: int, chunk: 
         raise ValueError(f"chunk={chunk} must be > 0 (model.loss_chunk=0 means: use the plain loss)")
     if hidden.ndim != 3 or targets.shape != hidden.shape[:2]:
         raise ValueError(f"hidden {hidden.shape} and targets {targets.shape} must be [B, L, D] and [B, L]")
-    return _ce(hidden, head, targets.astype(jnp.int32), int(vocab_limit), int(min(chunk, hidden.shape[1])))
+    limits = (int(vocab_limit), None if mask_id is None else int(mask_id))
+    return _ce(hidden, head, targets.astype(jnp.int32), limits, int(min(chunk, hidden.shape[1])))
 
 
 def chunked_logits_map(hidden, head, fn, per_position, chunk: int):

@@ -51,8 +51,10 @@ def build_model(config, tokenizer_vocab: int, extra_pad: bool = False) -> Transf
 
 
 def token_ids(tokenizer) -> objectives.TokenIds:
-    """The objectives' ids of a tokenizer: pad (padding only, never EOS), EOS, [MASK]."""
-    return objectives.TokenIds(pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id)
+    """The objectives' ids of a tokenizer: pad (padding only, never EOS), EOS, [MASK] (the extra id
+    vocab_size, or a released DLM's own mask piece), and vocab_limit = the tokenizer's vocab size."""
+    return objectives.TokenIds(pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, mask_id=tokenizer.mask_id,
+                               vocab_limit=tokenizer.vocab_size)
 
 
 def _init_fn(model: Transformer, tx, seq_len: int):
@@ -96,13 +98,14 @@ def state_from_params(tx, params, shardings) -> TrainState:
 
 
 def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objective: objectives.Objective | None = None,
-               vocab_limit: int, loss_chunk: int = 0, causal: bool | None = None, **apply_kwargs):
+               vocab_limit: int, loss_chunk: int = 0, causal: bool | None = None, mask_id: int | None = None, **apply_kwargs):
     """Per-position cross-entropy [B, L] (L = prep.targets.shape[1]; more generally what the
     objective's `token_loss` returns: uniform / gidd give a dict of [B, L] statistics) and the
     MoE load-balancing loss summed over layers (0.0 for a dense model). The network call is the
     objective's (`Objective.forward`: its attention pattern). `loss_chunk > 0` uses the
     chunked loss (`dllm_jax.losses`), which never holds the [B, L, V] logits; 0 the plain
-    one. Same values either way. (`causal` without an objective: a plain causal/bidirectional call.)"""
+    one. Same values either way. (`causal` without an objective: a plain causal/bidirectional call.)
+    The softmax ranges over the real ids: < vocab_limit and != mask_id (`objectives.common.real_ids`)."""
     moe = model.cfg.num_experts > 0
     if objective is None:
         objective = objectives.AutoRegressive() if causal else objectives.MaskedDiffusion()
@@ -113,7 +116,8 @@ def forward_ce(model: Transformer, params, prep: objectives.Prepared, *, objecti
         out, state = out
         aux = sum(jnp.sum(v) for v in jax.tree.leaves(state.get("intermediates", {})))
     head = output_head(params, model.cfg) if loss_chunk else None
-    return objective.token_loss(out, prep, vocab_limit, head=head, chunk=loss_chunk), aux
+    extra = {} if mask_id is None or mask_id >= vocab_limit else {"mask_id": mask_id}  # objectives that take no in-vocabulary mask
+    return objective.token_loss(out, prep, vocab_limit, head=head, chunk=loss_chunk, **extra), aux
 
 
 def _split_micro(x, accum: int):
@@ -132,7 +136,7 @@ def make_train_step(model: Transformer, tx, config, ids: objectives.TokenIds, me
 
     def micro_loss(params, prep: objectives.Prepared, denom, rng, attn_mask):
         ce, aux = forward_ce(
-            model, params, prep, objective=objective, vocab_limit=ids.mask_id, loss_chunk=config.model.loss_chunk,
+            model, params, prep, objective=objective, vocab_limit=ids.vocab_limit, mask_id=ids.mask_id, loss_chunk=config.model.loss_chunk,
             deterministic=not use_dropout, rngs={"dropout": rng} if use_dropout else None,
             **({} if attn_mask is None else {"attention_mask": attn_mask}),
         )

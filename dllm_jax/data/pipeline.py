@@ -108,6 +108,15 @@ def _check_encoding(store: store_lib.TokenStore, d, store_dir: str) -> None:
         )
 
 
+def with_mask_token(tok, d):
+    """`tok` with the [MASK] id that data.mask_token names (a store's tokenizer is rebuilt from
+    its manifest's EOS / pad names, which do not include the mask: it does not change the tokens)."""
+    name = tokenizer_names(d)["mask_token"]
+    if tok.mask_names.get("mask_token") == name or (name is None and not tok.mask_names):
+        return tok
+    return tokenizer_from_bytes(tok.model_bytes, source="of the run", **tok.overrides, mask_token=name)
+
+
 def _check_special_names(tok, names: dict, store_dir: str) -> None:
     """ConfigError unless data.eos_token / data.pad_token give the store's tokenizer the EOS and
     pad ids it was prepared with (the run's config is what rebuilds its tokenizer later)."""
@@ -198,7 +207,7 @@ def build_dataset(config, workdir: str | None, process_index: int | None = None,
     store, hit = _open_store(d, workdir)
     if check_store is not None:  # e.g. the trainer refusing other data on resume, before an index is built
         check_store(store)
-    tok = store.tokenizer
+    tok = with_mask_token(store.tokenizer, d)
     arrays, stats, index_hit = index_lib.load_or_build_index(
         store, workdir, process_index=process_index, seed=seed, max_docs=max_docs, val_tokens=val_requested,
         unique_tokens=unique_requested, seq_len=seq_len, global_batch=global_batch)

@@ -4,9 +4,13 @@
 Both kinds expose ``vocab_size``, ``pad_id``, ``eos_id``, ``mask_id``, ``fingerprint``,
 ``model_bytes``, ``filename``, ``encode``, ``encode_batch``, ``decode``, ``id_to_piece``
 and ``save``; ``load_tokenizer(path)`` and ``tokenizer_from_bytes(b)`` pick the kind from
-the file's content. The absorbing-diffusion [MASK] token is NOT a piece of either: it is
-``mask_id == vocab_size``, one past the real vocabulary, so models that need it use
-``vocab_size + 1`` embedding rows.
+the file's content. The absorbing-diffusion [MASK] token is, by default, NOT a piece of
+either: it is ``mask_id == vocab_size``, one past the real vocabulary (``mask_is_extra``),
+so models that need it use ``vocab_size + 1`` embedding rows. A released diffusion LM
+(LLaDA, Dream, SDAR) was trained with a mask piece of its own tokenizer: ``mask_token``
+(``data.mask_token``, set by ``init.from_hf``) names that special token, and ``mask_id`` is
+its id, inside the vocabulary. Either way the ids that are never predicted, sampled or
+scored are ``ids >= vocab_size`` and ``mask_id`` (``objectives.TokenIds.is_real``).
 
 EOS and padding (one rule for both kinds):
 
@@ -20,8 +24,11 @@ EOS and padding (one rule for both kinds):
   by ``data.pad_token``, else the tokenizer's own pad piece (SentencePiece's pad;
   ``HF_PAD_CANDIDATES``) when it has one other than EOS, else an EXTRA id
   ``vocab_size + 1``, one past [MASK] (``pad_is_extra``; the model then has one more
-  embedding row, ``train_step.model_vocab_rows``). Never EOS. Ids >= ``mask_id`` are never
-  predicted, and a pad piece inside the vocabulary is banned by the samplers.
+  embedding row, ``train_step.model_vocab_rows``). Never EOS. Ids >= ``vocab_size`` and
+  ``mask_id`` are never predicted, and a pad piece inside the vocabulary is banned by the samplers.
+- A named mask token (``data.mask_token``) must be a special token too, and neither EOS nor
+  the pad token. It does not change the token data, so it is not part of ``fingerprint``
+  nor of ``overrides`` (a store's identity); ``mask_names`` holds it.
 - A named EOS / pad token must be a special token of the tokenizer (a control piece of a
   SentencePiece model; an added special token of a tokenizer.json), else ConfigError.
 - ``fingerprint`` is the hash of the file, extended with the (eos, pad) ids when names
@@ -135,7 +142,8 @@ class Tokenizer:
     kind = "sentencepiece"
     filename = "tokenizer.model"  # its name in a workdir or token store
 
-    def __init__(self, model_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None):
+    def __init__(self, model_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None,
+                 mask_token: str | None = None):
         sp = spm.SentencePieceProcessor()
         try:
             sp.LoadFromSerializedProto(model_bytes)
@@ -149,7 +157,6 @@ class Tokenizer:
         self.vocab_size = int(sp.GetPieceSize())
         self.unk_id = int(sp.unk_id())
         self.bos_id = int(sp.bos_id())
-        self.mask_id = self.vocab_size
 
         def find(name):
             i = int(sp.PieceToId(name))
@@ -160,7 +167,7 @@ class Tokenizer:
             self, source, find=find, is_special=lambda i: bool(sp.IsControl(i)),
             specials=lambda: [sp.IdToPiece(i) for i in range(self.vocab_size) if sp.IsControl(i)],
             auto_eos=auto_eos, auto_pad=lambda eos: int(sp.pad_id()) if 0 <= sp.pad_id() != eos else None,
-            eos_token=eos_token, pad_token=pad_token,
+            eos_token=eos_token, pad_token=pad_token, mask_token=mask_token,
             no_eos=f"SentencePiece model {source} has no EOS piece (eos_id={int(sp.eos_id())}); train it with eos_id set "
                    "(e.g. eos_id=2), let dllm_jax train one (data.tokenizer=''), or set data.eos_token to the control piece "
                    "that ends a document")
@@ -257,11 +264,11 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """Text of ``ids``, dropping pad, mask and out-of-range ids (EOS decodes to nothing)."""
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        keep = (arr >= 0) & (arr < self.vocab_size) & (arr != self.pad_id)
+        keep = (arr >= 0) & (arr < self.vocab_size) & (arr != self.pad_id) & (arr != self.mask_id)
         return self._sp.DecodeIds([int(i) for i in arr[keep]])
 
     def id_to_piece(self, i: int) -> str:
-        if i == self.mask_id:
+        if self.mask_is_extra and i == self.mask_id:
             return "[MASK]"
         if self.pad_is_extra and i == self.pad_id:
             return "[PAD]"
@@ -293,14 +300,17 @@ _LOOKS_SPECIAL = re.compile(r"^(<\|[^\s]+\|>|<[^<>\s]+>|\[[A-Za-z_]+\])$")
 
 def tokenizer_names(data_cfg) -> dict:
     """The ``eos_token`` / ``pad_token`` arguments of the loaders from a config's ``data``
-    section (``data.eos_token`` / ``data.pad_token``; '' = the automatic rule, i.e. None)."""
+    section (``data.eos_token`` / ``data.pad_token``; '' = the automatic rule, i.e. None), and
+    ``mask_token`` (``data.mask_token``; '' = the extra id ``vocab_size``)."""
     get = data_cfg.get if hasattr(data_cfg, "get") else (lambda k, d=None: getattr(data_cfg, k, d))
-    return {"eos_token": get("eos_token", "") or None, "pad_token": get("pad_token", "") or None}
+    return {"eos_token": get("eos_token", "") or None, "pad_token": get("pad_token", "") or None,
+            "mask_token": get("mask_token", "") or None}
 
 
 def _choose_special_ids(tok, source: str, *, find, is_special, specials, auto_eos, auto_pad, eos_token, pad_token,
-                        no_eos: str) -> None:
-    """Sets ``eos_id``, ``pad_id``, ``pad_is_extra``, ``overrides`` (the names given, to rebuild
+                        no_eos: str, mask_token: str | None = None) -> None:
+    """Sets ``eos_id``, ``pad_id``, ``pad_is_extra``, ``mask_id``, ``mask_is_extra``, ``mask_names``
+    (``{'mask_token': name}`` when one is given, else empty), ``overrides`` (the names given, to rebuild
     the same tokenizer: ``tokenizer_from_bytes(b, **tok.overrides)``) and ``fingerprint`` of
     ``tok`` (which has ``model_bytes`` and ``vocab_size``) by the module docstring's rule.
 
@@ -336,6 +346,14 @@ def _choose_special_ids(tok, source: str, *, find, is_special, specials, auto_eo
         pad = auto_pad(eos)
         pad = extra if pad is None else pad
     tok.eos_id, tok.pad_id, tok.pad_is_extra = int(eos), int(pad), pad == extra
+    tok.mask_id, tok.mask_names = tok.vocab_size, {}
+    if mask_token:
+        mask = named("data.mask_token", mask_token)
+        if mask in (tok.eos_id, tok.pad_id):
+            raise ConfigError(f"data.mask_token={mask_token!r} is the {'EOS' if mask == tok.eos_id else 'pad'} token (id {mask}); "
+                              "[MASK] needs an id of its own: name the checkpoint's mask token, or set data.mask_token=''.")
+        tok.mask_id, tok.mask_names = int(mask), {"mask_token": mask_token}
+    tok.mask_is_extra = tok.mask_id == tok.vocab_size
     tok.overrides = {k: v for k, v in (("eos_token", eos_token), ("pad_token", pad_token)) if v}
     base = hashlib.sha256(tok.model_bytes).hexdigest()[:16]
     auto = None
@@ -372,7 +390,8 @@ class HFTokenizer:
     kind = "hf"
     filename = "tokenizer.json"
 
-    def __init__(self, json_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None):
+    def __init__(self, json_bytes: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None,
+                 mask_token: str | None = None):
         try:
             from tokenizers import Tokenizer as _HFTok  # pylint: disable=import-outside-toplevel
         except ImportError as e:
@@ -391,7 +410,6 @@ class HFTokenizer:
         self.vocab_size = max(self.vocab_size, max(vocab.values(), default=-1) + 1)
         self.unk_id = -1
         self.bos_id = -1
-        self.mask_id = self.vocab_size
         added = tok.get_added_tokens_decoder()
 
         def specials():
@@ -403,7 +421,7 @@ class HFTokenizer:
             self, source, find=lambda n: int(vocab[n]) if n in vocab else None,
             is_special=lambda i: i in added and bool(added[i].special), specials=specials, auto_eos=auto_eos,
             auto_pad=lambda eos: next((int(vocab[n]) for n in HF_PAD_CANDIDATES if n in vocab and vocab[n] != eos), None),
-            eos_token=eos_token, pad_token=pad_token,
+            eos_token=eos_token, pad_token=pad_token, mask_token=mask_token,
             no_eos=f"Hugging Face tokenizer {source} has none of the end-of-text tokens {list(HF_EOS_CANDIDATES)}; set "
                    "data.eos_token to the special token that ends a document (dllm_jax appends one to every document)")
         self._init_text_handling()
@@ -455,11 +473,11 @@ class HFTokenizer:
     def decode(self, ids) -> str:
         """Text of ``ids``, dropping pad, EOS, mask and out-of-range ids."""
         arr = np.asarray(ids, dtype=np.int64).reshape(-1)
-        keep = (arr >= 0) & (arr < self.vocab_size) & (arr != self.pad_id) & (arr != self.eos_id)
+        keep = (arr >= 0) & (arr < self.vocab_size) & (arr != self.pad_id) & (arr != self.eos_id) & (arr != self.mask_id)
         return self._tok.decode([int(i) for i in arr[keep]], skip_special_tokens=False)
 
     def id_to_piece(self, i: int) -> str:
-        if i == self.mask_id:
+        if self.mask_is_extra and i == self.mask_id:
             return "[MASK]"
         if self.pad_is_extra and i == self.pad_id:
             return "[PAD]"
@@ -473,15 +491,16 @@ def _is_json(b: bytes) -> bool:
     return bytes(b[:64]).lstrip().startswith(b"{")
 
 
-def tokenizer_from_bytes(b: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None):
+def tokenizer_from_bytes(b: bytes, source: str = "<bytes>", eos_token: str | None = None, pad_token: str | None = None,
+                         mask_token: str | None = None):
     """A ``Tokenizer`` (SentencePiece proto) or ``HFTokenizer`` (tokenizer.json), by content.
     ``eos_token`` / ``pad_token``: names of the EOS / pad tokens (None = automatic; see the
     module docstring), e.g. ``**tokenizer_names(config.data)``."""
     cls = HFTokenizer if _is_json(b) else Tokenizer
-    return cls(b, source=source, eos_token=eos_token, pad_token=pad_token)
+    return cls(b, source=source, eos_token=eos_token, pad_token=pad_token, mask_token=mask_token)
 
 
-def load_tokenizer(path: str, eos_token: str | None = None, pad_token: str | None = None):
+def load_tokenizer(path: str, eos_token: str | None = None, pad_token: str | None = None, mask_token: str | None = None):
     """Loads a SentencePiece ``.model`` or a Hugging Face ``tokenizer.json`` (decided by content).
 
     A directory is accepted too: its ``tokenizer.json`` (a Hugging Face model directory) or
@@ -494,9 +513,10 @@ def load_tokenizer(path: str, eos_token: str | None = None, pad_token: str | Non
     if paths.isdir(path):
         for name in (HFTokenizer.filename, Tokenizer.filename):
             if paths.isfile(paths.join(paths.expand(path), name)):
-                return load_tokenizer(paths.join(paths.expand(path), name), eos_token=eos_token, pad_token=pad_token)
+                return load_tokenizer(paths.join(paths.expand(path), name), eos_token=eos_token, pad_token=pad_token, mask_token=mask_token)
         raise DataError(f"tokenizer directory {path!r} has neither tokenizer.json nor tokenizer.model; point data.tokenizer at a tokenizer file.")
-    return tokenizer_from_bytes(_read_tokenizer_file(path), source=repr(path), eos_token=eos_token, pad_token=pad_token)
+    return tokenizer_from_bytes(_read_tokenizer_file(path), source=repr(path), eos_token=eos_token, pad_token=pad_token,
+                                mask_token=mask_token)
 
 
 def _training_sentences(documents: Iterable[str]) -> list[str]:

@@ -80,8 +80,8 @@ class ScoreSpec:
     """What the estimators need to know about a run."""
 
     objective: str  # a name in dllm_jax.objectives.REGISTRY ('ar' | 'mdm' | 'block_diffusion')
-    vocab_limit: int  # ids >= this are not real tokens (== mask_id)
-    mask_id: int
+    vocab_limit: int  # the tokenizer's vocab size: ids >= this are not real tokens
+    mask_id: int  # [MASK]: == vocab_limit (our runs), or a released DLM's own piece below it (never a real token either)
     eos_id: int
     max_len: int  # longest row the model is asked to score (the run's data.seq_len)
     schedule: str = "linear"  # MDM masking schedule (the run's mdm.schedule)
@@ -111,21 +111,19 @@ def bucket_length(n: int, max_len: int) -> int:
 
 
 # ---------------------------------------------------------------- per-batch math (jittable)
-def _real_logits(logits, vocab_limit):
-    if vocab_limit < logits.shape[-1]:
-        logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -1e30)
-    return logits
+def _real_logits(logits, vocab_limit, mask_id=None):
+    return objectives.common.mask_unreal(logits, vocab_limit, mask_id)
 
 
-def ar_batch(logits_fn: LogitsFn, params, tokens, segment_ids, weights, vocab_limit: int):
+def ar_batch(logits_fn: LogitsFn, params, tokens, segment_ids, weights, vocab_limit: int, mask_id: int | None = None):
     """Exact AR scores. `weights[b, i]` (0/1) says whether the prediction made at position i
     (of token i+1) counts, as in `objectives.prepare_ar`. Returns (sum log-prob [B],
     all counted predictions are the argmax [B])."""
     logits = logits_fn(params, tokens, segment_ids)[:, :-1]
     targets = tokens[:, 1:]
     w = weights[:, :-1]
-    ce = objectives.token_cross_entropy(logits, targets, vocab_limit)
-    argmax = jnp.argmax(_real_logits(logits, vocab_limit), axis=-1)
+    ce = objectives.token_cross_entropy(logits, targets, vocab_limit, mask_id)
+    argmax = jnp.argmax(_real_logits(logits, vocab_limit, mask_id), axis=-1)
     greedy = jnp.all((argmax == targets) | (w == 0), axis=1)
     return -jnp.sum(ce * w, axis=1), greedy
 
@@ -145,7 +143,7 @@ def mdm_elbo_batch(logits_fn: LogitsFn, params, tokens, segment_ids, t, seed, sa
     u = _uniforms(seed, sample_ids, tokens.shape[1])
     masked = (u < objectives.mask_prob(t, spec.schedule)[:, None]) & valid
     inputs = jnp.where(masked, spec.mask_id, tokens)
-    ce = objectives.token_cross_entropy(logits_fn(params, inputs, segment_ids), tokens, spec.vocab_limit)
+    ce = objectives.token_cross_entropy(logits_fn(params, inputs, segment_ids), tokens, spec.vocab_limit, spec.mask_id)
     ce_sum = jnp.sum(ce * masked, axis=1)
     return objectives.elbo_weight(t, spec.schedule) * ce_sum, masked.sum(axis=1), ce_sum
 
@@ -169,10 +167,10 @@ def llada_batch(logits_fn: LogitsFn, params, tokens, segment_ids, answer, n_mask
         context = (segment_ids > 0) & ~answer
         uncond = logits_fn(params, jnp.where(context, spec.mask_id, inputs), segment_ids)
         logits = uncond + (cfg_scale + 1.0) * (logits - uncond)
-    ce = objectives.token_cross_entropy(logits, tokens, spec.vocab_limit)
+    ce = objectives.token_cross_entropy(logits, tokens, spec.vocab_limit, spec.mask_id)
     n_answer = answer.sum(axis=1)
     value = n_answer / jnp.maximum(n_mask, 1) * jnp.sum(ce * masked, axis=1)
-    argmax = jnp.argmax(_real_logits(logits, spec.vocab_limit), axis=-1)
+    argmax = jnp.argmax(_real_logits(logits, spec.vocab_limit, spec.mask_id), axis=-1)
     greedy = jnp.all((argmax == tokens) | ~masked, axis=1)
     return value, greedy
 
@@ -188,14 +186,16 @@ def next_token_batch(logits_fn: LogitsFn, params, tokens, segment_ids, slot, spe
     logits = logits_fn(params, inputs, segment_ids)
     at = pos if masked else pos - 1
     row = jnp.take_along_axis(logits, at[:, None, None], axis=1)[:, 0, :spec.vocab_limit]
-    return (jax.nn.log_softmax(row.astype(jnp.float32), axis=-1),)
+    row = _real_logits(row.astype(jnp.float32), spec.vocab_limit, spec.mask_id)  # an in-vocabulary [MASK]: never an answer
+    return (jax.nn.log_softmax(row, axis=-1),)
 
 
-def ensemble_logits_fn(member_fns: Sequence[LogitsFn], vocab_limit: int) -> LogitsFn:
+def ensemble_logits_fn(member_fns: Sequence[LogitsFn], vocab_limit: int, mask_id: int | None = None) -> LogitsFn:
     """A LogitsFn for the ensemble of K members: `fn(params, tokens, segment_ids)` with `params`
     the tuple of the K members' params returns float32 [B, L, vocab_limit + 1], the log of the
     mean of the members' softmax over the real ids (< vocab_limit), computed with logaddexp
-    (no probability underflows), and -1e30 in the last column (the [MASK] id, never predicted).
+    (no probability underflows), and -1e30 in the last column (the extra [MASK] id, never
+    predicted) and in the column of an in-vocabulary `mask_id`.
     These log-probabilities are valid logits: every estimator's softmax over the real ids
     returns the ensemble's probabilities. Members may have different output widths (model
     vocab rows); each is read on its real ids only. K copies of one member give that member's
@@ -210,7 +210,7 @@ def ensemble_logits_fn(member_fns: Sequence[LogitsFn], vocab_limit: int) -> Logi
             raise ValueError(f"the ensemble has {len(fns)} members but {len(params)} parameter sets were given")
         acc = None
         for f, p in zip(fns, params):
-            logits = f(p, tokens, segment_ids)[..., :vocab_limit].astype(jnp.float32)
+            logits = _real_logits(f(p, tokens, segment_ids)[..., :vocab_limit].astype(jnp.float32), vocab_limit, mask_id)
             lp = jax.nn.log_softmax(logits, axis=-1)
             acc = lp if acc is None else jnp.logaddexp(acc, lp)
         never = jnp.full(acc.shape[:-1] + (1,), -1e30, jnp.float32)
@@ -255,7 +255,7 @@ class Scorer:
             return objective.forward(model, params, tokens, segment_ids)
 
         spec = ScoreSpec(
-            objective=config.objective, vocab_limit=tokenizer.mask_id, mask_id=tokenizer.mask_id,
+            objective=config.objective, vocab_limit=int(getattr(tokenizer, "vocab_size", tokenizer.mask_id)), mask_id=tokenizer.mask_id,
             eos_id=tokenizer.eos_id, max_len=int(config.data.seq_len), schedule=config.mdm.schedule,
             eps=float(config.mdm.eps), document_attention=bool(config.data.document_attention),
             block_size=objective.block_size,
@@ -306,7 +306,7 @@ class Scorer:
                 if a != b:
                     raise ConfigError(f"ensemble members must share {key}: {names[0]} has {key}={a!r}, {names[i]} has {key}={b!r}; "
                                       "ensemble runs of one objective, sequence length and estimator settings")
-        return cls(ensemble_logits_fn(fns, spec.vocab_limit), spec, batch_size=batch_size, mesh=mesh, members=len(models))
+        return cls(ensemble_logits_fn(fns, spec.vocab_limit, spec.mask_id), spec, batch_size=batch_size, mesh=mesh, members=len(models))
 
     # -- jit plumbing -----------------------------------------------------------------
     def _fn(self, kind: str, cfg_scale: float = 0.0):
@@ -319,7 +319,7 @@ class Scorer:
                     raise ValueError(f"classifier-free guidance is not implemented for objective {spec.objective!r}; use cfg_scale=0")
                 fn = own
             elif kind == "ar":
-                fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit)
+                fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit, spec.mask_id)
             elif kind in ("next_ar", "next_llada"):
                 fn = lambda p, tok, seg, aux, sc, seed, ids: next_token_batch(lf, p, tok, seg, aux, spec, kind == "next_llada")
             elif kind == "elbo":
@@ -545,8 +545,9 @@ class Scorer:
             if len(tokens) > self.spec.max_len or not 1 <= int(b) < len(tokens):
                 raise ValueError(f"item {i}: blank {b} of a {len(tokens)}-token passage (at most {self.spec.max_len} tokens; "
                                  "the blank after the first token, which has no prediction of its own for AR)")
-            if not all(0 <= int(c) < self.spec.vocab_limit for c in choices[i]):
-                raise ValueError(f"item {i}: choices {list(choices[i])} must be real token ids in [0, {self.spec.vocab_limit})")
+            if not all(0 <= int(c) < self.spec.vocab_limit and int(c) != self.spec.mask_id for c in choices[i]):
+                raise ValueError(f"item {i}: choices {list(choices[i])} must be real token ids in [0, {self.spec.vocab_limit}), "
+                                 f"not the mask id {self.spec.mask_id}")
             if self.objective.exact_likelihood:
                 w = np.zeros(len(tokens), np.float32)
                 w[max(int(b) - 1, 0):len(tokens) - 1] = 1.0  # predictions of tokens blank..end
@@ -582,7 +583,7 @@ class Scorer:
             raise ValueError(f"sequences must be a non-empty [M, L] array, got shape {seqs.shape}")
         m, length = seqs.shape
         if self.objective.exact_likelihood:
-            ids = objectives.TokenIds(pad_id=-1, eos_id=self.spec.eos_id, mask_id=self.spec.mask_id)
+            ids = objectives.TokenIds(pad_id=-1, eos_id=self.spec.eos_id, mask_id=self.spec.mask_id, vocab_limit=self.spec.vocab_limit)
             prep = objectives.prepare_ar(jnp.asarray(seqs), None, ids, document_attention=self.spec.document_attention)
             weights = np.asarray(prep.weights)
             rows = [_Row(seqs[i], weights[i]) for i in range(m)]

@@ -12,7 +12,18 @@ transformers 5 does (refusing values that disagree), and `load_hf_params` refuse
 config whose stored lm_head.weight differs from the embedding (transformers 4 and 5 disagree
 on that model).
 
-Both families use the same rotary convention as `dllm_jax.models.transformer.rope`: the
+Released diffusion LMs (`layout.DLM_FAMILIES`): LLaDA (`LLaDAModelLM`, its own tensor
+names, `layout.names_of`), Dream (`DreamModel`: Qwen2's names and q/k/v biases) and SDAR
+(`SDARForCausalLM`: Qwen3's) are read too, and set what they were trained as: LLaDA ->
+objective 'mdm'; Dream -> 'mdm' with model.shift_logits; SDAR -> 'block_diffusion' with its
+config.json's block_size; and `data.mask_token`, the piece of their own [MASK] (config.json's
+mask_token_id, else tokenizer_config.json's mask_token), which sits inside the vocabulary:
+the objectives, samplers and scorers exclude it with the ids past the vocabulary
+(`objectives.common.real_ids`). LLaDA-MoE is refused (`layout.REFUSED`: its router does not
+renormalise the top-k probabilities as ours does). docs/huggingface.md lists what differs
+from the authors' training recipes.
+
+All families use the same rotary convention as `dllm_jax.models.transformer.rope`: the
 rotate-half form on the two halves of each head (not interleaved pairs), with frequencies
 base^(-2i/head_dim); HF's checkpoints are already stored for it (its conversion script
 permutes Meta's original interleaved q/k weights), so q/k weights are copied unpermuted.
@@ -20,13 +31,13 @@ permutes Meta's original interleaved q/k weights), so q/k weights are copied unp
 Vocabulary: our embedding has `model_vocab_rows(tokenizer vocab, ..., pad_is_extra)` rows
 (the tokenizer's ids, then [MASK] = tokenizer vocab size, then [PAD] = vocab size + 1 when
 the tokenizer has no pad token (Llama 3, Qwen2), then padding to `model.vocab_multiple`).
-Rows of real tokens are copied; [MASK], [PAD] and padding rows (and the matching
-output-head columns) are set to the mean of the copied real rows, a neutral start that the
-adaptation learns from (they are never predicted: the loss and samplers exclude ids >= mask
-id). EOS is a real token: its row is copied, and the run trains and samples it.
-A checkpoint written by `export_run` records its mask id, and then every row it holds is
+Rows of real tokens are copied (a released DLM's in-vocabulary [MASK] row too); the extra
+[MASK], [PAD] and padding rows (and the matching output-head columns) are set to the mean of
+the copied real rows, a neutral start that the adaptation learns from (they are never
+predicted: the loss and samplers exclude ids >= the tokenizer's vocabulary size and the mask id). EOS is a real token: its row is copied, and the run trains and samples it.
+A checkpoint written by `export_run` (one with a `dllm_jax` entry) has every row it holds
 copied, so export-then-import is exact; it also records the run's `data.eos_token` /
-`data.pad_token` (`tokenizer_names`), which the import sets again. Its config.json has the
+`data.pad_token` / `data.mask_token` (`tokenizer_names`), which the import sets again. Its config.json has the
 run's EOS as `eos_token_id` and its pad piece as `pad_token_id` (null when the run padded
 with the extra id, which no token of the exported tokenizer has).
 

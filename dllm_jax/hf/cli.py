@@ -15,7 +15,8 @@ def add_export_arguments(parser) -> None:
 
 
 def add_import_arguments(parser) -> None:
-    parser.add_argument("--hf", required=True, help="local Hugging Face checkpoint directory (Llama / Mistral / Qwen2 / Qwen3)")
+    parser.add_argument("--hf", required=True, help="local Hugging Face checkpoint directory (Llama / Mistral / Qwen2 / Qwen3, "
+                        "or a released diffusion LM: LLaDA / Dream / SDAR)")
     parser.add_argument("--workdir", required=True, help="new run directory to write the step-0 checkpoint into")
     parser.add_argument("--config", default=None, help="optional experiment file (default: the library defaults)")
     parser.epilog = "Override keys with --config.KEY=VALUE (e.g. --config.objective=mdm --config.model.shift_logits=true)"

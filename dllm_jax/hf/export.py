@@ -92,7 +92,8 @@ def export_config(config, model_cfg, tokenizer, step: int) -> dict:
         "block_size": obj.block_size or None,
         "mask_token_id": tokenizer.mask_id,
         "pad_token_id": tokenizer.pad_id,  # our padding id (an embedding row past [MASK] when the tokenizer has no pad piece)
-        "tokenizer_names": dict(getattr(tokenizer, "overrides", {})),  # the run's data.eos_token / data.pad_token (set again on import)
+        # the run's data.eos_token / data.pad_token / data.mask_token (set again on import)
+        "tokenizer_names": {**getattr(tokenizer, "overrides", {}), **getattr(tokenizer, "mask_names", {})},
         "tokenizer_vocab_size": tokenizer.vocab_size,
         "tokenizer_file": getattr(tokenizer, "filename", None),  # the run's own tokenizer (import reads it, not a converted tokenizer.json)
         "shift_logits": shift,

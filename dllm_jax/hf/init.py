@@ -11,8 +11,8 @@ import numpy as np
 
 from dllm_jax import config as config_lib
 from dllm_jax.errors import CheckpointError, ConfigError
-from dllm_jax.hf.layout import ARCH_KEYS, FAMILIES, _flat
-from dllm_jax.hf.load import hf_model_settings, load_hf_params, read_hf_config
+from dllm_jax.hf.layout import ARCH_KEYS, DLM_FAMILIES, FAMILIES, _flat
+from dllm_jax.hf.load import hf_family_of, hf_model_settings, load_hf_params, read_hf_config
 
 log = logging.getLogger("dllm_jax")
 
@@ -31,8 +31,8 @@ def _hf_values(hf_dir: str, config) -> dict:
     ours = hf.get("dllm_jax") or {}
     if ours.get("vocab_multiple"):  # our export: the same embedding rows as the run it came from
         values["model.vocab_multiple"] = int(ours["vocab_multiple"])
-    for key, name in (ours.get("tokenizer_names") or {}).items():  # our export: the run's data.eos_token / data.pad_token
-        if key in ("eos_token", "pad_token") and name:
+    for key, name in (ours.get("tokenizer_names") or {}).items():  # our export: the run's data.eos_token / pad_token / mask_token
+        if key in ("eos_token", "pad_token", "mask_token") and name:
             values[f"data.{key}"] = str(name)
     window = hf.get("sliding_window")
     if FAMILIES.get((hf.get("architectures") or [None])[0]) == "mistral" and window and config.data.seq_len > int(window):
@@ -40,8 +40,60 @@ def _hf_values(hf_dir: str, config) -> dict:
                           f"it equals Mistral's only for sequences <= {window}: set --config.data.seq_len={window} or less")
     # our export of a SentencePiece run has tokenizer.model (the run's tokenizer) and a tokenizer.json converted from it
     first = (ours.get("tokenizer_file") or "tokenizer.model",) if ours else ()
+    family = hf_family_of(hf, where)
+    if family in DLM_FAMILIES and not ours:  # a released diffusion LM: the objective it was trained with, its own [MASK]
+        values.update(_dlm_values(hf, family, os.path.expanduser(hf_dir), where))
     values["data.tokenizer"] = _source_tokenizer(os.path.expanduser(hf_dir), where, config, values, first)
+    if family in DLM_FAMILIES and not ours:
+        values["data.mask_token"] = _mask_piece(hf, os.path.expanduser(hf_dir), values, config, where)
     return values
+
+
+def _dlm_values(hf: dict, family: str, directory: str, where: str) -> dict:
+    """The run settings a released diffusion LM was trained with: LLaDA -> MDM (bidirectional,
+    no shift); Dream -> MDM with model.shift_logits (its output at i-1 predicts token i,
+    modeling_dream / generation_utils' logits shift); SDAR -> block diffusion with its
+    config.json's block_size (BD3-LM's [x_t ; x_0] training pattern, modeling_sdar.py)."""
+    objective, shift = DLM_FAMILIES[family]
+    values = {"objective": objective, "model.shift_logits": shift}
+    if family == "sdar":
+        size = hf.get("block_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise CheckpointError(f"{where}: an SDAR config.json needs block_size (a positive integer: the block length it was "
+                                  f"trained with), got {size!r}; restore it from the released config.json")
+        values["block_diffusion.block_size"] = size
+    return values
+
+
+def _mask_piece(hf: dict, directory: str, values: dict, config, where: str) -> str:
+    """The name of a released DLM's [MASK] token: the piece of config.json's `mask_token_id`
+    (LLaDA 126336 '<|mdm_mask|>', Dream 151666 '<|mask|>'), else tokenizer_config.json's
+    `mask_token` (SDAR's '<|MASK|>'). CheckpointError when neither names a special token."""
+    import json
+
+    from dllm_jax.data.tokenizer import load_tokenizer
+
+    names = {k: values.get(f"data.{k}", config.data.get(k, "")) or None for k in ("eos_token", "pad_token")}
+    tok = load_tokenizer(values["data.tokenizer"], **names)
+    mask_id = hf.get("mask_token_id")
+    if isinstance(mask_id, int) and not isinstance(mask_id, bool):
+        if not 0 <= mask_id < tok.vocab_size:
+            raise CheckpointError(f"{where}: config.json's mask_token_id={mask_id} is not an id of its tokenizer ({tok.vocab_size} ids); "
+                                  "use the tokenizer that belongs to this checkpoint")
+        return tok.id_to_piece(mask_id)
+    path = os.path.join(directory, "tokenizer_config.json")
+    name = None
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                name = json.load(f).get("mask_token")
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path!r} is not readable JSON ({e}); download it again") from e
+        name = name.get("content") if isinstance(name, dict) else name
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{where} names no mask token (config.json has no mask_token_id, tokenizer_config.json no mask_token); "
+                              "a released diffusion LM was trained with one: restore the released config files")
+    return name
 
 
 def _source_tokenizer(directory: str, where: str, config, values: dict, first: tuple = ()) -> str:
@@ -50,7 +102,7 @@ def _source_tokenizer(directory: str, where: str, config, values: dict, first: t
     the new run will have (`values` from the source, else the config)."""
     from dllm_jax.data.tokenizer import load_tokenizer
 
-    names = {k: values.get(f"data.{k}", config.data.get(k, "")) or None for k in ("eos_token", "pad_token")}
+    names = {k: values.get(f"data.{k}", config.data.get(k, "")) or None for k in ("eos_token", "pad_token", "mask_token")}
 
     candidates = tuple(first) + ("tokenizer.json", "tokenizer.model")
     path = next((os.path.join(directory, n) for n in candidates if os.path.isfile(os.path.join(directory, n))), None)
@@ -81,7 +133,7 @@ def _workdir_values(workdir: str, config) -> dict:
     model = config_lib.complete(saved).model
     values = {f"model.{k}": model[k] for k in ARCH_KEYS + ("vocab_multiple",)}
     saved_data = config_lib.complete(saved).data
-    for key in ("eos_token", "pad_token"):  # the source's EOS / pad choice: its embedding rows were trained with it
+    for key in ("eos_token", "pad_token", "mask_token"):  # the source's EOS / pad / mask choice: its embedding rows were trained with it
         values[f"data.{key}"] = saved_data.get(key, "")
     values["data.tokenizer"] = _source_tokenizer(os.path.abspath(workdir), where, config, values)
     return values
@@ -99,6 +151,9 @@ def resolve_init(config, explicit=(), saved: dict | None = None) -> None:
         if not (saved.init.from_hf or saved.init.from_workdir):
             return
         values = {f"model.{k}": saved.model[k] for k in ARCH_KEYS + ("vocab_multiple",)}
+        if saved.data.get("mask_token", ""):  # a released diffusion LM's run: its [MASK] and what it was trained as
+            values.update({"data.mask_token": saved.data.mask_token, "objective": saved.objective,
+                           "model.shift_logits": saved.model.shift_logits, "block_diffusion.block_size": saved.block_diffusion.block_size})
     elif config.init.from_hf:
         values = _hf_values(config.init.from_hf, config)
     elif config.init.from_workdir:

@@ -1,5 +1,12 @@
-"""Where each of our parameters lives in a Hugging Face Llama / Qwen checkpoint, and how its
-layout differs (torch Linear weights are [out, in]; ours are [in, heads, head_dim] etc.)."""
+"""Where each of our parameters lives in a Hugging Face Llama / Qwen checkpoint, or in a released
+diffusion LM's (LLaDA, Dream, SDAR), and how its layout differs (torch Linear weights are
+[out, in]; ours are [in, heads, head_dim] etc.).
+
+Dream (DreamModel) and SDAR (SDARForCausalLM) use Qwen2's and Qwen3's tensor names; LLaDA
+(LLaDAModelLM, GSAI-ML/LLaDA's modeling_llada.py, `LLaDALlamaBlock`) has its own:
+model.transformer.wte / blocks.N.{attn_norm, q_proj, k_proj, v_proj, attn_out, ff_norm,
+ff_proj (the gate: silu(ff_proj(x)) * up_proj(x)), up_proj, ff_out (the down projection)} /
+ln_f / ff_out (the output head, absent when weight_tying)."""
 
 from __future__ import annotations
 
@@ -13,6 +20,21 @@ FAMILIES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    # released diffusion LMs (DLM_FAMILIES: the objective each becomes)
+    "LLaDAModelLM": "llada",
+    "DreamModel": "dream",
+    "SDARForCausalLM": "sdar",
+}
+# released diffusion LMs: family -> (objective, model.shift_logits); SDAR also takes its
+# config.json's block_size as block_diffusion.block_size
+DLM_FAMILIES = {"llada": ("mdm", False), "dream": ("mdm", True), "sdar": ("block_diffusion", False)}
+# architectures that are read nowhere, with the reason (named in the error)
+REFUSED = {
+    "LLaDAMoEModelLM": "LLaDA-MoE's router combines the raw top-k softmax probabilities (norm_topk_prob=false, 8 of 64 "
+                       "experts) and its layers mix dense and expert MLPs of different widths, where dllm_jax's MoE renormalises "
+                       "the top-k probabilities and has one MLP kind per model: its outputs would differ",
+    "SDARMoeForCausalLM": "mixture-of-experts checkpoints are not imported (dllm_jax's MoE has no Hugging Face mapping); "
+                          "use a dense SDAR model (SDARForCausalLM)",
 }
 # model.* keys fixed by the architecture of the checkpoint a run starts from
 ARCH_KEYS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff", "rope_base", "norm_eps", "qk_norm",
@@ -36,6 +58,32 @@ BLOCK_TENSORS = (
 )
 TOP_TENSORS = (("embedding", "model.embed_tokens.weight", "id"), ("final_norm/scale", "model.norm.weight", "id"),
                ("lm_head", "lm_head.weight", "T"))
+LLADA_BLOCK_TENSORS = (
+    ("attn_norm/scale", "attn_norm.weight", "id"),
+    ("attn/wq", "q_proj.weight", "heads_in"),
+    ("attn/wk", "k_proj.weight", "heads_in"),
+    ("attn/wv", "v_proj.weight", "heads_in"),
+    ("attn/wo", "attn_out.weight", "heads_out"),
+    ("attn/bq", "q_proj.bias", "bias"),
+    ("attn/bk", "k_proj.bias", "bias"),
+    ("attn/bv", "v_proj.bias", "bias"),
+    ("mlp_norm/scale", "ff_norm.weight", "id"),
+    ("mlp/w_gate", "ff_proj.weight", "T"),
+    ("mlp/w_up", "up_proj.weight", "T"),
+    ("mlp/w_down", "ff_out.weight", "T"),
+)
+LLADA_TOP_TENSORS = (("embedding", "model.transformer.wte.weight", "id"), ("final_norm/scale", "model.transformer.ln_f.weight", "id"),
+                     ("lm_head", "model.transformer.ff_out.weight", "T"))
+
+
+def names_of(family: str) -> dict:
+    """The tensor naming of a family: {'block': per-block table, 'top': top-level table, 'layer':
+    prefix of layer i (format with i=...), 'embed': embedding name, 'head': output-head name}."""
+    if family == "llada":
+        return {"block": LLADA_BLOCK_TENSORS, "top": LLADA_TOP_TENSORS, "layer": "model.transformer.blocks.{i}.",
+                "embed": "model.transformer.wte.weight", "head": "model.transformer.ff_out.weight"}
+    return {"block": BLOCK_TENSORS, "top": TOP_TENSORS, "layer": "model.layers.{i}.", "embed": "model.embed_tokens.weight",
+            "head": "lm_head.weight"}
 # tensors some checkpoints carry that hold nothing to load (RoPE tables are recomputed)
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -86,19 +134,22 @@ def _unflat(flat: dict) -> dict:
     return out
 
 
-def tensor_plan(param_paths, n_layers: int) -> dict:
-    """Our parameter path -> (list of HF tensor names (one per layer for a stacked one), kind, stacked)."""
-    block = {sub: (suffix, kind) for sub, suffix, kind in BLOCK_TENSORS}
-    top = {ours: (name, kind) for ours, name, kind in TOP_TENSORS}
+def tensor_plan(param_paths, n_layers: int, family: str = "llama") -> dict:
+    """Our parameter path -> (list of HF tensor names (one per layer for a stacked one), kind, stacked),
+    in the tensor names of `family` (`names_of`)."""
+    names = names_of(family)
+    block = {sub: (suffix, kind) for sub, suffix, kind in names["block"]}
+    top = {ours: (name, kind) for ours, name, kind in names["top"]}
+    layer = names["layer"]
     plan = {}
     for path in param_paths:
         head, _, sub = path.partition("/")
         if path in top:
             plan[path] = ([top[path][0]], top[path][1], False)
         elif head == "layers" and sub in block:
-            plan[path] = ([f"model.layers.{i}.{block[sub][0]}" for i in range(n_layers)], block[sub][1], True)
+            plan[path] = ([layer.format(i=i) + block[sub][0] for i in range(n_layers)], block[sub][1], True)
         elif head.startswith("layer_") and sub in block:
-            plan[path] = ([f"model.layers.{int(head[6:])}.{block[sub][0]}"], block[sub][1], False)
+            plan[path] = ([layer.format(i=int(head[6:])) + block[sub][0]], block[sub][1], False)
         else:
             raise CheckpointError(
                 f"parameter {path!r} has no Hugging Face counterpart (MoE layers cannot be exported or imported); "

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from dllm_jax.errors import CheckpointError, ConfigError
-from dllm_jax.hf.layout import _IGNORED_SUFFIXES, FAMILIES, _flat, _unflat, hf_shape, tensor_plan, to_ours
+from dllm_jax.hf.layout import _IGNORED_SUFFIXES, FAMILIES, REFUSED, _flat, _unflat, hf_shape, names_of, tensor_plan, to_ours
 
 # ---------------------------------------------------------------- reading HF directories
 def read_hf_config(hf_dir: str) -> dict:
@@ -63,14 +63,74 @@ def _rope_theta(hf: dict, where: str) -> float:
     return theta
 
 
-def hf_model_settings(hf: dict, where: str) -> dict:
-    """`model.*` values of a Hugging Face config.json (a dict); ConfigError/CheckpointError
-    when the architecture cannot be represented exactly."""
+def hf_family_of(hf: dict, where: str) -> str:
+    """The family (`layout.FAMILIES` value) of a config.json; CheckpointError for another architecture."""
     arch = (hf.get("architectures") or [None])[0]
+    if arch in REFUSED:
+        raise CheckpointError(f"{where}: architecture {arch!r} cannot be imported: {REFUSED[arch]}")
     if arch not in FAMILIES:
         raise CheckpointError(f"{where}: architecture {arch!r} is not supported; init.from_hf reads {sorted(FAMILIES)} "
                               "checkpoints (convert others with transformers first)")
-    family = FAMILIES[arch]
+    return FAMILIES[arch]
+
+
+def _llada_settings(hf: dict, where: str) -> dict:
+    """`model.*` of a LLaDA config.json (GSAI-ML/LLaDA's configuration_llada.py fields): the
+    `LLaDALlamaBlock` (pre-RMSNorm, q/k/v/out projections, SwiGLU silu(ff_proj x) * up_proj x,
+    RoPE over head_dim = d_model / n_heads in the rotate-half form) is our block exactly;
+    every option that changes it is refused (ConfigError naming it)."""
+    def need(key, ok, default, why):
+        value = hf.get(key, default)
+        if not ok(value):
+            raise ConfigError(f"{where}: {key}={value!r} is not supported ({why}); this LLaDA checkpoint cannot be represented exactly")
+
+    need("block_type", lambda v: v == "llama", "llama", "only LLaDA's 'llama' block (separate q/k/v and gate/up projections) is read")
+    need("block_group_size", lambda v: v in (None, 1), 1, "grouped blocks store their tensors under block_groups")
+    need("activation_type", lambda v: v == "silu", "silu", "dllm_jax's MLP is silu(gate) * up")
+    need("layer_norm_type", lambda v: v == "rms", "rms", "dllm_jax's norms are RMSNorm with a scale")
+    need("layer_norm_with_affine", lambda v: v in (None, True), True, "dllm_jax's RMSNorm has a learned scale")
+    need("bias_for_layer_norm", lambda v: not v, False, "dllm_jax's norms have no bias")
+    need("include_bias", lambda v: not v, False, "only q/k/v biases (include_qkv_bias) are supported")
+    need("attention_layer_norm", lambda v: not v, False,
+         "LLaDA's q/k norm spans the whole projection; dllm_jax's qk_norm is per head (Qwen3)")
+    need("alibi", lambda v: not v, False, "dllm_jax uses RoPE")
+    need("rope", lambda v: v in (None, True), True, "dllm_jax uses RoPE")
+    need("input_emb_norm", lambda v: not v, False, "the embedding is not scaled by sqrt(d_model) in dllm_jax")
+    need("scale_logits", lambda v: not v, False, "the logits are not scaled by 1/sqrt(d_model) in dllm_jax")
+    need("clip_qkv", lambda v: v is None, None, "q/k/v are not clipped in dllm_jax")
+    d, heads = int(hf["d_model"]), int(hf["n_heads"])
+    kv = 1 if hf.get("multi_query_attention") else int(hf.get("n_kv_heads") or heads)
+    ffn = hf.get("mlp_hidden_size") or int(hf.get("mlp_ratio", 4)) * d
+    return {
+        "d_model": d,
+        "n_layers": int(hf["n_layers"]),
+        "n_heads": heads,
+        "n_kv_heads": 0 if kv == heads else kv,
+        "head_dim": 0,
+        "d_ff": int(ffn),
+        "rope_base": _rope_theta(hf, where),
+        "norm_eps": float(hf.get("rms_norm_eps", 1e-5)),
+        "qk_norm": False,
+        "attention_bias": bool(hf.get("include_qkv_bias", False)),
+        "tie_embeddings": bool(hf.get("weight_tying", False)),
+        "num_experts": 0,
+        "experts_per_token": 2,
+    }
+
+
+def n_layers_of(hf: dict) -> int:
+    """Number of layers in a config.json (LLaDA: n_layers; the others: num_hidden_layers)."""
+    return int(hf["n_layers"] if "n_layers" in hf and "num_hidden_layers" not in hf else hf["num_hidden_layers"])
+
+
+def hf_model_settings(hf: dict, where: str) -> dict:
+    """`model.*` values of a Hugging Face config.json (a dict); ConfigError/CheckpointError
+    when the architecture cannot be represented exactly. Dream is Qwen2's architecture (its
+    q/k/v always have biases, o_proj none, whatever attention_bias says; modeling_dream.py),
+    SDAR Qwen3's (per-head q/k RMSNorm; modeling_sdar.py); LLaDA: `_llada_settings`."""
+    family = hf_family_of(hf, where)
+    if family == "llada":
+        return _llada_settings(hf, where)
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{where}: hidden_act={act!r}; dllm_jax's MLP is SwiGLU (silu); this checkpoint cannot be represented")
@@ -79,12 +139,12 @@ def hf_model_settings(hf: dict, where: str) -> dict:
     if family == "dllm_jax":  # our diffusion export (layout.DIFFUSION_ARCH): QK-norm and q/k/v biases are config keys
         return _diffusion_settings(hf, where)
     bias = bool(hf.get("attention_bias", False))
-    if family in ("llama", "mistral", "qwen3") and bias:
+    if family in ("llama", "mistral", "qwen3", "sdar") and bias:
         raise ConfigError(f"{where}: attention_bias=true ({arch} then also has an output-projection bias) is not supported; "
                           "only Qwen2's q/k/v biases are")
-    if family == "qwen2":
+    if family in ("qwen2", "dream"):
         bias = True
-    if family in ("qwen2", "qwen3") and hf.get("use_sliding_window"):
+    if family in ("qwen2", "qwen3", "dream", "sdar") and hf.get("use_sliding_window"):
         raise ConfigError(f"{where}: use_sliding_window=true is not supported (dllm_jax attention is full); use a checkpoint without it")
     d, heads = int(hf["hidden_size"]), int(hf["num_attention_heads"])
     kv = int(hf.get("num_key_value_heads") or heads)
@@ -98,7 +158,7 @@ def hf_model_settings(hf: dict, where: str) -> dict:
         "d_ff": int(hf["intermediate_size"]),
         "rope_base": _rope_theta(hf, where),
         "norm_eps": float(hf.get("rms_norm_eps", 1e-6)),
-        "qk_norm": family == "qwen3",
+        "qk_norm": family in ("qwen3", "sdar"),
         "attention_bias": bias,
         "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
         "num_experts": 0,
@@ -253,14 +313,14 @@ class SafetensorsReader:
         self.close()
 
 
-def _check_tied_head(reader: SafetensorsReader, hf_dir: str, chunk_rows: int) -> None:
+def _check_tied_head(reader: SafetensorsReader, hf_dir: str, chunk_rows: int, head: str = "lm_head.weight",
+                     emb: str = "model.embed_tokens.weight") -> None:
     """A tied config (tie_word_embeddings=true) whose checkpoint also holds `lm_head.weight`:
     fine when it equals the embedding bit for bit (torch .bin conversions store both); else
     CheckpointError naming both tensors and the largest difference, because transformers
     versions disagree on which head that model has (transformers 5 keeps the stored
     lm_head.weight, untied, with a warning; 4.x from 4.54 overwrites it with the embedding),
     so no choice here is "what transformers does". Compared in chunks of rows."""
-    head, emb = "lm_head.weight", "model.embed_tokens.weight"
     shapes = reader.shape(head), reader.shape(emb)
     if shapes[0] != shapes[1]:
         raise CheckpointError(f"{hf_dir!r}: config.json has tie_word_embeddings=true, but {head!r} {list(shapes[0])} and {emb!r} "
@@ -288,9 +348,11 @@ def load_hf_params(hf_dir: str, abstract_params, tokenizer_vocab: int, chunk_row
     Raises CheckpointError naming the tensor when one is missing, unexpected or of the wrong
     shape (the checkpoint does not match its config.json or our mapping)."""
     hf = read_hf_config(hf_dir)
-    n_layers = int(hf["num_hidden_layers"])
+    family = hf_family_of(hf, f"init.from_hf={hf_dir!r}")
+    names = names_of(family)
+    n_layers = n_layers_of(hf)
     flat = _flat(abstract_params)
-    plan = tensor_plan(flat, n_layers)
+    plan = tensor_plan(flat, n_layers, family)
     with SafetensorsReader(hf_dir) as reader:
         present = reader.names()
         needed = {n for names, _, _ in plan.values() for n in names}
@@ -299,18 +361,19 @@ def load_hf_params(hf_dir: str, abstract_params, tokenizer_vocab: int, chunk_row
             raise CheckpointError(f"{hf_dir!r}: tensor {missing[0]!r} is missing ({len(missing)} missing in all); the checkpoint "
                                   "does not match its config.json (architecture / attention_bias / tie_word_embeddings / num_hidden_layers)")
         tied = "lm_head" not in flat
-        extra = sorted(n for n in present - needed if not n.endswith(_IGNORED_SUFFIXES) and not (tied and n == "lm_head.weight"))
+        head_name = names["head"]
+        extra = sorted(n for n in present - needed if not n.endswith(_IGNORED_SUFFIXES) and not (tied and n == head_name))
         if extra:
             raise CheckpointError(f"{hf_dir!r}: unexpected tensor {extra[0]!r} ({len(extra)} in all) that dllm_jax's model has no "
                                   "place for; the checkpoint's config.json does not describe it (e.g. biases, a different family)")
-        if tied and "lm_head.weight" in present:
-            _check_tied_head(reader, hf_dir, chunk_rows)
-        vocab_name = "model.embed_tokens.weight"
+        if tied and head_name in present:
+            _check_tied_head(reader, hf_dir, chunk_rows, head_name, names["embed"])
+        vocab_name = names["embed"]
         hf_rows = reader.shape(vocab_name)[0]
         if tokenizer_vocab > hf_rows:
             raise CheckpointError(f"{hf_dir!r}: the tokenizer has {tokenizer_vocab} ids but {vocab_name} only {hf_rows} rows; "
                                   "use the tokenizer that belongs to this checkpoint")
-        exported = (hf.get("dllm_jax") or {}).get("mask_token_id") == tokenizer_vocab
+        exported = bool(hf.get("dllm_jax"))  # our export: every row it holds is one of the run's (its [MASK] / [PAD] rows too)
         n_real = min(tokenizer_vocab, hf_rows)
         n_copy = hf_rows if exported else n_real
         means = {}

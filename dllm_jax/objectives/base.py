@@ -80,19 +80,20 @@ class Objective:
         size, [1, 1, 2L, 2L]), or None (the default: none)."""
         return None
 
-    def token_loss(self, out, prep: Prepared, vocab_limit: int, head=None, chunk: int = 0):
+    def token_loss(self, out, prep: Prepared, vocab_limit: int, head=None, chunk: int = 0, mask_id: int | None = None):
         """The per-position statistics `metrics_from_ce` reads, from the network's output `out`:
         logits [B, L, V], or with `chunk` > 0 hidden states [B, L, D] and the output `head`
         [D, V] (the loss is then computed `chunk` positions at a time, no [B, L, V] logits).
-        Default: the cross-entropy of `prep.targets` over ids < vocab_limit, [B, L] float32
+        Default: the cross-entropy of `prep.targets` over the real ids (< vocab_limit, != mask_id:
+        `common.real_ids`), [B, L] float32
         (`dllm_jax.losses.chunked_token_cross_entropy` when chunked). An objective whose loss
         needs the whole predicted distribution returns what its `metrics_from_ce` takes."""
         from dllm_jax import losses
         from dllm_jax.objectives.common import token_cross_entropy
 
         if chunk:
-            return losses.chunked_token_cross_entropy(out, head, prep.targets, vocab_limit, chunk)
-        return token_cross_entropy(out, prep.targets, vocab_limit)
+            return losses.chunked_token_cross_entropy(out, head, prep.targets, vocab_limit, chunk, mask_id)
+        return token_cross_entropy(out, prep.targets, vocab_limit, mask_id)
 
     def metrics_from_ce(self, ce, prep: Prepared) -> dict:
         """Sums (not means) so that micro-batches and hosts add up exactly; see `finalize`.

@@ -68,7 +68,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.errors import ConfigError
-from dllm_jax.objectives.common import Prepared, TokenIds, elbo_weight, mask_prob, segment_ids_from_eos, token_cross_entropy
+from dllm_jax.objectives.common import (Prepared, TokenIds, elbo_weight, mask_prob, mask_unreal, segment_ids_from_eos,
+                                        token_cross_entropy)
 from dllm_jax.objectives.mdm import MaskedDiffusion
 from dllm_jax.objectives.time_proposal import TimeProposal, draw_times, loss_weight
 
@@ -380,7 +381,7 @@ def block_elbo_batch(logits_fn, params, tokens, segment_ids, u, seed, sample_ids
     masked = (jax.vmap(lambda k: jax.random.uniform(k, (length,)))(k_mask) < mask_prob(t_tok, schedule)) & valid
     x_t = jnp.where(masked, mask_id, tokens)
     logits = logits_fn(params, jnp.concatenate([x_t, tokens], axis=1), jnp.concatenate([segment_ids, segment_ids], axis=1))
-    ce = token_cross_entropy(logits, tokens, vocab_limit)
+    ce = token_cross_entropy(logits, tokens, vocab_limit, mask_id)
     value = jnp.sum(elbo_weight(t_tok, schedule) * ce * masked, axis=1)
     return value, masked.sum(axis=1), jnp.sum(ce * masked, axis=1)
 
@@ -401,9 +402,9 @@ def block_llada_batch(logits_fn, params, tokens, segment_ids, answer, u, seed, s
     masked = (answer.reshape(b, nb, block_size) & (rank < l_b[:, :, None])).reshape(b, length)
     x_t = jnp.where(masked, mask_id, tokens)
     logits = logits_fn(params, jnp.concatenate([x_t, tokens], axis=1), jnp.concatenate([segment_ids, segment_ids], axis=1))
-    ce = token_cross_entropy(logits, tokens, vocab_limit)
+    ce = token_cross_entropy(logits, tokens, vocab_limit, mask_id)
     scale = jnp.repeat(n_b / l_b, block_size, axis=1)
     value = jnp.sum(scale * ce * masked, axis=1)
-    real = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -1e30)
+    real = mask_unreal(logits, vocab_limit, mask_id)
     greedy = jnp.all((jnp.argmax(real, axis=-1) == tokens) | ~masked, axis=1)
     return value, greedy

@@ -1,9 +1,11 @@
 """Pieces every objective shares: the prepared-batch record, token ids, masking schedules,
 time draws, document segments and the cross-entropy over real tokens.
 
-Logits of ids past the tokenizer's vocabulary ([MASK] and padding rows) are excluded
-from the softmax, so likelihoods are over real tokens only (MDLM's SUBS: [MASK] is never
-predicted).
+Logits of ids that are no real token are excluded from the softmax, so likelihoods are over
+real tokens only (MDLM's SUBS: [MASK] is never predicted). Those ids are the ones past the
+tokenizer's vocabulary (`vocab_limit`: padding rows, and [MASK] when it is the extra id
+vocab_limit, our runs' rule) and the mask id itself (a released diffusion LM's [MASK] is a
+piece inside its vocabulary, e.g. LLaDA's 126336, with real tokens above it): `real_ids`.
 """
 
 from __future__ import annotations
@@ -41,11 +43,16 @@ class TokenIds:
     (MDM) and counted like any other, and part of its document's segment (the tokenizer's rule,
     dllm_jax/data/tokenizer.py)."""
 
-    pad_id: int  # padding only: a pad piece of the tokenizer, or the extra id mask_id + 1
+    pad_id: int  # padding only: a pad piece of the tokenizer, or the extra id vocab_limit + 1
     eos_id: int  # ends every document in the packed data; a real token
-    mask_id: int  # == tokenizer vocab size; ids >= mask_id are not real tokens
+    mask_id: int  # [MASK]: the extra id vocab_limit (our runs), or a released DLM's own mask piece (< vocab_limit)
+    vocab_limit: int = -1  # the tokenizer's vocab size: ids >= it are no token; -1 = mask_id (the extra-[MASK] rule)
 
     def __post_init__(self):
+        if self.vocab_limit < 0:
+            object.__setattr__(self, "vocab_limit", self.mask_id)
+        if self.mask_id > self.vocab_limit:
+            raise ValueError(f"mask_id={self.mask_id} > vocab_limit={self.vocab_limit}: [MASK] is the extra id vocab_limit or a piece below it")
         if self.pad_id == self.eos_id:
             raise ValueError(f"pad_id == eos_id == {self.eos_id}: padding needs an id of its own (EOS is a real token that is "
                              "trained and sampled); use the tokenizer's pad_id (an extra id mask_id + 1 when it has no pad piece)")
@@ -101,12 +108,26 @@ def random_length_valid(rng, tokens, prob: float):
     return jnp.arange(length)[None, :] < keep
 
 
-def token_cross_entropy(logits, targets, vocab_limit: int):
-    """Per-position -log softmax(logits)[target], softmax over ids < vocab_limit; float32."""
-    logits = logits.astype(jnp.float32)
-    if vocab_limit < logits.shape[-1]:
-        real = jnp.arange(logits.shape[-1]) < vocab_limit
-        logits = jnp.where(real, logits, -1e30)
+def real_ids(n: int, vocab_limit: int, mask_id: int | None = None):
+    """bool [n]: True for the ids that are real tokens, i.e. < vocab_limit and != mask_id (None:
+    no mask inside the vocabulary), the ids a softmax, a sampler or a score ranges over."""
+    ids = jnp.arange(n)
+    real = ids < vocab_limit
+    return real if mask_id is None or mask_id >= vocab_limit else real & (ids != mask_id)
+
+
+def mask_unreal(logits, vocab_limit: int, mask_id: int | None = None, fill: float = -1e30):
+    """`logits` [..., V] with the columns that are no real token (`real_ids`) set to `fill`."""
+    inside = mask_id is not None and mask_id < vocab_limit
+    if vocab_limit >= logits.shape[-1] and not inside:
+        return logits
+    return jnp.where(real_ids(logits.shape[-1], vocab_limit, mask_id), logits, fill)
+
+
+def token_cross_entropy(logits, targets, vocab_limit: int, mask_id: int | None = None):
+    """Per-position -log softmax(logits)[target], softmax over the real ids (< vocab_limit,
+    != mask_id: `real_ids`); float32."""
+    logits = mask_unreal(logits.astype(jnp.float32), vocab_limit, mask_id)
     log_z = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return log_z - target_logit

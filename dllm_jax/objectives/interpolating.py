@@ -227,6 +227,17 @@ def divergences(logits, x, z, alpha, nu, vocab_limit: int):
 
 
 # ---------------------------------------------------------------- the prepared batch
+def require_extra_mask(vocab_limit: int, mask_id: int) -> None:
+    """ConfigError unless [MASK] is the extra id vocab_limit (these processes treat every id below
+    it as a real token, and draw uniform noise over them)."""
+    if mask_id != vocab_limit:
+        from dllm_jax.errors import ConfigError
+
+        raise ConfigError(f"the uniform / gidd objectives need [MASK] to be the extra id past the vocabulary ({vocab_limit}), but "
+                          f"it is the piece {mask_id} inside it (data.mask_token, a released diffusion LM's mask): use "
+                          "objective='mdm' or 'block_diffusion' for such a checkpoint, or set data.mask_token=''")
+
+
 def prepare_interpolating(tokens, rng, ids: TokenIds, process: Process, *, eps: float = 1e-3, antithetic: bool = True,
                           random_length_prob: float = 0.0, document_attention: bool = False, train_weight=None) -> Prepared:
     """The batch of one step: one t per sequence (`draw_times`), z ~ q_t(. | x) per token.
@@ -235,7 +246,12 @@ def prepare_interpolating(tokens, rng, ids: TokenIds, process: Process, *, eps: 
     training weight per position (`train_weight(tau [B, 1], coef, z, x, elbo_w, mask_id) -> [B, L]`, tau = the
     process's own time; None = the ELBO
     weight), denom = number of real tokens, and extras: 'elbo_weights' (w_t(z, x), 0 on padding),
-    'alpha', 'nu' ([B, L] float32: what `divergences` needs), 'noised' (z != x), 't' [B]."""
+    'alpha', 'nu' ([B, L] float32: what `divergences` needs), 'noised' (z != x), 't' [B].
+
+    ConfigError when [MASK] is a piece inside the vocabulary (a released DLM's mask token,
+    ids.mask_id < ids.vocab_limit): the uniform part of these processes draws over the ids
+    below the mask id, which is then not the real vocabulary."""
+    require_extra_mask(ids.vocab_limit, ids.mask_id)
     k_t, k_mask, k_len, k_noise = jax.random.split(rng, 4)  # the first two as prepare_mdm's: times, then masks
     b, length = tokens.shape
     valid = tokens != ids.pad_id
@@ -382,6 +398,7 @@ class InterpolatingDiffusion(Objective):
         Scorer, mapped to this objective's range) and the answer-only ELBO of a pair (u given)."""
         proc = dataclasses.replace(self.process(), schedule=spec.schedule)
         eps, limit = float(spec.eps), int(spec.vocab_limit)
+        require_extra_mask(limit, int(spec.mask_id))
         if kind == self.sequence_estimator:
             def seq(p, tok, seg, aux, sc, seed, ids):
                 u = (sc - eps) / (1.0 - eps)

@@ -20,7 +20,7 @@ Decisions the issue left open:
 - Parameters replicated over several devices are copied to one device first (a replicated
   program would repeat the same work on every device); sharded parameters are used as they
   are and jit partitions the computation.
-- ids >= mask_id and pad_id are never sampled; EOS is a real token and is sampled like any
+- ids >= the vocabulary size, the mask id and pad_id are never sampled; EOS is a real token and is sampled like any
   other (the tokenizer's pad_id is never EOS: dllm_jax/data/tokenizer.py), so a model that
   learnt to end documents ends its rows.
 - Batch invariance of the block samplers (block diffusion; MDM with semi-AR blocks and no
@@ -206,15 +206,17 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     if ids.pad_id == ids.eos_id:
         raise ConfigError(f"pad_id == eos_id == {ids.eos_id}: padding needs an id of its own, or EOS could never be sampled "
                           "(use the tokenizer's ids: its pad_id is never EOS)")
+    limit = vocab_limit(ids)
     rows_needed = max(ids.pad_id, ids.mask_id) + 1
     if rows_needed > model.cfg.vocab_size:
         raise ConfigError(f"the model has {model.cfg.vocab_size} embedding rows but pad_id={ids.pad_id} / mask_id={ids.mask_id} "
                           f"need {rows_needed}: build it with train_step.build_model(config, tokenizer.vocab_size, "
                           "tokenizer.pad_is_extra)")
     for p in prompts:
-        bad = [t for t in p if not 0 <= t < ids.mask_id]
+        bad = [t for t in p if not 0 <= t < limit or t == ids.mask_id]
         if bad:
-            raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {ids.mask_id}); [MASK] belongs in infill templates only")
+            raise ConfigError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {limit}) or the mask id {ids.mask_id}; "
+                              "[MASK] belongs in infill templates only")
     rows = [[ids.eos_id] + p for p in prompts]
     longest = max(len(r) for r in rows) + max_new_tokens
     if context_length is not None and longest > context_length:
@@ -235,6 +237,15 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
         chunk_keys = jnp.concatenate([keys[start:start + n]] + [keys[start + n - 1:start + n]] * (batch_size - n))
         parts.append(_take(run(model, params, device, ids, chunk, opts, infill_tokens, jax.random.fold_in(key, i), trace, chunk_keys), n))
     return _concat(parts, ids.pad_id)
+
+
+def vocab_limit(ids) -> int:
+    """The vocabulary size of `ids` (objectives.TokenIds' vocab_limit, a tokenizer's vocab_size):
+    ids >= it are no tokens. [MASK] is the extra id vocab_limit, or a piece below it (a
+    released diffusion LM's own), never sampled either way."""
+    if hasattr(ids, "vocab_limit"):
+        return int(ids.vocab_limit)
+    return int(getattr(ids, "vocab_size", ids.mask_id))
 
 
 def row_keys(key, prompts: Sequence[Sequence[int]]):
@@ -258,7 +269,8 @@ def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key,
     for i, r in enumerate(rows):
         buf[i, :len(r)] = r
     statics = dict(model=model, max_new=n, p0=int(row_len.min()), use_cache=opts.kv_cache, greedy=opts.temperature == 0.0,
-                   top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id)
+                   top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=vocab_limit(ids), eos_id=ids.eos_id, pad_id=ids.pad_id,
+                   mask_id=ids.mask_id)
     args = (params, _put(buf, device), _put(row_len, device), _put(key, device), jnp.float32(opts.temperature), jnp.float32(opts.top_p))
     (out, produced, nfe), times = _call(ar.decode, args, statics)
     out, produced = np.asarray(out), np.asarray(produced)
@@ -307,8 +319,8 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
         kind=opts.sampler, gen_start=p, gen_len=n, block_len=opts.block_length,
         steps_per_block=opts.steps // (n // opts.block_length) if opts.steps else 0, prefix_cache=opts.prefix_cache,
         guided=opts.cfg != 0.0, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0,
-        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace,
-        per_row=per_row)
+        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=vocab_limit(ids), eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace,
+        per_row=per_row, mask_id=ids.mask_id)
     f32 = jnp.float32
     args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(row_keys if per_row else key, device),
             f32(opts.temperature), f32(opts.top_p), f32(opts.threshold), f32(opts.cfg), positions)
@@ -336,7 +348,7 @@ def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, k
     plan = block.BlockPlan(
         kind=opts.sampler, block_len=bl, gen_len=n, steps_per_block=-(-opts.steps // blocks) if opts.steps else 0,
         kv_cache=opts.kv_cache, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, eos_last=opts.eos_last,
-        schedule=opts.schedule, vocab_limit=ids.mask_id, eos_id=ids.eos_id, pad_id=ids.pad_id)
+        schedule=opts.schedule, vocab_limit=vocab_limit(ids), eos_id=ids.eos_id, pad_id=ids.pad_id, mask_id=ids.mask_id)
     f32 = jnp.float32
     args = (params, _put(canvas, device), _put(row_len, device), _put(keys, device), f32(opts.temperature), f32(opts.top_p),
             f32(opts.threshold))
@@ -353,6 +365,9 @@ def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, k
 
 # ---------------------------------------------------------------- uniform / gidd
 def _run_interp(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, keys=None) -> SampleResult:
+    from dllm_jax.objectives.interpolating import require_extra_mask
+
+    require_extra_mask(vocab_limit(ids), ids.mask_id)
     if trace:
         raise ConfigError("trace is not implemented for uniform / gidd sampling (every position may change at every step)")
     b, n = len(rows), opts.max_new_tokens

@@ -26,19 +26,20 @@ from dllm_jax.sampling import categorical
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "max_new", "p0", "use_cache", "greedy", "top_k", "use_top_p", "vocab_limit", "eos_id", "pad_id"),
+    static_argnames=("model", "max_new", "p0", "use_cache", "greedy", "top_k", "use_top_p", "vocab_limit", "eos_id", "pad_id", "mask_id"),
 )
 def decode(params, buf, row_len, key, temperature, top_p, *, model, max_new: int, p0: int, use_cache: bool, greedy: bool,
-           top_k: int, use_top_p: bool, vocab_limit: int, eos_id: int, pad_id: int):
+           top_k: int, use_top_p: bool, vocab_limit: int, eos_id: int, pad_id: int, mask_id: int = -1):
     """Returns (buf with the continuations written in, generated count per row [B] (EOS
-    included), number of network calls). `p0` = min(row_len) >= 1, static."""
+    included), number of network calls). `p0` = min(row_len) >= 1, static. Never drawn: ids >=
+    vocab_limit, pad_id and mask_id (-1: none inside the vocabulary)."""
     b, total = buf.shape
 
     states = categorical.stream_states(key, total)  # position p draws from states[p], with or without the cache
 
     def choose(logits, pos, buf, done):
         """Token for position `pos` of each row: its prompt token if still in the prompt, else a draw."""
-        logits = categorical.exclude_ids(logits, vocab_limit, banned=(pad_id,))
+        logits = categorical.exclude_ids(logits, vocab_limit, banned=(pad_id, mask_id))
         logits = categorical.filter_logits(logits, temperature=temperature, top_k=top_k, use_top_p=use_top_p, top_p=top_p)
         drawn = categorical.draw_from_state(states[pos], logits, greedy=greedy)
         col = jax.lax.dynamic_index_in_dim(buf, pos, axis=1, keepdims=False)

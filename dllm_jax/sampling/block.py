@@ -64,9 +64,14 @@ class BlockPlan:
     use_top_p: bool
     eos_last: bool
     schedule: str
-    vocab_limit: int  # == mask_id
+    vocab_limit: int  # the tokenizer's vocab size: ids >= it are never sampled
     eos_id: int
     pad_id: int
+    mask_id: int = -1  # [MASK]; -1 = vocab_limit (the extra id); a released DLM's own piece is < vocab_limit
+
+    @property
+    def mask(self) -> int:
+        return self.vocab_limit if self.mask_id < 0 else self.mask_id
 
     @property
     def max_blocks(self) -> int:
@@ -85,7 +90,7 @@ def decode(params, canvas, row_len, row_keys, temperature, top_p, threshold, *, 
     'canvas' [B, T], 'reveal_step' [B, T] (iteration that revealed each position, -1 =
     given / not generated), 'nfe' (network calls for the batch), 'iterations', 'done' [B]."""
     b, total = canvas.shape
-    bl, mask_id = plan.block_len, plan.vocab_limit
+    bl, mask_id = plan.block_len, plan.mask
     n_blocks = total // bl
     rows = jnp.arange(b)[:, None]
     offs = jnp.arange(bl)[None, :]
@@ -122,7 +127,7 @@ def decode(params, canvas, row_len, row_keys, temperature, top_p, threshold, *, 
         order_u = categorical.uniform_from_bits(words[0])
         xb = jnp.take_along_axis(x, idx, axis=1)
         masked = (xb == mask_id) & ~done[:, None]
-        lg = categorical.exclude_ids(logits, plan.vocab_limit, banned=(plan.pad_id,))
+        lg = categorical.exclude_ids(logits, plan.vocab_limit, banned=(plan.pad_id, mask_id))
         probs = jax.nn.softmax(lg, axis=-1)
         filt = categorical.filter_logits(lg, temperature=temperature, top_k=plan.top_k, use_top_p=plan.use_top_p, top_p=top_p)
         x0 = categorical.sample(filt, greedy=plan.greedy, hi=None if plan.greedy else words[1], lo=None if plan.greedy else words[2])

@@ -93,7 +93,8 @@ def row_words(row_keys, block, step, *shapes):
 
 
 def exclude_ids(logits, vocab_limit: int, banned=()):
-    """Logits with ids >= vocab_limit ([MASK], padding rows) and `banned` ids set to NEG."""
+    """Logits with ids >= vocab_limit (the extra [MASK], padding rows) and `banned` ids (pad, an
+    in-vocabulary [MASK]; negative ids ban nothing) set to NEG."""
     ids = jnp.arange(logits.shape[-1])
     drop = ids >= vocab_limit
     for b in banned:

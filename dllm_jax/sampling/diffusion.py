@@ -79,11 +79,16 @@ class Plan:
     use_top_p: bool
     eos_last: bool
     schedule: str  # masking schedule of the run (ancestral reveal probabilities)
-    vocab_limit: int  # == mask_id
+    vocab_limit: int  # the tokenizer's vocab size: ids >= it are never sampled
     eos_id: int
     pad_id: int
     trace: bool  # also return the canvas after every step
     per_row: bool = False  # rows advance through their own blocks with their own keys (see module docstring)
+    mask_id: int = -1  # [MASK]; -1 = vocab_limit (the extra id); a released DLM's own piece is < vocab_limit
+
+    @property
+    def mask(self) -> int:
+        return self.vocab_limit if self.mask_id < 0 else self.mask_id
 
     @property
     def num_blocks(self) -> int:
@@ -174,7 +179,7 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
     [max_iters + 1, B, T] when plan.trace."""
     b, total = canvas.shape
     p0, bl, nb = plan.gen_start, plan.block_len, plan.num_blocks
-    mask_id = plan.vocab_limit
+    mask_id = plan.mask
     if plan.prefix_cache and model.cfg.shift_logits:
         raise ConfigError("prefix_cache cannot decode a model.shift_logits run (its shift is over canvas positions, the cache "
                           "reorders them); sample without prefix_cache")
@@ -258,7 +263,7 @@ def decode(params, canvas, given, segment_ids, key, temperature, top_p, threshol
         order_u = categorical.uniform_from_bits(words[0])
         xb = get_block(x, bs)
         masked = xb == mask_id
-        lg = categorical.exclude_ids(logits, plan.vocab_limit, banned=(plan.pad_id,))
+        lg = categorical.exclude_ids(logits, plan.vocab_limit, banned=(plan.pad_id, mask_id))
         probs = jax.nn.softmax(lg, axis=-1)
         filt = categorical.filter_logits(lg, temperature=temperature, top_k=plan.top_k, use_top_p=plan.use_top_p, top_p=top_p)
         x0 = categorical.sample(filt, greedy=plan.greedy, hi=None if plan.greedy else words[1], lo=None if plan.greedy else words[2])

@@ -187,7 +187,9 @@ def test_resume_changeable_is_decided_once_in_the_schema(key):
     r1 = runs.Run("a", "", C.flatten(saved.to_dict()), {}, [], [], True)
     r2 = runs.Run("b", "", C.flatten(new.to_dict()), {}, [], [], True)
     runs.assign_series([r1, r2])
-    names_series = key == "objective" or (key not in runs._NOT_SERIES and not C.how_key(key))  # the objective leads every series
+    # the objective leads every series; ensemble members (REPLICATE_KEYS) share their series
+    names_series = key == "objective" or (key not in runs._NOT_SERIES and key not in runs.REPLICATE_KEYS
+                                          and not C.how_key(key))
     assert (r1.series != r2.series) == names_series
 
 

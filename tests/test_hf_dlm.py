@@ -281,7 +281,7 @@ def test_released_dlm_imports_with_its_objective_mask_and_logits(tmp_path, famil
     np.testing.assert_allclose(ours[..., :real], ref[..., :real], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llada", "sdar"])
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
 def test_round_trip_import_export_import_is_bitwise(tmp_path, family):
     hf_dir, _, _, ids = make_released_dir(tmp_path / family, family)
     first, out, second = (str(tmp_path / n) for n in ("first", "export", "second"))
@@ -444,3 +444,85 @@ def test_an_explicit_objective_that_contradicts_a_released_dlm_is_refused(tmp_pa
     with pytest.raises(ConfigError, match="model.shift_logits"):
         hf.import_run(hf_dir, str(tmp_path / "run"), _run_config(**{"model.shift_logits": False}), explicit={"model.shift_logits"})
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+# ---------------------------------------------------------------- released DLM -> import -> export (diffusion class) -> transformers
+def _export_chain(tmp_path, family):
+    """(released ids, our imported run, the export's directory): a released-layout checkpoint
+    imported (`dllm-jax import`'s import_run) and exported as a diffusion checkpoint."""
+    hf_dir, _, _, ids = make_released_dir(tmp_path / family, family)
+    run_dir, out = str(tmp_path / "run"), str(tmp_path / "export")
+    hf.import_run(hf_dir, run_dir, _run_config())
+    hf.export_run(run_dir, out)
+    return ids, load_run(run_dir), out
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+def test_export_of_a_released_dlm_records_its_vocab_limit_and_mask(tmp_path, family):
+    """The export's config.json keeps the tokenizer's vocabulary size apart from the in-vocabulary
+    [MASK] (the modeling file's exclusion rule reads both); tokenizer_config.json names the mask piece."""
+    from dllm_jax.hf.layout import DIFFUSION_ARCH
+
+    ids, run, out = _export_chain(tmp_path, family)
+    cfg = json.loads(open(os.path.join(out, "config.json")).read())
+    assert cfg["architectures"] == [DIFFUSION_ARCH] and cfg["objective"] == EXPECTED[family][0]
+    assert (cfg["vocab_limit"], cfg["mask_token_id"]) == (ids["size"], ids["mask"]) and ids["eot"] < cfg["vocab_limit"]
+    assert cfg["dllm_pad_token_id"] == run.tokenizer.pad_id and cfg["shift_logits"] == EXPECTED[family][1]
+    assert cfg["vocab_size"] == run.model.cfg.vocab_size > ids["size"]
+    tok_cfg = json.loads(open(os.path.join(out, "tokenizer_config.json")).read())
+    assert (tok_cfg["mask_token_id"], tok_cfg["mask_token"]) == (ids["mask"], MASKS[family])
+
+
+class MaskAndEotLoving(MaskLoving):
+    """MaskLoving, with the real token above the mask (<|eot_id|>) also raised by `eot_boost`:
+    it then wins some positions, so an exclusion of ids >= the mask id (instead of ids >= the
+    vocabulary size, and the mask id) changes the tokens, and allowing the mask puts it everywhere."""
+
+    eot_id: int = 0
+    eot_boost: float = 2.0
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        bump = lambda logits: logits.at[..., self.eot_id].add(self.eot_boost)  # noqa: E731
+        return (bump(out[0]),) + tuple(out[1:]) if isinstance(out, tuple) else bump(out)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream", "sdar"])
+def test_exported_released_dlm_runs_in_transformers_as_in_dllm_jax(tmp_path, family):
+    """With torch: the export's modeling file gives our logits (within 1e-4, every column) and,
+    at temperature 0 with the mask and <|eot_id|> logits raised, our sampler's tokens: it never
+    generates the in-vocabulary [MASK] and does generate the real token above it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from dllm_jax.objectives.block_diffusion import block_causal_mask
+    from dllm_jax.sampling import generate_tokens
+
+    ids, run, out = _export_chain(tmp_path, family)
+    theirs = transformers.AutoModel.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    assert transformers.AutoTokenizer.from_pretrained(out).mask_token_id == ids["mask"]
+    x = _ids_with_mask(ids)
+    kw = {"attention_mask": block_causal_mask(16, 4)} if family == "sdar" else {}
+    ours = np.asarray(jax.jit(lambda p, t: run.model.apply({"params": p}, t, causal=False, **kw))(run.params, jnp.asarray(x)))
+    with torch.no_grad():
+        got = theirs(torch.tensor(x)).logits.numpy()
+    np.testing.assert_allclose(got, ours, atol=1e-4, rtol=0)
+
+    bump = torch.zeros(run.model.cfg.vocab_size)
+    bump[ids["mask"]], bump[ids["eot"]] = 1e4, 2.0
+    head = theirs._head
+    theirs._head = lambda hidden: head(hidden) + bump  # the same raise as MaskAndEotLoving's, on the torch side
+    model = MaskAndEotLoving(run.model.cfg, mask_id=ids["mask"], eot_id=ids["eot"])
+    tid = train_step.token_ids(run.tokenizer)
+    prompts = [[5, 6, 7], [8, ids["eot"]], []]  # a real token above the mask is a valid prompt id
+    seen = []
+    for opts in (dict(max_new_tokens=8, block_length=4), dict(max_new_tokens=8, sampler="margin", block_length=4 if family == "sdar" else 8),
+                 dict(max_new_tokens=10, steps=5, block_length=4) if family == "sdar" else dict(max_new_tokens=10, steps=4, block_length=5)):
+        want = generate_tokens(model, run.params, tid, prompts, objective=run.config.objective, temperature=0.0, **opts)
+        got = theirs.generate(prompts, temperature=0.0, return_dict_in_generate=True, **opts)
+        assert got.tokens.tolist() == np.asarray(want.tokens).tolist(), opts
+        assert got.lengths.tolist() == np.asarray(want.lengths).tolist(), opts
+        seen.append(np.asarray(want.tokens))
+    seen = np.concatenate([s.ravel() for s in seen])
+    assert (seen == ids["eot"]).any() and (seen < ids["mask"]).any() and not (seen == ids["mask"]).any()
+    with pytest.raises(ValueError, match="mask id"):
+        theirs.generate([[5, ids["mask"]]], max_new_tokens=4)

@@ -110,6 +110,10 @@ def _diffusion_keys(config, model_cfg, tokenizer, obj, shift: bool) -> dict:
     """config.json keys of a diffusion export read by configuration_dllm_jax.DllmJaxConfig:
     the architecture switches the Llama / Qwen classes express by their class (QK-norm, q/k/v
     biases), the attention pattern, the ids the samplers need, and `generate`'s defaults:
+    `vocab_limit` is the tokenizer's vocabulary size and `mask_token_id` the [MASK] id, which
+    is `vocab_limit` for our runs or a piece below it for an imported released DLM (LLaDA's
+    126336 under <|eot_id|> 126348): the modeling file never generates ids >= vocab_limit,
+    the mask id or `dllm_pad_token_id` (`objectives.common.real_ids`, the samplers' rule);
     dllm-jax sample's (the objective's default sampler, steps = max_new_tokens, one block for
     MDM and the run's block size for block diffusion, EOS last), except temperature 0 (greedy:
     the setting at which the modeling file reproduces our tokens)."""
@@ -120,6 +124,7 @@ def _diffusion_keys(config, model_cfg, tokenizer, obj, shift: bool) -> dict:
         "objective": config.objective,
         "attention": "block_causal" if obj.block_size else "bidirectional",
         "block_size": obj.block_size or None,
+        "vocab_limit": int(tokenizer.vocab_size),
         "mask_token_id": tokenizer.mask_id,
         "dllm_pad_token_id": tokenizer.pad_id,
         "shift_logits": shift,
@@ -158,7 +163,9 @@ def _write_tokenizer(tokenizer, out_dir: str, hf_cfg: dict) -> list[str]:
     from dllm_jax import objectives
 
     if objectives.get(hf_cfg["dllm_jax"]["objective"]).mask_input:
-        tok_cfg["mask_token_id"] = tokenizer.mask_id  # one past the tokenizer: not a piece of it
+        tok_cfg["mask_token_id"] = tokenizer.mask_id  # one past the tokenizer (our runs), or a released DLM's own piece
+        if tokenizer.mask_id < tokenizer.vocab_size:
+            tok_cfg["mask_token"] = tokenizer.id_to_piece(tokenizer.mask_id)
     tok_cfg["model_max_length"] = hf_cfg["max_position_embeddings"]
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(tok_cfg, f, indent=2)

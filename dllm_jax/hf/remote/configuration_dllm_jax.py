@@ -16,8 +16,13 @@ class DllmJaxConfig(PretrainedConfig):
         attention: 'bidirectional' (MDM, uniform, gidd) or 'block_causal' (block diffusion:
             position q sees k iff k // block_size <= q // block_size).
         block_size: block diffusion's block (None otherwise).
-        mask_token_id: the [MASK] id = the tokenizer's vocabulary size (no piece of the
-            tokenizer); ids >= mask_token_id are never generated.
+        vocab_limit: the tokenizer's vocabulary size: ids >= vocab_limit are no tokens
+            (the extra [MASK] and padding rows); None (exports before this key) =
+            mask_token_id, the rule of runs whose [MASK] is the extra id.
+        mask_token_id: the [MASK] id: vocab_limit (our runs: no piece of the tokenizer), or a
+            piece below it (a released diffusion LM imported into dllm_jax: LLaDA's
+            <|mdm_mask|> 126336, with real tokens such as <|eot_id|> 126348 above it).
+            Never generated and not allowed in prompts; ids >= vocab_limit neither.
         dllm_pad_token_id: the padding id the samplers use (the tokenizer's pad piece, or
             the extra id past [MASK] when the tokenizer has none); never generated.
         shift_logits: the output at position i comes from the hidden state at i - 1
@@ -33,7 +38,7 @@ class DllmJaxConfig(PretrainedConfig):
     def __init__(self, vocab_size=32000, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6, rope_theta=10000.0, qk_norm=True,
                  attention_bias=False, tie_word_embeddings=False, hidden_act="silu", max_position_embeddings=2048,
-                 initializer_range=0.02, objective="mdm", attention="bidirectional", block_size=None, mask_token_id=None,
+                 initializer_range=0.02, objective="mdm", attention="bidirectional", block_size=None, mask_token_id=None, vocab_limit=None,
                  dllm_pad_token_id=None, shift_logits=False, schedule="linear", generation_defaults=None, bos_token_id=None,
                  eos_token_id=None, pad_token_id=None, **kwargs):
         self.vocab_size = vocab_size
@@ -54,6 +59,10 @@ class DllmJaxConfig(PretrainedConfig):
         self.attention = attention
         self.block_size = block_size
         self.mask_token_id = mask_token_id
+        self.vocab_limit = vocab_limit if vocab_limit is not None else (mask_token_id if mask_token_id is not None else vocab_size)
+        if mask_token_id is not None and not 0 <= mask_token_id <= self.vocab_limit:
+            raise ValueError(f"mask_token_id={mask_token_id} must be in [0, vocab_limit={self.vocab_limit}]: the extra id "
+                             "vocab_limit or a piece of the tokenizer")
         self.dllm_pad_token_id = dllm_pad_token_id
         self.shift_logits = shift_logits
         self.schedule = schedule

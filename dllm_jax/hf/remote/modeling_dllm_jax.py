@@ -21,7 +21,11 @@ keeps its own). Logits cover every embedding row ([MASK] and padding rows includ
 diffusion) re-implemented here; at temperature 0 with a deterministic sampler
 ('topk_confidence', 'margin', 'entropy', 'threshold') it gives dllm-jax sample's tokens. The
 'random' and 'ancestral' orders and temperature > 0 draw from torch's generator: the same
-distributions, not the same tokens as dllm_jax's JAX noise.
+distributions, not the same tokens as dllm_jax's JAX noise. Ids never generated (dllm_jax's
+rule, objectives.common.real_ids): ids >= config.vocab_limit (the tokenizer's vocabulary size),
+config.mask_token_id (the extra id vocab_limit for runs trained by dllm_jax, or a piece below
+it for an imported LLaDA / Dream / SDAR, whose real special tokens may lie above it) and
+config.dllm_pad_token_id.
 """
 
 import math
@@ -176,11 +180,20 @@ def _block_causal(length, block_size, device):
     return (blk[None, :] <= blk[:, None])[None, None]
 
 
-def _excluded(logits, vocab_limit, pad_id):
-    """Logits (float32) with ids >= vocab_limit ([MASK], padding rows) and pad_id set to NEG."""
+def _excluded(logits, vocab_limit, mask_id, pad_id):
+    """Logits (float32) with the ids that are never generated set to NEG: ids >= vocab_limit
+    (the extra [MASK], padding rows), mask_id (also a piece below vocab_limit: a released
+    DLM's own [MASK]) and pad_id (dllm_jax.sampling.categorical.exclude_ids)."""
     ids = torch.arange(logits.shape[-1], device=logits.device)
-    drop = (ids >= vocab_limit) | (ids == pad_id)
+    drop = (ids >= vocab_limit) | (ids == mask_id) | (ids == pad_id)
     return torch.where(drop, torch.full_like(logits, NEG, dtype=torch.float32), logits.float())
+
+
+def _vocab_limit(config):
+    """The tokenizer's vocabulary size (config.vocab_limit); exports written before that key had
+    their [MASK] at the limit, so mask_token_id stands for it there."""
+    limit = getattr(config, "vocab_limit", None)
+    return int(config.mask_token_id if limit is None else limit)
 
 
 def _filter(logits, temperature, top_k, top_p):
@@ -316,7 +329,7 @@ class DllmJaxDiffusionLM(DllmJaxPreTrainedModel):
 
         input_ids: LongTensor [B, P] (or a list of id lists; None = one empty prompt); with
             attention_mask [B, P] (1 = token, 0 = padding, left or right) the padding is dropped.
-            Ids must be < config.mask_token_id.
+            Ids must be real tokens: < config.vocab_limit and not config.mask_token_id.
         prepend_eos: put config.eos_token_id in front of every prompt, as dllm-jax sample does
             (the document separator of the packed training data; an empty prompt = a new
             document). Not part of the returned sequences.
@@ -410,17 +423,18 @@ class DllmJaxDiffusionLM(DllmJaxPreTrainedModel):
             prompts = [[t for t, m in zip(r, k) if m] for r, k in zip(ids, keep)]
         else:
             prompts = [list(map(int, r)) for r in input_ids]
-        limit = self.config.mask_token_id
+        limit, mask_id = _vocab_limit(self.config), self.config.mask_token_id
         for p in prompts:
-            bad = [t for t in p if not 0 <= t < limit]
+            bad = [t for t in p if not 0 <= t < limit or t == mask_id]
             if bad:
-                raise ValueError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {limit}) ([MASK] = {limit})")
+                raise ValueError(f"prompt ids {bad[:5]} are outside the vocabulary [0, {limit}) or the mask id {mask_id} "
+                                 "(no infilling here: use dllm-jax sample)")
         return [([self.config.eos_token_id] if prepend_eos else []) + p for p in prompts]
 
     def _candidates(self, logits, masked, step, steps_per_block, sampler, threshold, eos_last, temperature, top_k, top_p, generator):
         """(x0 [B, B_l], reveal [B, B_l]) for one step on block logits [B, B_l, V]."""
         cfg = self.config
-        lg = _excluded(logits, cfg.mask_token_id, cfg.dllm_pad_token_id)
+        lg = _excluded(logits, _vocab_limit(cfg), cfg.mask_token_id, cfg.dllm_pad_token_id)
         probs = torch.softmax(lg, dim=-1)
         x0 = _draw(_filter(lg, temperature, top_k, top_p), temperature == 0.0, generator)
         order_u = torch.rand(masked.shape, generator=generator, device=masked.device)

@@ -14,6 +14,29 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: an end-to-end test over ~20 s on 2 CPU cores (skip them with -m 'not slow')")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for the session (in this process only; child
+    processes keep their own environment). Many tests train or evaluate the same tiny model,
+    so their steps lower to identical programs: each is compiled once and later runs load the
+    executable instead of recompiling it (same program, same executable: results are
+    unchanged). Tracing and lowering still run every time. A test that points JAX at its own
+    cache (tests/test_study.py) restores this one after it."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    keys = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+            "jax_persistent_cache_min_compile_time_secs": 0.2, "jax_persistent_cache_min_entry_size_bytes": 0}
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in keys.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
 _WORDS = (
     "the a river stone light over under green quiet old new small large city forest road house window door "
     "morning evening winter summer walks finds keeps brings holds sees makes takes gives and but then so "

@@ -397,7 +397,7 @@ def test_bad_sampling_arguments_are_clear_errors(kw, match):
 
 
 # ---------------------------------------------------------------- end to end
-def test_train_sample_evaluate_export_and_import_a_gidd_run(tmp_path, corpus, capsys):
+def test_train_sample_evaluate_export_and_import_a_gidd_run(tmp_path, corpus, trained_runs, capsys):
     import json
     import os
 
@@ -427,6 +427,16 @@ def test_train_sample_evaluate_export_and_import_a_gidd_run(tmp_path, corpus, ca
                  "--correction-steps", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["objective"] == "gidd" and out["sampler"] == "ancestral" and out["nfe"] == 6
+    # gen-PPL with self-correction: the passes count in the NFE and the result records them
+    gp_path = str(tmp_path / "genppl.json")
+    assert main(["eval", "--workdir", workdir, "--task", "genppl", "--reference-workdir", trained_runs["ar"], "--num-samples", "2",
+                 "--max-new-tokens", "12", "--steps", "4", "--correction-steps", "2", "--output", gp_path]) == 0
+    with open(gp_path) as f:
+        gp = json.load(f)
+    assert (gp["steps"], gp["correction_steps"], gp["correction_temperature"], gp["nfe"]) == (4, 2, 0.1, 6) and gp["gen_ppl"] > 1
+    assert main(["eval", "--workdir", trained_runs["mdm"], "--task", "genppl", "--reference-workdir", trained_runs["ar"],
+                 "--correction-steps", "2"]) == 2  # the MDM has no self-correction: one clear error
+    assert "correction_steps=2 is the self-correction" in capsys.readouterr().err
     res_path = str(tmp_path / "val.json")
     assert main(["eval", "--workdir", workdir, "--task", "val", "--limit", "8", "--mc-samples", "4", "--output", res_path]) == 0
     with open(res_path) as f:

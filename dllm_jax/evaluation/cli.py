@@ -116,6 +116,9 @@ def add_arguments(parser) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--correction-steps", type=int, default=0,
+                   help="uniform / gidd runs: GIDD self-correction steps after sampling (as dllm-jax sample)")
+    g.add_argument("--correction-temperature", type=float, default=0.1, help="uniform / gidd: temperature of the correction draws")
 
 
 def _check_overrides(overrides) -> None:
@@ -195,7 +198,8 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
         res = evaluate_generation(run, reference, num_samples=args.num_samples, prompt=args.prompt,
                                   max_new_tokens=args.max_new_tokens, sampler=args.sampler, steps=args.steps,
                                   block_length=args.block_length, threshold=args.threshold, temperature=args.temperature,
-                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=batch)
+                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=batch,
+                                  correction_steps=args.correction_steps, correction_temperature=args.correction_temperature)
         return {**head, "reference_workdir": paths.absolute(args.reference_workdir), **res}, name
 
     key = (config_lib.to_json(config), batch)

@@ -60,9 +60,14 @@ def generative_perplexity(scorer: Scorer, params, tokenizer, texts: Sequence[str
 def evaluate_generation(run, reference, *, num_samples: int = 16, prompt: str = "", max_new_tokens: int = 64,
                         sampler: str = "auto", steps: int | None = None, block_length: int | None = None,
                         threshold: float | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                        seed: int = 0, batch_size: int = 64) -> dict:
+                        seed: int = 0, batch_size: int = 64, correction_steps: int = 0, correction_temperature: float = 0.1) -> dict:
     """Sample `num_samples` texts from `run` (a LoadedRun) and score them with `reference`
-    (a LoadedRun of an AR model)."""
+    (a LoadedRun of an AR model). correction_steps / correction_temperature: GIDD's
+    self-correction after sampling (uniform / gidd runs; `dllm_jax.sampling.generate` refuses
+    them elsewhere); the result records both and the NFE including the correction passes.
+
+    Raises ConfigError: a reference that is not AR, num_samples < 1, or sampling options the
+    run's objective does not take."""
     from dllm_jax import objectives
     from dllm_jax.sampling import generate
 
@@ -74,7 +79,8 @@ def evaluate_generation(run, reference, *, num_samples: int = 16, prompt: str = 
     res = generate(run.model, run.params, run.tokenizer, [prompt] * num_samples, objective=run.config.objective,
                    sampler=sampler, max_new_tokens=max_new_tokens, steps=steps, block_length=block_length or defaults.get("block_length"),
                    threshold=threshold, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                   context_length=int(run.config.data.seq_len), process=defaults.get("process"))
+                   context_length=int(run.config.data.seq_len), process=defaults.get("process"),
+                   correction_steps=correction_steps, correction_temperature=correction_temperature)
     lengths = np.asarray(res.lengths)
     samples = [np.asarray(row)[:n] for row, n in zip(res.tokens, lengths)]
     ref_scorer = Scorer.for_model(reference.model, reference.config, reference.tokenizer, batch_size=batch_size, mesh=reference.mesh)
@@ -89,6 +95,9 @@ def evaluate_generation(run, reference, *, num_samples: int = 16, prompt: str = 
         "sampler": getattr(res, "sampler", sampler) or sampler,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
+        "steps": steps,
+        "correction_steps": correction_steps,
+        "correction_temperature": correction_temperature,
         "nfe": int(res.nfe),
         "tokens_per_sec": float(res.tokens_per_sec),
         "reference_step": reference.step,

@@ -707,3 +707,21 @@ def test_tied_head_with_the_chunked_loss():
     ce = [jax.jit(lambda p, chunk=chunk: forward_ce(model, p, prep, causal=True, vocab_limit=40, loss_chunk=chunk)[0])(params)
           for chunk in (0, 4)]
     np.testing.assert_allclose(np.asarray(ce[1]), np.asarray(ce[0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch,bad,match", [
+    ("LlamaForCausalLM", {"attention_bias": True}, r"attention_bias=true \(LlamaForCausalLM then also has an output-projection bias\)"),
+    ("Qwen3ForCausalLM", {"attention_bias": True}, r"attention_bias=true \(Qwen3ForCausalLM"),
+    ("MistralForCausalLM", {"hidden_act": "gelu"}, r"hidden_act='gelu'"),
+    ("LlamaForCausalLM", {"mlp_bias": True}, r"mlp_bias=true"),
+    ("Qwen2ForCausalLM", {"use_sliding_window": True}, r"use_sliding_window=true"),
+])
+def test_unrepresentable_architecture_settings_are_one_config_error(arch, bad, match):
+    """Each option that changes the block is refused with a ConfigError naming it (never another exception)."""
+    from dllm_jax.errors import ConfigError
+    from dllm_jax.hf.load import hf_model_settings
+
+    hf_cfg = {"architectures": [arch], "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "intermediate_size": 128, "vocab_size": 100, **bad}
+    with pytest.raises(ConfigError, match=match):
+        hf_model_settings(hf_cfg, "ckpt/config.json")

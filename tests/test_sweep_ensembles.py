@@ -150,3 +150,20 @@ def test_report_names_the_ensemble_series_and_leaves_members_out(tmp_path):
     assert best["ar"]["best"]["cloze_acc"][:2] == (pytest.approx(0.5), 10.0)  # min(0.3 + e/50, 0.5) first reaches 0.5 at e = 10
     assert best["mdm"]["best"]["cloze_acc"][:2] == (pytest.approx(0.25 + 16 / 40), 16.0) and best["mdm"]["side"] == "diffusion"
     assert best["mdm"]["best"]["val_loss"][:2] == (pytest.approx(3.0 - 0.16), 16.0)
+
+
+def test_member_zero_is_the_smallest_member_seed_even_with_a_sweep_wide_base():
+    """A sweep run with --config.train.member_seed=5 (a second replicate of a whole study):
+    its runs are series, not replicates; with members its member 0 (seed 5) is the series and
+    seed 6 the replicate; a lone run with a nonzero seed is a series of its own."""
+    from dllm_jax import config as C
+    from dllm_jax.study import runs as R
+
+    base = C.flatten(C.default_config().to_dict())
+    def run(name, objective, seed, **kw):
+        return R.Run(name, "", {**base, "objective": objective, "train.member_seed": seed, **kw}, {}, [], [], True)
+
+    rs = [run("ar", "ar", 5), run("ar_m1", "ar", 6), run("mdm", "mdm", 5), run("mdm_wd", "mdm", 7, **{"train.weight_decay": 0.5})]
+    R.assign_series(rs)
+    assert [r.replicate for r in rs] == [False, True, False, False]
+    assert len({r.series for r in rs if not r.replicate}) == 3

@@ -140,6 +140,7 @@ def hf_model_settings(hf: dict, where: str) -> dict:
         return _diffusion_settings(hf, where)
     bias = bool(hf.get("attention_bias", False))
     if family in ("llama", "mistral", "qwen3", "sdar") and bias:
+        arch = hf["architectures"][0]
         raise ConfigError(f"{where}: attention_bias=true ({arch} then also has an output-projection bias) is not supported; "
                           "only Qwen2's q/k/v biases are")
     if family in ("qwen2", "dream"):

@@ -35,7 +35,7 @@ series without the tuning keys (`TUNING_KEYS`: weight decay, MIR): the variants 
 sweep form one family, whose best run at each budget is the '<family>-tuned' series
 (`dllm_jax.study.series`). Ensembles (`dllm_jax.study.ensemble`): a run whose run.json lists
 `ensemble` members is the series '<member 0's series>-ensemble' (a family of its own); members
-other than member 0 (`train.member_seed` > 0, never a series key) are left out of the panels.
+other than member 0 (the smallest `train.member_seed` of runs otherwise alike; never a series key) are left out of the panels.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ class Run:
     cloze_config: dict | None = None  # the task of the cloze records when they come from eval files ('eval.cloze_*' keys)
     eval_cloze_tasks: list = dataclasses.field(default_factory=list)  # the cloze rescoring tasks in <workdir>/eval/
     family: str = ""  # the series without the tuning keys (TUNING_KEYS)
+    # an ensemble member other than member 0: a run whose config equals another's but for
+    # REPLICATE_KEYS, with a larger train.member_seed (`assign_series`); not a series of its own
+    replicate: bool = False
 
     @property
     def ensemble(self) -> list:
@@ -91,10 +94,6 @@ class Run:
         members = self.info.get("ensemble")
         return list(members) if isinstance(members, list) else []
 
-    @property
-    def replicate(self) -> bool:
-        """An ensemble member other than member 0 (train.member_seed > 0): not a series of its own."""
-        return not self.ensemble and bool(self.config.get("train.member_seed"))
 
     @property
     def corpus(self) -> str:
@@ -367,6 +366,15 @@ def assign_series(runs) -> None:
     keys = sorted({k for r in runs for k in r.config})
     varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
                and k not in _NOT_SERIES and k not in REPLICATE_KEYS and not how_key(k)]
+    groups = {}
+    for r in runs:
+        if not r.ensemble:
+            same = json.dumps({k: v for k, v in r.config.items() if k not in REPLICATE_KEYS}, sort_keys=True, default=str)
+            groups.setdefault(same, []).append(r)
+    for group in groups.values():  # member 0 = the smallest member_seed (a sweep-wide base seed is no replicate)
+        first = min(int(r.config.get("train.member_seed") or 0) for r in group)
+        for r in group:
+            r.replicate = int(r.config.get("train.member_seed") or 0) != first
     for r in runs:
         differ = [k for k in varying if r.config.get(k) != defaults.get(k)]
         tail = ENSEMBLE_SUFFIX if r.ensemble else ""  # an ensemble is a series of its own, and a family of its own

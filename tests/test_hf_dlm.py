@@ -526,3 +526,14 @@ def test_exported_released_dlm_runs_in_transformers_as_in_dllm_jax(tmp_path, fam
     assert (seen == ids["eot"]).any() and (seen < ids["mask"]).any() and not (seen == ids["mask"]).any()
     with pytest.raises(ValueError, match="mask id"):
         theirs.generate([[5, ids["mask"]]], max_new_tokens=4)
+
+
+def test_the_mask_token_is_not_part_of_a_trained_tokenizers_store_identity():
+    """data.mask_token picks an id of the stored tokenizer (rebuilt per run); it must not make a
+    new token store, while data.eos_token (which changes the stored ids) does."""
+    from dllm_jax.config import default_config
+    from dllm_jax.data.prepare import tokenizer_recipe
+
+    plain, masked, eos = default_config().data, default_config().data, default_config().data
+    masked.mask_token, eos.eos_token = "<|mask|>", "<|eos|>"
+    assert tokenizer_recipe(masked) == tokenizer_recipe(plain) != tokenizer_recipe(eos)

@@ -106,7 +106,10 @@ def test_an_ensemble_of_copies_scores_as_the_run_at_every_step(trained_runs, tmp
         members.append(grid_lib.Point(k, f"member{k}", {"train.member_seed": str(k)}, cfg, workdir))
     group = ensemble.Group("member0_ens2", members, str(tmp_path / "member0_ens2"))
     assert ensemble.status(group) == "todo"
-    assert ensemble.evaluate_group(group) >= 2
+    from dllm_jax.study.sweep import _score_child
+
+    assert _score_child(group) == "finished"  # as `dllm-jax sweep` scores it: in a child process (ensemble.main)
+    assert ensemble.main([group.workdir, "member0=" + members[0].workdir]) == 2  # one member: the usage line, exit 2
     got = {r["step"]: r for r in read_metrics(group.workdir)}
     want = {r["step"]: r for r in read_metrics(run) if "val_loss" in r and r["step"] in got}
     assert sorted(got) == sorted(want)

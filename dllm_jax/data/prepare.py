@@ -122,7 +122,8 @@ def tokenizer_recipe(data_cfg, tokenizer=None) -> dict:
         "trainer": TRAINER_VERSION, "max_docs": int(data_cfg.max_docs),
         "sample_chars": TOKENIZER_SAMPLE_CHARS, "sample_seed": TOKENIZER_SAMPLE_SEED,
     }
-    train.update({k: v for k, v in tokenizer_names(data_cfg).items() if v})
+    # EOS / pad choices change the stored ids; the [MASK] piece (data.mask_token) does not: not part of the identity
+    train.update({k: v for k, v in tokenizer_names(data_cfg).items() if v and k != "mask_token"})
     return {"train": train}
 
 

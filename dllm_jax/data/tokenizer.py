@@ -10,7 +10,7 @@ so models that need it use ``vocab_size + 1`` embedding rows. A released diffusi
 (LLaDA, Dream, SDAR) was trained with a mask piece of its own tokenizer: ``mask_token``
 (``data.mask_token``, set by ``init.from_hf``) names that special token, and ``mask_id`` is
 its id, inside the vocabulary. Either way the ids that are never predicted, sampled or
-scored are ``ids >= vocab_size`` and ``mask_id`` (``objectives.TokenIds.is_real``).
+scored are ``ids >= vocab_size`` and ``mask_id`` (``objectives.common.real_ids``).
 
 EOS and padding (one rule for both kinds):
 

@@ -95,7 +95,7 @@ def evaluate_generation(run, reference, *, num_samples: int = 16, prompt: str = 
         "sampler": getattr(res, "sampler", sampler) or sampler,
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
-        "steps": steps,
+        "steps": getattr(res.options, "steps", steps),  # the resolved number (the default: max_new_tokens)
         "correction_steps": correction_steps,
         "correction_temperature": correction_temperature,
         "nfe": int(res.nfe),

@@ -255,7 +255,7 @@ class Scorer:
             return objective.forward(model, params, tokens, segment_ids)
 
         spec = ScoreSpec(
-            objective=config.objective, vocab_limit=int(getattr(tokenizer, "vocab_size", tokenizer.mask_id)), mask_id=tokenizer.mask_id,
+            objective=config.objective, vocab_limit=objectives.common.vocab_limit_of(tokenizer), mask_id=tokenizer.mask_id,
             eos_id=tokenizer.eos_id, max_len=int(config.data.seq_len), schedule=config.mdm.schedule,
             eps=float(config.mdm.eps), document_attention=bool(config.data.document_attention),
             block_size=objective.block_size,

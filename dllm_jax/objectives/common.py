@@ -55,7 +55,7 @@ class TokenIds:
             raise ValueError(f"mask_id={self.mask_id} > vocab_limit={self.vocab_limit}: [MASK] is the extra id vocab_limit or a piece below it")
         if self.pad_id == self.eos_id:
             raise ValueError(f"pad_id == eos_id == {self.eos_id}: padding needs an id of its own (EOS is a real token that is "
-                             "trained and sampled); use the tokenizer's pad_id (an extra id mask_id + 1 when it has no pad piece)")
+                             "trained and sampled); use the tokenizer's pad_id (the extra id vocab_size + 1 when it has no pad piece)")
 
 
 # ---------------------------------------------------------------- masking schedules
@@ -106,6 +106,15 @@ def random_length_valid(rng, tokens, prob: float):
     cut = jax.random.randint(k_len, (), 1, length + 1)
     keep = jnp.where(use, cut, length)
     return jnp.arange(length)[None, :] < keep
+
+
+def vocab_limit_of(ids) -> int:
+    """The vocabulary size of `ids` (objectives.TokenIds' vocab_limit, a tokenizer's vocab_size):
+    ids >= it are no tokens. [MASK] is the extra id vocab_limit, or a piece below it (a
+    released diffusion LM's own), never sampled either way."""
+    if hasattr(ids, "vocab_limit"):
+        return int(ids.vocab_limit)
+    return int(getattr(ids, "vocab_size", ids.mask_id))
 
 
 def real_ids(n: int, vocab_limit: int, mask_id: int | None = None):

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dllm_jax.errors import ConfigError
+from dllm_jax.objectives.common import vocab_limit_of
 from dllm_jax.sampling import ar, block, diffusion, interpolating
 from dllm_jax.sampling.options import Options, resolve
 
@@ -206,7 +207,7 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     if ids.pad_id == ids.eos_id:
         raise ConfigError(f"pad_id == eos_id == {ids.eos_id}: padding needs an id of its own, or EOS could never be sampled "
                           "(use the tokenizer's ids: its pad_id is never EOS)")
-    limit = vocab_limit(ids)
+    limit = vocab_limit_of(ids)
     rows_needed = max(ids.pad_id, ids.mask_id) + 1
     if rows_needed > model.cfg.vocab_size:
         raise ConfigError(f"the model has {model.cfg.vocab_size} embedding rows but pad_id={ids.pad_id} / mask_id={ids.mask_id} "
@@ -239,15 +240,6 @@ def generate_tokens(model, params, ids, prompts: Sequence[Sequence[int]], *, obj
     return _concat(parts, ids.pad_id)
 
 
-def vocab_limit(ids) -> int:
-    """The vocabulary size of `ids` (objectives.TokenIds' vocab_limit, a tokenizer's vocab_size):
-    ids >= it are no tokens. [MASK] is the extra id vocab_limit, or a piece below it (a
-    released diffusion LM's own), never sampled either way."""
-    if hasattr(ids, "vocab_limit"):
-        return int(ids.vocab_limit)
-    return int(getattr(ids, "vocab_size", ids.mask_id))
-
-
 def row_keys(key, prompts: Sequence[Sequence[int]]):
     """One key per row, from the seed's key, the row's prompt and its copy index (see the
     module docstring): [len(prompts)] jax keys."""
@@ -269,7 +261,7 @@ def _run_ar(model, params, device, ids, rows, opts: Options, infill_tokens, key,
     for i, r in enumerate(rows):
         buf[i, :len(r)] = r
     statics = dict(model=model, max_new=n, p0=int(row_len.min()), use_cache=opts.kv_cache, greedy=opts.temperature == 0.0,
-                   top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=vocab_limit(ids), eos_id=ids.eos_id, pad_id=ids.pad_id,
+                   top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=vocab_limit_of(ids), eos_id=ids.eos_id, pad_id=ids.pad_id,
                    mask_id=ids.mask_id)
     args = (params, _put(buf, device), _put(row_len, device), _put(key, device), jnp.float32(opts.temperature), jnp.float32(opts.top_p))
     (out, produced, nfe), times = _call(ar.decode, args, statics)
@@ -319,7 +311,7 @@ def _run_mdm(model, params, device, ids, rows, opts: Options, infill_tokens, key
         kind=opts.sampler, gen_start=p, gen_len=n, block_len=opts.block_length,
         steps_per_block=opts.steps // (n // opts.block_length) if opts.steps else 0, prefix_cache=opts.prefix_cache,
         guided=opts.cfg != 0.0, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0,
-        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=vocab_limit(ids), eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace,
+        eos_last=opts.eos_last, schedule=opts.schedule, vocab_limit=vocab_limit_of(ids), eos_id=ids.eos_id, pad_id=ids.pad_id, trace=trace,
         per_row=per_row, mask_id=ids.mask_id)
     f32 = jnp.float32
     args = (params, _put(canvas, device), _put(given, device), segment_ids, _put(row_keys if per_row else key, device),
@@ -348,7 +340,7 @@ def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, k
     plan = block.BlockPlan(
         kind=opts.sampler, block_len=bl, gen_len=n, steps_per_block=-(-opts.steps // blocks) if opts.steps else 0,
         kv_cache=opts.kv_cache, greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, eos_last=opts.eos_last,
-        schedule=opts.schedule, vocab_limit=vocab_limit(ids), eos_id=ids.eos_id, pad_id=ids.pad_id, mask_id=ids.mask_id)
+        schedule=opts.schedule, vocab_limit=vocab_limit_of(ids), eos_id=ids.eos_id, pad_id=ids.pad_id, mask_id=ids.mask_id)
     f32 = jnp.float32
     args = (params, _put(canvas, device), _put(row_len, device), _put(keys, device), f32(opts.temperature), f32(opts.top_p),
             f32(opts.threshold))
@@ -367,7 +359,7 @@ def _run_block(model, params, device, ids, rows, opts: Options, infill_tokens, k
 def _run_interp(model, params, device, ids, rows, opts: Options, infill_tokens, key, trace, keys=None) -> SampleResult:
     from dllm_jax.objectives.interpolating import require_extra_mask
 
-    require_extra_mask(vocab_limit(ids), ids.mask_id)
+    require_extra_mask(vocab_limit_of(ids), ids.mask_id)
     if trace:
         raise ConfigError("trace is not implemented for uniform / gidd sampling (every position may change at every step)")
     b, n = len(rows), opts.max_new_tokens
@@ -375,7 +367,7 @@ def _run_interp(model, params, device, ids, rows, opts: Options, infill_tokens, 
     real = np.arange(p + n)[None, :] >= pad[:, None]  # segment 0 on the left padding
     positions = np.maximum(np.arange(p + n)[None, :] - pad[:, None], 0).astype(np.int32)
     plan = interpolating.Plan(kind=opts.sampler, process=opts.process, gen_start=p, steps=opts.steps, correction_steps=opts.correction_steps,
-                              greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=ids.mask_id,
+                              greedy=opts.temperature == 0.0, top_k=opts.top_k, use_top_p=opts.top_p < 1.0, vocab_limit=vocab_limit_of(ids),
                               pad_id=ids.pad_id)
     f32 = jnp.float32
     args = (params, _put(canvas, device), _put(given, device), _put(real.astype(np.int32), device), _put(positions, device),

@@ -24,6 +24,10 @@ Decided here:
 - Scoring resumes: steps already in metrics.jsonl are not scored again.
 - The report names the series '<series>-ensemble' (`study.runs`): AR's strongest series at a
   budget may then be the AR ensemble, the comparison Kim et al. ask for.
+- `dllm-jax sweep` scores each group in a child process (`python -m dllm_jax.study.ensemble OUT
+  NAME=WORKDIR ...`, `main`), as it trains each point in one: the sweep's own process never
+  holds the accelerator (one process per TPU host) nor its memory; with --in-process or
+  --index, in the sweep's process.
 """
 
 from __future__ import annotations
@@ -140,4 +144,43 @@ def evaluate_group(group: Group) -> int:
     return scored
 
 
-__all__ = ["Group", "groups", "status", "evaluate_group", "MEMBER_KEY", "SUFFIX"]
+@dataclasses.dataclass
+class Member:
+    name: str  # the member's point name
+    workdir: str
+
+
+def child_command(group: Group, python: str) -> list:
+    """The command line that scores `group` in a child process (`main`)."""
+    return [python, "-m", "dllm_jax.study.ensemble", group.workdir] + [f"{p.name}={p.workdir}" for p in group.members]
+
+
+def main(argv=None) -> int:
+    """`python -m dllm_jax.study.ensemble OUT NAME=WORKDIR [NAME=WORKDIR ...]`: score the members
+    (member 0 first) as one ensemble into OUT (`evaluate_group`). Exit 0, or 2 with one error
+    line for bad input (a DllmError: e.g. a damaged checkpoint)."""
+    import os
+    import sys
+
+    from dllm_jax.cli import LOG_FORMAT
+    from dllm_jax.errors import DllmError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
+    log.setLevel(logging.INFO)
+    members = [Member(*a.split("=", 1)) for a in args[1:] if "=" in a]
+    if len(args) < 3 or len(members) != len(args) - 1:
+        print("usage: python -m dllm_jax.study.ensemble OUT NAME=WORKDIR NAME=WORKDIR [...] (member 0 first)", file=sys.stderr)
+        return 2
+    try:
+        evaluate_group(Group(os.path.basename(args[0].rstrip("/")), members, args[0]))
+    except DllmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["Group", "Member", "groups", "status", "evaluate_group", "child_command", "main", "MEMBER_KEY", "SUFFIX"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

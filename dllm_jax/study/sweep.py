@@ -32,7 +32,8 @@ the planned points that never started).
 Ensembles (`dllm_jax.study.ensemble`): the sweep scores each group of points that differ
 only in `train.member_seed` (`--grid members=K`) as soon as all of them are finished (after
 the point that finished last, or a skipped finished point of a group not yet scored), into
-ROOT/<member 0>_ens<K>/; with --index, the groups of that point. `--list` shows them too.
+ROOT/<member 0>_ens<K>/, in a child process each (as the points; with --in-process in this one);
+with --index, the groups of that point, in this process. `--list` shows them too.
 
 Output: each point's training prints its progress prefixed with `point i/N NAME` (i counts
 the points of this invocation; `train` reads the label from $DLLM_JAX_RUN_LABEL): plain lines
@@ -355,7 +356,11 @@ def run_points(grid, points, in_process: bool) -> list[dict]:
             print(f"[sweep] {label}: {outcome} in {seconds:.1f} s" + (f"; {detail}" if detail else ""), flush=True)
         results.append({"index": point.index, "name": point.name, "status": outcome, "seconds": seconds})
         if outcome == "finished" or outcome.startswith("skipped"):  # an ensemble whose last member this was
-            results += run_ensembles(grid, [point])
+            scored = run_ensembles(grid, [point], in_process)
+            results += scored
+            if any(r["status"] == "interrupted" for r in scored):
+                print("[sweep] ensemble scoring was interrupted; stopping. Rerun the same command to resume.", flush=True)
+                break
         if outcome == "interrupted":
             print(f"[sweep] point {point.name} was interrupted (checkpoint saved); stopping. Rerun the same command to resume.", flush=True)
             break
@@ -382,9 +387,35 @@ def _print_list(grid) -> None:
         print(f"  -  {ensemble.status(g):8s} {g.name:24s} ensemble of {', '.join(p.name for p in g.members)}")
 
 
-def run_ensembles(grid, points) -> list[dict]:
+def _scored_steps(workdir: str) -> int:
+    from dllm_jax.metrics import read_metrics
+
+    try:
+        return sum(1 for r in read_metrics(workdir) if "val_loss" in r)
+    except DllmError:
+        return 0
+
+
+def _score_child(group) -> str:
+    """Score `group` in a child process (`ensemble.main`); its outcome as `_run_child`'s."""
+    from dllm_jax.study import ensemble
+
+    child = subprocess.Popen(ensemble.child_command(group, sys.executable))
+    with _Forward(child) as fwd:
+        try:
+            rc = child.wait()
+        except KeyboardInterrupt:
+            rc = child.wait()
+            fwd.received = True
+    if rc == 0:
+        return "finished"
+    return "interrupted" if fwd.received or rc in (-signal.SIGINT, -signal.SIGTERM) else f"failed (exit code {rc})"
+
+
+def run_ensembles(grid, points, in_process: bool = False) -> list[dict]:
     """Score every ensemble (`dllm_jax.study.ensemble`) that has a member among `points` and
-    whose members are all finished, in this process; one result per ensemble scored."""
+    whose members are all finished, in a child process each (`in_process`: in this one); one
+    result per ensemble scored."""
     from dllm_jax.study import ensemble
 
     selected, results = {p.name for p in points}, []
@@ -392,15 +423,19 @@ def run_ensembles(grid, points) -> list[dict]:
         if not selected & {p.name for p in g.members} or ensemble.status(g) != "todo":
             continue
         print(f"[sweep] ensemble {g.name}: scoring {len(g.members)} members at their shared evaluation steps", flush=True)
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), _scored_steps(g.workdir)
         try:
-            n = ensemble.evaluate_group(g)
-            outcome = "finished"
+            if in_process:
+                ensemble.evaluate_group(g)
+                outcome = "finished"
+            else:
+                outcome = _score_child(g)
         except (KeyboardInterrupt, SystemExit):
             raise
         except DllmError as e:
             log.error("ensemble %s failed: %s", g.name, e)
-            n, outcome = 0, f"failed ({type(e).__name__})"
+            outcome = f"failed ({type(e).__name__})"
+        n = _scored_steps(g.workdir) - before
         seconds = round(time.perf_counter() - t0, 1)
         _record_attempt(g.workdir, outcome, seconds)
         print(f"[sweep] ensemble {g.name}: {outcome} in {seconds:.1f} s ({n} steps scored)", flush=True)

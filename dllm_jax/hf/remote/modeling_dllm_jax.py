@@ -189,13 +189,6 @@ def _excluded(logits, vocab_limit, mask_id, pad_id):
     return torch.where(drop, torch.full_like(logits, NEG, dtype=torch.float32), logits.float())
 
 
-def _vocab_limit(config):
-    """The tokenizer's vocabulary size (config.vocab_limit); exports written before that key had
-    their [MASK] at the limit, so mask_token_id stands for it there."""
-    limit = getattr(config, "vocab_limit", None)
-    return int(config.mask_token_id if limit is None else limit)
-
-
 def _filter(logits, temperature, top_k, top_p):
     """Temperature, top-k, nucleus top-p, as dllm_jax.sampling.categorical.filter_logits."""
     logits = logits / torch.tensor(max(float(temperature), 1e-6), dtype=torch.float32, device=logits.device)
@@ -423,7 +416,7 @@ class DllmJaxDiffusionLM(DllmJaxPreTrainedModel):
             prompts = [[t for t, m in zip(r, k) if m] for r, k in zip(ids, keep)]
         else:
             prompts = [list(map(int, r)) for r in input_ids]
-        limit, mask_id = _vocab_limit(self.config), self.config.mask_token_id
+        limit, mask_id = int(self.config.vocab_limit), self.config.mask_token_id
         for p in prompts:
             bad = [t for t in p if not 0 <= t < limit or t == mask_id]
             if bad:
@@ -434,7 +427,7 @@ class DllmJaxDiffusionLM(DllmJaxPreTrainedModel):
     def _candidates(self, logits, masked, step, steps_per_block, sampler, threshold, eos_last, temperature, top_k, top_p, generator):
         """(x0 [B, B_l], reveal [B, B_l]) for one step on block logits [B, B_l, V]."""
         cfg = self.config
-        lg = _excluded(logits, _vocab_limit(cfg), cfg.mask_token_id, cfg.dllm_pad_token_id)
+        lg = _excluded(logits, int(cfg.vocab_limit), cfg.mask_token_id, cfg.dllm_pad_token_id)
         probs = torch.softmax(lg, dim=-1)
         x0 = _draw(_filter(lg, temperature, top_k, top_p), temperature == 0.0, generator)
         order_u = torch.rand(masked.shape, generator=generator, device=masked.device)

@@ -500,9 +500,11 @@ def load_config(path: str, overrides: list[tuple[str, str]] | None = None) -> ml
     return config_from_module(import_experiment(path), overrides)
 
 
-def validate(cfg: ml_collections.ConfigDict) -> None:
+def validate(cfg: ml_collections.ConfigDict, data: bool = True) -> None:
     """Check values (the objective against the registry, each key's range from `RULES`, then the
-    rules between keys); raise ConfigError naming the key, the value and the fix."""
+    rules between keys); raise ConfigError naming the key, the value and the fix. `data=False`:
+    the run reads no corpus (an import without one, `eval` on a task file), so data.paths may
+    be empty."""
     from dllm_jax import objectives  # the registry of objectives
 
     if cfg.objective not in objectives.names():
@@ -530,7 +532,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                           f"(objective={cfg.objective!r}); drop them or set --config.objective=mdm "
                           "(block diffusion adapts with block_diffusion.grow_steps and block_diffusion.ar_loss_weight)")
     d = cfg.data
-    if d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths and not d.store:
+    if data and d.source in ("text", "jsonl", "parquet", "array_record") and not d.paths and not d.store:
         raise ConfigError(f"data.source={d.source!r} needs data.paths (comma-separated globs), e.g. --config.data.paths='corpus/*.txt'")
     if d.source == "tfds" and not d.tfds_name and not d.store:
         raise ConfigError("data.source='tfds' needs data.tfds_name, e.g. --config.data.tfds_name=lm1b")

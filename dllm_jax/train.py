@@ -233,6 +233,7 @@ def _train(config, workdir: str, stop_after, opened: list, clock) -> dict:
     if config.train.wandb_project and jax.process_index() == 0:
         require_wandb(config.train.wandb_project)  # before any data or compile work
     workdir = paths.absolute(workdir)
+    hf.refuse_hf_checkpoint_workdir(workdir)
     paths.makedirs(workdir)
     tcfg = config.train
     ckpt = Checkpointer(workdir, keep_last=tcfg.keep_last, keep_every=tcfg.keep_every, async_save=tcfg.async_checkpoint)

@@ -4,6 +4,7 @@ import -> export -> import round trips, and, with torch installed (extra 'hf-tes
 modeling file's logits and `generate` against our model and samplers."""
 import filecmp
 import json
+import re
 import os
 
 import jax
@@ -311,3 +312,18 @@ def test_generate_gives_our_block_diffusion_tokens(tmp_path):
         _compare_generate(model, params, hf_model, "block_diffusion", ours_kw={"kv_cache": False}, **kw)
     stops = np.concatenate(stops)
     assert stops.any() and not stops.all()
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(steps=0), "steps=0 must be >= 1"), (dict(temperature=-1.0), "temperature=-1.0"), (dict(temperature=float("nan")), "temperature=nan"),
+    (dict(top_p=0.0, temperature=1.0), "top_p=0.0"), (dict(top_k=-2), "top_k=-2"), (dict(block_length=0), "block_length=0"),
+    (dict(sampler="threshold", threshold=1.5), "threshold=1.5")])
+def test_generate_refuses_what_dllm_jax_sample_refuses(tmp_path, kw, match):
+    """With torch: settings `dllm-jax sample` refuses are a ValueError naming them, not [MASK] ids or all-EOS rows."""
+    torch = pytest.importorskip("torch")
+    _, _, path = _random_generation_model(tmp_path, "mdm", 3)
+    hf_model = _torch_model(path)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        hf_model.generate([[5, 6]], max_new_tokens=8, **kw)
+    with pytest.raises(ValueError, match=r"shape \(2,\); give \[batch, prompt length\]"):
+        hf_model.generate(torch.tensor([5, 6]), max_new_tokens=8)

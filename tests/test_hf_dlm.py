@@ -537,3 +537,65 @@ def test_the_mask_token_is_not_part_of_a_trained_tokenizers_store_identity():
     plain, masked, eos = default_config().data, default_config().data, default_config().data
     masked.mask_token, eos.eos_token = "<|mask|>", "<|eos|>"
     assert tokenizer_recipe(masked) == tokenizer_recipe(plain) != tokenizer_recipe(eos)
+
+
+def test_damaged_config_json_and_bad_values_are_one_checkpoint_error(tmp_path):
+    """A config.json that is not JSON, not UTF-8, not an object, or whose architectures /
+    mask_token_id have the wrong type: a CheckpointError naming the file or value (never a
+    JSON/Unicode/Attribute error from inside the reader)."""
+    hf_dir, cfg, _, _ = make_released_dir(tmp_path / "llada", "llada")
+    path = os.path.join(hf_dir, "config.json")
+    cases = [(b'{"architectures": ["LLaDAModelLM"], "d_mo', "not readable JSON"), (b'{"name": "caf\xe9"}', "not readable JSON"),
+             (b"[1, 2]", "holds a JSON list"), (json.dumps({**cfg, "architectures": "LLaDAModelLM"}).encode(), "architectures='LLaDAModelLM'"),
+             (json.dumps({**cfg, "mask_token_id": "abc"}).encode(), "mask_token_id='abc' is not an integer"),
+             (json.dumps({**cfg, "mask_token_id": True}).encode(), "mask_token_id=True is not an integer")]
+    for raw, match in cases:
+        with open(path, "wb") as f:
+            f.write(raw)
+        with pytest.raises(CheckpointError, match=match):
+            hf.resolve_init(_run_config(**{"init.from_hf": hf_dir}))
+
+
+def test_import_checks_the_model_and_run_settings_as_train_does(tmp_path):
+    """Shapes the checkpoint gives and run settings the user gives are validated before anything is written."""
+    hf_dir, cfg, _, _ = make_released_dir(tmp_path / "llada", "llada")
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="data.seq_len"):
+        hf.import_run(hf_dir, run_dir, _run_config(**{"data.seq_len": 0}))
+    with open(os.path.join(hf_dir, "config.json"), "w") as f:
+        json.dump({**cfg, "n_heads": 5, "n_kv_heads": 2}, f)
+    with pytest.raises(ConfigError, match="model.n_kv_heads=2 must divide model.n_heads=5"):
+        hf.import_run(hf_dir, run_dir, _run_config())
+    assert not os.path.exists(run_dir)
+
+
+def test_a_run_is_never_written_into_a_hugging_face_checkpoint(tmp_path, corpus):
+    """import --workdir or train --workdir pointing at a Hugging Face directory (a released one, or an
+    export) is refused before anything is written: its config.json would be overwritten."""
+    from conftest import tiny_config
+
+    from dllm_jax.train import train
+
+    hf_dir, _, _, _ = make_released_dir(tmp_path / "llada", "llada")
+    before = {n: open(os.path.join(hf_dir, n), "rb").read() for n in os.listdir(hf_dir)}
+    with pytest.raises(ConfigError, match="holds a Hugging Face checkpoint"):
+        hf.import_run(hf_dir, hf_dir, _run_config())
+    paths, cache = corpus
+    with pytest.raises(ConfigError, match="holds a Hugging Face checkpoint"):
+        train(tiny_config(paths, cache, "mdm"), hf_dir)
+    assert {n: open(os.path.join(hf_dir, n), "rb").read() for n in os.listdir(hf_dir)} == before
+
+
+def test_a_dlm_imported_without_a_corpus_scores_task_files(tmp_path, capsys):
+    """docs/huggingface.md: without a corpus at import, `eval` scores a jsonl file (no data.paths needed);
+    `--task val` still asks for the corpus, by name."""
+    from dllm_jax.cli import main
+
+    hf_dir, _, _, _ = make_released_dir(tmp_path / "llada", "llada")
+    run_dir, out = str(tmp_path / "run"), str(tmp_path / "mc.json")
+    hf.import_run(hf_dir, run_dir, _run_config())
+    data = os.path.join(os.path.dirname(__file__), "data", "mc_toy.jsonl")
+    assert main(["eval", "--workdir", run_dir, "--task", "jsonl", "--data", data, "--output", out]) == 0
+    assert json.load(open(out))["n"] == 4
+    assert main(["eval", "--workdir", run_dir, "--task", "val"]) == 2
+    assert "needs data.paths" in capsys.readouterr().err

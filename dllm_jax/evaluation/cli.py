@@ -52,6 +52,7 @@ from dllm_jax import paths
 from dllm_jax.errors import ConfigError
 
 TASKS = ("val", "cloze", "jsonl", "hellaswag", "mmlu", "genppl")
+CORPUS_TASKS = ("val", "cloze")  # the tasks that read the run's own validation split (data.paths)
 FILE_TASKS = ("jsonl", "hellaswag", "mmlu")
 DEFAULT_CLOZE_CHOICES = 4  # left out of cloze file names
 _CLOZE_FILE = re.compile(r"^(cloze-len(\d+)(-both)?(?:-(\d+)way)?)(?:-n(\d+))?_step(\d+)\.json$")
@@ -128,10 +129,12 @@ def _check_overrides(overrides) -> None:
                               f"eval accepts only {', '.join(k + '*' if k.endswith('.') else k for k in config_lib.HOW_KEYS)}")
 
 
-def _apply_overrides(config, overrides) -> None:
+def _apply_overrides(config, overrides, data: bool = True) -> None:
+    """The --config.KEY overrides (how-keys only), then the config's checks; `data=False` for tasks
+    that read no corpus (task files, genppl): a run imported without one evaluates on them."""
     for key, value in overrides or []:
         config_lib.set_key(config, key, value)
-    config_lib.validate(config)
+    config_lib.validate(config, data=data)
 
 
 def _positive(name, value):
@@ -178,7 +181,7 @@ def evaluate_run(args, reuse: dict | None = None) -> tuple[dict, str]:
     members = _load_members(args, workdirs)
     run = members[0]
     for member in members:
-        _apply_overrides(member.config, getattr(args, "overrides", None))
+        _apply_overrides(member.config, getattr(args, "overrides", None), data=args.task in CORPUS_TASKS)
     config = run.config
     e = config.eval
     if args.seed is None:

@@ -81,7 +81,7 @@ reads both kinds of export back (import -> export -> import is bitwise).
 from dllm_jax.hf.export import export_config, export_params, export_run, hf_family
 from dllm_jax.hf.init import import_run, initial_params, resolve_init
 from dllm_jax.hf.layout import ARCH_KEYS, FAMILIES, _flat, tensor_plan, to_hf, to_ours
-from dllm_jax.hf.load import SafetensorsReader, hf_model_settings, load_hf_params, read_hf_config
+from dllm_jax.hf.load import SafetensorsReader, hf_model_settings, holds_hf_checkpoint, load_hf_params, read_hf_config, refuse_hf_checkpoint_workdir
 
 __all__ = ["FAMILIES", "ARCH_KEYS", "resolve_init", "load_hf_params", "initial_params", "export_run", "import_run", "hf_family",
-           "hf_model_settings", "export_config", "export_params", "read_hf_config", "SafetensorsReader", "tensor_plan", "to_hf", "to_ours"]
+           "hf_model_settings", "export_config", "export_params", "read_hf_config", "holds_hf_checkpoint", "refuse_hf_checkpoint_workdir", "SafetensorsReader", "tensor_plan", "to_hf", "to_ours"]

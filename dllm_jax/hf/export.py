@@ -261,14 +261,9 @@ def _check_output(output: str) -> None:
         raise ConfigError(f"--output {output!r} is a file; give a new or empty directory")
     if not os.path.isdir(output) or not os.listdir(output):
         return
-    hf = None
-    try:
-        with open(os.path.join(output, "config.json"), encoding="utf-8") as f:
-            hf = json.load(f)
-    except (OSError, ValueError):
-        pass
-    looks_hf = isinstance(hf, dict) and ("model_type" in hf or "architectures" in hf)
-    if not looks_hf or os.path.isdir(os.path.join(output, "checkpoints")):
+    from dllm_jax.hf.load import holds_hf_checkpoint
+
+    if not holds_hf_checkpoint(output):
         raise ConfigError(f"--output {output!r} exists and is not a Hugging Face checkpoint (no transformers config.json, or it "
                           "holds a dllm-jax run); give a new or empty directory")
 

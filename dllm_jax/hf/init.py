@@ -12,7 +12,7 @@ import numpy as np
 from dllm_jax import config as config_lib
 from dllm_jax.errors import CheckpointError, ConfigError
 from dllm_jax.hf.layout import ARCH_KEYS, DLM_FAMILIES, FAMILIES, _flat
-from dllm_jax.hf.load import hf_family_of, hf_model_settings, load_hf_params, read_hf_config
+from dllm_jax.hf.load import hf_family_of, hf_model_settings, load_hf_params, read_hf_config, refuse_hf_checkpoint_workdir
 
 log = logging.getLogger("dllm_jax")
 
@@ -76,7 +76,10 @@ def _mask_piece(hf: dict, directory: str, values: dict, config, where: str) -> s
     names = {k: values.get(f"data.{k}", config.data.get(k, "")) or None for k in ("eos_token", "pad_token")}
     tok = load_tokenizer(values["data.tokenizer"], **names)
     mask_id = hf.get("mask_token_id")
-    if isinstance(mask_id, int) and not isinstance(mask_id, bool):
+    if mask_id is not None and (isinstance(mask_id, bool) or not isinstance(mask_id, int)):
+        raise CheckpointError(f"{where}: config.json's mask_token_id={mask_id!r} is not an integer token id; restore the released "
+                              "config.json (LLaDA: 126336, Dream: 151666) or remove the key to use tokenizer_config.json's mask_token")
+    if mask_id is not None:
         if not 0 <= mask_id < tok.vocab_size:
             raise CheckpointError(f"{where}: config.json's mask_token_id={mask_id} is not an id of its tokenizer ({tok.vocab_size} ids); "
                                   "use the tokenizer that belongs to this checkpoint")
@@ -203,7 +206,9 @@ def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
 
     if os.path.isdir(checkpoint_dir(workdir)):
         raise CheckpointError(f"{workdir!r} already holds a run; import into a new --workdir")
+    refuse_hf_checkpoint_workdir(workdir)
     config = config_lib.default_config() if config is None else config
+    config_lib.validate(config, data=False)  # the run's own settings (data.seq_len, train.*), before the checkpoint is read; a corpus is optional
     ours = read_hf_config(hf_dir).get("dllm_jax") or {}
     if ours.get("objective") and "objective" not in explicit:
         config.objective = ours["objective"]
@@ -215,6 +220,7 @@ def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
     with config.init.unlocked():
         config.init.from_hf = os.path.abspath(os.path.expanduser(hf_dir))
     resolve_init(config, explicit=explicit)
+    config_lib.validate(config, data=False)  # and the model.* the checkpoint gave (heads, widths, RoPE base...), as train checks them
     tokenizer = load_tokenizer(config.data.tokenizer, **tokenizer_names(config.data))
     model = train_step.build_model(config, tokenizer.vocab_size, tokenizer.pad_is_extra)
     mesh = sharding.make_mesh(dict(config.mesh))

@@ -21,8 +21,40 @@ def read_hf_config(hf_dir: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"init.from_hf={hf_dir!r} has no config.json; point it at a local Hugging Face model directory "
                               "(config.json + *.safetensors + tokenizer.json), e.g. one written by huggingface-cli download")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not readable JSON ({type(e).__name__}: {e}); restore the checkpoint's config.json "
+                              "(e.g. download it again)") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(hf).__name__}, not an object of settings; restore the checkpoint's config.json")
+    arch = hf.get("architectures")
+    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+        raise CheckpointError(f"{path}: architectures={arch!r} must be a list of class names, e.g. [\"LlamaForCausalLM\"]")
+    return hf
+
+
+def holds_hf_checkpoint(directory: str) -> bool:
+    """Whether `directory` holds a Hugging Face checkpoint and no dllm-jax run: a transformers
+    config.json (a JSON object with `model_type` or `architectures`) and no checkpoints/."""
+    from dllm_jax import paths
+
+    if not paths.exists(paths.join(directory, "config.json")) or paths.isdir(paths.join(directory, "checkpoints")):
+        return False
+    try:
+        hf = json.loads(paths.read_text(paths.join(directory, "config.json")))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(hf, dict) and ("model_type" in hf or "architectures" in hf)
+
+
+def refuse_hf_checkpoint_workdir(workdir: str) -> None:
+    """ConfigError when a run would be written into a Hugging Face checkpoint's directory (its
+    config.json would be overwritten: the checkpoint could no longer be imported)."""
+    if holds_hf_checkpoint(workdir):
+        raise ConfigError(f"--workdir {workdir!r} holds a Hugging Face checkpoint (a transformers config.json); a run there would "
+                          "overwrite it. Give a new --workdir (import it with: dllm-jax import --hf DIR --workdir NEW_DIR)")
 
 
 def _rope_theta(hf: dict, where: str) -> float:

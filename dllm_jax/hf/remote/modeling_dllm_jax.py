@@ -189,6 +189,22 @@ def _excluded(logits, vocab_limit, mask_id, pad_id):
     return torch.where(drop, torch.full_like(logits, NEG, dtype=torch.float32), logits.float())
 
 
+def _check_options(sampler, steps, threshold, temperature, top_k, top_p, block_length):
+    """ValueError for a setting dllm-jax sample refuses too (dllm_jax.sampling.options.resolve)."""
+    if sampler != "threshold" and steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1 (each step reveals tokens; 0 would return [MASK] ids)")
+    if sampler == "threshold" and not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold={threshold} must be in (0, 1]")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy)")
+    if int(top_k) < 0:
+        raise ValueError(f"top_k={top_k} must be >= 0 (0 = off)")
+    if not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] (1 = off)")
+    if block_length is not None and int(block_length) < 1:
+        raise ValueError(f"block_length={block_length} must be >= 1 (or None for the default)")
+
+
 def _filter(logits, temperature, top_k, top_p):
     """Temperature, top-k, nucleus top-p, as dllm_jax.sampling.categorical.filter_logits."""
     logits = logits / torch.tensor(max(float(temperature), 1e-6), dtype=torch.float32, device=logits.device)
@@ -367,6 +383,9 @@ class DllmJaxDiffusionLM(DllmJaxPreTrainedModel):
             steps, threshold = int(n if steps is None else steps), 0.0
         if n < 1:
             raise ValueError(f"max_new_tokens={n} must be >= 1")
+        _check_options(sampler, steps, threshold, temperature, top_k, top_p, block_length)
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() != 2:
+            raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}; give [batch, prompt length] (e.g. input_ids[None] for one prompt)")
         device = self.model.embed_tokens.weight.device
         rows = self._prompt_rows(input_ids, attention_mask, prepend_eos)
         opts = dict(sampler=sampler, steps=steps, threshold=threshold, eos_last=eos_last, temperature=temperature,

@@ -1,4 +1,5 @@
 """Tests run on 8 simulated CPU devices; the flag must be set before JAX starts."""
+import contextlib
 import os
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
@@ -14,6 +15,27 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: an end-to-end test over ~20 s on 2 CPU cores (skip them with -m 'not slow')")
 
 
+@contextlib.contextmanager
+def compilation_cache(directory: str, min_compile_seconds: float):
+    """JAX's persistent compilation cache in `directory` (this process only) while the block
+    runs; the previous settings after it."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    keys = {"jax_compilation_cache_dir": str(directory), "jax_persistent_cache_min_compile_time_secs": min_compile_seconds,
+            "jax_persistent_cache_min_entry_size_bytes": 0}
+    old = {k: getattr(jax.config, k) for k in keys}
+    for k, v in keys.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            jax.config.update(k, v)
+        cc.reset_cache()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache for the session (in this process only; child
@@ -22,19 +44,8 @@ def session_compilation_cache(tmp_path_factory):
     executable instead of recompiling it (same program, same executable: results are
     unchanged). Tracing and lowering still run every time. A test that points JAX at its own
     cache (tests/test_study.py) restores this one after it."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
-
-    keys = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
-            "jax_persistent_cache_min_compile_time_secs": 0.2, "jax_persistent_cache_min_entry_size_bytes": 0}
-    old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in keys.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
+    with compilation_cache(tmp_path_factory.mktemp("xla_cache"), 0.2):
+        yield
 
 
 _WORDS = (

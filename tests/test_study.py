@@ -477,19 +477,10 @@ def test_sweep_checks_the_corpus_once_before_any_point(grid_file, tmp_path, caps
 def shared_compilation_cache(tmp_path):
     """Points of one objective compile the same programs; a persistent compilation cache,
     scoped to the test, lets them (and the resumed point) share one compile."""
-    import jax
-    from jax.experimental.compilation_cache import compilation_cache
+    from conftest import compilation_cache
 
-    keys = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"), "jax_persistent_cache_min_compile_time_secs": 0.0,
-            "jax_persistent_cache_min_entry_size_bytes": 0}
-    old = {k: getattr(jax.config, k) for k in keys}
-    for k, v in keys.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
-    yield
-    for k, v in old.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
+    with compilation_cache(tmp_path / "xla_cache", 0.0):
+        yield
 
 
 def test_sweep_runs_skips_and_resumes_then_reports(grid_file, tmp_path, monkeypatch, caplog, shared_compilation_cache):

@@ -244,7 +244,8 @@ def test_released_dlm_imports_with_its_objective_mask_and_logits(tmp_path, famil
     info = hf.import_run(hf_dir, str(tmp_path / "run"), _run_config())
     run = load_run(str(tmp_path / "run"))
     objective, shift, block = EXPECTED[family]
-    assert (info["objective"], info["shift_logits"]) == (objective, shift)
+    assert (info["objective"], info["shift_logits"], info.get("block_size"), info["mask_id"]) == (
+        objective, shift, block if family == "sdar" else None, ids["mask"])
     assert (run.config.objective, run.config.model.shift_logits) == (objective, shift)
     if family == "sdar":
         assert run.config.block_diffusion.block_size == block

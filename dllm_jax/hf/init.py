@@ -236,5 +236,9 @@ def import_run(hf_dir: str, workdir: str, config=None, explicit=()) -> dict:
     tokenizer.save(os.path.join(workdir, tokenizer.filename))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
         f.write(config_lib.to_json(config))
+    from dllm_jax import objectives
+
+    block = objectives.build(config).block_size
     return {"workdir": os.path.abspath(workdir), "objective": config.objective, "shift_logits": config.model.shift_logits,
+            **({"block_size": int(block)} if block else {}), "mask_id": int(tokenizer.mask_id),
             "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))}

@@ -94,7 +94,6 @@ class Run:
         members = self.info.get("ensemble")
         return list(members) if isinstance(members, list) else []
 
-
     @property
     def corpus(self) -> str:
         """The data location of the run's config: data.store, data.tfds_name or data.paths."""

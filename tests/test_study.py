@@ -597,6 +597,26 @@ def test_cpu_grid_evaluation_costs_scale_with_the_token_budget(tmp_path):
     assert (c.eval.cloze_examples, c.train.warmup_steps) == (300, 3)
 
 
+def test_cpu_grid_eval_from_drops_the_early_evaluations(tmp_path):
+    """`--grid eval_from=E`: no log-spaced evaluation before epoch E (the Monte Carlo-scored
+    objectives' evaluations are costly); the end is evaluated in any case (eval.at_epochs '' =
+    none besides it); a non-positive or non-numeric E is one ConfigError naming it."""
+    path = os.path.join(EXPERIMENTS, "cpu_grid.py")
+
+    def at_epochs(**params):
+        g = grid_lib.load_grid(path, str(tmp_path), params={"budgets": "8e3", "objectives": "gidd", **params})
+        return g.points[0].config.eval.at_epochs
+
+    assert at_epochs(eval_from="45") == "45.3,64,90.5"
+    assert at_epochs(eval_from="64") == "64,90.5"
+    assert at_epochs(eval_from="1") == at_epochs() == "1,1.41,2,2.83,4,5.66,8,11.3,16,22.6,32,45.3,64,90.5"
+    assert at_epochs(eval_from="200") == ""
+    assert at_epochs(eval_from="16", tokens="2.5e5") == "16"  # after the budget's every-k-th thinning (1,4,16)
+    for bad in ("0", "-3", "x", "inf", "nan"):
+        with pytest.raises(ConfigError, match=f"eval_from='{bad}' must be a positive number"):
+            at_epochs(eval_from=bad)
+
+
 def test_ar_ablation_grid_shares_its_baselines_with_the_cpu_grid(tmp_path):
     cpu = {p.name: p for p in grid_lib.load_grid(os.path.join(EXPERIMENTS, "cpu_grid.py"), str(tmp_path)).points}
     abl = grid_lib.load_grid(os.path.join(EXPERIMENTS, "ar_ablations.py"), str(tmp_path)).points

@@ -42,7 +42,8 @@ blocks of `block_diffusion.block_size` = 16; an entry may carry overrides,
 `members` and `ensemble` (K-member ensembles of the series listed, default every series:
 `series_points`; the sweep scores them, the report names them '<series>-ensemble'),
 `eval_ratio` (spacing of the log-spaced evaluations), `eval_from` (the first epoch evaluated,
-default 1: the log-spaced evaluations before it are dropped; the end is always evaluated. For
+default 1: the log-spaced evaluations before it are dropped; the end is always evaluated, cloze
+included: a point left with none, e.g. at 1 epoch, lists its last epoch. For
 objectives scored by Monte Carlo, `uniform` and `gidd`, each cloze evaluation costs ~7 min on 2
 cores against ~10 s for AR and MDM; their best values fall late, so e.g. `eval_from=45` keeps
 the evaluations at 45.3, 64, 90.5 and 122 epochs of the U = 8k point),
@@ -174,8 +175,9 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
     for requested in parse_numbers(budgets, "budgets"):
         unique, epochs = budget_epochs(requested, total, per_step)
         if unique >= total:
-            raise ConfigError(f"--grid budgets: U={requested:g} is not below tokens={total:g}: every run trains on `tokens` "
-                              "tokens, so U must be smaller to be repeated; lower the budget or raise --grid tokens")
+            rounded = f" (rounded up to whole batches of {per_step} tokens: U={unique})" if unique != requested else ""
+            raise ConfigError(f"--grid budgets: U={requested:g}{rounded} is not below tokens={total:g}: every run trains on "
+                              "`tokens` tokens, so U must be smaller to be repeated; lower the budget or raise --grid tokens")
         if unique in seen:
             raise ConfigError(f"--grid budgets: {seen[unique]:g} and {requested:g} both round up to U={unique} "
                               f"(whole batches of {per_step} tokens): the same run twice; drop one")
@@ -183,10 +185,12 @@ def get_grid(config, budgets="8e3,1.6e4,3.2e4,6.4e4,1.28e5", tokens="1e6", objec
             raise ConfigError(f"--grid tokens={tokens}: U={unique} would be repeated {epochs:.3g} times (at most 1e6 epochs); "
                               "lower tokens or raise the budgets")
         seen[unique] = requested
+        at_epochs = ",".join(e for e in eval_epochs(epochs, ratio).split(",")[::every] if e and float(e) >= first)
+        # none left (1 epoch, or eval_from past the last): the end alone, named, so that it scores the cloze task too
+        at_epochs = at_epochs or f"{epochs}"
         for suffix, overrides in runs:
             points[f"U{short_number(requested)}{suffix}"] = {
                 "data.unique_tokens": unique, "data.epochs": epochs,
-                "eval.at_epochs": ",".join(e for e in eval_epochs(epochs, ratio).split(",")[::every] if float(e) >= first),
-                **costs, **overrides,
+                "eval.at_epochs": at_epochs, **costs, **overrides,
             }
     return points

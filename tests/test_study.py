@@ -566,7 +566,8 @@ def test_cpu_grid_shape(tmp_path):
     flats = [_flat(p.config) for p in g.points]
     assert {k for f in flats for k in f if f[k] != flats[0][k]} <= varying
     for params, message in (({"eval_ratio": "x"}, "eval_ratio"), ({"budgets": "1e400"}, "budgets"), ({"tokens": "1e5,2e5"}, "one number"),
-                            ({"budgets": "2e6"}, "not below tokens"), ({"budgets": "8000,8100"}, "the same run twice"),
+                            ({"budgets": "2e6"}, "not below tokens"),
+                            ({"tokens": "5e3", "budgets": "4.5e3"}, r"U=4500 \(rounded up to whole batches of 2048 tokens: U=6144\) is not below"), ({"budgets": "8000,8100"}, "the same run twice"),
                             ({"objectives": ","}, "names no objective"),
                             ({"tokens": "1e30"}, "--grid tokens=1e30: U=8192 would be repeated"),
                             ({"eval_ratio": "1.001"}, "eval_ratio")):
@@ -599,8 +600,9 @@ def test_cpu_grid_evaluation_costs_scale_with_the_token_budget(tmp_path):
 
 def test_cpu_grid_eval_from_drops_the_early_evaluations(tmp_path):
     """`--grid eval_from=E`: no log-spaced evaluation before epoch E (the Monte Carlo-scored
-    objectives' evaluations are costly); the end is evaluated in any case (eval.at_epochs '' =
-    none besides it); a non-positive or non-numeric E is one ConfigError naming it."""
+    objectives' evaluations are costly); the end is evaluated in any case, cloze included (a
+    point left with no evaluation lists its last epoch); a non-positive or non-numeric E is one
+    ConfigError naming it."""
     path = os.path.join(EXPERIMENTS, "cpu_grid.py")
 
     def at_epochs(**params):
@@ -610,7 +612,9 @@ def test_cpu_grid_eval_from_drops_the_early_evaluations(tmp_path):
     assert at_epochs(eval_from="45") == "45.3,64,90.5"
     assert at_epochs(eval_from="64") == "64,90.5"
     assert at_epochs(eval_from="1") == at_epochs() == "1,1.41,2,2.83,4,5.66,8,11.3,16,22.6,32,45.3,64,90.5"
-    assert at_epochs(eval_from="200") == ""
+    # none left: the last epoch alone, so that the end's evaluation scores the cloze task too
+    assert at_epochs(eval_from="200") == at_epochs(eval_from="1e9") == "122"
+    assert at_epochs(tokens="1e4") == "1"  # a 1-epoch point: no log-spaced evaluation before the end
     assert at_epochs(eval_from="16", tokens="2.5e5") == "16"  # after the budget's every-k-th thinning (1,4,16)
     for bad in ("0", "-3", "x", "inf", "nan"):
         with pytest.raises(ConfigError, match=f"eval_from='{bad}' must be a positive number"):

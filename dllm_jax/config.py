@@ -552,6 +552,10 @@ def validate(cfg: ml_collections.ConfigDict, data: bool = True) -> None:
     if cfg.ar.mir_weight > 0 and objectives.build(cfg).network_copies == 1:  # an objective without MIR would ignore it
         raise ConfigError(f"ar.mir_weight={cfg.ar.mir_weight} is masked-input regularisation of an AR run, and objective={cfg.objective!r}; "
                           "set --config.objective=ar or drop ar.mir_weight (0 = off)")
+    if cfg.mdm.t_proposal != "uniform" and not objectives.build(cfg).time_proposals:  # it would be ignored
+        raise ConfigError(f"mdm.t_proposal={cfg.mdm.t_proposal!r} is a proposal over the masking time t of an MDM or block-diffusion "
+                          f"run, and objective={cfg.objective!r} does not read it; set --config.objective=mdm (or block_diffusion) "
+                          "or drop mdm.t_proposal (default 'uniform')")
     if cfg.init.from_hf and cfg.init.from_workdir:
         raise ConfigError("init.from_hf and init.from_workdir are both set; a run starts from one of them: drop the other")
     objectives.build(cfg).validate(cfg)

@@ -194,6 +194,31 @@ def test_mdm_members_must_share_the_schedule_ar_members_need_not(tiny):
     assert Scorer.for_models([model] * 2, [ar, _cfg(ar, **{"mdm.schedule": "cosine"})], [tok] * 2).members == 2
 
 
+def test_members_must_share_the_objectives_defining_keys(tiny):
+    """GIDD members with another p_u (or gamma) are another noise process: refused, naming the key."""
+    base, model, _, tok = tiny
+    gidd = _cfg(base, objective="gidd", **{"gidd.p_u": 0.2})
+    with pytest.raises(ConfigError, match="must share gidd.p_u: A has gidd.p_u=0.2, B has gidd.p_u=0.0"):
+        Scorer.for_models([model] * 2, [gidd, _cfg(gidd, **{"gidd.p_u": 0.0})], [tok] * 2, names=["A", "B"])
+    assert Scorer.for_models([model] * 2, [gidd, _cfg(gidd, **{"train.member_seed": 1})], [tok] * 2).members == 2
+
+
+@pytest.mark.parametrize("objective", ["ar", "block_diffusion", "uniform", "gidd"])
+def test_cfg_is_refused_where_no_estimator_uses_it(tiny, objective):
+    """Classifier-free guidance in scoring is the MDM's LLaDA estimator only: elsewhere a cfg
+    weight is one ConfigError (it was silently ignored for AR, a traceback for the others);
+    a negative or non-finite weight is refused for the MDM too."""
+    base, model, params, tok = tiny
+    over = {"block_diffusion.block_size": 4} if objective == "block_diffusion" else {}
+    scorer = Scorer.for_model(model, _cfg(base, objective=objective, **over), tok, batch_size=8)
+    with pytest.raises(ConfigError, match=f"classifier-free guidance is implemented for the masked-diffusion .* not for objective '{objective}'"):
+        scorer.loglikelihood(params, [([3, 4], [5])], cfg_scale=1.0)
+    mdm = Scorer.for_model(model, _cfg(base, objective="mdm"), tok, batch_size=8)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="must be a finite number >= 0"):
+            mdm.loglikelihood(params, [([3, 4], [5])], cfg_scale=bad)
+
+
 # ---------------------------------------------------------------- CLI and lm-eval adapter
 def test_cli_ensemble_of_copies_equals_the_run_and_refuses_what_it_cannot_do(trained_runs, tmp_path):
     from dllm_jax.cli import main

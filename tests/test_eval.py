@@ -655,6 +655,26 @@ def test_lm_eval_adapter_end_to_end(trained_runs, tmp_path, monkeypatch):
     assert len(gen) == 4 and mdm["dllm_gen"]["exact_match,none"] == pytest.approx(np.mean(hits))
 
 
+def test_lm_eval_harness_command_gives_one_error_line_for_bad_model_args(trained_runs, tmp_path, monkeypatch, capsys):
+    """`python -m dllm_jax.evaluation.harness`: a workdir that is not a run, or an ensemble of
+    an AR and an MDM run, is one error line naming it and exit status 2, not a traceback."""
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional extra: pip install 'dllm_jax[eval]'")
+    from dllm_jax.evaluation import harness
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    (tmp_path / "dllm_mc.yaml").write_text(TASK_YAML.format(name="dllm_mc", data=os.path.join(DATA, "mc_toy.jsonl"), body=MC_BODY))
+    missing = str(tmp_path / "no_such_run")
+    for workdirs, named in ((missing, "no_such_run"), (f"{trained_runs['ar']}|{trained_runs['mdm']}", "objective")):
+        with pytest.raises(SystemExit) as exit_info:
+            harness.main(["--model", "dllm_jax", "--model_args", f"workdir={workdirs}", "--tasks", "dllm_mc",
+                          "--include_path", str(tmp_path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "dllm_jax.evaluation.harness: error:" in err and named in err and "Traceback" not in err
+
+
 def test_adapter_imports_without_lm_eval_and_fails_only_when_used(monkeypatch):
     import importlib
     import sys

@@ -99,17 +99,18 @@ def test_an_ensemble_of_copies_scores_as_the_run_at_every_step(trained_runs, tmp
 
     run = trained_runs["mdm"]
     members = []
-    for k in range(2):
-        workdir = str(tmp_path / f"member{k}")
+    names = ["U8_mdm+t_proposal=beta", "U8_mdm+t_proposal=beta_m1"]  # '=' and '+' in names and workdirs
+    for k, name in enumerate(names):
+        workdir = str(tmp_path / name)
         shutil.copytree(run, workdir)
         cfg = config_lib.complete(json.load(open(os.path.join(run, "config.json"))))
-        members.append(grid_lib.Point(k, f"member{k}", {"train.member_seed": str(k)}, cfg, workdir))
-    group = ensemble.Group("member0_ens2", members, str(tmp_path / "member0_ens2"))
+        members.append(grid_lib.Point(k, name, {"train.member_seed": str(k)}, cfg, workdir))
+    group = ensemble.Group("U8_mdm+t_proposal=beta_ens2", members, str(tmp_path / "U8_mdm+t_proposal=beta_ens2"))
     assert ensemble.status(group) == "todo"
     from dllm_jax.study.sweep import _score_child
 
     assert _score_child(group) == "finished"  # as `dllm-jax sweep` scores it: in a child process (ensemble.main)
-    assert ensemble.main([group.workdir, "member0=" + members[0].workdir]) == 2  # one member: the usage line, exit 2
+    assert ensemble.main([group.workdir, f"{names[0]}:{members[0].workdir}"]) == 2  # one member: the usage line, exit 2
     got = {r["step"]: r for r in read_metrics(group.workdir)}
     want = {r["step"]: r for r in read_metrics(run) if "val_loss" in r and r["step"] in got}
     assert sorted(got) == sorted(want)
@@ -119,7 +120,7 @@ def test_an_ensemble_of_copies_scores_as_the_run_at_every_step(trained_runs, tmp
                 assert rec[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
         assert rec["epoch"] == want[step]["epoch"]
     info = json.load(open(os.path.join(group.workdir, "run.json")))
-    assert info["ensemble"] == ["member0", "member1"] and ensemble.status(group) == "done"
+    assert info["ensemble"] == names and ensemble.status(group) == "done"
     assert ensemble.evaluate_group(group) == 0  # scored steps are not scored again
 
 

@@ -278,6 +278,24 @@ def test_bad_proposal_settings_are_one_config_error(key, value, needle):
     assert needle in str(e.value) and f"--config.{key}=VALUE" in str(e.value)
 
 
+@pytest.mark.parametrize("objective", ["ar", "uniform", "gidd"])
+def test_a_proposal_is_refused_where_the_objective_would_ignore_it(objective):
+    """Only the MDM and block diffusion draw t from `mdm.t_proposal`: elsewhere a non-uniform
+    proposal would train a series labelled with it that does not use it."""
+    cfg = C.default_config()
+    cfg.data.paths = "x.txt"
+    C.set_key(cfg, "mdm.t_proposal", "beta")
+    for ok in ("mdm", "block_diffusion"):
+        cfg.objective = ok
+        C.validate(cfg)
+    cfg.objective = objective
+    with pytest.raises(ConfigError, match=f"mdm.t_proposal='beta' is a proposal over the masking time t .* objective='{objective}' "
+                                          "does not read it"):
+        C.validate(cfg)
+    C.set_key(cfg, "mdm.t_proposal", "uniform")
+    C.validate(cfg)  # the default is fine for any objective (a sweep may set the mode or shapes for its MDM points)
+
+
 def test_bad_proposal_on_the_command_line_is_one_error_line(tmp_path, capsys, corpus):
     from dllm_jax.cli import main
 

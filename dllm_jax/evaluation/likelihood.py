@@ -67,6 +67,7 @@ import numpy as np
 from flax import linen as nn
 
 from dllm_jax import objectives, rng
+from dllm_jax.errors import ConfigError
 from dllm_jax.objectives import block_diffusion
 
 # logits_fn(params, tokens[B, L] int32, segment_ids[B, L] int32) -> logits[B, L, V] float32
@@ -279,8 +280,8 @@ class Scorer:
         tokenizers (module docstring: the mean of the members' probabilities); call its methods
         with `params` = the tuple of the K members' params. One member: `for_model`. `names`
         (e.g. the workdirs) label the members in errors. Raises ConfigError when a member's
-        tokenizer (fingerprint), objective, data.seq_len or estimator setting differs from the
-        first member's."""
+        tokenizer (fingerprint), objective, the objective's defining keys (`Objective.defining_keys`,
+        e.g. gidd.p_u), data.seq_len or estimator setting differs from the first member's."""
         models, configs, tokenizers = list(models), list(configs), list(tokenizers)
         if not models or not len(models) == len(configs) == len(tokenizers):
             raise ValueError(f"{len(models)} models, {len(configs)} configs and {len(tokenizers)} tokenizers: one of each per member")
@@ -299,6 +300,11 @@ class Scorer:
             if tok.fingerprint != first_tok.fingerprint:
                 raise ConfigError(f"ensemble members must share their tokenizer: {names[0]} has tokenizer {first_tok.fingerprint}, "
                                   f"{names[i]} has {tok.fingerprint}; ensemble runs trained with the same data.tokenizer")
+            for key, a in spec.objective_config:  # the objective's own defining keys (e.g. gidd.p_u, gidd.gamma)
+                b = dict(sp.objective_config).get(key)
+                if a != b:
+                    raise ConfigError(f"ensemble members must share {key}: {names[0]} has {key}={a!r}, {names[i]} has {key}={b!r}; "
+                                      "ensemble runs of one noise process (an ensemble's denoiser is the members' mean)")
             for field, key in cls._SHARED.items():
                 a, b = getattr(spec, field), getattr(sp, field)
                 if field in ("schedule", "eps") and objectives.get(spec.objective).exact_likelihood:
@@ -316,7 +322,7 @@ class Scorer:
             own = self.objective.score_fn(kind, lf, spec)  # an objective's own estimator (uniform, gidd)
             if own is not None:
                 if cfg_scale:
-                    raise ValueError(f"classifier-free guidance is not implemented for objective {spec.objective!r}; use cfg_scale=0")
+                    raise ConfigError(f"classifier-free guidance is not implemented for objective {spec.objective!r}; use cfg_scale=0")
                 fn = own
             elif kind == "ar":
                 fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit, spec.mask_id)
@@ -330,7 +336,7 @@ class Scorer:
                     mask_id=spec.mask_id, vocab_limit=spec.vocab_limit)
             elif kind == "block_llada":
                 if cfg_scale:
-                    raise ValueError("classifier-free guidance is not implemented for the block-wise estimator; use cfg_scale=0")
+                    raise ConfigError("classifier-free guidance is not implemented for the block-wise estimator; use cfg_scale=0")
                 fn = lambda p, tok, seg, aux, sc, seed, ids: block_diffusion.block_llada_batch(
                     lf, p, tok, seg, aux, sc, seed, ids, block_size=spec.block_size, mask_id=spec.mask_id, vocab_limit=spec.vocab_limit)
             else:
@@ -422,6 +428,12 @@ class Scorer:
         Each pair's estimate has the same distribution either way; what sharing changes is that
         the difference between two choices, which decides a multiple-choice prediction, loses
         most of its Monte Carlo variance (identical choices get identical scores)."""
+        if cfg_scale:
+            if not (math.isfinite(cfg_scale) and cfg_scale > 0):
+                raise ConfigError(f"cfg={cfg_scale!r} must be a finite number >= 0 (0 = no classifier-free guidance)")
+            if self.objective.pair_estimator != "llada":
+                raise ConfigError(f"cfg={cfg_scale!r}: classifier-free guidance is implemented for the masked-diffusion (mdm) "
+                                  f"likelihood only, not for objective {self.spec.objective!r}; use cfg=0 (drop --cfg)")
         if not pairs:
             return []
         if groups is not None and len(groups) != len(pairs):

@@ -39,6 +39,7 @@ class Objective:
     block_size: int = 0  # block diffusion's block; 0 = none (scorers pad rows to whole blocks)
     ar_adaptation: bool = False  # accepts model.shift_logits / mdm.anneal_steps (AR-to-diffusion adaptation)
     mask_input: bool = False  # the network reads [MASK] tokens (an export's tokenizer_config names the mask id)
+    time_proposals: bool = False  # training draws t from `mdm.t_proposal` (objectives.time_proposal); elsewhere it is refused
     defining_keys: tuple = ()  # config keys (besides `objective`) that define what the network learns to predict:
     #                            recorded in an export's `dllm_jax` entry (restored on import) and carried into Scorers
 

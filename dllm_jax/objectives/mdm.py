@@ -111,6 +111,7 @@ class MaskedDiffusion(Objective):
     linestyle = "--"
     ar_adaptation = True
     mask_input = True
+    time_proposals = True  # block diffusion inherits it: its block times are drawn the same way
     defining_keys = ("mdm.schedule",)
 
     @property

@@ -152,11 +152,13 @@ class Member:
 
 def child_command(group: Group, python: str) -> list:
     """The command line that scores `group` in a child process (`main`)."""
-    return [python, "-m", "dllm_jax.study.ensemble", group.workdir] + [f"{p.name}={p.workdir}" for p in group.members]
+    # ':' parts a name from its workdir: a point's name never holds one (`grid._NAME`), while
+    # names such as 'U8000_gidd+p_u=0.1' hold '=' and a workdir may hold either ('gs://...')
+    return [python, "-m", "dllm_jax.study.ensemble", group.workdir] + [f"{p.name}:{p.workdir}" for p in group.members]
 
 
 def main(argv=None) -> int:
-    """`python -m dllm_jax.study.ensemble OUT NAME=WORKDIR [NAME=WORKDIR ...]`: score the members
+    """`python -m dllm_jax.study.ensemble OUT NAME:WORKDIR [NAME:WORKDIR ...]`: score the members
     (member 0 first) as one ensemble into OUT (`evaluate_group`). Exit 0, or 2 with one error
     line for bad input (a DllmError: e.g. a damaged checkpoint)."""
     import os
@@ -168,10 +170,13 @@ def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
     log.setLevel(logging.INFO)
-    members = [Member(*a.split("=", 1)) for a in args[1:] if "=" in a]
+    members = [Member(*a.split(":", 1)) for a in args[1:] if ":" in a]
     if len(args) < 3 or len(members) != len(args) - 1:
-        print("usage: python -m dllm_jax.study.ensemble OUT NAME=WORKDIR NAME=WORKDIR [...] (member 0 first)", file=sys.stderr)
+        print("usage: python -m dllm_jax.study.ensemble OUT NAME:WORKDIR NAME:WORKDIR [...] (member 0 first)", file=sys.stderr)
         return 2
+    from dllm_jax.distributed import prefer_cpu_without_accelerator
+
+    prefer_cpu_without_accelerator()  # as the CLI: no libtpu initialisation noise on a host without a TPU
     try:
         evaluate_group(Group(os.path.basename(args[0].rstrip("/")), members, args[0]))
     except DllmError as e:

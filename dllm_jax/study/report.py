@@ -596,7 +596,7 @@ def build_report(root: str, out: str | None = None, *, flops_configs=(), prompt_
         crossovers[metric] = rows
         arrow = "higher is better" if HIGHER_IS_BETTER[metric] else "lower is better"
         md += [f"### {METRIC_TITLES[metric]} ({arrow})", "",
-               "| model | U | epochs | AR series | MDM / block-diffusion series | best AR +-SE (epoch) | best diffusion +-SE (epoch) "
+               "| model | U | epochs | AR series | diffusion series | best AR +-SE (epoch) | best diffusion +-SE (epoch) "
                "| crossover epoch [2-SE bracket] | MDM > AR's best + 2 SE |",
                "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:

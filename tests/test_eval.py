@@ -659,8 +659,11 @@ def test_lm_eval_harness_command_gives_one_error_line_for_bad_model_args(trained
     """`python -m dllm_jax.evaluation.harness`: a workdir that is not a run, or an ensemble of
     an AR and an MDM run, is one error line naming it and exit status 2, not a traceback."""
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness is an optional extra: pip install 'dllm_jax[eval]'")
+    import sys
+
     from dllm_jax.evaluation import harness
 
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # harness.main sets sys.argv for lm-eval's parser: restored after
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))

@@ -171,3 +171,20 @@ def test_member_zero_is_the_smallest_member_seed_even_with_a_sweep_wide_base():
     R.assign_series(rs)
     assert [r.replicate for r in rs] == [False, True, False, False]
     assert len({r.series for r in rs if not r.replicate}) == 3
+
+
+def test_a_key_newer_than_a_run_takes_its_default_in_the_series():
+    """Runs of one root made by two library versions: the older run's config.json lacks a key
+    added since (here data.mask_token, default ''); it takes the default, so the series of
+    alike runs stay one name, not 'ar mask_token=None' beside 'ar'."""
+    from dllm_jax import config as C
+    from dllm_jax.study import runs as R
+
+    base = C.flatten(C.default_config().to_dict())
+    old = {k: v for k, v in base.items() if k != "data.mask_token"}
+    rs = [R.Run("ar_old", "", {**old, "objective": "ar"}, {}, [], [], True),
+          R.Run("gidd_new", "", {**base, "objective": "gidd", "gidd.p_u": 0.1}, {}, [], [], True),
+          R.Run("ar_new", "", {**base, "objective": "ar", "train.member_seed": 1}, {}, [], [], True)]
+    R.assign_series(rs)
+    assert [r.series for r in rs] == ["ar", "gidd p_u=0.1", "ar"]
+    assert [r.replicate for r in rs] == [False, False, True]  # the old run and its new member are one group

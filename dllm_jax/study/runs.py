@@ -363,22 +363,26 @@ def assign_series(runs) -> None:
 
     defaults = flatten(default_config().to_dict())
     keys = sorted({k for r in runs for k in r.config})
-    varying = [k for k in keys if len({json.dumps(r.config.get(k), sort_keys=True) for r in runs}) > 1
+
+    def value(r, k):  # a key newer than the run (absent from its config.json) has its default value
+        return r.config.get(k, defaults.get(k))
+
+    varying = [k for k in keys if len({json.dumps(value(r, k), sort_keys=True, default=str) for r in runs}) > 1
                and k not in _NOT_SERIES and k not in REPLICATE_KEYS and not how_key(k)]
     groups = {}
     for r in runs:
         if not r.ensemble:
-            same = json.dumps({k: v for k, v in r.config.items() if k not in REPLICATE_KEYS}, sort_keys=True, default=str)
+            same = json.dumps({k: value(r, k) for k in keys if k not in REPLICATE_KEYS}, sort_keys=True, default=str)
             groups.setdefault(same, []).append(r)
     for group in groups.values():  # member 0 = the smallest member_seed (a sweep-wide base seed is no replicate)
         first = min(int(r.config.get("train.member_seed") or 0) for r in group)
         for r in group:
             r.replicate = int(r.config.get("train.member_seed") or 0) != first
     for r in runs:
-        differ = [k for k in varying if r.config.get(k) != defaults.get(k)]
+        differ = [k for k in varying if value(r, k) != defaults.get(k)]
         tail = ENSEMBLE_SUFFIX if r.ensemble else ""  # an ensemble is a series of its own, and a family of its own
-        r.series = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ]) + tail
-        r.family = " ".join([r.objective] + [f"{k.split('.')[-1]}={r.config.get(k)}" for k in differ if k not in TUNING_KEYS]) + tail
+        r.series = " ".join([r.objective] + [f"{k.split('.')[-1]}={value(r, k)}" for k in differ]) + tail
+        r.family = " ".join([r.objective] + [f"{k.split('.')[-1]}={value(r, k)}" for k in differ if k not in TUNING_KEYS]) + tail
 
 
 def model_label(params: int) -> str:

@@ -300,11 +300,6 @@ class Scorer:
             if tok.fingerprint != first_tok.fingerprint:
                 raise ConfigError(f"ensemble members must share their tokenizer: {names[0]} has tokenizer {first_tok.fingerprint}, "
                                   f"{names[i]} has {tok.fingerprint}; ensemble runs trained with the same data.tokenizer")
-            for key, a in spec.objective_config:  # the objective's own defining keys (e.g. gidd.p_u, gidd.gamma)
-                b = dict(sp.objective_config).get(key)
-                if a != b:
-                    raise ConfigError(f"ensemble members must share {key}: {names[0]} has {key}={a!r}, {names[i]} has {key}={b!r}; "
-                                      "ensemble runs of one noise process (an ensemble's denoiser is the members' mean)")
             for field, key in cls._SHARED.items():
                 a, b = getattr(spec, field), getattr(sp, field)
                 if field in ("schedule", "eps") and objectives.get(spec.objective).exact_likelihood:
@@ -312,6 +307,11 @@ class Scorer:
                 if a != b:
                     raise ConfigError(f"ensemble members must share {key}: {names[0]} has {key}={a!r}, {names[i]} has {key}={b!r}; "
                                       "ensemble runs of one objective, sequence length and estimator settings")
+            theirs = dict(sp.objective_config)
+            for key, a in spec.objective_config:  # the objective's own defining keys (e.g. gidd.p_u, gidd.gamma)
+                if a != theirs.get(key):
+                    raise ConfigError(f"ensemble members must share {key}: {names[0]} has {key}={a!r}, {names[i]} has "
+                                      f"{key}={theirs.get(key)!r}; ensemble runs of one noise process (the denoiser is the members' mean)")
         return cls(ensemble_logits_fn(fns, spec.vocab_limit, spec.mask_id), spec, batch_size=batch_size, mesh=mesh, members=len(models))
 
     # -- jit plumbing -----------------------------------------------------------------
@@ -320,9 +320,7 @@ class Scorer:
         if key not in self._jitted:
             spec, lf = self.spec, self.logits_fn
             own = self.objective.score_fn(kind, lf, spec)  # an objective's own estimator (uniform, gidd)
-            if own is not None:
-                if cfg_scale:
-                    raise ConfigError(f"classifier-free guidance is not implemented for objective {spec.objective!r}; use cfg_scale=0")
+            if own is not None:  # (a cfg weight never gets here: `loglikelihood` refuses it for every estimator but 'llada')
                 fn = own
             elif kind == "ar":
                 fn = lambda p, tok, seg, aux, sc, seed, ids: ar_batch(lf, p, tok, seg, aux, spec.vocab_limit, spec.mask_id)
@@ -335,8 +333,6 @@ class Scorer:
                     lf, p, tok, seg, sc, seed, ids, block_size=spec.block_size, schedule=spec.schedule, eps=spec.eps,
                     mask_id=spec.mask_id, vocab_limit=spec.vocab_limit)
             elif kind == "block_llada":
-                if cfg_scale:
-                    raise ConfigError("classifier-free guidance is not implemented for the block-wise estimator; use cfg_scale=0")
                 fn = lambda p, tok, seg, aux, sc, seed, ids: block_diffusion.block_llada_batch(
                     lf, p, tok, seg, aux, sc, seed, ids, block_size=spec.block_size, mask_id=spec.mask_id, vocab_limit=spec.vocab_limit)
             else:
